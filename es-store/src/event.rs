@@ -1,0 +1,482 @@
+//! The values that go into the store and come out of it.
+
+use std::ops::Deref;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::{Error, Result};
+
+/// An event to append: what happened to which aggregate instance.
+///
+/// The store assigns the aggregate version and the global position; everything
+/// else is chosen by the caller. `payload` and `metadata` are JSON kept as raw
+/// text, so that a payload is serialized exactly once on the way in and parsed
+/// exactly once (straight into the caller's type) on the way out.
+///
+/// ```
+/// use es_store::Event;
+///
+/// let event = Event::new("Billing", "Account", "acc-1", "MoneyDeposited", &serde_json::json!({"amount": 10}))?
+///     .with_event_version(2)
+///     .with_metadata(&serde_json::json!({"user": "alice"}))?;
+/// assert_eq!(event.event_type, "MoneyDeposited");
+/// assert_eq!(event.payload.get(), r#"{"amount":10}"#);
+/// # Ok::<(), es_store::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Event {
+    /// The bounded context the aggregate lives in, for example `"Billing"`.
+    pub bounded_context: String,
+    /// The aggregate type, for example `"Account"`.
+    pub aggregate_type: String,
+    /// The aggregate instance: a UUID, an e-mail address, any non-empty string.
+    pub aggregate_id: String,
+    /// Unique id of this event. Appending an event whose id is already stored
+    /// is idempotent (see [`EventStore::append`](crate::EventStore::append)).
+    pub event_id: Uuid,
+    /// The event type name, for example `"MoneyDeposited"`.
+    pub event_type: String,
+    /// The schema version of the payload (1 or more), used for upcasting.
+    pub event_version: i32,
+    /// The event's data as JSON.
+    pub payload: Box<RawValue>,
+    /// Free-form JSON metadata; `{}` when there is none.
+    pub metadata: Box<RawValue>,
+    /// Groups every event caused, directly or not, by one request.
+    pub correlation_id: Option<Uuid>,
+    /// The command or event that caused this event.
+    pub causation_id: Option<Uuid>,
+    /// A distributed-tracing id (for example a W3C trace id).
+    pub trace_id: Option<String>,
+    /// When the event was created, truncated to microseconds (the precision
+    /// PostgreSQL keeps) so that what is read back equals what was written.
+    pub created_at: DateTime<Utc>,
+}
+
+impl Event {
+    /// Creates an event with a fresh time-ordered (v7) id, schema version 1,
+    /// empty metadata and the current time.
+    ///
+    /// Fails with [`Error::Serialization`] if `payload` cannot be serialized to JSON.
+    pub fn new<P: Serialize + ?Sized>(
+        bounded_context: impl Into<String>,
+        aggregate_type: impl Into<String>,
+        aggregate_id: impl Into<String>,
+        event_type: impl Into<String>,
+        payload: &P,
+    ) -> Result<Self> {
+        Ok(Self::from_raw(
+            bounded_context,
+            aggregate_type,
+            aggregate_id,
+            event_type,
+            to_raw(payload)?,
+        ))
+    }
+
+    /// Like [`Event::new`], for a payload that is already JSON text.
+    ///
+    /// ```
+    /// use es_store::Event;
+    /// use serde_json::value::RawValue;
+    ///
+    /// let payload = RawValue::from_string(r#"{"owner":"alice"}"#.to_owned())?;
+    /// let event = Event::from_raw("Billing", "Account", "acc-1", "Opened", payload);
+    /// assert_eq!(event.event_version, 1);
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
+    pub fn from_raw(
+        bounded_context: impl Into<String>,
+        aggregate_type: impl Into<String>,
+        aggregate_id: impl Into<String>,
+        event_type: impl Into<String>,
+        payload: Box<RawValue>,
+    ) -> Self {
+        Self {
+            bounded_context: bounded_context.into(),
+            aggregate_type: aggregate_type.into(),
+            aggregate_id: aggregate_id.into(),
+            event_id: Uuid::now_v7(),
+            event_type: event_type.into(),
+            event_version: 1,
+            payload,
+            metadata: empty_object(),
+            correlation_id: None,
+            causation_id: None,
+            trace_id: None,
+            created_at: now(),
+        }
+    }
+
+    /// Sets the event id (to make a retried append idempotent, reuse the ids).
+    pub fn with_event_id(mut self, event_id: Uuid) -> Self {
+        self.event_id = event_id;
+        self
+    }
+
+    /// Sets the payload schema version.
+    pub fn with_event_version(mut self, event_version: i32) -> Self {
+        self.event_version = event_version;
+        self
+    }
+
+    /// Sets the metadata, serialized to JSON.
+    pub fn with_metadata<M: Serialize + ?Sized>(mut self, metadata: &M) -> Result<Self> {
+        self.metadata = to_raw(metadata)?;
+        Ok(self)
+    }
+
+    /// Sets the metadata from JSON text.
+    pub fn with_raw_metadata(mut self, metadata: Box<RawValue>) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
+    /// Sets the correlation id.
+    pub fn with_correlation_id(mut self, correlation_id: Uuid) -> Self {
+        self.correlation_id = Some(correlation_id);
+        self
+    }
+
+    /// Sets the causation id.
+    pub fn with_causation_id(mut self, causation_id: Uuid) -> Self {
+        self.causation_id = Some(causation_id);
+        self
+    }
+
+    /// Sets the trace id.
+    pub fn with_trace_id(mut self, trace_id: impl Into<String>) -> Self {
+        self.trace_id = Some(trace_id.into());
+        self
+    }
+
+    /// Sets the creation time (truncated to microseconds).
+    pub fn with_created_at(mut self, created_at: DateTime<Utc>) -> Self {
+        self.created_at = created_at.trunc_subsecs(6);
+        self
+    }
+
+    /// Deserializes the payload into `T`.
+    ///
+    /// ```
+    /// # use es_store::Event;
+    /// #[derive(serde::Deserialize)]
+    /// struct Deposited { amount: i64 }
+    ///
+    /// let event = Event::new("Billing", "Account", "acc-1", "Deposited", &serde_json::json!({"amount": 5}))?;
+    /// assert_eq!(event.payload_as::<Deposited>()?.amount, 5);
+    /// # Ok::<(), es_store::Error>(())
+    /// ```
+    pub fn payload_as<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_str(self.payload.get()).map_err(Error::Serialization)
+    }
+
+    /// The aggregate this event belongs to.
+    pub fn aggregate(&self) -> AggregateRef<'_> {
+        AggregateRef {
+            bounded_context: &self.bounded_context,
+            aggregate_type: &self.aggregate_type,
+            aggregate_id: &self.aggregate_id,
+        }
+    }
+}
+
+/// Serializes `value` to raw JSON text.
+pub(crate) fn to_raw<T: Serialize + ?Sized>(value: &T) -> Result<Box<RawValue>> {
+    serde_json::value::to_raw_value(value).map_err(Error::Serialization)
+}
+
+/// `{}` as raw JSON.
+pub(crate) fn empty_object() -> Box<RawValue> {
+    RawValue::from_string("{}".to_owned()).expect("`{}` is valid JSON")
+}
+
+/// The current time at the precision the store keeps.
+pub(crate) fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// Borrowed identity of one aggregate instance: bounded context, type and id.
+///
+/// ```
+/// # use es_store::Event;
+/// let event = Event::new("Billing", "Account", "acc-1", "Opened", &serde_json::json!({}))?;
+/// assert_eq!(event.aggregate().to_string(), "Billing/Account/acc-1");
+/// # Ok::<(), es_store::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AggregateRef<'a> {
+    /// The bounded context.
+    pub bounded_context: &'a str,
+    /// The aggregate type.
+    pub aggregate_type: &'a str,
+    /// The aggregate id.
+    pub aggregate_id: &'a str,
+}
+
+impl AggregateRef<'_> {
+    /// An owned copy.
+    pub fn to_owned(&self) -> AggregateKey {
+        AggregateKey {
+            bounded_context: self.bounded_context.to_owned(),
+            aggregate_type: self.aggregate_type.to_owned(),
+            aggregate_id: self.aggregate_id.to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for AggregateRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{}/{}",
+            self.bounded_context, self.aggregate_type, self.aggregate_id
+        )
+    }
+}
+
+/// Owned identity of one aggregate instance, as carried by errors.
+///
+/// ```
+/// use es_store::AggregateKey;
+/// let key = AggregateKey::new("Billing", "Account", "acc-1");
+/// assert_eq!(key.to_string(), "Billing/Account/acc-1");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AggregateKey {
+    /// The bounded context.
+    pub bounded_context: String,
+    /// The aggregate type.
+    pub aggregate_type: String,
+    /// The aggregate id.
+    pub aggregate_id: String,
+}
+
+impl AggregateKey {
+    /// Builds a key.
+    pub fn new(
+        bounded_context: impl Into<String>,
+        aggregate_type: impl Into<String>,
+        aggregate_id: impl Into<String>,
+    ) -> Self {
+        Self {
+            bounded_context: bounded_context.into(),
+            aggregate_type: aggregate_type.into(),
+            aggregate_id: aggregate_id.into(),
+        }
+    }
+
+    /// Borrows the key.
+    pub fn as_ref(&self) -> AggregateRef<'_> {
+        AggregateRef {
+            bounded_context: &self.bounded_context,
+            aggregate_type: &self.aggregate_type,
+            aggregate_id: &self.aggregate_id,
+        }
+    }
+}
+
+impl std::fmt::Display for AggregateKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_ref().fmt(f)
+    }
+}
+
+/// An event as stored: the [`Event`] plus the version the store gave it within
+/// its aggregate and its position in the global feed.
+///
+/// It dereferences to the [`Event`], so `persisted.event_type` works.
+///
+/// ```
+/// # use es_store::{Event, PersistedEvent};
+/// let event = Event::new("Billing", "Account", "acc-1", "Opened", &serde_json::json!({}))?;
+/// let persisted = PersistedEvent::new(event, 1, 42);
+/// assert_eq!((persisted.aggregate_version, persisted.global_position), (1, 42));
+/// assert_eq!(persisted.event_type, "Opened");
+/// # Ok::<(), es_store::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PersistedEvent {
+    /// The event as appended.
+    pub event: Event,
+    /// 1 for the aggregate's first event, then consecutive.
+    pub aggregate_version: i64,
+    /// Position in the store-wide feed: increasing, with possible holes.
+    pub global_position: i64,
+}
+
+impl PersistedEvent {
+    /// Pairs an event with its stored version and position.
+    pub fn new(event: Event, aggregate_version: i64, global_position: i64) -> Self {
+        Self {
+            event,
+            aggregate_version,
+            global_position,
+        }
+    }
+}
+
+impl Deref for PersistedEvent {
+    type Target = Event;
+
+    fn deref(&self) -> &Event {
+        &self.event
+    }
+}
+
+/// The events of one aggregate instance, in version order.
+///
+/// ```
+/// # use es_store::Stream;
+/// let stream = Stream::new("Billing", "Account", "acc-1", Vec::new());
+/// assert!(stream.is_empty());
+/// assert_eq!(stream.version(), 0);
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Stream {
+    /// The bounded context.
+    pub bounded_context: String,
+    /// The aggregate type.
+    pub aggregate_type: String,
+    /// The aggregate id.
+    pub aggregate_id: String,
+    /// The events, ordered by `aggregate_version`.
+    pub events: Vec<PersistedEvent>,
+}
+
+impl Stream {
+    /// Builds a stream from events already in version order.
+    pub fn new(
+        bounded_context: impl Into<String>,
+        aggregate_type: impl Into<String>,
+        aggregate_id: impl Into<String>,
+        events: Vec<PersistedEvent>,
+    ) -> Self {
+        Self {
+            bounded_context: bounded_context.into(),
+            aggregate_type: aggregate_type.into(),
+            aggregate_id: aggregate_id.into(),
+            events,
+        }
+    }
+
+    /// The version of the last event read, or 0 when no event was read.
+    ///
+    /// For a read without an upper bound this is the aggregate's current version.
+    pub fn version(&self) -> i64 {
+        self.events.last().map_or(0, |e| e.aggregate_version)
+    }
+
+    /// Whether no event matched.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// How many events were read.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+}
+
+/// What a successful append stored.
+///
+/// ```
+/// # use es_store::{AppendResult, Event, PersistedEvent};
+/// let event = Event::new("Billing", "Account", "acc-1", "Opened", &serde_json::json!({}))?;
+/// let result = AppendResult::new(vec![PersistedEvent::new(event, 1, 7)]);
+/// assert_eq!((result.from_version(), result.to_version()), (1, 1));
+/// assert_eq!(result.global_positions, vec![7]);
+/// # Ok::<(), es_store::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct AppendResult {
+    /// The stored events with their versions and positions, in append order.
+    pub events: Vec<PersistedEvent>,
+    /// The global position of each event, in append order.
+    pub global_positions: Vec<i64>,
+}
+
+impl AppendResult {
+    /// Builds a result from persisted events (at least one).
+    pub fn new(events: Vec<PersistedEvent>) -> Self {
+        let global_positions = events.iter().map(|e| e.global_position).collect();
+        Self {
+            events,
+            global_positions,
+        }
+    }
+
+    /// The version of the first appended event.
+    pub fn from_version(&self) -> i64 {
+        self.events.first().map_or(0, |e| e.aggregate_version)
+    }
+
+    /// The version of the last appended event: the aggregate's new version.
+    pub fn to_version(&self) -> i64 {
+        self.events.last().map_or(0, |e| e.aggregate_version)
+    }
+}
+
+/// The optimistic-concurrency condition of an append.
+///
+/// ```
+/// use es_store::ExpectedVersion;
+/// assert!(ExpectedVersion::Exact(3).matches(3));
+/// assert!(ExpectedVersion::NoStream.matches(0));
+/// assert!(!ExpectedVersion::NoStream.matches(1));
+/// assert!(ExpectedVersion::Any.matches(12));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExpectedVersion {
+    /// No check: the events go after whatever the aggregate holds.
+    Any,
+    /// The aggregate must not exist yet: used to create it.
+    NoStream,
+    /// The aggregate must be at exactly this version (0 is the same as `NoStream`).
+    Exact(i64),
+}
+
+impl ExpectedVersion {
+    /// Whether an aggregate at `current` version satisfies the condition.
+    pub fn matches(self, current: i64) -> bool {
+        match self {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => current == 0,
+            ExpectedVersion::Exact(v) => current == v,
+        }
+    }
+
+    /// `NoStream` for version 0, `Exact(version)` otherwise: what a
+    /// repository passes after loading an aggregate at `version`.
+    ///
+    /// ```
+    /// # use es_store::ExpectedVersion;
+    /// assert_eq!(ExpectedVersion::at(0), ExpectedVersion::NoStream);
+    /// assert_eq!(ExpectedVersion::at(4), ExpectedVersion::Exact(4));
+    /// ```
+    pub fn at(version: i64) -> Self {
+        if version == 0 {
+            ExpectedVersion::NoStream
+        } else {
+            ExpectedVersion::Exact(version)
+        }
+    }
+}
+
+impl std::fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExpectedVersion::Any => f.write_str("any version"),
+            ExpectedVersion::NoStream => f.write_str("no stream"),
+            ExpectedVersion::Exact(v) => write!(f, "version {v}"),
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! Event store types, traits and the PostgreSQL store.
+//!
+//! This crate implements the store API of the seed package: append with
+//! optimistic concurrency, read one aggregate's stream, read the global feed
+//! without gaps, and keep projection checkpoints. The caller owns the
+//! transaction: every method takes the connection to run on.
+//!
+//! ```no_run
+//! use es_store::{AggregateStreamReader, Event, EventStore, ExpectedVersion, PostgresStore};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/test").await?;
+//! let store = PostgresStore::new();
+//! store.migrate(&pool).await?;
+//!
+//! let mut tx = pool.begin().await?;
+//! let opened = Event::new("Billing", "Account", "acc-1", "Opened", &serde_json::json!({"owner": "alice"}))?;
+//! store.append(&mut *tx, ExpectedVersion::NoStream, vec![opened]).await?;
+//! tx.commit().await?;
+//!
+//! let mut conn = pool.acquire().await?;
+//! let stream = store.read_aggregate_stream(&mut *conn, "Billing", "Account", "acc-1", None, None).await?;
+//! assert_eq!(stream.version(), 1);
+//! # Ok(()) }
+//! ```
+
+mod error;
+mod event;
+mod postgres;
+mod replay;
+mod traits;
+mod validate;
+
+pub use error::{Error, EventIdConflictReason, NameField};
+pub use event::{
+    AggregateKey, AggregateRef, AppendResult, Event, ExpectedVersion, PersistedEvent, Stream,
+};
+pub use postgres::{PostgresStore, PostgresStoreBuilder};
+pub use traits::{
+    AggregateStreamReader, Backend, CheckpointStore, Connection, EventReader, EventStore,
+};
+
+/// The store's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

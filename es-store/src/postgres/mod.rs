@@ -1,0 +1,655 @@
+//! The PostgreSQL store.
+//!
+//! # Schema
+//!
+//! Three tables (names configurable, see [`PostgresStoreBuilder`]): the events,
+//! one head row per aggregate holding its current version, and projection
+//! checkpoints. [`PostgresStore::migrate`] creates them; the same SQL for the
+//! default names is in the repository's `migrations/` folder for sqlx-cli
+//! users (see the README).
+//!
+//! # Appending
+//!
+//! An append is one statement, one round trip, whatever the batch size: the
+//! events travel as one array per column (so the bind-parameter limit never
+//! applies), and a chain of CTEs checks the expected version against the head
+//! row while moving it, then inserts the batch. The head row lock serializes
+//! appends to one aggregate and nothing else.
+//!
+//! # Gap-safe global reads
+//!
+//! Positions come from a sequence, so they are handed out in the order
+//! appends *draw* them, not the order they *commit*. A reader that took
+//! "everything committed up to the highest committed position" would skip
+//! an event drawn earlier by a transaction that commits later. Approaches
+//! compared:
+//!
+//! - *Serialize appends* with one global lock held to commit: correct and
+//!   simple, but every append in the database waits for the previous
+//!   transaction to finish, including whatever else that transaction does.
+//! - *Transaction ids* (`xid8` column, read below `pg_snapshot_xmin`): safe
+//!   for visibility, but the feed must then be ordered by transaction id,
+//!   and a transaction that got its id early (because it wrote elsewhere
+//!   first) and appends to an aggregate after a younger transaction did
+//!   would put version 2 before version 1 in the feed.
+//! - *High-water mark with a timeout*: skips a slow transaction's events if
+//!   it outlives the timeout.
+//! - *In-flight positions advertised through advisory locks*, the approach
+//!   used here. It costs the appender one shared advisory lock per
+//!   transaction (never contended: shared locks do not conflict) and the
+//!   reader one extra small statement per page.
+//!
+//! The protocol. An appending transaction, before it draws its first
+//! position, reads the sequence's current value `v` and takes a
+//! transaction-level shared advisory lock on `(tag, v)` (the tag identifies
+//! this store's events table). All its positions are above `v`. The lock is
+//! released when the transaction ends, after its commit became visible. A
+//! reader first reads the sequence's current value `a`, then the smallest
+//! `v` among the locks held (`pg_locks`), and then, in a later statement
+//! (so with a newer snapshot), reads events up to `min(a, v)`.
+//!
+//! Why no event is skipped: take any event at position `p <= min(a, v)`. It
+//! was drawn before the reader read `a`, so its transaction had locked
+//! `(tag, v')` with `v' < p` before that. If the transaction still held the
+//! lock when the reader looked, `min(a, v) <= v' < p`: contradiction. So it
+//! had ended before, its outcome is in the reader's later snapshot, and the
+//! event is either read or rolled back. A transaction that locks after the
+//! reader looked draws positions above `a`. Holes left by rolled-back
+//! transactions and by losing writers (a failed head check draws nothing)
+//! hold no lock, so they never stall a reader; only transactions still
+//! running do. Each aggregate's events reach the feed in version order
+//! because positions are drawn while the head row is locked.
+//!
+//! The reader needs a fresh snapshot per statement, so
+//! [`EventReader::read_events`] refuses to run in a REPEATABLE READ or
+//! SERIALIZABLE transaction ([`Error::UnsupportedIsolation`]).
+
+mod names;
+mod sql;
+
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+use sqlx::postgres::{PgDatabaseError, PgRow};
+use sqlx::types::Json;
+use sqlx::{Acquire, AssertSqlSafe, PgConnection, Postgres, Row, SqlSafeStr};
+use uuid::Uuid;
+
+use crate::{
+    AggregateStreamReader, AppendResult, Backend, CheckpointStore, Error, Event,
+    EventIdConflictReason, EventReader, EventStore, ExpectedVersion, PersistedEvent, Result,
+    Stream, replay, validate,
+};
+use names::{Ident, MAX_SCHEMA_NAME, MAX_TABLE_NAME, Names};
+use sql::Statements;
+
+/// The PostgreSQL event store. Cheap to clone; holds no connection.
+///
+/// ```
+/// use es_store::PostgresStore;
+///
+/// let store = PostgresStore::builder().schema("billing").events_table("billing_events").build()?;
+/// assert_eq!(store.events_table(), r#""billing"."billing_events""#);
+/// # Ok::<(), es_store::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    names: Names,
+    sql: Statements,
+}
+
+impl Default for PostgresStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PostgresStore {
+    /// A store on the default tables `events`, `aggregate_heads` and
+    /// `checkpoints`, in the connection's current schema (the search path).
+    ///
+    /// ```
+    /// let store = es_store::PostgresStore::new();
+    /// assert_eq!(store.events_table(), r#""events""#);
+    /// ```
+    pub fn new() -> Self {
+        PostgresStoreBuilder::default()
+            .build()
+            .expect("the default names are valid identifiers")
+    }
+
+    /// Configures schema and table names.
+    ///
+    /// ```
+    /// let store = es_store::PostgresStore::builder().schema("es").build()?;
+    /// assert_eq!(store.checkpoints_table(), r#""es"."checkpoints""#);
+    /// # Ok::<(), es_store::Error>(())
+    /// ```
+    pub fn builder() -> PostgresStoreBuilder {
+        PostgresStoreBuilder::default()
+    }
+
+    /// The events table, quoted and qualified, for your own SQL.
+    ///
+    /// ```
+    /// assert_eq!(es_store::PostgresStore::new().events_table(), r#""events""#);
+    /// ```
+    pub fn events_table(&self) -> String {
+        self.inner.names.events()
+    }
+
+    /// The aggregate heads table, quoted and qualified.
+    ///
+    /// ```
+    /// assert_eq!(es_store::PostgresStore::new().heads_table(), r#""aggregate_heads""#);
+    /// ```
+    pub fn heads_table(&self) -> String {
+        self.inner.names.heads()
+    }
+
+    /// The checkpoints table, quoted and qualified.
+    ///
+    /// ```
+    /// assert_eq!(es_store::PostgresStore::new().checkpoints_table(), r#""checkpoints""#);
+    /// ```
+    pub fn checkpoints_table(&self) -> String {
+        self.inner.names.checkpoints()
+    }
+
+    /// The configured schema, if any.
+    ///
+    /// ```
+    /// let store = es_store::PostgresStore::builder().schema("es").build()?;
+    /// assert_eq!(store.schema(), Some("es"));
+    /// # Ok::<(), es_store::Error>(())
+    /// ```
+    pub fn schema(&self) -> Option<&str> {
+        self.inner.names.schema.as_ref().map(Ident::as_str)
+    }
+
+    /// The migrations for this store's names, as a sqlx [`Migrator`](sqlx::migrate::Migrator).
+    ///
+    /// They are tracked in their own table, `_es_migrations` in the store's
+    /// schema, so they never collide with your application's migrations.
+    ///
+    /// ```
+    /// let migrator = es_store::PostgresStore::new().migrator();
+    /// assert_eq!(migrator.iter().next().unwrap().version, 1);
+    /// ```
+    pub fn migrator(&self) -> sqlx::migrate::Migrator {
+        use sqlx::migrate::{Migration, MigrationType, Migrator};
+        let names = &self.inner.names;
+        let migrations = sql::migrations(names)
+            .into_iter()
+            .map(|(version, description, sql)| {
+                Migration::new(
+                    version,
+                    description.into(),
+                    MigrationType::Simple,
+                    AssertSqlSafe(sql).into_sql_str(),
+                    false,
+                )
+            })
+            .collect();
+        let mut migrator = Migrator::with_migrations(migrations);
+        migrator.dangerous_set_table_name(names.migrations_table());
+        if let Some(schema) = &names.schema {
+            migrator.create_schema(format!("\"{}\"", schema.as_str()));
+        }
+        migrator
+    }
+
+    /// Creates or upgrades the store's tables (and its schema, if one is
+    /// configured). Safe to call on every start and from several processes
+    /// at once.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1/test").await?;
+    /// let store = es_store::PostgresStore::new();
+    /// store.migrate(&pool).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn migrate<'a, A>(&self, conn: A) -> Result<()>
+    where
+        A: Acquire<'a, Database = Postgres>,
+    {
+        self.migrator().run(conn).await.map_err(Error::Migration)
+    }
+
+    fn sql(&self) -> &Statements {
+        &self.inner.sql
+    }
+}
+
+/// Sets the schema and table names of a [`PostgresStore`].
+///
+/// Names must be plain identifiers (ASCII letters, digits, `_`, not starting
+/// with a digit); they are always quoted in SQL, so case is kept. Table names
+/// are limited to 40 bytes because the store derives sequence and constraint
+/// names from the events table name.
+///
+/// ```
+/// use es_store::{Error, PostgresStore};
+///
+/// let err = PostgresStore::builder().events_table("events; DROP TABLE x").build().unwrap_err();
+/// assert!(matches!(err, Error::InvalidIdentifier { what: "events table", .. }));
+/// ```
+#[derive(Debug, Clone)]
+pub struct PostgresStoreBuilder {
+    schema: Option<String>,
+    events: String,
+    heads: String,
+    checkpoints: String,
+}
+
+impl Default for PostgresStoreBuilder {
+    fn default() -> Self {
+        Self {
+            schema: None,
+            events: "events".to_owned(),
+            heads: "aggregate_heads".to_owned(),
+            checkpoints: "checkpoints".to_owned(),
+        }
+    }
+}
+
+impl PostgresStoreBuilder {
+    /// Puts every table in this schema (created by `migrate` if missing).
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = Some(schema.into());
+        self
+    }
+
+    /// Names the events table (default `events`).
+    pub fn events_table(mut self, name: impl Into<String>) -> Self {
+        self.events = name.into();
+        self
+    }
+
+    /// Names the aggregate heads table (default `aggregate_heads`).
+    pub fn heads_table(mut self, name: impl Into<String>) -> Self {
+        self.heads = name.into();
+        self
+    }
+
+    /// Names the checkpoints table (default `checkpoints`).
+    pub fn checkpoints_table(mut self, name: impl Into<String>) -> Self {
+        self.checkpoints = name.into();
+        self
+    }
+
+    /// Validates the names and renders the store's SQL.
+    pub fn build(self) -> Result<PostgresStore> {
+        let names = Names {
+            schema: self
+                .schema
+                .map(|s| Ident::new("schema", &s, MAX_SCHEMA_NAME))
+                .transpose()?,
+            events: Ident::new("events table", &self.events, MAX_TABLE_NAME)?,
+            heads: Ident::new("heads table", &self.heads, MAX_TABLE_NAME)?,
+            checkpoints: Ident::new("checkpoints table", &self.checkpoints, MAX_TABLE_NAME)?,
+        };
+        if names.events == names.heads
+            || names.events == names.checkpoints
+            || names.heads == names.checkpoints
+        {
+            return Err(Error::InvalidIdentifier {
+                what: "table names",
+                name: format!("{}, {}, {}", self.events, self.heads, self.checkpoints),
+                reason: "the events, heads and checkpoints tables need distinct names",
+            });
+        }
+        let sql = Statements::new(&names);
+        Ok(PostgresStore {
+            inner: Arc::new(Inner { names, sql }),
+        })
+    }
+}
+
+impl Backend for PostgresStore {
+    type Database = Postgres;
+}
+
+/// The event columns of an append, one array each.
+struct Columns<'a> {
+    ids: Vec<Uuid>,
+    types: Vec<&'a str>,
+    versions: Vec<i32>,
+    payloads: Vec<Json<&'a RawValue>>,
+    metadata: Vec<Json<&'a RawValue>>,
+    correlation_ids: Vec<Option<Uuid>>,
+    causation_ids: Vec<Option<Uuid>>,
+    trace_ids: Vec<Option<&'a str>>,
+    created_at: Vec<chrono::DateTime<chrono::Utc>>,
+}
+
+impl<'a> Columns<'a> {
+    fn new(events: &'a [Event]) -> Self {
+        Columns {
+            ids: events.iter().map(|e| e.event_id).collect(),
+            types: events.iter().map(|e| e.event_type.as_str()).collect(),
+            versions: events.iter().map(|e| e.event_version).collect(),
+            payloads: events.iter().map(|e| Json(&*e.payload)).collect(),
+            metadata: events.iter().map(|e| Json(&*e.metadata)).collect(),
+            correlation_ids: events.iter().map(|e| e.correlation_id).collect(),
+            causation_ids: events.iter().map(|e| e.causation_id).collect(),
+            trace_ids: events.iter().map(|e| e.trace_id.as_deref()).collect(),
+            created_at: events.iter().map(|e| e.created_at).collect(),
+        }
+    }
+}
+
+impl EventStore for PostgresStore {
+    async fn append(
+        &self,
+        conn: &mut PgConnection,
+        expected: ExpectedVersion,
+        mut events: Vec<Event>,
+    ) -> Result<AppendResult> {
+        let expected = validate::append(expected, &mut events)?;
+        let count = events.len() as i64;
+        let rows = {
+            let first = &events[0];
+            let columns = Columns::new(&events);
+            let sql = match expected {
+                ExpectedVersion::NoStream => &self.sql().append_no_stream,
+                ExpectedVersion::Any => &self.sql().append_any,
+                ExpectedVersion::Exact(_) => &self.sql().append_exact,
+            };
+            let mut query = sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(first.bounded_context.as_str())
+                .bind(first.aggregate_type.as_str())
+                .bind(first.aggregate_id.as_str())
+                .bind(count)
+                .bind(&columns.ids)
+                .bind(&columns.types)
+                .bind(&columns.versions)
+                .bind(&columns.payloads)
+                .bind(&columns.metadata)
+                .bind(&columns.correlation_ids)
+                .bind(&columns.causation_ids)
+                .bind(&columns.trace_ids)
+                .bind(&columns.created_at);
+            if let ExpectedVersion::Exact(version) = expected {
+                query = query.bind(version);
+            }
+            query
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(|e| self.append_error(e, &events[0], expected))?
+        };
+        if rows.is_empty() {
+            return self.resolve_refused_append(conn, expected, events).await;
+        }
+        if rows.len() != events.len() {
+            // Only possible if the statement were changed to skip rows.
+            return Err(Error::Database(sqlx::Error::Protocol(format!(
+                "append stored {} rows for {} events",
+                rows.len(),
+                events.len()
+            ))));
+        }
+        let mut persisted = Vec::with_capacity(events.len());
+        for (event, row) in events.into_iter().zip(&rows) {
+            persisted.push(PersistedEvent::new(event, row.try_get(1)?, row.try_get(0)?));
+        }
+        Ok(AppendResult::new(persisted))
+    }
+}
+
+impl PostgresStore {
+    /// Maps a failed append statement to the store's errors.
+    fn append_error(&self, error: sqlx::Error, first: &Event, expected: ExpectedVersion) -> Error {
+        let Some(db) = error.as_database_error() else {
+            return Error::Database(error);
+        };
+        if db.code().as_deref() != Some("23505") {
+            return Error::Database(error);
+        }
+        let names = &self.inner.names;
+        match db.constraint() {
+            Some(c) if c == names.stream_version_constraint() => Error::OptimisticConcurrency {
+                aggregate: first.aggregate().to_owned(),
+                expected,
+                actual: None,
+            },
+            Some(c) if c == names.event_id_constraint() => {
+                let event_id = db
+                    .try_downcast_ref::<PgDatabaseError>()
+                    .and_then(|pg| pg.detail())
+                    .and_then(parse_key_detail)
+                    .unwrap_or(first.event_id);
+                Error::EventIdConflict {
+                    event_id,
+                    reason: EventIdConflictReason::StoredConcurrently,
+                }
+            }
+            _ => Error::Database(error),
+        }
+    }
+
+    /// The append statement stored nothing: either the expected version did
+    /// not match or some event ids are stored already. Decides which, and
+    /// returns the stored result when the batch repeats one earlier append.
+    async fn resolve_refused_append(
+        &self,
+        conn: &mut PgConnection,
+        expected: ExpectedVersion,
+        events: Vec<Event>,
+    ) -> Result<AppendResult> {
+        let stored = {
+            let columns = Columns::new(&events);
+            sqlx::query(AssertSqlSafe(self.sql().stored_ids.clone()))
+                .bind(&columns.ids)
+                .bind(&columns.types)
+                .bind(&columns.versions)
+                .bind(&columns.payloads)
+                .fetch_all(&mut *conn)
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok((
+                        decode_row(row)?,
+                        row.try_get::<bool, _>(EVENT_COLUMN_COUNT)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
+        if !stored.is_empty() {
+            return replay::stored_result(&events, stored);
+        }
+        let first = &events[0];
+        let actual: Option<i64> =
+            sqlx::query_scalar(AssertSqlSafe(self.sql().head_version.clone()))
+                .bind(&first.bounded_context)
+                .bind(&first.aggregate_type)
+                .bind(&first.aggregate_id)
+                .fetch_optional(&mut *conn)
+                .await?;
+        Err(Error::OptimisticConcurrency {
+            aggregate: first.aggregate().to_owned(),
+            expected,
+            actual: Some(actual.unwrap_or(0)),
+        })
+    }
+}
+
+/// The event id in a unique-violation detail: `Key (event_id)=(<uuid>) already exists.`
+fn parse_key_detail(detail: &str) -> Option<Uuid> {
+    let start = detail.find(")=(")? + 3;
+    let end = start + detail[start..].find(')')?;
+    detail[start..end].parse().ok()
+}
+
+/// How many columns [`sql::EVENT_COLUMNS`] lists.
+const EVENT_COLUMN_COUNT: usize = 14;
+
+/// Decodes a row selected with [`sql::EVENT_COLUMNS`].
+fn decode_row(row: &PgRow) -> Result<PersistedEvent> {
+    let payload: Json<&RawValue> = row.try_get(8)?;
+    let metadata: Json<&RawValue> = row.try_get(9)?;
+    let event = Event {
+        event_id: row.try_get(2)?,
+        bounded_context: row.try_get(3)?,
+        aggregate_type: row.try_get(4)?,
+        aggregate_id: row.try_get(5)?,
+        event_type: row.try_get(6)?,
+        event_version: row.try_get(7)?,
+        payload: payload.0.to_owned(),
+        metadata: metadata.0.to_owned(),
+        correlation_id: row.try_get(10)?,
+        causation_id: row.try_get(11)?,
+        trace_id: row.try_get(12)?,
+        created_at: row.try_get(13)?,
+    };
+    Ok(PersistedEvent::new(event, row.try_get(1)?, row.try_get(0)?))
+}
+
+impl AggregateStreamReader for PostgresStore {
+    async fn read_aggregate_stream(
+        &self,
+        conn: &mut PgConnection,
+        bounded_context: &str,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        from_version: Option<i64>,
+        to_version: Option<i64>,
+    ) -> Result<Stream> {
+        validate::aggregate(bounded_context, aggregate_type, aggregate_id)?;
+        let (from, to) = validate::version_range(from_version, to_version)?;
+        let rows = sqlx::query(AssertSqlSafe(self.sql().read_stream.clone()))
+            .bind(bounded_context)
+            .bind(aggregate_type)
+            .bind(aggregate_id)
+            .bind(from)
+            .bind(to)
+            .fetch_all(&mut *conn)
+            .await?;
+        let events = rows.iter().map(decode_row).collect::<Result<_>>()?;
+        Ok(Stream::new(
+            bounded_context,
+            aggregate_type,
+            aggregate_id,
+            events,
+        ))
+    }
+}
+
+impl PostgresStore {
+    /// The highest position below which no event can still commit: events
+    /// up to it that are not visible now never will be.
+    ///
+    /// ```no_run
+    /// # async fn demo(mut conn: sqlx::PgConnection) -> Result<(), es_store::Error> {
+    /// let store = es_store::PostgresStore::new();
+    /// let safe = store.safe_position(&mut conn).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn safe_position(&self, conn: &mut PgConnection) -> Result<i64> {
+        let row = sqlx::query(AssertSqlSafe(self.sql().read_horizon.clone()))
+            .fetch_one(&mut *conn)
+            .await?;
+        let allocated: i64 = row.try_get(0)?;
+        let in_flight: Option<i64> = row.try_get(1)?;
+        let isolation: String = row.try_get(2)?;
+        if isolation != "read committed" {
+            return Err(Error::UnsupportedIsolation { level: isolation });
+        }
+        Ok(in_flight.map_or(allocated, |v| v.min(allocated)))
+    }
+}
+
+impl EventReader for PostgresStore {
+    async fn read_events(
+        &self,
+        conn: &mut PgConnection,
+        from_position: i64,
+        limit: i64,
+    ) -> Result<Vec<PersistedEvent>> {
+        validate::page(from_position, limit)?;
+        let safe = self.safe_position(conn).await?;
+        if safe <= from_position {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(AssertSqlSafe(self.sql().read_events.clone()))
+            .bind(from_position)
+            .bind(safe)
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await?;
+        rows.iter().map(decode_row).collect()
+    }
+}
+
+impl CheckpointStore for PostgresStore {
+    async fn get_checkpoint(&self, conn: &mut PgConnection, projection_name: &str) -> Result<i64> {
+        validate::projection_name(projection_name)?;
+        let position: Option<i64> =
+            sqlx::query_scalar(AssertSqlSafe(self.sql().get_checkpoint.clone()))
+                .bind(projection_name)
+                .fetch_optional(&mut *conn)
+                .await?;
+        Ok(position.unwrap_or(0))
+    }
+
+    async fn update_checkpoint(
+        &self,
+        conn: &mut PgConnection,
+        projection_name: &str,
+        position: i64,
+    ) -> Result<()> {
+        validate::projection_name(projection_name)?;
+        validate::position(position)?;
+        sqlx::query(AssertSqlSafe(self.sql().update_checkpoint.clone()))
+            .bind(projection_name)
+            .bind(position)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_unique_violation_detail() {
+        let id = Uuid::now_v7();
+        assert_eq!(
+            parse_key_detail(&format!("Key (event_id)=({id}) already exists.")),
+            Some(id)
+        );
+        assert_eq!(parse_key_detail("nonsense"), None);
+    }
+
+    /// The files in `migrations/` (for sqlx-cli users) must be what the
+    /// default store applies. `ES_BLESS=1 cargo test -p es-store` rewrites them.
+    #[test]
+    fn migration_files_match_the_default_store() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+        for (version, description, sql) in sql::migrations(&PostgresStore::new().inner.names) {
+            let path = dir.join(format!(
+                "{version:04}_{}.sql",
+                description.replace(' ', "_")
+            ));
+            if std::env::var_os("ES_BLESS").is_some() {
+                std::fs::write(&path, &sql).unwrap();
+            }
+            let file = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(
+                file,
+                sql,
+                "{} differs from what the default store renders",
+                path.display()
+            );
+        }
+    }
+}

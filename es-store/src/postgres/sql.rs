@@ -1,0 +1,258 @@
+//! Every SQL text the PostgreSQL store runs, rendered once per store from
+//! validated names.
+
+use std::sync::Arc;
+
+use super::names::Names;
+
+/// Positions are kept below 2^48 so that a position fits in an advisory lock
+/// key next to the store's 15-bit tag (see the gap-safety notes in `mod.rs`).
+pub(crate) const MAX_POSITION: i64 = (1 << 48) - 1;
+
+/// The migrations, oldest first: (version, description, SQL).
+pub(crate) fn migrations(names: &Names) -> Vec<(i64, &'static str, String)> {
+    vec![(1, "event store", migration_1(names))]
+}
+
+fn migration_1(n: &Names) -> String {
+    let events = n.events();
+    let heads = n.heads();
+    let checkpoints = n.checkpoints();
+    let sequence = n.sequence();
+    let event_id_key = n.event_id_constraint();
+    let stream_version_key = n.stream_version_constraint();
+    format!(
+        r#"-- The event store: events, aggregate heads, projection checkpoints.
+
+-- Global positions. CACHE 1 is required: the gap-safe reader relies on every
+-- value handed out being above the sequence's last_value read before it.
+CREATE SEQUENCE {sequence} AS bigint MINVALUE 1 MAXVALUE {MAX_POSITION} CACHE 1;
+
+CREATE TABLE {events} (
+    global_position   bigint      NOT NULL DEFAULT nextval('{sequence}') PRIMARY KEY,
+    event_id          uuid        NOT NULL,
+    bounded_context   text        NOT NULL CHECK (bounded_context <> ''),
+    aggregate_type    text        NOT NULL CHECK (aggregate_type <> ''),
+    aggregate_id      text        NOT NULL CHECK (aggregate_id <> ''),
+    aggregate_version bigint      NOT NULL CHECK (aggregate_version > 0),
+    event_type        text        NOT NULL CHECK (event_type <> ''),
+    event_version     integer     NOT NULL CHECK (event_version > 0),
+    payload           jsonb       NOT NULL,
+    metadata          jsonb       NOT NULL DEFAULT '{{}}',
+    correlation_id    uuid,
+    causation_id      uuid,
+    trace_id          text,
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT "{event_id_key}" UNIQUE (event_id),
+    -- The last safety net of optimistic concurrency.
+    CONSTRAINT "{stream_version_key}"
+        UNIQUE (bounded_context, aggregate_type, aggregate_id, aggregate_version)
+);
+
+ALTER SEQUENCE {sequence} OWNED BY {events}.global_position;
+
+-- One row per aggregate: its current version, read and moved by every append
+-- (O(1) instead of max(aggregate_version)). The row lock it takes orders
+-- concurrent appends to one aggregate. Free space per page keeps updates HOT.
+CREATE TABLE {heads} (
+    bounded_context text   NOT NULL,
+    aggregate_type  text   NOT NULL,
+    aggregate_id    text   NOT NULL,
+    version         bigint NOT NULL CHECK (version > 0),
+    PRIMARY KEY (bounded_context, aggregate_type, aggregate_id)
+) WITH (fillfactor = 70);
+
+CREATE TABLE {checkpoints} (
+    projection_name text        NOT NULL PRIMARY KEY CHECK (projection_name <> ''),
+    position        bigint      NOT NULL CHECK (position >= 0),
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+"#
+    )
+}
+
+/// The highest position the sequence has handed out (0 before the first):
+/// every later `nextval` returns more.
+const ALLOCATED: &str = "CASE WHEN is_called THEN last_value ELSE last_value - 1 END";
+
+/// The columns every event read selects, in the order `decode_row` expects.
+pub(crate) const EVENT_COLUMNS: &str = "global_position, aggregate_version, event_id, \
+    bounded_context, aggregate_type, aggregate_id, event_type, event_version, payload, \
+    metadata, correlation_id, causation_id, trace_id, created_at";
+
+/// The prepared texts of one store.
+#[derive(Debug)]
+pub(crate) struct Statements {
+    pub(crate) append_no_stream: Arc<str>,
+    pub(crate) append_any: Arc<str>,
+    pub(crate) append_exact: Arc<str>,
+    pub(crate) stored_ids: Arc<str>,
+    pub(crate) head_version: Arc<str>,
+    pub(crate) read_stream: Arc<str>,
+    pub(crate) read_horizon: Arc<str>,
+    pub(crate) read_events: Arc<str>,
+    pub(crate) get_checkpoint: Arc<str>,
+    pub(crate) update_checkpoint: Arc<str>,
+}
+
+/// How an append's head CTE checks the expected version.
+#[derive(Clone, Copy)]
+enum HeadCheck {
+    NoStream,
+    Any,
+    Exact,
+}
+
+impl Statements {
+    pub(crate) fn new(n: &Names) -> Self {
+        let events = n.events();
+        let heads = n.heads();
+        let checkpoints = n.checkpoints();
+        let sequence = n.sequence();
+        let tag = n.gap_tag();
+        Statements {
+            append_no_stream: append(n, HeadCheck::NoStream).into(),
+            append_any: append(n, HeadCheck::Any).into(),
+            append_exact: append(n, HeadCheck::Exact).into(),
+            stored_ids: format!(
+                "SELECT {cols}, \
+                     (e.event_type = i.event_type AND e.event_version = i.event_version \
+                      AND e.payload = i.payload) AS same_content \
+                 FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::jsonb[]) WITH ORDINALITY \
+                     AS i(event_id, event_type, event_version, payload, ord) \
+                 JOIN {events} e ON e.event_id = i.event_id \
+                 ORDER BY i.ord",
+                cols = prefixed("e", EVENT_COLUMNS)
+            )
+            .into(),
+            head_version: format!(
+                "SELECT version FROM {heads} \
+                 WHERE bounded_context = $1 AND aggregate_type = $2 AND aggregate_id = $3"
+            )
+            .into(),
+            read_stream: format!(
+                "SELECT {EVENT_COLUMNS} FROM {events} \
+                 WHERE bounded_context = $1 AND aggregate_type = $2 AND aggregate_id = $3 \
+                   AND aggregate_version BETWEEN $4 AND $5 \
+                 ORDER BY aggregate_version"
+            )
+            .into(),
+            // The sequence is read first (FROM), the in-flight locks second
+            // (a subquery correlated with it, so it runs after): see the
+            // proof in the module docs of `postgres`.
+            read_horizon: format!(
+                "SELECT s.allocated, \
+                     (SELECT min(((l.classid::bigint << 32) | l.objid::bigint) & {MAX_POSITION}) \
+                      FROM pg_catalog.pg_locks l \
+                      WHERE s.allocated IS NOT NULL \
+                        AND l.locktype = 'advisory' AND l.objsubid = 1 \
+                        AND l.database = (SELECT oid FROM pg_catalog.pg_database \
+                                          WHERE datname = current_database()) \
+                        AND (l.classid::bigint >> 16) = {tag} \
+                        AND l.pid IS DISTINCT FROM pg_backend_pid()) AS in_flight, \
+                     current_setting('transaction_isolation') AS isolation \
+                 FROM (SELECT {ALLOCATED} AS allocated FROM {sequence}) s"
+            )
+            .into(),
+            read_events: format!(
+                "SELECT {EVENT_COLUMNS} FROM {events} \
+                 WHERE global_position > $1 AND global_position <= $2 \
+                 ORDER BY global_position LIMIT $3"
+            )
+            .into(),
+            get_checkpoint: format!(
+                "SELECT position FROM {checkpoints} WHERE projection_name = $1"
+            )
+            .into(),
+            update_checkpoint: format!(
+                "INSERT INTO {checkpoints} (projection_name, position, updated_at) \
+                 VALUES ($1, $2, now()) \
+                 ON CONFLICT (projection_name) \
+                 DO UPDATE SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at"
+            )
+            .into(),
+        }
+    }
+}
+
+fn prefixed(alias: &str, columns: &str) -> String {
+    columns
+        .split(", ")
+        .map(|c| format!("{alias}.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One statement that checks the expected version, moves the head, marks
+/// the transaction as appending and inserts the whole batch.
+///
+/// Parameters: $1 bounded context, $2 aggregate type, $3 aggregate id,
+/// $4 number of events, $5..$13 one array per event column, and for
+/// `Exact`, $14 the expected version.
+///
+/// Order of effects, forced by data dependencies (each step selects from the
+/// previous one): the head row is locked and moved (`head`), then the
+/// advisory lock is taken with the sequence's current value (`guard`), then
+/// positions are drawn with `nextval` for the inserted rows. If the head
+/// check fails, `head` is empty and nothing else happens: no lock, no
+/// position consumed. A batch whose ids are already stored also makes `head`
+/// empty; the caller then resolves what happened.
+fn append(n: &Names, check: HeadCheck) -> String {
+    let events = n.events();
+    let heads = n.heads();
+    let sequence = n.sequence();
+    let tag = n.gap_tag();
+    let not_stored = format!("NOT EXISTS (SELECT 1 FROM {events} WHERE event_id = ANY($5))");
+    let head = match check {
+        HeadCheck::NoStream => format!(
+            "INSERT INTO {heads} AS h (bounded_context, aggregate_type, aggregate_id, version) \
+             SELECT $1, $2, $3, $4 WHERE {not_stored} \
+             ON CONFLICT DO NOTHING \
+             RETURNING 0::bigint AS base"
+        ),
+        HeadCheck::Any => format!(
+            "INSERT INTO {heads} AS h (bounded_context, aggregate_type, aggregate_id, version) \
+             SELECT $1, $2, $3, $4 WHERE {not_stored} \
+             ON CONFLICT (bounded_context, aggregate_type, aggregate_id) \
+             DO UPDATE SET version = h.version + EXCLUDED.version \
+             RETURNING h.version - $4 AS base"
+        ),
+        HeadCheck::Exact => format!(
+            "UPDATE {heads} AS h SET version = h.version + $4 \
+             WHERE h.bounded_context = $1 AND h.aggregate_type = $2 AND h.aggregate_id = $3 \
+               AND h.version = $14 AND {not_stored} \
+             RETURNING h.version - $4 AS base"
+        ),
+    };
+    // The first append of a transaction takes a shared advisory lock keyed
+    // by (tag, sequence value before any of its positions) and notes in a
+    // transaction-local setting that it did: later appends of the same
+    // transaction draw higher positions, so the first lock covers them and
+    // a long import does not fill the lock table. CASE fixes the evaluation
+    // order.
+    let guard_setting = format!("es.gap_guard_{tag}");
+    let allocated = ALLOCATED;
+    let tag_bits = tag << 48;
+    format!(
+        "WITH head AS ({head}), \
+         guard AS ( \
+             SELECT h.base FROM head h \
+             WHERE CASE WHEN current_setting('{guard_setting}', true) = 'on' THEN true \
+                   ELSE pg_advisory_xact_lock_shared({tag_bits} + (SELECT {allocated} FROM {sequence}))::text = '' \
+                        AND set_config('{guard_setting}', 'on', true) = 'on' END \
+         ) \
+         INSERT INTO {events} (global_position, event_id, bounded_context, aggregate_type, \
+             aggregate_id, aggregate_version, event_type, event_version, payload, metadata, \
+             correlation_id, causation_id, trace_id, created_at) \
+         SELECT nextval('{sequence}'), e.event_id, $1, $2, $3, g.base + e.ord, e.event_type, \
+             e.event_version, e.payload, e.metadata, e.correlation_id, e.causation_id, \
+             e.trace_id, e.created_at \
+         FROM guard g, \
+             unnest($5::uuid[], $6::text[], $7::int4[], $8::jsonb[], $9::jsonb[], \
+                    $10::uuid[], $11::uuid[], $12::text[], $13::timestamptz[]) WITH ORDINALITY \
+             AS e(event_id, event_type, event_version, payload, metadata, correlation_id, \
+                  causation_id, trace_id, created_at, ord) \
+         ORDER BY e.ord \
+         RETURNING global_position, aggregate_version"
+    )
+}

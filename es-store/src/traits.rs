@@ -1,0 +1,160 @@
+//! The store API, one trait per capability, as in the seed package.
+//!
+//! Every method takes the connection to run on, so the caller owns the
+//! transaction: pass `&mut *tx` for a [`sqlx::Transaction`] or `&mut *conn`
+//! for a pooled connection.
+
+use std::future::Future;
+
+use crate::{AppendResult, Event, ExpectedVersion, PersistedEvent, Result, Stream};
+
+/// What every backend names: the sqlx database it runs on.
+///
+/// A store implements the capability traits below for one database; generic
+/// code (the repository, projection processors) uses [`Connection`] to name
+/// the connection type.
+///
+/// ```
+/// use es_store::{Backend, PostgresStore};
+/// fn database_name<B: Backend>() -> &'static str { std::any::type_name::<B::Database>() }
+/// assert!(database_name::<PostgresStore>().contains("Postgres"));
+/// ```
+pub trait Backend: Send + Sync + 'static {
+    /// The sqlx database driver.
+    type Database: sqlx::Database;
+}
+
+/// The connection type a backend's methods run on.
+pub type Connection<B> = <<B as Backend>::Database as sqlx::Database>::Connection;
+
+/// Appends events.
+///
+/// ```no_run
+/// use es_store::{Event, EventStore, ExpectedVersion, PostgresStore};
+/// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_store::Error> {
+/// let store = PostgresStore::new();
+/// let mut tx = pool.begin().await?;
+/// let event = Event::new("Billing", "Account", "acc-1", "Opened", &serde_json::json!({"owner": "alice"}))?;
+/// let result = store.append(&mut *tx, ExpectedVersion::NoStream, vec![event]).await?;
+/// tx.commit().await?;
+/// assert_eq!(result.to_version(), 1);
+/// # Ok(()) }
+/// ```
+pub trait EventStore: Backend {
+    /// Atomically appends one or more events of one aggregate instance.
+    ///
+    /// The store reads the aggregate's current version from its head row
+    /// (O(1)), checks `expected` against it, gives the events consecutive
+    /// versions from current + 1, and moves the head. A failed check is
+    /// [`Error::OptimisticConcurrency`](crate::Error::OptimisticConcurrency);
+    /// the unique constraint on (aggregate, version) is the last safety net
+    /// and maps to the same error.
+    ///
+    /// Appending a batch whose event ids are all stored already, as the same
+    /// events of the same aggregate in the same order, returns the stored
+    /// result instead of writing again: retrying an append whose outcome was
+    /// lost is safe. Reusing an id for anything else is
+    /// [`Error::EventIdConflict`](crate::Error::EventIdConflict).
+    ///
+    /// Invalid input (no events, empty names, events of several aggregates,
+    /// negative expected version, schema version below 1, an id twice in the
+    /// batch) is refused before anything is sent.
+    fn append(
+        &self,
+        conn: &mut Connection<Self>,
+        expected: ExpectedVersion,
+        events: Vec<Event>,
+    ) -> impl Future<Output = Result<AppendResult>> + Send;
+}
+
+/// Reads one aggregate instance's events.
+///
+/// ```no_run
+/// use es_store::{AggregateStreamReader, PostgresStore};
+/// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_store::Error> {
+/// let store = PostgresStore::new();
+/// let mut conn = pool.acquire().await?;
+/// // versions 5 to 10, both included
+/// let stream = store.read_aggregate_stream(&mut *conn, "Billing", "Account", "acc-1", Some(5), Some(10)).await?;
+/// for event in &stream.events {
+///     println!("{} {}", event.aggregate_version, event.event_type);
+/// }
+/// # Ok(()) }
+/// ```
+pub trait AggregateStreamReader: Backend {
+    /// Reads the events of one aggregate with `from_version <= version <=
+    /// to_version` (each bound optional), in version order. No match is an
+    /// empty stream, not an error.
+    fn read_aggregate_stream(
+        &self,
+        conn: &mut Connection<Self>,
+        bounded_context: &str,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        from_version: Option<i64>,
+        to_version: Option<i64>,
+    ) -> impl Future<Output = Result<Stream>> + Send;
+}
+
+/// Reads the global feed of all events.
+///
+/// ```no_run
+/// use es_store::{EventReader, PostgresStore};
+/// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_store::Error> {
+/// let store = PostgresStore::new();
+/// let mut conn = pool.acquire().await?;
+/// let mut position = 0;
+/// loop {
+///     let page = store.read_events(&mut *conn, position, 500).await?;
+///     let Some(last) = page.last() else { break };
+///     position = last.global_position;
+/// }
+/// # Ok(()) }
+/// ```
+pub trait EventReader: Backend {
+    /// Reads up to `limit` events with a global position greater than
+    /// `from_position`, in position order. Pass 0 to start at the beginning
+    /// and the last position you handled to go on.
+    ///
+    /// The read is gap-safe: it never returns an event while an event at a
+    /// lower position may still commit, so a reader that remembers the last
+    /// position it saw never misses an event. Each aggregate's events come in
+    /// version order.
+    fn read_events(
+        &self,
+        conn: &mut Connection<Self>,
+        from_position: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<PersistedEvent>>> + Send;
+}
+
+/// Remembers how far each projection has read.
+///
+/// ```no_run
+/// use es_store::{CheckpointStore, PostgresStore};
+/// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_store::Error> {
+/// let store = PostgresStore::new();
+/// let mut tx = pool.begin().await?;
+/// let from = store.get_checkpoint(&mut *tx, "balances").await?;
+/// // ... update the read model for the events after `from`, in `tx` ...
+/// store.update_checkpoint(&mut *tx, "balances", from + 10).await?;
+/// tx.commit().await?; // the read model and its checkpoint commit together
+/// # Ok(()) }
+/// ```
+pub trait CheckpointStore: Backend {
+    /// The last position the projection handled, or 0 if it has none.
+    fn get_checkpoint(
+        &self,
+        conn: &mut Connection<Self>,
+        projection_name: &str,
+    ) -> impl Future<Output = Result<i64>> + Send;
+
+    /// Sets the projection's checkpoint, creating it if needed, inside the
+    /// caller's transaction.
+    fn update_checkpoint(
+        &self,
+        conn: &mut Connection<Self>,
+        projection_name: &str,
+        position: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
+}

@@ -1,0 +1,42 @@
+//! The conformance suite: behaviour every backend must show, written once
+//! as functions generic over [`Fixture`](crate::support::Fixture) and
+//! instantiated per backend with [`conformance_tests!`].
+#![allow(dead_code, unreachable_pub)]
+
+pub mod store;
+
+/// Generates one `#[tokio::test]` per listed test body for a fixture.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($fixture:ty; $($module:ident :: $name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                $crate::conformance::$module::$name::<$fixture>().await
+            }
+        )*
+    };
+}
+
+/// Every store test body, for a fixture.
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($fixture:ty) => {
+        $crate::conformance_tests!($fixture;
+            store::append_assigns_consecutive_versions,
+            store::expected_version_is_checked,
+            store::a_conflict_leaves_the_transaction_usable,
+            store::empty_append_is_no_events,
+            store::batches_of_1_100_and_10000,
+            store::retried_batch_returns_the_original_result,
+            store::reused_event_ids_are_refused,
+            store::bad_input_is_refused_and_nothing_written,
+            store::stream_reads_honour_inclusive_bounds,
+            store::global_reads_page_without_overlap_or_loss,
+            store::checkpoints_live_in_the_callers_transaction,
+            store::concurrent_exact_appends_have_one_winner_per_version,
+            store::concurrent_creations_have_one_winner,
+            store::concurrent_any_appends_all_succeed,
+        );
+    };
+}

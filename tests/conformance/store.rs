@@ -1,0 +1,813 @@
+//! The store API's behaviour, written once for every backend.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use es::store::{
+    AggregateStreamReader, CheckpointStore, Error, Event, EventIdConflictReason, EventReader,
+    EventStore, ExpectedVersion, NameField,
+};
+use serde_json::json;
+use tokio::sync::Barrier;
+
+use crate::support::Fixture;
+
+pub fn event(id: &str, event_type: &str, n: i64) -> Event {
+    Event::new("Billing", "Account", id, event_type, &json!({ "n": n })).unwrap()
+}
+
+pub fn events(id: &str, count: usize) -> Vec<Event> {
+    (0..count)
+        .map(|i| event(id, "Deposited", i as i64))
+        .collect()
+}
+
+async fn append<F: Fixture>(
+    db: &F,
+    expected: ExpectedVersion,
+    batch: Vec<Event>,
+) -> es::store::Result<es::store::AppendResult> {
+    let mut tx = db.pool().begin().await.unwrap();
+    let result = db.store().append(&mut *tx, expected, batch).await;
+    if result.is_ok() {
+        tx.commit().await.unwrap();
+    }
+    result
+}
+
+async fn stream<F: Fixture>(db: &F, id: &str) -> es::store::Stream {
+    let mut conn = db.pool().acquire().await.unwrap();
+    db.store()
+        .read_aggregate_stream(&mut *conn, "Billing", "Account", id, None, None)
+        .await
+        .unwrap()
+}
+
+async fn all_events<F: Fixture>(db: &F) -> Vec<es::store::PersistedEvent> {
+    let mut conn = db.pool().acquire().await.unwrap();
+    db.store()
+        .read_events(&mut *conn, 0, i64::MAX)
+        .await
+        .unwrap()
+}
+
+fn assert_conflict(
+    result: es::store::Result<impl std::fmt::Debug>,
+    expected: ExpectedVersion,
+    actual: i64,
+) {
+    match result {
+        Err(Error::OptimisticConcurrency {
+            expected: e,
+            actual: a,
+            aggregate,
+        }) => {
+            assert_eq!(e, expected);
+            assert_eq!(a, Some(actual));
+            assert_eq!(aggregate.aggregate_type, "Account");
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
+pub async fn append_assigns_consecutive_versions<F: Fixture>() {
+    let db = F::create().await;
+    let first = append(&db, ExpectedVersion::NoStream, events("a", 3))
+        .await
+        .unwrap();
+    assert_eq!((first.from_version(), first.to_version()), (1, 3));
+    let second = append(&db, ExpectedVersion::Exact(3), events("a", 2))
+        .await
+        .unwrap();
+    assert_eq!((second.from_version(), second.to_version()), (4, 5));
+    let third = append(&db, ExpectedVersion::Any, events("a", 1))
+        .await
+        .unwrap();
+    assert_eq!(third.to_version(), 6);
+    // positions increase, and the result lists them in order
+    let positions: Vec<i64> = [&first, &second, &third]
+        .iter()
+        .flat_map(|r| r.global_positions.clone())
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    for r in [&first, &second, &third] {
+        let from_events: Vec<i64> = r.events.iter().map(|e| e.global_position).collect();
+        assert_eq!(from_events, r.global_positions);
+    }
+    let s = stream(&db, "a").await;
+    assert_eq!(s.version(), 6);
+    assert_eq!(s.len(), 6);
+    let versions: Vec<i64> = s.events.iter().map(|e| e.aggregate_version).collect();
+    assert_eq!(versions, (1..=6).collect::<Vec<_>>());
+    // another aggregate starts at 1
+    let other = append(&db, ExpectedVersion::Any, events("b", 1))
+        .await
+        .unwrap();
+    assert_eq!(other.to_version(), 1);
+    db.finish().await;
+}
+
+pub async fn expected_version_is_checked<F: Fixture>() {
+    let db = F::create().await;
+    // Exact(n) on a missing aggregate: actual 0
+    assert_conflict(
+        append(&db, ExpectedVersion::Exact(2), events("a", 1)).await,
+        ExpectedVersion::Exact(2),
+        0,
+    );
+    // Exact(0) is NoStream
+    append(&db, ExpectedVersion::Exact(0), events("a", 2))
+        .await
+        .unwrap();
+    assert_conflict(
+        append(&db, ExpectedVersion::NoStream, events("a", 1)).await,
+        ExpectedVersion::NoStream,
+        2,
+    );
+    assert_conflict(
+        append(&db, ExpectedVersion::Exact(1), events("a", 1)).await,
+        ExpectedVersion::Exact(1),
+        2,
+    );
+    assert_conflict(
+        append(&db, ExpectedVersion::Exact(3), events("a", 1)).await,
+        ExpectedVersion::Exact(3),
+        2,
+    );
+    append(&db, ExpectedVersion::Exact(2), events("a", 1))
+        .await
+        .unwrap();
+    append(&db, ExpectedVersion::Any, events("a", 1))
+        .await
+        .unwrap();
+    assert_eq!(stream(&db, "a").await.version(), 4);
+    // the conflicts wrote nothing
+    assert_eq!(db.event_rows().await, 4);
+    db.finish().await;
+}
+
+pub async fn a_conflict_leaves_the_transaction_usable<F: Fixture>() {
+    let db = F::create().await;
+    append(&db, ExpectedVersion::NoStream, events("a", 1))
+        .await
+        .unwrap();
+    let mut tx = db.pool().begin().await.unwrap();
+    let err = db
+        .store()
+        .append(&mut *tx, ExpectedVersion::NoStream, events("a", 1))
+        .await;
+    assert_conflict(err, ExpectedVersion::NoStream, 1);
+    db.store()
+        .append(&mut *tx, ExpectedVersion::Exact(1), events("a", 1))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(stream(&db, "a").await.version(), 2);
+    db.finish().await;
+}
+
+pub async fn empty_append_is_no_events<F: Fixture>() {
+    let db = F::create().await;
+    for expected in [
+        ExpectedVersion::Any,
+        ExpectedVersion::NoStream,
+        ExpectedVersion::Exact(3),
+    ] {
+        assert!(matches!(
+            append(&db, expected, Vec::new()).await,
+            Err(Error::NoEvents)
+        ));
+    }
+    db.finish().await;
+}
+
+pub async fn batches_of_1_100_and_10000<F: Fixture>() {
+    let db = F::create().await;
+    for (i, size) in [1usize, 100, 10_000].into_iter().enumerate() {
+        let id = format!("batch-{i}");
+        let batch: Vec<Event> = (0..size)
+            .map(|n| {
+                Event::new(
+                    "Billing",
+                    "Account",
+                    &id,
+                    "Deposited",
+                    &json!({"n": n, "text": "x".repeat(n % 7)}),
+                )
+                .unwrap()
+                .with_metadata(&json!({"n": n}))
+                .unwrap()
+                .with_correlation_id(uuid::Uuid::now_v7())
+                .with_trace_id(format!("trace-{n}"))
+            })
+            .collect();
+        let sent = batch.clone();
+        let result = append(&db, ExpectedVersion::NoStream, batch).await.unwrap();
+        assert_eq!(result.events.len(), size);
+        assert_eq!(result.to_version(), size as i64);
+        let s = stream(&db, &id).await;
+        assert_eq!(s.len(), size);
+        for (n, (read, sent)) in s.events.iter().zip(&sent).enumerate() {
+            assert_eq!(read.aggregate_version, n as i64 + 1);
+            assert_eq!(read.global_position, result.global_positions[n]);
+            assert_eq!(read.event_id, sent.event_id);
+            assert_eq!(read.event_type, sent.event_type);
+            let payload: serde_json::Value = read.payload_as().unwrap();
+            assert_eq!(
+                payload,
+                serde_json::from_str::<serde_json::Value>(sent.payload.get()).unwrap()
+            );
+            let metadata: serde_json::Value = serde_json::from_str(read.metadata.get()).unwrap();
+            assert_eq!(metadata, json!({"n": n}));
+            assert_eq!(read.correlation_id, sent.correlation_id);
+            assert_eq!(read.trace_id, sent.trace_id);
+            assert_eq!(read.created_at, sent.created_at);
+        }
+    }
+    assert_eq!(db.event_rows().await, 10_101);
+    db.finish().await;
+}
+
+pub async fn retried_batch_returns_the_original_result<F: Fixture>() {
+    let db = F::create().await;
+    append(&db, ExpectedVersion::NoStream, events("a", 2))
+        .await
+        .unwrap();
+    // The same batch, sent again after its outcome was "lost", under each
+    // expected version.
+    for (expected, size) in [
+        (ExpectedVersion::Exact(2), 3usize),
+        (ExpectedVersion::Any, 1),
+        (ExpectedVersion::Exact(6), 2),
+    ] {
+        let batch = events("a", size);
+        let original = append(&db, expected, batch.clone()).await.unwrap();
+        let again = append(&db, expected, batch.clone()).await.unwrap();
+        assert_eq!(again.global_positions, original.global_positions);
+        assert_eq!(
+            (again.from_version(), again.to_version()),
+            (original.from_version(), original.to_version())
+        );
+        let ids: Vec<_> = again.events.iter().map(|e| e.event_id).collect();
+        assert_eq!(ids, batch.iter().map(|e| e.event_id).collect::<Vec<_>>());
+        // also under another expected version: still the stored result
+        let third = append(&db, ExpectedVersion::Any, batch).await.unwrap();
+        assert_eq!(third.global_positions, original.global_positions);
+    }
+    // a new aggregate's creation, retried
+    let created = events("b", 1);
+    let first = append(&db, ExpectedVersion::NoStream, created.clone())
+        .await
+        .unwrap();
+    let again = append(&db, ExpectedVersion::NoStream, created)
+        .await
+        .unwrap();
+    assert_eq!(first.global_positions, again.global_positions);
+    assert_eq!(stream(&db, "a").await.version(), 8);
+    assert_eq!(db.event_rows().await, 9);
+    db.finish().await;
+}
+
+pub async fn reused_event_ids_are_refused<F: Fixture>() {
+    let db = F::create().await;
+    let stored = events("a", 2);
+    append(&db, ExpectedVersion::NoStream, stored.clone())
+        .await
+        .unwrap();
+
+    // same id, other payload
+    let mut other_payload = stored[0].clone();
+    other_payload.payload = serde_json::value::to_raw_value(&json!({"n": 99})).unwrap();
+    let err = append(&db, ExpectedVersion::Any, vec![other_payload])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::EventIdConflict { event_id, reason: EventIdConflictReason::DifferentContent } if *event_id == stored[0].event_id),
+        "{err:?}"
+    );
+    // same id, other aggregate
+    let mut other_aggregate = stored[1].clone();
+    other_aggregate.aggregate_id = "b".into();
+    let err = append(&db, ExpectedVersion::NoStream, vec![other_aggregate])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::EventIdConflict { reason: EventIdConflictReason::OtherAggregate(key), .. } if key.aggregate_id == "a"),
+        "{err:?}"
+    );
+    // a stored id next to a new one
+    let mixed = vec![stored[1].clone(), event("a", "Deposited", 5)];
+    let err = append(&db, ExpectedVersion::Exact(2), mixed)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::EventIdConflict {
+                reason: EventIdConflictReason::NotTheSameBatch,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // the stored events in another order
+    let swapped = vec![stored[1].clone(), stored[0].clone()];
+    let err = append(&db, ExpectedVersion::Any, swapped)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::EventIdConflict {
+                reason: EventIdConflictReason::NotTheSameBatch,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // one id twice in a batch
+    let twice = vec![stored[0].clone(), stored[0].clone()];
+    assert!(matches!(
+        append(&db, ExpectedVersion::Any, twice).await,
+        Err(Error::DuplicateEventIdInBatch {
+            first: 0,
+            second: 1,
+            ..
+        })
+    ));
+    assert_eq!(db.event_rows().await, 2);
+    assert_eq!(stream(&db, "a").await.version(), 2);
+    db.finish().await;
+}
+
+pub async fn bad_input_is_refused_and_nothing_written<F: Fixture>() {
+    let db = F::create().await;
+    let with = |f: &dyn Fn(&mut Event)| {
+        let mut e = event("a", "Opened", 0);
+        f(&mut e);
+        vec![e]
+    };
+    let cases: Vec<(Vec<Event>, ExpectedVersion, Box<dyn Fn(&Error) -> bool>)> = vec![
+        (
+            with(&|e| e.bounded_context.clear()),
+            ExpectedVersion::Any,
+            Box::new(|e| {
+                matches!(
+                    e,
+                    Error::EmptyName {
+                        field: NameField::BoundedContext,
+                        index: Some(0)
+                    }
+                )
+            }),
+        ),
+        (
+            with(&|e| e.aggregate_type.clear()),
+            ExpectedVersion::Any,
+            Box::new(|e| {
+                matches!(
+                    e,
+                    Error::EmptyName {
+                        field: NameField::AggregateType,
+                        ..
+                    }
+                )
+            }),
+        ),
+        (
+            with(&|e| e.aggregate_id.clear()),
+            ExpectedVersion::NoStream,
+            Box::new(|e| {
+                matches!(
+                    e,
+                    Error::EmptyName {
+                        field: NameField::AggregateId,
+                        ..
+                    }
+                )
+            }),
+        ),
+        (
+            vec![event("a", "Opened", 0), event("a", "", 1)],
+            ExpectedVersion::Any,
+            Box::new(|e| {
+                matches!(
+                    e,
+                    Error::EmptyName {
+                        field: NameField::EventType,
+                        index: Some(1)
+                    }
+                )
+            }),
+        ),
+        (
+            vec![event("a", "Opened", 0), event("b", "Opened", 1)],
+            ExpectedVersion::Any,
+            Box::new(
+                |e| matches!(e, Error::MixedAggregates { index: 1, found, .. } if found.aggregate_id == "b"),
+            ),
+        ),
+        (
+            {
+                let mut other = event("a", "Opened", 1);
+                other.bounded_context = "Shipping".into();
+                vec![event("a", "Opened", 0), other]
+            },
+            ExpectedVersion::Any,
+            Box::new(|e| matches!(e, Error::MixedAggregates { index: 1, .. })),
+        ),
+        (
+            vec![event("a", "Opened", 0)],
+            ExpectedVersion::Exact(-1),
+            Box::new(|e| matches!(e, Error::NegativeVersion { value: -1, .. })),
+        ),
+        (
+            with(&|e| e.event_version = 0),
+            ExpectedVersion::Any,
+            Box::new(|e| matches!(e, Error::InvalidEventVersion { value: 0, index: 0 })),
+        ),
+    ];
+    for (batch, expected, check) in cases {
+        let err = append(&db, expected, batch).await.unwrap_err();
+        assert!(check(&err), "unexpected error: {err:?}");
+        assert!(!err.to_string().is_empty());
+    }
+    assert_eq!(db.event_rows().await, 0);
+    assert_eq!(db.head_rows().await, 0);
+    db.finish().await;
+}
+
+pub async fn stream_reads_honour_inclusive_bounds<F: Fixture>() {
+    let db = F::create().await;
+    append(&db, ExpectedVersion::NoStream, events("a", 10))
+        .await
+        .unwrap();
+    append(&db, ExpectedVersion::NoStream, events("b", 3))
+        .await
+        .unwrap();
+    let mut conn = db.pool().acquire().await.unwrap();
+    let store = db.store();
+    let versions = |s: &es::store::Stream| {
+        s.events
+            .iter()
+            .map(|e| e.aggregate_version)
+            .collect::<Vec<_>>()
+    };
+    let read = async |conn: &mut _, from, to| {
+        store
+            .read_aggregate_stream(conn, "Billing", "Account", "a", from, to)
+            .await
+    };
+    assert_eq!(
+        versions(&read(&mut *conn, Some(5), None).await.unwrap()),
+        (5..=10).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        versions(&read(&mut *conn, None, Some(3)).await.unwrap()),
+        vec![1, 2, 3]
+    );
+    assert_eq!(
+        versions(&read(&mut *conn, Some(4), Some(6)).await.unwrap()),
+        vec![4, 5, 6]
+    );
+    assert_eq!(
+        versions(&read(&mut *conn, Some(7), Some(7)).await.unwrap()),
+        vec![7]
+    );
+    let s = read(&mut *conn, Some(4), Some(6)).await.unwrap();
+    assert_eq!((s.version(), s.len(), s.is_empty()), (6, 3, false));
+    // no match: empty, not an error
+    let empty = read(&mut *conn, Some(11), None).await.unwrap();
+    assert!(empty.is_empty());
+    assert_eq!(empty.version(), 0);
+    let missing = store
+        .read_aggregate_stream(&mut *conn, "Billing", "Account", "nobody", None, None)
+        .await
+        .unwrap();
+    assert!(missing.is_empty());
+    // only this aggregate's events
+    assert!(
+        read(&mut *conn, None, None)
+            .await
+            .unwrap()
+            .events
+            .iter()
+            .all(|e| e.aggregate_id == "a")
+    );
+    // bad bounds
+    assert!(matches!(
+        read(&mut *conn, Some(5), Some(4)).await,
+        Err(Error::InvalidVersionRange { from: 5, to: 4 })
+    ));
+    assert!(matches!(
+        read(&mut *conn, Some(-1), None).await,
+        Err(Error::NegativeVersion {
+            what: "from_version",
+            value: -1
+        })
+    ));
+    assert!(matches!(
+        store
+            .read_aggregate_stream(&mut *conn, "", "Account", "a", None, None)
+            .await,
+        Err(Error::EmptyName {
+            field: NameField::BoundedContext,
+            index: None
+        })
+    ));
+    assert!(matches!(
+        store
+            .read_aggregate_stream(&mut *conn, "Billing", "Account", "", None, None)
+            .await,
+        Err(Error::EmptyName {
+            field: NameField::AggregateId,
+            ..
+        })
+    ));
+    drop(conn);
+    db.finish().await;
+}
+
+pub async fn global_reads_page_without_overlap_or_loss<F: Fixture>() {
+    let db = F::create().await;
+    let mut expected = Vec::new();
+    for i in 0..25 {
+        let r = append(
+            &db,
+            ExpectedVersion::Any,
+            events(&format!("agg-{}", i % 4), 1 + i % 3),
+        )
+        .await
+        .unwrap();
+        expected.extend(r.global_positions);
+    }
+    let mut conn = db.pool().acquire().await.unwrap();
+    for limit in [1, 7, 50, 1000] {
+        let mut seen = Vec::new();
+        let mut from = 0;
+        loop {
+            let page = db
+                .store()
+                .read_events(&mut *conn, from, limit)
+                .await
+                .unwrap();
+            assert!(page.len() as i64 <= limit);
+            let Some(last) = page.last() else { break };
+            from = last.global_position;
+            seen.extend(page.iter().map(|e| e.global_position));
+        }
+        assert_eq!(seen, expected, "limit {limit}");
+    }
+    // starting in the middle
+    let tail = db
+        .store()
+        .read_events(&mut *conn, expected[9], 1000)
+        .await
+        .unwrap();
+    assert_eq!(tail.first().unwrap().global_position, expected[10]);
+    assert!(matches!(
+        db.store().read_events(&mut *conn, 0, 0).await,
+        Err(Error::InvalidLimit { value: 0 })
+    ));
+    assert!(matches!(
+        db.store().read_events(&mut *conn, 0, -5).await,
+        Err(Error::InvalidLimit { value: -5 })
+    ));
+    assert!(matches!(
+        db.store().read_events(&mut *conn, -1, 10).await,
+        Err(Error::NegativePosition { value: -1 })
+    ));
+    drop(conn);
+    db.finish().await;
+}
+
+pub async fn checkpoints_live_in_the_callers_transaction<F: Fixture>() {
+    let db = F::create().await;
+    let store = db.store();
+    let mut conn = db.pool().acquire().await.unwrap();
+    assert_eq!(
+        store.get_checkpoint(&mut *conn, "balances").await.unwrap(),
+        0
+    );
+    store
+        .update_checkpoint(&mut *conn, "balances", 5)
+        .await
+        .unwrap();
+    store
+        .update_checkpoint(&mut *conn, "balances", 9)
+        .await
+        .unwrap();
+    store
+        .update_checkpoint(&mut *conn, "other", 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_checkpoint(&mut *conn, "balances").await.unwrap(),
+        9
+    );
+    assert_eq!(store.get_checkpoint(&mut *conn, "other").await.unwrap(), 2);
+    drop(conn);
+
+    let mut tx = db.pool().begin().await.unwrap();
+    store
+        .update_checkpoint(&mut *tx, "balances", 42)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_checkpoint(&mut *tx, "balances").await.unwrap(),
+        42
+    );
+    tx.rollback().await.unwrap();
+    let mut conn = db.pool().acquire().await.unwrap();
+    assert_eq!(
+        store.get_checkpoint(&mut *conn, "balances").await.unwrap(),
+        9
+    );
+
+    let mut tx = db.pool().begin().await.unwrap();
+    store
+        .update_checkpoint(&mut *tx, "balances", 43)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        store.get_checkpoint(&mut *conn, "balances").await.unwrap(),
+        43
+    );
+
+    assert!(matches!(
+        store.update_checkpoint(&mut *conn, "", 1).await,
+        Err(Error::EmptyName {
+            field: NameField::ProjectionName,
+            ..
+        })
+    ));
+    assert!(matches!(
+        store.get_checkpoint(&mut *conn, "").await,
+        Err(Error::EmptyName {
+            field: NameField::ProjectionName,
+            ..
+        })
+    ));
+    assert!(matches!(
+        store.update_checkpoint(&mut *conn, "balances", -1).await,
+        Err(Error::NegativePosition { value: -1 })
+    ));
+    assert_eq!(
+        store.get_checkpoint(&mut *conn, "balances").await.unwrap(),
+        43
+    );
+    drop(conn);
+    db.finish().await;
+}
+
+/// Checks what every concurrency test ends with: the stream is 1..=n, every
+/// acknowledged event is there once, and nothing else is.
+async fn assert_stream_holds_exactly<F: Fixture>(db: &F, id: &str, acknowledged: &[uuid::Uuid]) {
+    let s = stream(db, id).await;
+    let versions: Vec<i64> = s.events.iter().map(|e| e.aggregate_version).collect();
+    assert_eq!(
+        versions,
+        (1..=acknowledged.len() as i64).collect::<Vec<_>>()
+    );
+    let stored: HashSet<_> = s.events.iter().map(|e| e.event_id).collect();
+    assert_eq!(stored.len(), s.len(), "an event is stored twice");
+    let acked: HashSet<_> = acknowledged.iter().copied().collect();
+    assert_eq!(
+        acked.len(),
+        acknowledged.len(),
+        "an event was acknowledged twice"
+    );
+    assert_eq!(stored, acked);
+    let global: Vec<_> = all_events(db)
+        .await
+        .into_iter()
+        .filter(|e| e.aggregate_id == id)
+        .collect();
+    assert_eq!(global.len(), acknowledged.len());
+    assert!(
+        global
+            .windows(2)
+            .all(|w| w[0].aggregate_version < w[1].aggregate_version)
+    );
+}
+
+const TASKS: usize = 16;
+
+pub async fn concurrent_exact_appends_have_one_winner_per_version<F: Fixture>() {
+    let db = Arc::new(F::create().await);
+    const ROUNDS: i64 = 25;
+    let barrier = Arc::new(Barrier::new(TASKS));
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let (db, barrier) = (db.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut won = Vec::new();
+            let mut conflicts = 0;
+            for round in 0..ROUNDS {
+                barrier.wait().await;
+                let e = event("hot", "Deposited", task as i64);
+                let id = e.event_id;
+                let expected = ExpectedVersion::at(round);
+                match append(&*db, expected, vec![e]).await {
+                    Ok(r) => {
+                        assert_eq!(r.to_version(), round + 1);
+                        won.push(id);
+                    }
+                    Err(Error::OptimisticConcurrency {
+                        expected: e,
+                        actual,
+                        ..
+                    }) => {
+                        assert_eq!(e, expected);
+                        assert_eq!(
+                            actual,
+                            Some(round + 1),
+                            "the winner of round {round} is visible to losers"
+                        );
+                        conflicts += 1;
+                    }
+                    Err(other) => panic!("unexpected {other:?}"),
+                }
+            }
+            (won, conflicts)
+        }));
+    }
+    let mut acknowledged = Vec::new();
+    let mut conflicts = 0;
+    for t in tasks {
+        let (won, c) = t.await.unwrap();
+        acknowledged.extend(won);
+        conflicts += c;
+    }
+    assert_eq!(
+        acknowledged.len() as i64,
+        ROUNDS,
+        "exactly one winner per round"
+    );
+    assert_eq!(conflicts, (TASKS as i64 - 1) * ROUNDS);
+    assert_stream_holds_exactly(&*db, "hot", &acknowledged).await;
+    Arc::into_inner(db).unwrap().finish().await;
+}
+
+pub async fn concurrent_creations_have_one_winner<F: Fixture>() {
+    let db = Arc::new(F::create().await);
+    for round in 0..10 {
+        let id = format!("new-{round}");
+        let barrier = Arc::new(Barrier::new(TASKS));
+        let mut tasks = Vec::new();
+        for task in 0..TASKS {
+            let (db, barrier, id) = (db.clone(), barrier.clone(), id.clone());
+            tasks.push(tokio::spawn(async move {
+                let e = event(&id, "Opened", task as i64);
+                let event_id = e.event_id;
+                barrier.wait().await;
+                match append(&*db, ExpectedVersion::NoStream, vec![e]).await {
+                    Ok(_) => Some(event_id),
+                    Err(Error::OptimisticConcurrency {
+                        actual: Some(1), ..
+                    }) => None,
+                    Err(other) => panic!("unexpected {other:?}"),
+                }
+            }));
+        }
+        let mut winners = Vec::new();
+        for t in tasks {
+            winners.extend(t.await.unwrap());
+        }
+        assert_eq!(winners.len(), 1, "round {round}");
+        assert_stream_holds_exactly(&*db, &id, &winners).await;
+    }
+    Arc::into_inner(db).unwrap().finish().await;
+}
+
+pub async fn concurrent_any_appends_all_succeed<F: Fixture>() {
+    let db = Arc::new(F::create().await);
+    const PER_TASK: usize = 20;
+    let barrier = Arc::new(Barrier::new(TASKS));
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let (db, barrier) = (db.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let mut acked = Vec::new();
+            for i in 0..PER_TASK {
+                // batches of 1 to 3 events
+                let batch: Vec<Event> = (0..1 + (task + i) % 3)
+                    .map(|n| event("shared", "Deposited", n as i64))
+                    .collect();
+                let ids: Vec<_> = batch.iter().map(|e| e.event_id).collect();
+                let r = append(&*db, ExpectedVersion::Any, batch).await.unwrap();
+                assert_eq!(r.to_version() - r.from_version() + 1, ids.len() as i64);
+                acked.extend(ids);
+            }
+            acked
+        }));
+    }
+    let mut acknowledged = Vec::new();
+    for t in tasks {
+        acknowledged.extend(t.await.unwrap());
+    }
+    assert_stream_holds_exactly(&*db, "shared", &acknowledged).await;
+    Arc::into_inner(db).unwrap().finish().await;
+}
