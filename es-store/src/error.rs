@@ -58,9 +58,9 @@ pub enum Error {
     )]
     MixedAggregates {
         /// The aggregate of the first event.
-        expected: AggregateKey,
+        expected: Box<AggregateKey>,
         /// The aggregate of the offending event.
-        found: AggregateKey,
+        found: Box<AggregateKey>,
         /// The position of the offending event in the batch.
         index: usize,
     },

@@ -33,7 +33,8 @@ mod validate;
 
 pub use error::{Error, EventIdConflictReason, NameField};
 pub use event::{
-    AggregateKey, AggregateRef, AppendResult, Event, ExpectedVersion, PersistedEvent, Stream,
+    AggregateKey, AggregateRef, AppendResult, Event, ExpectedVersion, Metadata, PersistedEvent,
+    Stream,
 };
 pub use postgres::{PostgresStore, PostgresStoreBuilder};
 pub use traits::{

@@ -31,8 +31,8 @@ pub(crate) fn append(expected: ExpectedVersion, events: &mut [Event]) -> Result<
     for (index, event) in events.iter().enumerate() {
         if event.aggregate() != aggregate {
             return Err(Error::MixedAggregates {
-                expected: aggregate.to_owned(),
-                found: event.aggregate().to_owned(),
+                expected: Box::new(aggregate.to_owned()),
+                found: Box::new(event.aggregate().to_owned()),
                 index,
             });
         }

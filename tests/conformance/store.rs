@@ -347,7 +347,8 @@ pub async fn bad_input_is_refused_and_nothing_written<F: Fixture>() {
         f(&mut e);
         vec![e]
     };
-    let cases: Vec<(Vec<Event>, ExpectedVersion, Box<dyn Fn(&Error) -> bool>)> = vec![
+    type Check = Box<dyn Fn(&Error) -> bool>;
+    let cases: Vec<(Vec<Event>, ExpectedVersion, Check)> = vec![
         (
             with(&|e| e.bounded_context.clear()),
             ExpectedVersion::Any,

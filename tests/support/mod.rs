@@ -101,7 +101,8 @@ impl TestDb {
     }
 
     pub fn sql(&self, sql: &str) -> String {
-        sql.replace("{events}", &self.store.events_table())
+        sql.replace("{schema}", &format!("\"{}\"", self.schema))
+            .replace("{events}", &self.store.events_table())
             .replace("{heads}", &self.store.heads_table())
             .replace("{checkpoints}", &self.store.checkpoints_table())
     }
