@@ -371,6 +371,7 @@ async fn names_are_configurable_and_validated() {
         .events_table("Ledger_Events")
         .heads_table("ledger_heads")
         .checkpoints_table("ledger_checkpoints")
+        .snapshots_table("ledger_snapshots")
         .build()
         .unwrap();
     custom.migrate(&db.pool).await.unwrap();
@@ -398,7 +399,8 @@ async fn names_are_configurable_and_validated() {
             "Ledger_Events",
             "_es_migrations",
             "ledger_checkpoints",
-            "ledger_heads"
+            "ledger_heads",
+            "ledger_snapshots",
         ]
     );
     // the default-named store in the test schema did not see it
@@ -476,7 +478,7 @@ async fn concurrent_migrations_are_safe() {
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert_eq!(applied, 1);
+    assert_eq!(applied, 2);
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP SCHEMA \"{}_m\" CASCADE",
         db.schema

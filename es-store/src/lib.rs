@@ -34,11 +34,12 @@ mod validate;
 pub use error::{Error, EventIdConflictReason, NameField};
 pub use event::{
     AggregateKey, AggregateRef, AppendResult, Event, ExpectedVersion, Metadata, PersistedEvent,
-    Stream,
+    Snapshot, Stream,
 };
 pub use postgres::{PostgresStore, PostgresStoreBuilder};
 pub use traits::{
     AggregateStreamReader, Backend, CheckpointStore, Connection, EventReader, EventStore,
+    SnapshotStore,
 };
 
 /// The store's result type.

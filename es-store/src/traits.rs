@@ -6,7 +6,7 @@
 
 use std::future::Future;
 
-use crate::{AppendResult, Event, ExpectedVersion, PersistedEvent, Result, Stream};
+use crate::{AppendResult, Event, ExpectedVersion, PersistedEvent, Result, Snapshot, Stream};
 
 /// What every backend names: the sqlx database it runs on.
 ///
@@ -156,5 +156,40 @@ pub trait CheckpointStore: Backend {
         conn: &mut Connection<Self>,
         projection_name: &str,
         position: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// Keeps the latest snapshot of each aggregate.
+///
+/// ```no_run
+/// use es_store::{PostgresStore, Snapshot, SnapshotStore};
+/// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_store::Error> {
+/// let store = PostgresStore::new();
+/// let mut tx = pool.begin().await?;
+/// let snapshot = Snapshot::new("Billing", "Account", "acc-1", 100, 1, &serde_json::json!({"balance": 5}))?;
+/// store.save_snapshot(&mut *tx, &snapshot).await?;
+/// let latest = store.load_snapshot(&mut *tx, "Billing", "Account", "acc-1", None).await?;
+/// assert_eq!(latest.map(|s| s.version), Some(100));
+/// tx.commit().await?;
+/// # Ok(()) }
+/// ```
+pub trait SnapshotStore: Backend {
+    /// The aggregate's latest snapshot, if it has one at or below
+    /// `max_version` (no bound when `None`).
+    fn load_snapshot(
+        &self,
+        conn: &mut Connection<Self>,
+        bounded_context: &str,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        max_version: Option<i64>,
+    ) -> impl Future<Output = Result<Option<Snapshot>>> + Send;
+
+    /// Stores a snapshot, replacing an older one of the same aggregate. A
+    /// snapshot older than the stored one is ignored.
+    fn save_snapshot(
+        &self,
+        conn: &mut Connection<Self>,
+        snapshot: &Snapshot,
     ) -> impl Future<Output = Result<()>> + Send;
 }

@@ -131,6 +131,22 @@ pub(crate) fn position(position: i64) -> Result<()> {
     Ok(())
 }
 
+/// Checks a snapshot to save.
+pub(crate) fn snapshot(snapshot: &crate::Snapshot) -> Result<()> {
+    aggregate(
+        &snapshot.bounded_context,
+        &snapshot.aggregate_type,
+        &snapshot.aggregate_id,
+    )?;
+    if snapshot.version < 0 {
+        return Err(Error::NegativeVersion {
+            what: "snapshot version",
+            value: snapshot.version,
+        });
+    }
+    Ok(())
+}
+
 fn non_empty(value: &str, field: NameField, index: Option<usize>) -> Result<()> {
     if value.is_empty() {
         return Err(Error::EmptyName { field, index });

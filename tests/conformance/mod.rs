@@ -34,6 +34,7 @@ macro_rules! store_conformance_tests {
             store::stream_reads_honour_inclusive_bounds,
             store::global_reads_page_without_overlap_or_loss,
             store::checkpoints_live_in_the_callers_transaction,
+            store::snapshots_keep_the_latest,
             store::concurrent_exact_appends_have_one_winner_per_version,
             store::concurrent_creations_have_one_winner,
             store::concurrent_any_appends_all_succeed,

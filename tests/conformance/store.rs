@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use es::store::{
     AggregateStreamReader, CheckpointStore, Error, Event, EventIdConflictReason, EventReader,
-    EventStore, ExpectedVersion, NameField,
+    EventStore, ExpectedVersion, NameField, Snapshot, SnapshotStore,
 };
 use serde_json::json;
 use tokio::sync::Barrier;
@@ -658,6 +658,92 @@ pub async fn checkpoints_live_in_the_callers_transaction<F: Fixture>() {
         store.get_checkpoint(&mut *conn, "balances").await.unwrap(),
         43
     );
+    drop(conn);
+    db.finish().await;
+}
+
+pub async fn snapshots_keep_the_latest<F: Fixture>() {
+    let db = F::create().await;
+    let store = db.store();
+    let mut conn = db.pool().acquire().await.unwrap();
+    let load = async |conn: &mut _, max| {
+        store
+            .load_snapshot(conn, "Billing", "Account", "a", max)
+            .await
+            .unwrap()
+    };
+    assert!(load(&mut *conn, None).await.is_none());
+    let snap = |version, balance: i64| {
+        Snapshot::new(
+            "Billing",
+            "Account",
+            "a",
+            version,
+            1,
+            &json!({ "balance": balance }),
+        )
+        .unwrap()
+    };
+    store
+        .save_snapshot(&mut *conn, &snap(10, 100))
+        .await
+        .unwrap();
+    let loaded = load(&mut *conn, None).await.unwrap();
+    assert_eq!((loaded.version, loaded.schema_version), (10, 1));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(loaded.state.get()).unwrap(),
+        json!({"balance": 100})
+    );
+    // newer replaces, older is ignored
+    store
+        .save_snapshot(&mut *conn, &snap(20, 200))
+        .await
+        .unwrap();
+    store
+        .save_snapshot(&mut *conn, &snap(15, 150))
+        .await
+        .unwrap();
+    assert_eq!(load(&mut *conn, None).await.unwrap().version, 20);
+    // a bound below the latest finds nothing (only the latest is kept)
+    assert_eq!(load(&mut *conn, Some(20)).await.unwrap().version, 20);
+    assert!(load(&mut *conn, Some(19)).await.is_none());
+    // other aggregates are separate
+    assert!(
+        store
+            .load_snapshot(&mut *conn, "Billing", "Account", "b", None)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // bad input
+    let mut bad = snap(5, 1);
+    bad.aggregate_id.clear();
+    assert!(matches!(
+        store.save_snapshot(&mut *conn, &bad).await,
+        Err(Error::EmptyName {
+            field: NameField::AggregateId,
+            ..
+        })
+    ));
+    assert!(matches!(
+        store.save_snapshot(&mut *conn, &snap(-1, 1)).await,
+        Err(Error::NegativeVersion { value: -1, .. })
+    ));
+    assert!(matches!(
+        store
+            .load_snapshot(&mut *conn, "Billing", "", "a", None)
+            .await,
+        Err(Error::EmptyName {
+            field: NameField::AggregateType,
+            ..
+        })
+    ));
+    assert!(matches!(
+        store
+            .load_snapshot(&mut *conn, "Billing", "Account", "a", Some(-2))
+            .await,
+        Err(Error::NegativeVersion { value: -2, .. })
+    ));
     drop(conn);
     db.finish().await;
 }

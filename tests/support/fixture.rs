@@ -2,7 +2,9 @@
 
 use std::future::Future;
 
-use es::store::{AggregateStreamReader, Backend, CheckpointStore, EventReader, EventStore};
+use es::store::{
+    AggregateStreamReader, Backend, CheckpointStore, EventReader, EventStore, SnapshotStore,
+};
 
 /// One backend under test, in a fresh database or schema of its own.
 pub trait Fixture: Sized + Send + Sync + 'static {
@@ -13,6 +15,7 @@ pub trait Fixture: Sized + Send + Sync + 'static {
         + AggregateStreamReader
         + EventReader
         + CheckpointStore
+        + SnapshotStore
         + Backend<Database = Self::Db>
         + Clone;
 

@@ -78,7 +78,7 @@ use uuid::Uuid;
 use crate::{
     AggregateStreamReader, AppendResult, Backend, CheckpointStore, Error, Event,
     EventIdConflictReason, EventReader, EventStore, ExpectedVersion, PersistedEvent, Result,
-    Stream, replay, validate,
+    Snapshot, SnapshotStore, Stream, replay, validate,
 };
 use names::{Ident, MAX_SCHEMA_NAME, MAX_TABLE_NAME, Names};
 use sql::Statements;
@@ -159,6 +159,15 @@ impl PostgresStore {
     /// ```
     pub fn checkpoints_table(&self) -> String {
         self.inner.names.checkpoints()
+    }
+
+    /// The snapshots table, quoted and qualified.
+    ///
+    /// ```
+    /// assert_eq!(es_store::PostgresStore::new().snapshots_table(), r#""snapshots""#);
+    /// ```
+    pub fn snapshots_table(&self) -> String {
+        self.inner.names.snapshots()
     }
 
     /// The configured schema, if any.
@@ -246,6 +255,7 @@ pub struct PostgresStoreBuilder {
     events: String,
     heads: String,
     checkpoints: String,
+    snapshots: String,
 }
 
 impl Default for PostgresStoreBuilder {
@@ -255,6 +265,7 @@ impl Default for PostgresStoreBuilder {
             events: "events".to_owned(),
             heads: "aggregate_heads".to_owned(),
             checkpoints: "checkpoints".to_owned(),
+            snapshots: "snapshots".to_owned(),
         }
     }
 }
@@ -284,6 +295,12 @@ impl PostgresStoreBuilder {
         self
     }
 
+    /// Names the snapshots table (default `snapshots`).
+    pub fn snapshots_table(mut self, name: impl Into<String>) -> Self {
+        self.snapshots = name.into();
+        self
+    }
+
     /// Validates the names and renders the store's SQL.
     pub fn build(self) -> Result<PostgresStore> {
         let names = Names {
@@ -294,15 +311,26 @@ impl PostgresStoreBuilder {
             events: Ident::new("events table", &self.events, MAX_TABLE_NAME)?,
             heads: Ident::new("heads table", &self.heads, MAX_TABLE_NAME)?,
             checkpoints: Ident::new("checkpoints table", &self.checkpoints, MAX_TABLE_NAME)?,
+            snapshots: Ident::new("snapshots table", &self.snapshots, MAX_TABLE_NAME)?,
         };
-        if names.events == names.heads
-            || names.events == names.checkpoints
-            || names.heads == names.checkpoints
+        let tables = [
+            &names.events,
+            &names.heads,
+            &names.checkpoints,
+            &names.snapshots,
+        ];
+        if tables
+            .iter()
+            .enumerate()
+            .any(|(i, a)| tables[i + 1..].contains(a))
         {
             return Err(Error::InvalidIdentifier {
                 what: "table names",
-                name: format!("{}, {}, {}", self.events, self.heads, self.checkpoints),
-                reason: "the events, heads and checkpoints tables need distinct names",
+                name: format!(
+                    "{}, {}, {}, {}",
+                    self.events, self.heads, self.checkpoints, self.snapshots
+                ),
+                reason: "the events, heads, checkpoints and snapshots tables need distinct names",
             });
         }
         let sql = Statements::new(&names);
@@ -609,6 +637,54 @@ impl CheckpointStore for PostgresStore {
         sqlx::query(AssertSqlSafe(self.sql().update_checkpoint.clone()))
             .bind(projection_name)
             .bind(position)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+}
+
+impl SnapshotStore for PostgresStore {
+    async fn load_snapshot(
+        &self,
+        conn: &mut PgConnection,
+        bounded_context: &str,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        max_version: Option<i64>,
+    ) -> Result<Option<Snapshot>> {
+        validate::aggregate(bounded_context, aggregate_type, aggregate_id)?;
+        let (_, max) = validate::version_range(None, max_version)?;
+        let row = sqlx::query(AssertSqlSafe(self.sql().load_snapshot.clone()))
+            .bind(bounded_context)
+            .bind(aggregate_type)
+            .bind(aggregate_id)
+            .bind(max)
+            .fetch_optional(&mut *conn)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let state: Json<&RawValue> = row.try_get(2)?;
+        let mut snapshot = Snapshot::from_raw(
+            bounded_context,
+            aggregate_type,
+            aggregate_id,
+            row.try_get(0)?,
+            row.try_get(1)?,
+            state.0.to_owned(),
+        );
+        snapshot.created_at = row.try_get(3)?;
+        Ok(Some(snapshot))
+    }
+
+    async fn save_snapshot(&self, conn: &mut PgConnection, snapshot: &Snapshot) -> Result<()> {
+        validate::snapshot(snapshot)?;
+        sqlx::query(AssertSqlSafe(self.sql().save_snapshot.clone()))
+            .bind(&snapshot.bounded_context)
+            .bind(&snapshot.aggregate_type)
+            .bind(&snapshot.aggregate_id)
+            .bind(snapshot.version)
+            .bind(snapshot.schema_version)
+            .bind(Json(&*snapshot.state))
+            .bind(snapshot.created_at)
             .execute(&mut *conn)
             .await?;
         Ok(())

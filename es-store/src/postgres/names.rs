@@ -56,6 +56,7 @@ pub(crate) struct Names {
     pub(crate) events: Ident,
     pub(crate) heads: Ident,
     pub(crate) checkpoints: Ident,
+    pub(crate) snapshots: Ident,
 }
 
 impl Names {
@@ -77,6 +78,10 @@ impl Names {
 
     pub(crate) fn checkpoints(&self) -> String {
         self.qualified(self.checkpoints.as_str())
+    }
+
+    pub(crate) fn snapshots(&self) -> String {
+        self.qualified(self.snapshots.as_str())
     }
 
     pub(crate) fn sequence_name(&self) -> String {
@@ -153,6 +158,7 @@ mod tests {
             events: Ident::new("t", "events", 40).unwrap(),
             heads: Ident::new("t", "aggregate_heads", 40).unwrap(),
             checkpoints: Ident::new("t", "checkpoints", 40).unwrap(),
+            snapshots: Ident::new("t", "snapshots", 40).unwrap(),
         };
         let a = names(Some("a")).gap_tag();
         assert_eq!(a, names(Some("a")).gap_tag());

@@ -11,7 +11,28 @@ pub(crate) const MAX_POSITION: i64 = (1 << 48) - 1;
 
 /// The migrations, oldest first: (version, description, SQL).
 pub(crate) fn migrations(names: &Names) -> Vec<(i64, &'static str, String)> {
-    vec![(1, "event store", migration_1(names))]
+    vec![
+        (1, "event store", migration_1(names)),
+        (2, "snapshots", migration_2(names)),
+    ]
+}
+
+fn migration_2(n: &Names) -> String {
+    let snapshots = n.snapshots();
+    format!(
+        r#"-- The latest snapshot of each aggregate that has one.
+CREATE TABLE {snapshots} (
+    bounded_context text        NOT NULL,
+    aggregate_type  text        NOT NULL,
+    aggregate_id    text        NOT NULL,
+    version         bigint      NOT NULL CHECK (version >= 0),
+    schema_version  integer     NOT NULL,
+    state           jsonb       NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (bounded_context, aggregate_type, aggregate_id)
+);
+"#
+    )
 }
 
 fn migration_1(n: &Names) -> String {
@@ -93,6 +114,8 @@ pub(crate) struct Statements {
     pub(crate) read_events: Arc<str>,
     pub(crate) get_checkpoint: Arc<str>,
     pub(crate) update_checkpoint: Arc<str>,
+    pub(crate) load_snapshot: Arc<str>,
+    pub(crate) save_snapshot: Arc<str>,
 }
 
 /// How an append's head CTE checks the expected version.
@@ -108,9 +131,26 @@ impl Statements {
         let events = n.events();
         let heads = n.heads();
         let checkpoints = n.checkpoints();
+        let snapshots = n.snapshots();
         let sequence = n.sequence();
         let tag = n.gap_tag();
         Statements {
+            load_snapshot: format!(
+                "SELECT version, schema_version, state, created_at FROM {snapshots} \
+                 WHERE bounded_context = $1 AND aggregate_type = $2 AND aggregate_id = $3 \
+                   AND version <= $4"
+            )
+            .into(),
+            save_snapshot: format!(
+                "INSERT INTO {snapshots} AS s (bounded_context, aggregate_type, aggregate_id, \
+                     version, schema_version, state, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (bounded_context, aggregate_type, aggregate_id) DO UPDATE \
+                 SET version = EXCLUDED.version, schema_version = EXCLUDED.schema_version, \
+                     state = EXCLUDED.state, created_at = EXCLUDED.created_at \
+                 WHERE s.version <= EXCLUDED.version"
+            )
+            .into(),
             append_no_stream: append(n, HeadCheck::NoStream).into(),
             append_any: append(n, HeadCheck::Any).into(),
             append_exact: append(n, HeadCheck::Exact).into(),
