@@ -6,8 +6,8 @@
 //! `es_quickstart`.
 
 use es::store::{
-    AggregateStreamReader, CheckpointStore, Error, Event, EventReader, EventStore,
-    ExpectedVersion, PostgresStore,
+    AggregateStreamReader, CheckpointStore, Error, Event, EventReader, EventStore, ExpectedVersion,
+    PostgresStore,
 };
 use serde_json::json;
 
@@ -15,9 +15,9 @@ use serde_json::json;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let pool = sqlx::PgPool::connect(&url)
-        .await
-        .map_err(|e| format!("cannot reach PostgreSQL at {url} ({e}); start it or set DATABASE_URL"))?;
+    let pool = sqlx::PgPool::connect(&url).await.map_err(|e| {
+        format!("cannot reach PostgreSQL at {url} ({e}); start it or set DATABASE_URL")
+    })?;
     let store = PostgresStore::builder().schema("es_quickstart").build()?;
     store.migrate(&pool).await?;
 
@@ -29,24 +29,38 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Create the account, then deposit twice in one transaction.
     let mut tx = pool.begin().await?;
     let opened = store
-        .append(&mut *tx, ExpectedVersion::NoStream, vec![event("Opened", json!({"owner": "alice"}))?])
+        .append(
+            &mut *tx,
+            ExpectedVersion::NoStream,
+            vec![event("Opened", json!({"owner": "alice"}))?],
+        )
         .await?;
     let deposits = vec![
         event("Deposited", json!({"amount": 100}))?,
         event("Deposited", json!({"amount": 50}))?,
     ];
     store
-        .append(&mut *tx, ExpectedVersion::Exact(opened.to_version()), deposits)
+        .append(
+            &mut *tx,
+            ExpectedVersion::Exact(opened.to_version()),
+            deposits,
+        )
         .await?;
     tx.commit().await?;
 
     // A writer that read version 1 and comes late loses.
     let mut tx = pool.begin().await?;
     match store
-        .append(&mut *tx, ExpectedVersion::Exact(1), vec![event("Withdrawn", json!({"amount": 10}))?])
+        .append(
+            &mut *tx,
+            ExpectedVersion::Exact(1),
+            vec![event("Withdrawn", json!({"amount": 10}))?],
+        )
         .await
     {
-        Err(Error::OptimisticConcurrency { expected, actual, .. }) => {
+        Err(Error::OptimisticConcurrency {
+            expected, actual, ..
+        }) => {
             println!("conflict as expected: wanted {expected}, the account is at {actual:?}")
         }
         other => panic!("expected a conflict, got {other:?}"),
@@ -59,7 +73,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     println!("{account} is at version {}:", stream.version());
     for e in &stream.events {
-        println!("  v{} #{} {} {}", e.aggregate_version, e.global_position, e.event_type, e.payload.get());
+        println!(
+            "  v{} #{} {} {}",
+            e.aggregate_version,
+            e.global_position,
+            e.event_type,
+            e.payload.get()
+        );
     }
 
     // Follow the global feed from the checkpoint, then move the checkpoint in
@@ -68,9 +88,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let from = store.get_checkpoint(&mut *tx, "quickstart").await?;
     let page = store.read_events(&mut *tx, from, 1000).await?;
     if let Some(last) = page.last() {
-        store.update_checkpoint(&mut *tx, "quickstart", last.global_position).await?;
+        store
+            .update_checkpoint(&mut *tx, "quickstart", last.global_position)
+            .await?;
     }
     tx.commit().await?;
-    println!("read {} new events from the feed after position {from}", page.len());
+    println!(
+        "read {} new events from the feed after position {from}",
+        page.len()
+    );
     Ok(())
 }
