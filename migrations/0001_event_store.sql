@@ -19,6 +19,9 @@ CREATE TABLE "events" (
     causation_id      uuid,
     trace_id          text,
     created_at        timestamptz NOT NULL DEFAULT now(),
+    -- A stable hash of (bounded_context, aggregate_type, aggregate_id),
+    -- computed by the store (FNV-1a): projections partition on it.
+    stream_hash       bigint      NOT NULL DEFAULT 0 CHECK (stream_hash >= 0),
     CONSTRAINT "events_event_id_key" UNIQUE (event_id),
     -- The last safety net of optimistic concurrency.
     CONSTRAINT "events_stream_version_key"

@@ -106,6 +106,15 @@ pub enum Error {
         value: i64,
     },
 
+    /// A partition index is not below the partition count, or the count is 0.
+    #[error("invalid partition {index} of {count}: the index must be below a count of at least 1")]
+    InvalidPartition {
+        /// The index given.
+        index: u32,
+        /// The count given.
+        count: u32,
+    },
+
     /// One batch holds the same event id twice.
     #[error("event id {event_id} appears twice in one append (events {first} and {second})")]
     DuplicateEventIdInBatch {

@@ -26,6 +26,7 @@
 
 mod error;
 mod event;
+mod filter;
 mod postgres;
 mod replay;
 mod traits;
@@ -36,6 +37,7 @@ pub use event::{
     AggregateKey, AggregateRef, AppendResult, Event, ExpectedVersion, Metadata, PersistedEvent,
     Snapshot, Stream,
 };
+pub use filter::{EventFilter, EventPage, Partition, stream_hash};
 pub use postgres::{PostgresStore, PostgresStoreBuilder};
 pub use traits::{
     AggregateStreamReader, Backend, CheckpointStore, Connection, EventReader, EventStore,

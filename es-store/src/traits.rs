@@ -6,7 +6,10 @@
 
 use std::future::Future;
 
-use crate::{AppendResult, Event, ExpectedVersion, PersistedEvent, Result, Snapshot, Stream};
+use crate::{
+    AppendResult, Event, EventFilter, EventPage, ExpectedVersion, PersistedEvent, Result, Snapshot,
+    Stream,
+};
 
 /// What every backend names: the sqlx database it runs on.
 ///
@@ -126,6 +129,27 @@ pub trait EventReader: Backend {
         from_position: i64,
         limit: i64,
     ) -> impl Future<Output = Result<Vec<PersistedEvent>>> + Send;
+
+    /// Like [`read_events`](EventReader::read_events), returning only the
+    /// events that pass `filter` (evaluated by the database), and how far
+    /// the read looked.
+    ///
+    /// ```no_run
+    /// use es_store::{EventFilter, EventReader, PostgresStore};
+    /// # async fn demo(mut conn: sqlx::PgConnection) -> Result<(), es_store::Error> {
+    /// let store = PostgresStore::new();
+    /// let accounts = EventFilter::all().bounded_context("Billing").aggregate_type("Account");
+    /// let page = store.read_filtered(&mut conn, 0, 100, &accounts).await?;
+    /// let next_from = page.scanned_to;
+    /// # Ok(()) }
+    /// ```
+    fn read_filtered(
+        &self,
+        conn: &mut Connection<Self>,
+        from_position: i64,
+        limit: i64,
+        filter: &EventFilter,
+    ) -> impl Future<Output = Result<EventPage>> + Send;
 }
 
 /// Remembers how far each projection has read.

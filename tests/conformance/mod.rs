@@ -33,6 +33,7 @@ macro_rules! store_conformance_tests {
             store::bad_input_is_refused_and_nothing_written,
             store::stream_reads_honour_inclusive_bounds,
             store::global_reads_page_without_overlap_or_loss,
+            store::filtered_reads_run_in_the_database,
             store::checkpoints_live_in_the_callers_transaction,
             store::snapshots_keep_the_latest,
             store::concurrent_exact_appends_have_one_winner_per_version,

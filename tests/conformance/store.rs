@@ -4,8 +4,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use es::store::{
-    AggregateStreamReader, CheckpointStore, Error, Event, EventIdConflictReason, EventReader,
-    EventStore, ExpectedVersion, NameField, Snapshot, SnapshotStore,
+    AggregateStreamReader, CheckpointStore, Error, Event, EventFilter, EventIdConflictReason,
+    EventReader, EventStore, ExpectedVersion, NameField, Partition, Snapshot, SnapshotStore,
 };
 use serde_json::json;
 use tokio::sync::Barrier;
@@ -577,6 +577,107 @@ pub async fn global_reads_page_without_overlap_or_loss<F: Fixture>() {
     assert!(matches!(
         db.store().read_events(&mut *conn, -1, 10).await,
         Err(Error::NegativePosition { value: -1 })
+    ));
+    drop(conn);
+    db.finish().await;
+}
+
+pub async fn filtered_reads_run_in_the_database<F: Fixture>() {
+    let db = F::create().await;
+    let mut all = Vec::new();
+    for (bc, at, id) in [
+        ("Billing", "Account", "a1"),
+        ("Billing", "Invoice", "i1"),
+        ("Shipping", "Parcel", "p1"),
+        ("Billing", "Account", "a2"),
+        ("Shipping", "Account", "s1"),
+    ] {
+        for n in 0..4 {
+            let e = Event::new(bc, at, id, "Happened", &json!({ "n": n })).unwrap();
+            all.push(
+                append(&db, ExpectedVersion::Any, vec![e])
+                    .await
+                    .unwrap()
+                    .events
+                    .remove(0),
+            );
+        }
+    }
+    let mut conn = db.pool().acquire().await.unwrap();
+    let store = db.store();
+    let read_all = async |conn: &mut _, filter: &EventFilter, limit| {
+        let mut seen = Vec::new();
+        let mut from = 0;
+        loop {
+            let page = store
+                .read_filtered(conn, from, limit, filter)
+                .await
+                .unwrap();
+            assert!(page.scanned_to >= from);
+            seen.extend(page.events.iter().map(|e| e.global_position));
+            if page.events.is_empty() {
+                return (seen, page.scanned_to);
+            }
+            from = page.scanned_to;
+        }
+    };
+    let head = all.last().unwrap().global_position;
+    for filter in [
+        EventFilter::all(),
+        EventFilter::all().bounded_context("Billing"),
+        EventFilter::all().aggregate_type("Account"),
+        EventFilter::all()
+            .bounded_context("Billing")
+            .aggregate_type("Account"),
+        EventFilter::all()
+            .bounded_context("Billing")
+            .bounded_context("Shipping")
+            .aggregate_type("Parcel"),
+        EventFilter::all().aggregate_type("Nothing"),
+    ] {
+        for limit in [1, 3, 100] {
+            let (seen, scanned_to) = read_all(&mut *conn, &filter, limit).await;
+            let expected: Vec<i64> = all
+                .iter()
+                .filter(|e| filter.matches(e))
+                .map(|e| e.global_position)
+                .collect();
+            assert_eq!(seen, expected, "{filter:?} limit {limit}");
+            // the reader ends at the head, even when nothing matched
+            assert_eq!(scanned_to, head, "{filter:?}");
+        }
+    }
+    // partitions split the feed without overlap, per aggregate
+    let mut covered = Vec::new();
+    for index in 0..3 {
+        let filter = EventFilter::all().partition(Partition::new(index, 3).unwrap());
+        let (seen, _) = read_all(&mut *conn, &filter, 2).await;
+        for position in &seen {
+            let event = all.iter().find(|e| e.global_position == *position).unwrap();
+            assert!(filter.matches(event));
+        }
+        covered.extend(seen);
+    }
+    covered.sort();
+    assert_eq!(
+        covered,
+        all.iter().map(|e| e.global_position).collect::<Vec<_>>()
+    );
+    // bad filters
+    assert!(matches!(
+        store
+            .read_filtered(&mut *conn, 0, 10, &EventFilter::all().aggregate_type(""))
+            .await,
+        Err(Error::EmptyName {
+            field: NameField::AggregateType,
+            ..
+        })
+    ));
+    assert!(matches!(
+        store
+            .read_filtered(&mut *conn, 0, 0, &EventFilter::all())
+            .await,
+        Err(Error::InvalidLimit { value: 0 })
     ));
     drop(conn);
     db.finish().await;

@@ -76,9 +76,9 @@ use sqlx::{Acquire, AssertSqlSafe, PgConnection, Postgres, Row, SqlSafeStr};
 use uuid::Uuid;
 
 use crate::{
-    AggregateStreamReader, AppendResult, Backend, CheckpointStore, Error, Event,
-    EventIdConflictReason, EventReader, EventStore, ExpectedVersion, PersistedEvent, Result,
-    Snapshot, SnapshotStore, Stream, replay, validate,
+    AggregateStreamReader, AppendResult, Backend, CheckpointStore, Error, Event, EventFilter,
+    EventIdConflictReason, EventPage, EventReader, EventStore, ExpectedVersion, PersistedEvent,
+    Result, Snapshot, SnapshotStore, Stream, replay, stream_hash, validate,
 };
 use names::{Ident, MAX_SCHEMA_NAME, MAX_TABLE_NAME, Names};
 use sql::Statements;
@@ -404,6 +404,11 @@ impl EventStore for PostgresStore {
                 .bind(&columns.causation_ids)
                 .bind(&columns.trace_ids)
                 .bind(&columns.created_at);
+            query = query.bind(stream_hash(
+                &first.bounded_context,
+                &first.aggregate_type,
+                &first.aggregate_id,
+            ));
             if let ExpectedVersion::Exact(version) = expected {
                 query = query.bind(version);
             }
@@ -600,18 +605,47 @@ impl EventReader for PostgresStore {
         from_position: i64,
         limit: i64,
     ) -> Result<Vec<PersistedEvent>> {
+        let page = self
+            .read_filtered(conn, from_position, limit, &EventFilter::all())
+            .await?;
+        Ok(page.events)
+    }
+
+    async fn read_filtered(
+        &self,
+        conn: &mut PgConnection,
+        from_position: i64,
+        limit: i64,
+        filter: &EventFilter,
+    ) -> Result<EventPage> {
         validate::page(from_position, limit)?;
+        filter.validate()?;
         let safe = self.safe_position(conn).await?;
         if safe <= from_position {
-            return Ok(Vec::new());
+            return Ok(EventPage {
+                events: Vec::new(),
+                scanned_to: from_position,
+            });
         }
+        let (count, index) = filter
+            .partition_of()
+            .map_or((1, 0), |p| (i64::from(p.count()), i64::from(p.index())));
         let rows = sqlx::query(AssertSqlSafe(self.sql().read_events.clone()))
             .bind(from_position)
             .bind(safe)
             .bind(limit)
+            .bind(filter.bounded_contexts())
+            .bind(filter.aggregate_types())
+            .bind(count)
+            .bind(index)
             .fetch_all(&mut *conn)
             .await?;
-        rows.iter().map(decode_row).collect()
+        let events: Vec<PersistedEvent> = rows.iter().map(decode_row).collect::<Result<_>>()?;
+        let scanned_to = match events.last() {
+            Some(last) if events.len() as i64 == limit => last.global_position,
+            _ => safe,
+        };
+        Ok(EventPage { events, scanned_to })
     }
 }
 

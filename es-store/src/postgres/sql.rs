@@ -64,6 +64,9 @@ CREATE TABLE {events} (
     causation_id      uuid,
     trace_id          text,
     created_at        timestamptz NOT NULL DEFAULT now(),
+    -- A stable hash of (bounded_context, aggregate_type, aggregate_id),
+    -- computed by the store (FNV-1a): projections partition on it.
+    stream_hash       bigint      NOT NULL DEFAULT 0 CHECK (stream_hash >= 0),
     CONSTRAINT "{event_id_key}" UNIQUE (event_id),
     -- The last safety net of optimistic concurrency.
     CONSTRAINT "{stream_version_key}"
@@ -197,6 +200,9 @@ impl Statements {
             read_events: format!(
                 "SELECT {EVENT_COLUMNS} FROM {events} \
                  WHERE global_position > $1 AND global_position <= $2 \
+                   AND (cardinality($4::text[]) = 0 OR bounded_context = ANY($4)) \
+                   AND (cardinality($5::text[]) = 0 OR aggregate_type = ANY($5)) \
+                   AND ($6::bigint = 1 OR stream_hash % $6 = $7) \
                  ORDER BY global_position LIMIT $3"
             )
             .into(),
@@ -227,8 +233,8 @@ fn prefixed(alias: &str, columns: &str) -> String {
 /// the transaction as appending and inserts the whole batch.
 ///
 /// Parameters: $1 bounded context, $2 aggregate type, $3 aggregate id,
-/// $4 number of events, $5..$13 one array per event column, and for
-/// `Exact`, $14 the expected version.
+/// $4 number of events, $5..$13 one array per event column, $14 the
+/// aggregate's stream hash, and for `Exact`, $15 the expected version.
 ///
 /// Order of effects, forced by data dependencies (each step selects from the
 /// previous one): the head row is locked and moved (`head`), then the
@@ -260,7 +266,7 @@ fn append(n: &Names, check: HeadCheck) -> String {
         HeadCheck::Exact => format!(
             "UPDATE {heads} AS h SET version = h.version + $4 \
              WHERE h.bounded_context = $1 AND h.aggregate_type = $2 AND h.aggregate_id = $3 \
-               AND h.version = $14 AND {not_stored} \
+               AND h.version = $15 AND {not_stored} \
              RETURNING h.version - $4 AS base"
         ),
     };
@@ -283,10 +289,10 @@ fn append(n: &Names, check: HeadCheck) -> String {
          ) \
          INSERT INTO {events} (global_position, event_id, bounded_context, aggregate_type, \
              aggregate_id, aggregate_version, event_type, event_version, payload, metadata, \
-             correlation_id, causation_id, trace_id, created_at) \
+             correlation_id, causation_id, trace_id, created_at, stream_hash) \
          SELECT nextval('{sequence}'), e.event_id, $1, $2, $3, g.base + e.ord, e.event_type, \
              e.event_version, e.payload, e.metadata, e.correlation_id, e.causation_id, \
-             e.trace_id, e.created_at \
+             e.trace_id, e.created_at, $14 \
          FROM guard g, \
              unnest($5::uuid[], $6::text[], $7::int4[], $8::jsonb[], $9::jsonb[], \
                     $10::uuid[], $11::uuid[], $12::text[], $13::timestamptz[]) WITH ORDINALITY \
