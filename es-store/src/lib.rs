@@ -24,6 +24,7 @@
 //! # Ok(()) }
 //! ```
 
+mod domain;
 mod error;
 mod event;
 mod filter;
@@ -32,6 +33,9 @@ mod replay;
 mod traits;
 mod validate;
 
+#[doc(hidden)]
+pub use domain::__private;
+pub use domain::{DecodeError, DomainEvent, EventTypeInfo};
 pub use error::{Error, EventIdConflictReason, NameField};
 pub use event::{
     AggregateKey, AggregateRef, AppendResult, Event, ExpectedVersion, Metadata, PersistedEvent,
