@@ -401,6 +401,7 @@ async fn names_are_configurable_and_validated() {
             "ledger_checkpoints",
             "ledger_heads",
             "ledger_snapshots",
+            "projection_failures",
         ]
     );
     // the default-named store in the test schema did not see it
@@ -478,7 +479,7 @@ async fn concurrent_migrations_are_safe() {
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert_eq!(applied, 2);
+    assert_eq!(applied, 3);
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP SCHEMA \"{}_m\" CASCADE",
         db.schema

@@ -45,7 +45,7 @@ pub use filter::{EventFilter, EventPage, Partition, stream_hash};
 pub use postgres::{PostgresStore, PostgresStoreBuilder};
 pub use traits::{
     AggregateStreamReader, Backend, CheckpointStore, Connection, EventReader, EventStore,
-    SnapshotStore,
+    ProjectionFailure, ProjectionStore, SnapshotStore,
 };
 
 /// The store's result type.

@@ -217,3 +217,70 @@ pub trait SnapshotStore: Backend {
         snapshot: &Snapshot,
     ) -> impl Future<Output = Result<()>> + Send;
 }
+
+/// What projection processors need beyond reading and checkpoints:
+/// exclusive claims on a checkpoint, a record of skipped events, and the
+/// head of the feed.
+///
+/// ```no_run
+/// use es_store::{PostgresStore, ProjectionStore};
+/// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_store::Error> {
+/// let store = PostgresStore::new();
+/// let mut tx = pool.begin().await?;
+/// match store.claim_checkpoint(&mut *tx, "balances").await? {
+///     Some(position) => println!("ours until commit, from position {position}"),
+///     None => println!("another processor is on it"),
+/// }
+/// # Ok(()) }
+/// ```
+pub trait ProjectionStore: EventReader + CheckpointStore {
+    /// Takes the projection's checkpoint for the rest of the caller's
+    /// transaction and returns its position; `None` when another
+    /// transaction holds it (it does not wait for it). A checkpoint that
+    /// does not exist yet is created at 0; if another transaction is
+    /// creating the same one at that moment, the claim waits for it to end.
+    fn claim_checkpoint(
+        &self,
+        conn: &mut Connection<Self>,
+        projection_name: &str,
+    ) -> impl Future<Output = Result<Option<i64>>> + Send;
+
+    /// Records that the projection skipped `event` because handling it
+    /// failed with `error`.
+    fn record_failure(
+        &self,
+        conn: &mut Connection<Self>,
+        projection_name: &str,
+        event: &PersistedEvent,
+        error: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// The events the projection skipped, in position order.
+    fn failures(
+        &self,
+        conn: &mut Connection<Self>,
+        projection_name: &str,
+    ) -> impl Future<Output = Result<Vec<ProjectionFailure>>> + Send;
+
+    /// The highest global position stored (0 when the store is empty).
+    fn head_position(
+        &self,
+        conn: &mut Connection<Self>,
+    ) -> impl Future<Output = Result<i64>> + Send;
+}
+
+/// An event a projection skipped, with why.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ProjectionFailure {
+    /// The event's global position.
+    pub global_position: i64,
+    /// The event's id.
+    pub event_id: uuid::Uuid,
+    /// The event's type.
+    pub event_type: String,
+    /// The handler's error, as text.
+    pub error: String,
+    /// When it was recorded.
+    pub failed_at: chrono::DateTime<chrono::Utc>,
+}

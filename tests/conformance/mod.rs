@@ -36,6 +36,8 @@ macro_rules! store_conformance_tests {
             store::filtered_reads_run_in_the_database,
             store::checkpoints_live_in_the_callers_transaction,
             store::snapshots_keep_the_latest,
+            store::checkpoint_claims_are_exclusive,
+            store::failures_and_head_position,
             store::concurrent_exact_appends_have_one_winner_per_version,
             store::concurrent_creations_have_one_winner,
             store::concurrent_any_appends_all_succeed,

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use es::store::{
     AggregateStreamReader, CheckpointStore, Error, Event, EventFilter, EventIdConflictReason,
-    EventReader, EventStore, ExpectedVersion, NameField, Partition, Snapshot, SnapshotStore,
+    EventReader, EventStore, ExpectedVersion, NameField, Partition, ProjectionStore, Snapshot,
+    SnapshotStore,
 };
 use serde_json::json;
 use tokio::sync::Barrier;
@@ -845,6 +846,76 @@ pub async fn snapshots_keep_the_latest<F: Fixture>() {
             .await,
         Err(Error::NegativeVersion { value: -2, .. })
     ));
+    drop(conn);
+    db.finish().await;
+}
+
+pub async fn checkpoint_claims_are_exclusive<F: Fixture>() {
+    let db = F::create().await;
+    let store = db.store();
+    // the first claim creates the checkpoint
+    let mut first = db.pool().begin().await.unwrap();
+    assert_eq!(store.claim_checkpoint(&mut *first, "p").await.unwrap(), Some(0));
+    assert_eq!(store.claim_checkpoint(&mut *first, "q").await.unwrap(), Some(0));
+    first.commit().await.unwrap();
+    let mut a = db.pool().begin().await.unwrap();
+    assert_eq!(store.claim_checkpoint(&mut *a, "p").await.unwrap(), Some(0));
+    // a second claimant does not wait, it is told no
+    let mut b = db.pool().begin().await.unwrap();
+    assert_eq!(store.claim_checkpoint(&mut *b, "p").await.unwrap(), None);
+    // another projection is free
+    assert_eq!(store.claim_checkpoint(&mut *b, "q").await.unwrap(), Some(0));
+    b.commit().await.unwrap();
+    store.update_checkpoint(&mut *a, "p", 7).await.unwrap();
+    a.commit().await.unwrap();
+    let mut c = db.pool().begin().await.unwrap();
+    assert_eq!(store.claim_checkpoint(&mut *c, "p").await.unwrap(), Some(7));
+    c.rollback().await.unwrap();
+    // a claim made in a rolled-back transaction is released
+    let mut d = db.pool().begin().await.unwrap();
+    assert_eq!(store.claim_checkpoint(&mut *d, "p").await.unwrap(), Some(7));
+    let mut conn = db.pool().acquire().await.unwrap();
+    assert!(matches!(
+        store.claim_checkpoint(&mut *conn, "").await,
+        Err(Error::EmptyName {
+            field: NameField::ProjectionName,
+            ..
+        })
+    ));
+    drop(conn);
+    d.rollback().await.unwrap();
+    db.finish().await;
+}
+
+pub async fn failures_and_head_position<F: Fixture>() {
+    let db = F::create().await;
+    let store = db.store();
+    let mut conn = db.pool().acquire().await.unwrap();
+    assert_eq!(store.head_position(&mut *conn).await.unwrap(), 0);
+    drop(conn);
+    let appended = append(&db, ExpectedVersion::Any, events("a", 3))
+        .await
+        .unwrap();
+    let mut conn = db.pool().acquire().await.unwrap();
+    assert_eq!(
+        store.head_position(&mut *conn).await.unwrap(),
+        appended.global_positions[2]
+    );
+    assert!(store.failures(&mut *conn, "p").await.unwrap().is_empty());
+    store
+        .record_failure(&mut *conn, "p", &appended.events[1], "boom")
+        .await
+        .unwrap();
+    store
+        .record_failure(&mut *conn, "other", &appended.events[0], "bang")
+        .await
+        .unwrap();
+    let failures = store.failures(&mut *conn, "p").await.unwrap();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].global_position, appended.global_positions[1]);
+    assert_eq!(failures[0].event_id, appended.events[1].event_id);
+    assert_eq!(failures[0].event_type, "Deposited");
+    assert_eq!(failures[0].error, "boom");
     drop(conn);
     db.finish().await;
 }

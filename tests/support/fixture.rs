@@ -3,7 +3,8 @@
 use std::future::Future;
 
 use es::store::{
-    AggregateStreamReader, Backend, CheckpointStore, EventReader, EventStore, SnapshotStore,
+    AggregateStreamReader, Backend, CheckpointStore, EventReader, EventStore, ProjectionStore,
+    SnapshotStore,
 };
 
 /// One backend under test, in a fresh database or schema of its own.
@@ -16,6 +17,7 @@ pub trait Fixture: Sized + Send + Sync + 'static {
         + EventReader
         + CheckpointStore
         + SnapshotStore
+        + ProjectionStore
         + Backend<Database = Self::Db>
         + Clone;
 

@@ -78,7 +78,8 @@ use uuid::Uuid;
 use crate::{
     AggregateStreamReader, AppendResult, Backend, CheckpointStore, Error, Event, EventFilter,
     EventIdConflictReason, EventPage, EventReader, EventStore, ExpectedVersion, PersistedEvent,
-    Result, Snapshot, SnapshotStore, Stream, replay, stream_hash, validate,
+    ProjectionFailure, ProjectionStore, Result, Snapshot, SnapshotStore, Stream, replay,
+    stream_hash, validate,
 };
 use names::{Ident, MAX_SCHEMA_NAME, MAX_TABLE_NAME, Names};
 use sql::Statements;
@@ -170,6 +171,27 @@ impl PostgresStore {
         self.inner.names.snapshots()
     }
 
+    /// The table of events projections skipped, quoted and qualified.
+    ///
+    /// ```
+    /// assert_eq!(es_store::PostgresStore::new().failures_table(), r#""projection_failures""#);
+    /// ```
+    pub fn failures_table(&self) -> String {
+        self.inner.names.failures()
+    }
+
+    /// The channel appends notify (see
+    /// [`PostgresStoreBuilder::notify_on_append`]): `LISTEN` to it to hear of
+    /// new events. The same for every process using the same events table.
+    ///
+    /// ```
+    /// let store = es_store::PostgresStore::new();
+    /// assert!(store.notification_channel().starts_with("es_appended_"));
+    /// ```
+    pub fn notification_channel(&self) -> String {
+        self.inner.names.channel()
+    }
+
     /// The configured schema, if any.
     ///
     /// ```
@@ -256,6 +278,8 @@ pub struct PostgresStoreBuilder {
     heads: String,
     checkpoints: String,
     snapshots: String,
+    failures: String,
+    notify: bool,
 }
 
 impl Default for PostgresStoreBuilder {
@@ -266,6 +290,8 @@ impl Default for PostgresStoreBuilder {
             heads: "aggregate_heads".to_owned(),
             checkpoints: "checkpoints".to_owned(),
             snapshots: "snapshots".to_owned(),
+            failures: "projection_failures".to_owned(),
+            notify: true,
         }
     }
 }
@@ -301,6 +327,23 @@ impl PostgresStoreBuilder {
         self
     }
 
+    /// Names the table of events projections skipped (default
+    /// `projection_failures`).
+    pub fn failures_table(mut self, name: impl Into<String>) -> Self {
+        self.failures = name.into();
+        self
+    }
+
+    /// Whether each appending transaction sends a notification on
+    /// [`PostgresStore::notification_channel`] (default: yes), which live
+    /// projection processors listen to. PostgreSQL serializes the commits of
+    /// notifying transactions in a database; turn it off when no processor
+    /// listens (processors then find new events by polling).
+    pub fn notify_on_append(mut self, notify: bool) -> Self {
+        self.notify = notify;
+        self
+    }
+
     /// Validates the names and renders the store's SQL.
     pub fn build(self) -> Result<PostgresStore> {
         let names = Names {
@@ -312,12 +355,15 @@ impl PostgresStoreBuilder {
             heads: Ident::new("heads table", &self.heads, MAX_TABLE_NAME)?,
             checkpoints: Ident::new("checkpoints table", &self.checkpoints, MAX_TABLE_NAME)?,
             snapshots: Ident::new("snapshots table", &self.snapshots, MAX_TABLE_NAME)?,
+            failures: Ident::new("failures table", &self.failures, MAX_TABLE_NAME)?,
+            notify: self.notify,
         };
         let tables = [
             &names.events,
             &names.heads,
             &names.checkpoints,
             &names.snapshots,
+            &names.failures,
         ];
         if tables
             .iter()
@@ -327,10 +373,10 @@ impl PostgresStoreBuilder {
             return Err(Error::InvalidIdentifier {
                 what: "table names",
                 name: format!(
-                    "{}, {}, {}, {}",
-                    self.events, self.heads, self.checkpoints, self.snapshots
+                    "{}, {}, {}, {}, {}",
+                    self.events, self.heads, self.checkpoints, self.snapshots, self.failures
                 ),
-                reason: "the events, heads, checkpoints and snapshots tables need distinct names",
+                reason: "the store's five tables need distinct names",
             });
         }
         let sql = Statements::new(&names);
@@ -722,6 +768,82 @@ impl SnapshotStore for PostgresStore {
             .execute(&mut *conn)
             .await?;
         Ok(())
+    }
+}
+
+impl ProjectionStore for PostgresStore {
+    async fn claim_checkpoint(
+        &self,
+        conn: &mut PgConnection,
+        projection_name: &str,
+    ) -> Result<Option<i64>> {
+        validate::projection_name(projection_name)?;
+        let claimed: Option<i64> =
+            sqlx::query_scalar(AssertSqlSafe(self.sql().claim_checkpoint.clone()))
+                .bind(projection_name)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if claimed.is_some() {
+            return Ok(claimed);
+        }
+        // Absent or held by someone else: creating it tells which (a row
+        // this transaction inserts is locked by it).
+        Ok(
+            sqlx::query_scalar(AssertSqlSafe(self.sql().create_checkpoint.clone()))
+                .bind(projection_name)
+                .fetch_optional(&mut *conn)
+                .await?,
+        )
+    }
+
+    async fn record_failure(
+        &self,
+        conn: &mut PgConnection,
+        projection_name: &str,
+        event: &PersistedEvent,
+        error: &str,
+    ) -> Result<()> {
+        validate::projection_name(projection_name)?;
+        sqlx::query(AssertSqlSafe(self.sql().record_failure.clone()))
+            .bind(projection_name)
+            .bind(event.global_position)
+            .bind(event.event_id)
+            .bind(&event.event_type)
+            .bind(error)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn failures(
+        &self,
+        conn: &mut PgConnection,
+        projection_name: &str,
+    ) -> Result<Vec<ProjectionFailure>> {
+        validate::projection_name(projection_name)?;
+        let rows = sqlx::query(AssertSqlSafe(self.sql().list_failures.clone()))
+            .bind(projection_name)
+            .fetch_all(&mut *conn)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ProjectionFailure {
+                    global_position: row.try_get(0)?,
+                    event_id: row.try_get(1)?,
+                    event_type: row.try_get(2)?,
+                    error: row.try_get(3)?,
+                    failed_at: row.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn head_position(&self, conn: &mut PgConnection) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar(AssertSqlSafe(self.sql().head_position.clone()))
+                .fetch_one(&mut *conn)
+                .await?,
+        )
     }
 }
 

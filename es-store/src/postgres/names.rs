@@ -57,6 +57,9 @@ pub(crate) struct Names {
     pub(crate) heads: Ident,
     pub(crate) checkpoints: Ident,
     pub(crate) snapshots: Ident,
+    pub(crate) failures: Ident,
+    /// Whether appends send a notification.
+    pub(crate) notify: bool,
 }
 
 impl Names {
@@ -84,6 +87,16 @@ impl Names {
         self.qualified(self.snapshots.as_str())
     }
 
+    pub(crate) fn failures(&self) -> String {
+        self.qualified(self.failures.as_str())
+    }
+
+    /// The LISTEN/NOTIFY channel of this store's appends: derived from the
+    /// qualified events table name, so every process agrees on it.
+    pub(crate) fn channel(&self) -> String {
+        format!("es_appended_{:x}", fnv1a(self.events().as_bytes()))
+    }
+
     pub(crate) fn sequence_name(&self) -> String {
         format!("{}_global_position_seq", self.events.as_str())
     }
@@ -108,13 +121,17 @@ impl Names {
     /// FNV-1a of the qualified events table name, so every process that
     /// opens the same table agrees on it without asking the database.
     pub(crate) fn gap_tag(&self) -> i64 {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in self.events().bytes() {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-        (hash % 32_767) as i64 + 1
+        (fnv1a(self.events().as_bytes()) % 32_767) as i64 + 1
     }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
 }
 
 #[cfg(test)]
@@ -159,6 +176,8 @@ mod tests {
             heads: Ident::new("t", "aggregate_heads", 40).unwrap(),
             checkpoints: Ident::new("t", "checkpoints", 40).unwrap(),
             snapshots: Ident::new("t", "snapshots", 40).unwrap(),
+            failures: Ident::new("t", "projection_failures", 40).unwrap(),
+            notify: true,
         };
         let a = names(Some("a")).gap_tag();
         assert_eq!(a, names(Some("a")).gap_tag());

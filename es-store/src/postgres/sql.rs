@@ -14,7 +14,25 @@ pub(crate) fn migrations(names: &Names) -> Vec<(i64, &'static str, String)> {
     vec![
         (1, "event store", migration_1(names)),
         (2, "snapshots", migration_2(names)),
+        (3, "projection failures", migration_3(names)),
     ]
+}
+
+fn migration_3(n: &Names) -> String {
+    let failures = n.failures();
+    format!(
+        r#"-- Events a projection skipped because its handler failed on them.
+CREATE TABLE {failures} (
+    projection_name text        NOT NULL,
+    global_position bigint      NOT NULL,
+    event_id        uuid        NOT NULL,
+    event_type      text        NOT NULL,
+    error           text        NOT NULL,
+    failed_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (projection_name, global_position)
+);
+"#
+    )
 }
 
 fn migration_2(n: &Names) -> String {
@@ -119,6 +137,11 @@ pub(crate) struct Statements {
     pub(crate) update_checkpoint: Arc<str>,
     pub(crate) load_snapshot: Arc<str>,
     pub(crate) save_snapshot: Arc<str>,
+    pub(crate) claim_checkpoint: Arc<str>,
+    pub(crate) create_checkpoint: Arc<str>,
+    pub(crate) record_failure: Arc<str>,
+    pub(crate) list_failures: Arc<str>,
+    pub(crate) head_position: Arc<str>,
 }
 
 /// How an append's head CTE checks the expected version.
@@ -135,9 +158,33 @@ impl Statements {
         let heads = n.heads();
         let checkpoints = n.checkpoints();
         let snapshots = n.snapshots();
+        let failures = n.failures();
         let sequence = n.sequence();
         let tag = n.gap_tag();
         Statements {
+            claim_checkpoint: format!(
+                "SELECT position FROM {checkpoints} WHERE projection_name = $1 \
+                 FOR UPDATE SKIP LOCKED"
+            )
+            .into(),
+            create_checkpoint: format!(
+                "INSERT INTO {checkpoints} (projection_name, position) VALUES ($1, 0) \
+                 ON CONFLICT (projection_name) DO NOTHING RETURNING position"
+            )
+            .into(),
+            record_failure: format!(
+                "INSERT INTO {failures} (projection_name, global_position, event_id, event_type, error) \
+                 VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (projection_name, global_position) \
+                 DO UPDATE SET error = EXCLUDED.error, failed_at = now()"
+            )
+            .into(),
+            list_failures: format!(
+                "SELECT global_position, event_id, event_type, error, failed_at FROM {failures} \
+                 WHERE projection_name = $1 ORDER BY global_position"
+            )
+            .into(),
+            head_position: format!("SELECT coalesce(max(global_position), 0) FROM {events}").into(),
             load_snapshot: format!(
                 "SELECT version, schema_version, state, created_at FROM {snapshots} \
                  WHERE bounded_context = $1 AND aggregate_type = $2 AND aggregate_id = $3 \
@@ -278,6 +325,13 @@ fn append(n: &Names, check: HeadCheck) -> String {
     // order.
     let guard_setting = format!("es.gap_guard_{tag}");
     let allocated = ALLOCATED;
+    // Identical notifications of one transaction are folded into one by
+    // PostgreSQL, so a transaction appending many times notifies once.
+    let notify = if n.notify {
+        format!(" AND pg_notify('{}', '')::text = ''", n.channel())
+    } else {
+        String::new()
+    };
     let tag_bits = tag << 48;
     format!(
         "WITH head AS ({head}), \
@@ -285,7 +339,7 @@ fn append(n: &Names, check: HeadCheck) -> String {
              SELECT h.base FROM head h \
              WHERE CASE WHEN current_setting('{guard_setting}', true) = 'on' THEN true \
                    ELSE pg_advisory_xact_lock_shared({tag_bits} + (SELECT {allocated} FROM {sequence}))::text = '' \
-                        AND set_config('{guard_setting}', 'on', true) = 'on' END \
+                        AND set_config('{guard_setting}', 'on', true) = 'on' END{notify} \
          ) \
          INSERT INTO {events} (global_position, event_id, bounded_context, aggregate_type, \
              aggregate_id, aggregate_version, event_type, event_version, payload, metadata, \
