@@ -199,7 +199,10 @@ fn set_once<T>(
     if slot.is_some() {
         errors.spanned(
             &meta.path,
-            format_args!("duplicate `{}`: it is already set", path_name(&meta.path)),
+            format_args!(
+                "duplicate `{}`: a key may be given only once",
+                path_name(&meta.path)
+            ),
         );
     } else if value.is_some() {
         *slot = value;

@@ -46,7 +46,7 @@ fn every_error_is_reported_at_once() {
     });
     let expected = [
         "unknown event attribute `colour` on the enum",
-        "duplicate `bounded_context`",
+        "duplicate `bounded_context`: a key may be given only once",
         "unknown event attribute `nmae` on a variant",
         "`#[event]` does not apply to fields",
         "cannot have lifetime parameters",
