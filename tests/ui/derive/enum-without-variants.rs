@@ -1,0 +1,7 @@
+use es::DomainEvent;
+
+#[derive(DomainEvent)]
+#[event(bounded_context = "Billing", aggregate_type = "Account")]
+enum AccountEvent {}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use es::DomainEvent;
+
+#[derive(DomainEvent)]
+enum AccountEvent {
+    Opened { owner: String },
+}
+
+fn main() {}

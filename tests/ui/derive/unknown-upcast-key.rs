@@ -1,0 +1,15 @@
+use es::DomainEvent;
+use serde_json::Value;
+
+fn v1_to_v2(payload: Value) -> Value {
+    payload
+}
+
+#[derive(DomainEvent)]
+#[event(bounded_context = "Billing", aggregate_type = "Account")]
+enum AccountEvent {
+    #[event(version = 2, upcast(since = 1, with = v1_to_v2))]
+    Opened { owner: String },
+}
+
+fn main() {}

@@ -1,0 +1,10 @@
+use es::DomainEvent;
+
+#[derive(DomainEvent)]
+#[event(bounded_context = "Billing", aggregate_type = "Account")]
+enum AccountEvent {
+    #[event(nmae = "AccountOpened")]
+    Opened { owner: String },
+}
+
+fn main() {}
