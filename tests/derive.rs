@@ -94,6 +94,12 @@ enum AccountEvent {
         limit: i64,
     },
     Tagged(#[serde(with = "pair_as_object")] (String, i64)),
+    Annotated {
+        id: u32,
+        #[serde(flatten)]
+        extra: std::collections::BTreeMap<String, Value>,
+    },
+    r#Reopened,
 }
 
 fn raw(value: Value) -> Box<RawValue> {
@@ -127,12 +133,15 @@ fn constants_name_the_aggregate_and_every_event_type() {
             EventTypeInfo::new("Frozen", 1),
             EventTypeInfo::new("Charged", 1),
             EventTypeInfo::new("Tagged", 1),
+            EventTypeInfo::new("Annotated", 1),
+            EventTypeInfo::new("Reopened", 1),
         ]
     );
     let deposited = AccountEvent::Deposited { amount: 1 };
     assert_eq!(deposited.event_type(), "MoneyDeposited");
     assert_eq!(deposited.event_version(), 2);
     assert_eq!(AccountEvent::Closed.event_type(), "Closed");
+    assert_eq!(AccountEvent::r#Reopened.event_type(), "Reopened");
     assert_eq!(AccountEvent::Closed.event_version(), 1);
 }
 
@@ -194,6 +203,13 @@ fn serde_field_attributes_apply_inside_payloads() {
     round_trip(
         &AccountEvent::Tagged(("vip".to_owned(), 2)),
         r#"{"name":"vip","count":2}"#,
+    );
+    round_trip(
+        &AccountEvent::Annotated {
+            id: 7,
+            extra: [("colour".to_owned(), json!("red"))].into(),
+        },
+        r#"{"id":7,"colour":"red"}"#,
     );
     // `alias` and `default` on the way in.
     assert_eq!(

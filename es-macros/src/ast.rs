@@ -141,7 +141,7 @@ impl Variant<'_> {
     pub(crate) fn event_name(&self) -> String {
         match &self.attrs.name {
             Some(lit) => lit.value(),
-            None => self.ident.to_string(),
+            None => syn::ext::IdentExt::unraw(self.ident).to_string(),
         }
     }
 
