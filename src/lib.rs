@@ -3,10 +3,14 @@
 //! This facade re-exports the framework's crates:
 //!
 //! - [`store`]: events, the store traits and the PostgreSQL store.
+//! - [`aggregate`]: aggregates, the repository, retries and snapshots.
 //! - [`DomainEvent`]: the trait of typed event enums and its derive, which
 //!   `use es::DomainEvent;` brings in together.
 
+pub use es_aggregate as aggregate;
 pub use es_store as store;
+
+pub use es_aggregate::{Aggregate, Repository, RepositoryError, RetryPolicy};
 
 pub use es_macros::DomainEvent;
 pub use es_store::{DecodeError, DomainEvent, EventTypeInfo};

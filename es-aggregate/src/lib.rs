@@ -1,1 +1,17 @@
-//! es-aggregate
+//! Aggregates and the repository.
+//!
+//! An [`Aggregate`] is state folded from its events ([`Aggregate::apply`])
+//! that decides what a command does ([`Aggregate::handle`]). The
+//! [`Repository`] loads it from the store, runs the command, appends the
+//! events with optimistic concurrency and retries on conflicts under a
+//! [`RetryPolicy`]. Snapshots are opt-in per repository. [`testing`] checks
+//! aggregates without a database.
+
+mod aggregate;
+mod repository;
+mod retry;
+pub mod testing;
+
+pub use aggregate::Aggregate;
+pub use repository::{Executed, Loaded, Repository, RepositoryError, Result};
+pub use retry::{Jitter, RetryPolicy};

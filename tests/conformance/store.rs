@@ -855,8 +855,14 @@ pub async fn checkpoint_claims_are_exclusive<F: Fixture>() {
     let store = db.store();
     // the first claim creates the checkpoint
     let mut first = db.pool().begin().await.unwrap();
-    assert_eq!(store.claim_checkpoint(&mut *first, "p").await.unwrap(), Some(0));
-    assert_eq!(store.claim_checkpoint(&mut *first, "q").await.unwrap(), Some(0));
+    assert_eq!(
+        store.claim_checkpoint(&mut *first, "p").await.unwrap(),
+        Some(0)
+    );
+    assert_eq!(
+        store.claim_checkpoint(&mut *first, "q").await.unwrap(),
+        Some(0)
+    );
     first.commit().await.unwrap();
     let mut a = db.pool().begin().await.unwrap();
     assert_eq!(store.claim_checkpoint(&mut *a, "p").await.unwrap(), Some(0));

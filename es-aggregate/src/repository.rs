@@ -1,0 +1,594 @@
+//! Loading aggregates and executing commands against the store.
+
+use std::fmt;
+
+use es_store::{
+    AggregateKey, AggregateStreamReader, Connection, DecodeError, DomainEvent, Error as StoreError,
+    EventStore, ExpectedVersion, Metadata, PostgresStore, Snapshot, SnapshotStore,
+};
+use serde_json::value::RawValue;
+use tracing::Instrument;
+
+use crate::{Aggregate, RetryPolicy};
+
+/// An aggregate's state and the version it was folded up to.
+///
+/// An aggregate with no events loads as `Default::default()` at version 0;
+/// [`Loaded::exists`] tells the two apart.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Loaded<A> {
+    /// The folded state.
+    pub state: A,
+    /// The version of the last event applied (0 when none).
+    pub version: i64,
+}
+
+impl<A> Loaded<A> {
+    /// Whether the aggregate has at least one event.
+    pub fn exists(&self) -> bool {
+        self.version > 0
+    }
+}
+
+/// What a successful command did.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Executed<A: Aggregate> {
+    /// The aggregate's version after the command (unchanged when the
+    /// command produced no events).
+    pub version: i64,
+    /// The events the command produced, in order.
+    pub events: Vec<A::Event>,
+    /// The global position of each event.
+    pub global_positions: Vec<i64>,
+    /// The state after the events were applied.
+    pub state: A,
+    /// How many times the command was handled: 1, plus one per conflict
+    /// retried.
+    pub attempts: u32,
+}
+
+/// Why a command or a load failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RepositoryError<E: std::error::Error + 'static> {
+    /// The aggregate refused the command; nothing was written.
+    #[error("command refused: {0}")]
+    Rejected(#[source] E),
+
+    /// Other writers kept changing the aggregate: the command lost the
+    /// optimistic-concurrency check on every attempt the retry policy
+    /// allowed.
+    #[error("optimistic concurrency conflict on {aggregate} after {attempts} attempt(s): expected {expected}, {}",
+        .actual.map_or_else(|| "the version changed concurrently".to_owned(), |v| format!("found version {v}")))]
+    Conflict {
+        /// The aggregate.
+        aggregate: AggregateKey,
+        /// How many times the command was handled.
+        attempts: u32,
+        /// The version the last attempt expected.
+        expected: ExpectedVersion,
+        /// The version the last attempt found, when known.
+        actual: Option<i64>,
+    },
+
+    /// A stored event could not be decoded into the aggregate's event type.
+    #[error("cannot decode a stored event of {aggregate}: {source}")]
+    Decode {
+        /// The aggregate.
+        aggregate: AggregateKey,
+        /// What went wrong.
+        #[source]
+        source: DecodeError,
+    },
+
+    /// The store failed (or refused the input, for example an empty id).
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl<E: std::error::Error + 'static> RepositoryError<E> {
+    fn from_store(error: StoreError, attempts: u32) -> Self {
+        match error {
+            StoreError::OptimisticConcurrency {
+                aggregate,
+                expected,
+                actual,
+            } => RepositoryError::Conflict {
+                aggregate,
+                attempts,
+                expected,
+                actual,
+            },
+            other => RepositoryError::Store(other),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> From<StoreError> for RepositoryError<E> {
+    fn from(error: StoreError) -> Self {
+        Self::from_store(error, 1)
+    }
+}
+
+/// The repository's result type.
+pub type Result<T, A> = std::result::Result<T, RepositoryError<<A as Aggregate>::Error>>;
+
+/// Snapshot settings of one repository, with the (de)serializers fixed when
+/// snapshots were switched on, so the rest of the repository needs no serde
+/// bounds on the aggregate.
+struct Snapshots<A> {
+    every: i64,
+    schema_version: i32,
+    encode: fn(&A) -> serde_json::Result<Box<RawValue>>,
+    decode: fn(&str) -> serde_json::Result<A>,
+}
+
+impl<A> Clone for Snapshots<A> {
+    fn clone(&self) -> Self {
+        Self { ..*self }
+    }
+}
+
+/// Loads aggregates and executes commands on them.
+///
+/// A command is executed by loading the aggregate (its snapshot, if
+/// snapshots are on, and the events after it), folding, handling the
+/// command and appending the events with `Exact(version)` (`NoStream` for a
+/// new aggregate). On an optimistic-concurrency conflict the whole cycle
+/// runs again under the [`RetryPolicy`].
+///
+/// With [`Repository::execute`] the load runs on a pooled connection and the
+/// append is a single statement, atomic on its own: the version check
+/// guarantees the events were decided on exactly the state they follow, so
+/// no explicit transaction (and none of its round trips) is needed. To
+/// commit a command together with your own writes, or with a command on
+/// another aggregate, use [`Repository::execute_in`] inside your transaction.
+///
+/// ```no_run
+/// # use es_aggregate::{Aggregate, Repository, RetryPolicy};
+/// # async fn demo<A: Aggregate>(pool: sqlx::PgPool, command: A::Command) -> Result<(), Box<dyn std::error::Error>> {
+/// let repository = Repository::<A>::new(es_store::PostgresStore::new(), pool)
+///     .with_retry_policy(RetryPolicy::default());
+/// let executed = repository.execute("acc-1", &command).await?;
+/// println!("now at version {} after {} attempt(s)", executed.version, executed.attempts);
+/// # Ok(()) }
+/// ```
+pub struct Repository<A: Aggregate, S: es_store::Backend = PostgresStore> {
+    store: S,
+    pool: sqlx::Pool<S::Database>,
+    retry: RetryPolicy,
+    snapshots: Option<Snapshots<A>>,
+}
+
+impl<A: Aggregate, S: es_store::Backend + Clone> Clone for Repository<A, S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            pool: self.pool.clone(),
+            retry: self.retry,
+            snapshots: self.snapshots.clone(),
+        }
+    }
+}
+
+impl<A: Aggregate, S: es_store::Backend> fmt::Debug for Repository<A, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Repository")
+            .field("aggregate", &std::any::type_name::<A>())
+            .field("retry", &self.retry)
+            .field("snapshot_every", &self.snapshots.as_ref().map(|s| s.every))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A, S> Repository<A, S>
+where
+    A: Aggregate,
+    S: EventStore + AggregateStreamReader + SnapshotStore,
+{
+    /// A repository over `store`, taking connections from `pool`, with the
+    /// default retry policy and no snapshots.
+    pub fn new(store: S, pool: sqlx::Pool<S::Database>) -> Self {
+        Self {
+            store,
+            pool,
+            retry: RetryPolicy::default(),
+            snapshots: None,
+        }
+    }
+
+    /// Sets the retry policy of [`Repository::execute`].
+    pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The retry policy.
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
+    /// Turns snapshots on: whenever a command takes the aggregate across a
+    /// multiple of `every` events, the new state is stored with its version
+    /// and `schema_version`. Loading then starts from the latest snapshot
+    /// and folds only the events after it. A snapshot that does not decode,
+    /// or was written with another `schema_version`, is ignored and the
+    /// whole stream is folded: bump `schema_version` whenever the state's
+    /// serialized form changes. `every` below 1 is taken as 1.
+    pub fn with_snapshots(mut self, every: u32, schema_version: i32) -> Self
+    where
+        A: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        self.snapshots = Some(Snapshots {
+            every: i64::from(every.max(1)),
+            schema_version,
+            encode: |state| serde_json::value::to_raw_value(state),
+            decode: |json| serde_json::from_str(json),
+        });
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &sqlx::Pool<S::Database> {
+        &self.pool
+    }
+
+    /// Loads the aggregate's current state.
+    pub async fn load(&self, id: &str) -> Result<Loaded<A>, A> {
+        let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
+        self.load_in(&mut conn, id, None).await
+    }
+
+    /// Loads the state the aggregate had at `version` (time travel): the
+    /// events up to and including it. Asking beyond the current version
+    /// gives the current state.
+    pub async fn load_at(&self, id: &str, version: i64) -> Result<Loaded<A>, A> {
+        let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
+        self.load_in(&mut conn, id, Some(version)).await
+    }
+
+    /// Loads on the caller's connection or transaction, up to `to_version`
+    /// (everything when `None`).
+    pub async fn load_in(
+        &self,
+        conn: &mut Connection<S>,
+        id: &str,
+        to_version: Option<i64>,
+    ) -> Result<Loaded<A>, A> {
+        if let Some(to) = to_version.filter(|v| *v < 0) {
+            return Err(RepositoryError::Store(StoreError::NegativeVersion {
+                what: "version",
+                value: to,
+            }));
+        }
+        let mut loaded = match &self.snapshots {
+            Some(snapshots) => {
+                self.start_from_snapshot(conn, snapshots, id, to_version)
+                    .await?
+            }
+            None => Loaded {
+                state: A::default(),
+                version: 0,
+            },
+        };
+        self.catch_up(conn, id, &mut loaded, to_version).await?;
+        Ok(loaded)
+    }
+
+    /// The state in the aggregate's latest usable snapshot at or below
+    /// `to_version`, or the default state at version 0.
+    async fn start_from_snapshot(
+        &self,
+        conn: &mut Connection<S>,
+        snapshots: &Snapshots<A>,
+        id: &str,
+        to_version: Option<i64>,
+    ) -> Result<Loaded<A>, A> {
+        let mut loaded = Loaded {
+            state: A::default(),
+            version: 0,
+        };
+        let snapshot = self
+            .store
+            .load_snapshot(
+                conn,
+                A::Event::BOUNDED_CONTEXT,
+                A::Event::AGGREGATE_TYPE,
+                id,
+                to_version,
+            )
+            .await?;
+        let Some(snapshot) = snapshot else {
+            return Ok(loaded);
+        };
+        if snapshot.schema_version != snapshots.schema_version {
+            tracing::debug!(
+                aggregate_id = id,
+                found = snapshot.schema_version,
+                expected = snapshots.schema_version,
+                "ignoring a snapshot of another schema version"
+            );
+            return Ok(loaded);
+        }
+        match (snapshots.decode)(snapshot.state.get()) {
+            Ok(state) => {
+                loaded.state = state;
+                loaded.version = snapshot.version;
+            }
+            Err(error) => {
+                tracing::warn!(aggregate_id = id, %error, "ignoring a snapshot that does not decode")
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// Applies the events after `loaded.version`, up to `to_version`.
+    async fn catch_up(
+        &self,
+        conn: &mut Connection<S>,
+        id: &str,
+        loaded: &mut Loaded<A>,
+        to_version: Option<i64>,
+    ) -> Result<(), A> {
+        if to_version.is_some_and(|to| to <= loaded.version) {
+            return Ok(());
+        }
+        let (bounded_context, aggregate_type) =
+            (A::Event::BOUNDED_CONTEXT, A::Event::AGGREGATE_TYPE);
+        let stream = self
+            .store
+            .read_aggregate_stream(
+                conn,
+                bounded_context,
+                aggregate_type,
+                id,
+                Some(loaded.version + 1),
+                to_version,
+            )
+            .await?;
+        for event in &stream.events {
+            let decoded =
+                A::Event::from_persisted(event).map_err(|source| RepositoryError::Decode {
+                    aggregate: AggregateKey::new(bounded_context, aggregate_type, id),
+                    source,
+                })?;
+            loaded.state.apply(&decoded);
+            loaded.version = event.aggregate_version;
+        }
+        Ok(())
+    }
+
+    /// Executes a command with no metadata. See [`Repository::execute_with`].
+    pub async fn execute(&self, id: &str, command: &A::Command) -> Result<Executed<A>, A> {
+        self.execute_with(id, command, &Metadata::default()).await
+    }
+
+    /// Executes a command: load, handle, append with `Exact(version)`,
+    /// retrying on conflicts under the retry policy. `metadata` (correlation
+    /// and causation ids, free fields) lands on every event produced.
+    ///
+    /// A refused command is [`RepositoryError::Rejected`] and is never
+    /// retried. A command that produces no events writes nothing and
+    /// succeeds. After the last attempt a conflict is
+    /// [`RepositoryError::Conflict`] with the number of attempts made.
+    pub async fn execute_with(
+        &self,
+        id: &str,
+        command: &A::Command,
+        metadata: &Metadata,
+    ) -> Result<Executed<A>, A> {
+        let span = tracing::debug_span!(
+            "execute",
+            bounded_context = A::Event::BOUNDED_CONTEXT,
+            aggregate_type = A::Event::AGGREGATE_TYPE,
+            aggregate_id = id,
+        );
+        async {
+            let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
+            // A conflict leaves the loaded state valid up to its version:
+            // the next attempt only folds the events that came since.
+            let mut loaded = None;
+            let mut attempt = 1;
+            loop {
+                match self
+                    .try_execute(
+                        &mut conn,
+                        id,
+                        command,
+                        metadata,
+                        Snapshotting::BestEffort,
+                        &mut loaded,
+                    )
+                    .await
+                {
+                    Err(StoreAttempt::Store(error @ StoreError::OptimisticConcurrency { .. }))
+                        if attempt < self.retry.max_attempts() =>
+                    {
+                        let backoff = self.retry.backoff(attempt);
+                        tracing::debug!(attempt, ?backoff, %error, "conflict, retrying");
+                        if !backoff.is_zero() {
+                            tokio::time::sleep(backoff).await;
+                        }
+                        attempt += 1;
+                    }
+                    Err(StoreAttempt::Store(error)) => {
+                        return Err(RepositoryError::from_store(error, attempt));
+                    }
+                    Err(StoreAttempt::Other(error)) => return Err(error),
+                    Ok(mut executed) => {
+                        executed.attempts = attempt;
+                        return Ok(executed);
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Executes a command on the caller's connection or transaction, with
+    /// no retry (a conflict aborts what the caller is doing; the caller
+    /// decides whether to run it all again). Use it to commit a command
+    /// atomically with your own writes or with commands on other
+    /// aggregates.
+    ///
+    /// ```no_run
+    /// # use es_aggregate::{Aggregate, Repository};
+    /// # async fn demo<A: Aggregate>(repository: Repository<A>, debit: A::Command, credit: A::Command) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut tx = repository.pool().begin().await?;
+    /// let metadata = es_store::Metadata::default();
+    /// repository.execute_in(&mut *tx, "acc-1", &debit, &metadata).await?;
+    /// repository.execute_in(&mut *tx, "acc-2", &credit, &metadata).await?;
+    /// tx.commit().await?; // both or neither
+    /// # Ok(()) }
+    /// ```
+    pub async fn execute_in(
+        &self,
+        conn: &mut Connection<S>,
+        id: &str,
+        command: &A::Command,
+        metadata: &Metadata,
+    ) -> Result<Executed<A>, A> {
+        match self
+            .try_execute(
+                conn,
+                id,
+                command,
+                metadata,
+                Snapshotting::Required,
+                &mut None,
+            )
+            .await
+        {
+            Ok(executed) => Ok(executed),
+            Err(StoreAttempt::Store(error)) => Err(RepositoryError::from_store(error, 1)),
+            Err(StoreAttempt::Other(error)) => Err(error),
+        }
+    }
+
+    /// One load-handle-append cycle.
+    async fn try_execute(
+        &self,
+        conn: &mut Connection<S>,
+        id: &str,
+        command: &A::Command,
+        metadata: &Metadata,
+        snapshotting: Snapshotting,
+        loaded: &mut Option<Loaded<A>>,
+    ) -> std::result::Result<Executed<A>, StoreAttempt<A::Error>> {
+        let current = match loaded {
+            Some(current) => {
+                self.catch_up(conn, id, current, None).await?;
+                current
+            }
+            None => loaded.insert(self.load_in(conn, id, None).await?),
+        };
+        let version = current.version;
+        let events = current
+            .state
+            .handle(command)
+            .map_err(RepositoryError::Rejected)?;
+        if events.is_empty() {
+            let Loaded { state, version } = loaded.take().expect("loaded above");
+            return Ok(Executed {
+                version,
+                events,
+                global_positions: Vec::new(),
+                state,
+                attempts: 1,
+            });
+        }
+        let to_store = A::Event::to_events(&events, id, metadata).map_err(StoreAttempt::Store)?;
+        let appended = self
+            .store
+            .append(conn, ExpectedVersion::at(version), to_store)
+            .await
+            .map_err(StoreAttempt::Store)?;
+        let Loaded { mut state, .. } = loaded.take().expect("loaded above");
+        for event in &events {
+            state.apply(event);
+        }
+        let new_version = appended.to_version();
+        if let Some(snapshots) = &self.snapshots
+            && new_version / snapshots.every > version / snapshots.every
+        {
+            let saved = self
+                .save_snapshot(conn, snapshots, id, new_version, &state)
+                .await;
+            if let Err(error) = saved {
+                // A failed statement aborts the caller's transaction, so
+                // the caller must hear of it; otherwise the events are
+                // stored and the snapshot is only a cache.
+                let aborted = matches!(error, StoreError::Database(_));
+                match snapshotting {
+                    Snapshotting::Required if aborted => {
+                        return Err(StoreAttempt::Store(error));
+                    }
+                    _ => tracing::warn!(
+                        aggregate_id = id,
+                        version = new_version,
+                        %error,
+                        "could not store a snapshot"
+                    ),
+                }
+            }
+        }
+        Ok(Executed {
+            version: new_version,
+            events,
+            global_positions: appended.global_positions,
+            state,
+            attempts: 1,
+        })
+    }
+
+    async fn save_snapshot(
+        &self,
+        conn: &mut Connection<S>,
+        snapshots: &Snapshots<A>,
+        id: &str,
+        version: i64,
+        state: &A,
+    ) -> std::result::Result<(), StoreError> {
+        let json = (snapshots.encode)(state).map_err(StoreError::Serialization)?;
+        let snapshot = Snapshot::from_raw(
+            A::Event::BOUNDED_CONTEXT,
+            A::Event::AGGREGATE_TYPE,
+            id,
+            version,
+            snapshots.schema_version,
+            json,
+        );
+        self.store.save_snapshot(conn, &snapshot).await
+    }
+}
+
+/// Whether a failed snapshot fails the command.
+#[derive(Clone, Copy)]
+enum Snapshotting {
+    Required,
+    BestEffort,
+}
+
+/// An attempt fails either in the store (a conflict may be retried) or for
+/// a reason retrying cannot fix.
+enum StoreAttempt<E: std::error::Error + 'static> {
+    Store(StoreError),
+    Other(RepositoryError<E>),
+}
+
+impl<E: std::error::Error + 'static> From<RepositoryError<E>> for StoreAttempt<E> {
+    fn from(error: RepositoryError<E>) -> Self {
+        match error {
+            RepositoryError::Store(error) => StoreAttempt::Store(error),
+            other => StoreAttempt::Other(other),
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! What the repository does when another writer got to the aggregate first.
+
+use std::hash::{BuildHasher, RandomState};
+use std::time::Duration;
+
+/// How many times a command is tried on optimistic-concurrency conflicts,
+/// and how long to wait between tries.
+///
+/// Each retry reloads the aggregate and handles the command again on the
+/// fresh state. Only conflicts are retried: a refused command or a database
+/// error is returned at once.
+///
+/// ```
+/// use std::time::Duration;
+/// use es_aggregate::{Jitter, RetryPolicy};
+///
+/// let policy = RetryPolicy::exponential(8, Duration::from_millis(2), Duration::from_millis(100));
+/// assert_eq!(policy.max_attempts(), 8);
+/// // without jitter the waits are 2, 4, 8, ... ms, capped at 100
+/// let fixed = policy.with_jitter(Jitter::None);
+/// assert_eq!(fixed.backoff(1), Duration::from_millis(2));
+/// assert_eq!(fixed.backoff(3), Duration::from_millis(8));
+/// assert_eq!(fixed.backoff(20), Duration::from_millis(100));
+/// assert_eq!(RetryPolicy::none().max_attempts(), 1);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    max_attempts: u32,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+    multiplier: f64,
+    jitter: Jitter,
+}
+
+/// How a backoff is randomised, so that writers who collided do not
+/// collide again in lockstep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Jitter {
+    /// Wait exactly the computed backoff.
+    None,
+    /// Wait a uniformly random time between zero and the backoff.
+    Full,
+    /// Wait half the backoff plus a random time up to the other half.
+    Equal,
+}
+
+impl Default for RetryPolicy {
+    /// 20 attempts, exponential backoff from 1 ms up to 200 ms with full
+    /// jitter: enough for a handful of writers hammering one aggregate.
+    fn default() -> Self {
+        Self::exponential(20, Duration::from_millis(1), Duration::from_millis(200))
+    }
+}
+
+impl RetryPolicy {
+    /// Never retry: the first conflict is returned.
+    pub fn none() -> Self {
+        Self::immediate(1)
+    }
+
+    /// Up to `max_attempts` tries (at least 1) with no wait between them.
+    ///
+    /// ```
+    /// # use es_aggregate::RetryPolicy;
+    /// let policy = RetryPolicy::immediate(3);
+    /// assert_eq!(policy.backoff(1), std::time::Duration::ZERO);
+    /// ```
+    pub fn immediate(max_attempts: u32) -> Self {
+        Self {
+            max_attempts: max_attempts.max(1),
+            initial_backoff: Duration::ZERO,
+            max_backoff: Duration::ZERO,
+            multiplier: 1.0,
+            jitter: Jitter::None,
+        }
+    }
+
+    /// Up to `max_attempts` tries; the n-th retry waits `initial * 2^(n-1)`,
+    /// capped at `max`, with full jitter.
+    pub fn exponential(max_attempts: u32, initial: Duration, max: Duration) -> Self {
+        Self {
+            max_attempts: max_attempts.max(1),
+            initial_backoff: initial,
+            max_backoff: max.max(initial),
+            multiplier: 2.0,
+            jitter: Jitter::Full,
+        }
+    }
+
+    /// Up to `max_attempts` tries with the same wait before each retry.
+    ///
+    /// ```
+    /// # use es_aggregate::{Jitter, RetryPolicy};
+    /// # use std::time::Duration;
+    /// let policy = RetryPolicy::fixed(4, Duration::from_millis(5));
+    /// assert_eq!(policy.backoff(3), Duration::from_millis(5));
+    /// ```
+    pub fn fixed(max_attempts: u32, backoff: Duration) -> Self {
+        Self {
+            max_attempts: max_attempts.max(1),
+            initial_backoff: backoff,
+            max_backoff: backoff,
+            multiplier: 1.0,
+            jitter: Jitter::None,
+        }
+    }
+
+    /// Changes the jitter.
+    pub fn with_jitter(mut self, jitter: Jitter) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// Changes how much each backoff grows over the previous one (at
+    /// least 1).
+    ///
+    /// ```
+    /// # use es_aggregate::{Jitter, RetryPolicy};
+    /// # use std::time::Duration;
+    /// let policy = RetryPolicy::exponential(5, Duration::from_millis(1), Duration::from_secs(1))
+    ///     .with_multiplier(3.0)
+    ///     .with_jitter(Jitter::None);
+    /// assert_eq!(policy.backoff(3), Duration::from_millis(9));
+    /// ```
+    pub fn with_multiplier(mut self, multiplier: f64) -> Self {
+        self.multiplier = if multiplier.is_finite() {
+            multiplier.max(1.0)
+        } else {
+            1.0
+        };
+        self
+    }
+
+    /// The most tries a command gets, the first included.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// The jitter.
+    pub fn jitter(&self) -> Jitter {
+        self.jitter
+    }
+
+    /// The wait before retry number `retry` (1 for the first retry), with
+    /// jitter applied.
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let exponent = retry.saturating_sub(1).min(64) as i32;
+        let nominal = self.initial_backoff.as_secs_f64() * self.multiplier.powi(exponent);
+        let capped = Duration::from_secs_f64(nominal.min(self.max_backoff.as_secs_f64()));
+        match self.jitter {
+            Jitter::None => capped,
+            Jitter::Full => capped.mul_f64(random_unit()),
+            Jitter::Equal => capped / 2 + (capped / 2).mul_f64(random_unit()),
+        }
+    }
+}
+
+/// A uniformly distributed number in [0, 1), from the standard library's
+/// randomly keyed hasher (good enough to spread retries; not for secrets).
+fn random_unit() -> f64 {
+    let bits = RandomState::new().hash_one(std::time::Instant::now());
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_bounds_and_varies() {
+        let policy =
+            RetryPolicy::exponential(5, Duration::from_millis(10), Duration::from_millis(10));
+        let full: Vec<_> = (0..200).map(|_| policy.backoff(1)).collect();
+        assert!(full.iter().all(|d| *d <= Duration::from_millis(10)));
+        assert!(full.iter().any(|d| *d != full[0]), "jitter should vary");
+        let equal = policy.with_jitter(Jitter::Equal);
+        assert!(
+            (0..200)
+                .map(|_| equal.backoff(1))
+                .all(|d| d >= Duration::from_millis(5) && d <= Duration::from_millis(10))
+        );
+    }
+
+    #[test]
+    fn attempts_are_at_least_one() {
+        assert_eq!(RetryPolicy::immediate(0).max_attempts(), 1);
+        assert_eq!(
+            RetryPolicy::exponential(0, Duration::ZERO, Duration::ZERO).max_attempts(),
+            1
+        );
+    }
+}

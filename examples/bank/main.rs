@@ -1,0 +1,140 @@
+//! Run with: `cargo run --example bank`
+//!
+//! Opens two accounts, deposits and withdraws through the repository,
+//! refuses an overdraft, lets eight tasks deposit into one account at once
+//! (their optimistic-concurrency conflicts are retried), moves money between
+//! accounts atomically in one transaction, and prints the result.
+//!
+//! Uses `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`)
+//! and the schema `es_bank`.
+
+mod domain;
+
+use std::sync::Arc;
+
+use domain::{Account, AccountCommand, AccountError};
+use es::store::{Metadata, PostgresStore};
+use es::{Repository, RepositoryError, RetryPolicy};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(10)
+        .connect(&url)
+        .await
+        .map_err(|e| {
+            format!("cannot reach PostgreSQL at {url} ({e}); start it or set DATABASE_URL")
+        })?;
+    let store = PostgresStore::builder().schema("es_bank").build()?;
+    store.migrate(&pool).await?;
+
+    let accounts =
+        Arc::new(Repository::<Account>::new(store, pool).with_retry_policy(RetryPolicy::default()));
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let alice = format!("alice-{}", &run[..8]);
+    let bob = format!("bob-{}", &run[..8]);
+
+    accounts
+        .execute(
+            &alice,
+            &AccountCommand::Open {
+                owner: "Alice".into(),
+            },
+        )
+        .await?;
+    accounts
+        .execute(
+            &bob,
+            &AccountCommand::Open {
+                owner: "Bob".into(),
+            },
+        )
+        .await?;
+    accounts
+        .execute(&alice, &AccountCommand::Deposit { amount: 100 })
+        .await?;
+    accounts
+        .execute(&alice, &AccountCommand::Withdraw { amount: 30 })
+        .await?;
+
+    match accounts
+        .execute(&alice, &AccountCommand::Withdraw { amount: 1_000 })
+        .await
+    {
+        Err(RepositoryError::Rejected(AccountError::InsufficientFunds { balance, asked })) => {
+            println!("refused: {asked} asked from a balance of {balance}; nothing was written")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+
+    if let Err(RepositoryError::Rejected(refusal)) =
+        accounts.execute(&alice, &AccountCommand::Close).await
+    {
+        println!("refused: {refusal}");
+    }
+
+    // Eight tasks deposit into Bob's account at the same time. Each command
+    // loads version n and appends with Exact(n): all but one lose each
+    // round, reload and try again.
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (accounts, bob) = (accounts.clone(), bob.clone());
+            tokio::spawn(async move {
+                let mut retried = 0;
+                for _ in 0..10 {
+                    let done = accounts
+                        .execute(&bob, &AccountCommand::Deposit { amount: 1 })
+                        .await?;
+                    retried += done.attempts - 1;
+                }
+                Ok::<_, RepositoryError<AccountError>>(retried)
+            })
+        })
+        .collect();
+    let mut conflicts = 0;
+    for task in tasks {
+        conflicts += task.await??;
+    }
+    println!("80 concurrent deposits into {bob}: {conflicts} conflicts retried");
+
+    // A transfer: both commands commit in one transaction, or neither.
+    let mut tx = accounts.pool().begin().await?;
+    let transfer = Metadata::new()
+        .with_correlation_id(uuid::Uuid::now_v7())
+        .with_field("reason", "rent");
+    accounts
+        .execute_in(
+            &mut *tx,
+            &alice,
+            &AccountCommand::Withdraw { amount: 50 },
+            &transfer,
+        )
+        .await?;
+    accounts
+        .execute_in(
+            &mut *tx,
+            &bob,
+            &AccountCommand::Deposit { amount: 50 },
+            &transfer,
+        )
+        .await?;
+    tx.commit().await?;
+
+    for id in [&alice, &bob] {
+        let account = accounts.load(id).await?;
+        println!(
+            "{id}: owner {}, balance {}, version {}",
+            account.state.owner.as_deref().unwrap_or("-"),
+            account.state.balance,
+            account.version
+        );
+    }
+    let before = accounts.load_at(&alice, 2).await?;
+    println!(
+        "{alice} at version 2 had a balance of {}",
+        before.state.balance
+    );
+    Ok(())
+}
