@@ -8,10 +8,12 @@
 //! aggregates without a database.
 
 mod aggregate;
+pub mod projection;
 mod repository;
 mod retry;
 pub mod testing;
 
 pub use aggregate::Aggregate;
+pub use projection::{ErrorPolicy, Projection, ProjectionError, ProjectionProcessor};
 pub use repository::{Executed, Loaded, Repository, RepositoryError, Result};
 pub use retry::{Jitter, RetryPolicy};

@@ -3,6 +3,7 @@
 //! instantiated per backend with [`conformance_tests!`].
 #![allow(dead_code, unreachable_pub)]
 
+pub mod projection;
 pub mod store;
 
 /// Generates one `#[tokio::test]` per listed test body for a fixture.
@@ -41,6 +42,25 @@ macro_rules! store_conformance_tests {
             store::concurrent_exact_appends_have_one_winner_per_version,
             store::concurrent_creations_have_one_winner,
             store::concurrent_any_appends_all_succeed,
+        );
+    };
+}
+
+/// Every projection test body, for a fixture.
+#[macro_export]
+macro_rules! projection_conformance_tests {
+    ($fixture:ty) => {
+        $crate::conformance_tests!($fixture;
+            projection::every_event_is_handled_once_in_order,
+            projection::a_restarted_processor_resumes_from_its_checkpoint,
+            projection::a_scoped_projection_sees_only_its_events,
+            projection::concurrent_processors_of_one_projection_handle_each_event_once,
+            projection::partitioned_workers_share_the_work_and_take_over,
+            projection::the_stop_policy_names_the_projection_the_event_and_its_position,
+            projection::the_retry_policy_retries_then_gives_up,
+            projection::the_skip_policy_records_the_event_and_goes_on,
+            projection::a_whole_batch_failure_is_traced_to_its_event,
+            projection::a_rebuild_resets_and_replays,
         );
     };
 }

@@ -35,6 +35,34 @@ pub trait Fixture: Sized + Send + Sync + 'static {
 impl Fixture for super::TestDb {
     type Db = sqlx::Postgres;
     type Store = es::store::PostgresStore;
+    /// Another pool on the same database, as a second worker would have.
+    fn another_pool(&self) -> impl Future<Output = sqlx::Pool<Self::Db>> + Send;
+
+    /// Creates the test read model: table `handled` with one row per
+    /// handled event, in handling order.
+    fn create_read_model(&self) -> impl Future<Output = ()> + Send;
+    /// Inserts a row into `handled` (a second row for the same event
+    /// fails: the event id is unique).
+    fn record<'c>(
+        conn: &'c mut <Self::Db as sqlx::Database>::Connection,
+        row: &'c Handled,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'c;
+    /// Empties `handled`.
+    fn clear_read_model(
+        conn: &mut <Self::Db as sqlx::Database>::Connection,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+    /// The rows of `handled`, in handling order.
+    fn handled(&self) -> impl Future<Output = Vec<Handled>> + Send;
+}
+
+/// One row of the test read model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Handled {
+    pub event_id: uuid::Uuid,
+    pub global_position: i64,
+    pub aggregate_id: String,
+    pub aggregate_version: i64,
+    pub worker: String,
 
     async fn create() -> Self {
         // 16 concurrent appenders plus a reader.
@@ -56,3 +84,57 @@ impl Fixture for super::TestDb {
         self.drop().await
     }
 }
+    async fn another_pool(&self) -> sqlx::PgPool {
+        super::TestDb::another_pool(self, 8).await
+    }
+    async fn create_read_model(&self) {
+        self.execute(
+            "CREATE TABLE handled (seq bigserial PRIMARY KEY, event_id uuid NOT NULL UNIQUE, \
+             global_position bigint NOT NULL, aggregate_id text NOT NULL, \
+             aggregate_version bigint NOT NULL, worker text NOT NULL)",
+        )
+        .await;
+    }
+    async fn record<'c>(
+        conn: &'c mut sqlx::PgConnection,
+        row: &'c Handled,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO handled (event_id, global_position, aggregate_id, aggregate_version, worker) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(row.event_id)
+        .bind(row.global_position)
+        .bind(&row.aggregate_id)
+        .bind(row.aggregate_version)
+        .bind(&row.worker)
+        .execute(conn)
+        .await
+        .map(drop)
+    }
+    async fn clear_read_model(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM handled")
+            .execute(conn)
+            .await
+            .map(drop)
+    }
+    async fn handled(&self) -> Vec<Handled> {
+        let rows: Vec<(uuid::Uuid, i64, String, i64, String)> = sqlx::query_as(
+            "SELECT event_id, global_position, aggregate_id, aggregate_version, worker \
+             FROM handled ORDER BY seq",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .unwrap();
+        rows.into_iter()
+            .map(
+                |(event_id, global_position, aggregate_id, aggregate_version, worker)| Handled {
+                    event_id,
+                    global_position,
+                    aggregate_id,
+                    aggregate_version,
+                    worker,
+                },
+            )
+            .collect()
+    }

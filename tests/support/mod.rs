@@ -44,6 +44,12 @@ pub fn connect_options() -> PgConnectOptions {
 
 impl TestDb {
     /// A fresh schema with a pool of up to `max_connections`.
+/// Connections whose search path is the test schema, so that tests' own
+/// tables (read models) need no qualification.
+fn schema_options(schema: &str) -> PgConnectOptions {
+    connect_options().options([("search_path", schema)])
+}
+
     pub async fn with_pool_size(max_connections: u32) -> TestDb {
         let url = database_url();
         let mut admin = PgConnection::connect_with(&connect_options())
@@ -58,7 +64,7 @@ impl TestDb {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(connect_options())
+            .connect_with(schema_options(&schema))
             .await
             .unwrap_or_else(|e| unreachable(&url, &e));
         let store = PostgresStore::builder()
@@ -80,6 +86,17 @@ impl TestDb {
 
     /// Drops the schema. Tests call it at their end; a failed test leaves
     /// its schema for inspection, and it is purged an hour later.
+    /// Another pool on the same schema, as a second worker process would
+    /// have.
+    pub async fn another_pool(&self, max_connections: u32) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(schema_options(&self.schema))
+            .await
+            .expect("connect")
+    }
+
     pub async fn drop(self) {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP SCHEMA \"{}\" CASCADE",

@@ -1,0 +1,839 @@
+//! Projections: read models fed from the global feed, with checkpoints.
+//!
+//! A [`Projection`] handles events in global order. A
+//! [`ProjectionProcessor`] reads them in batches through the store's
+//! gap-safe reader, hands each batch to the projection inside a
+//! transaction, moves the projection's checkpoint in that same transaction
+//! and commits.
+//!
+//! # Delivery guarantees
+//!
+//! A read model kept in the same database as the events, written through
+//! the transaction the handler is given, is updated **exactly once** per
+//! event: the writes and the checkpoint commit together or not at all,
+//! across crashes and restarts, and two processors never hold one
+//! projection's checkpoint at once (the second skips it and tries later).
+//! A handler that writes anywhere else (another database, a message broker,
+//! an e-mail) gets **at-least-once** delivery: when a batch is rolled back
+//! after such a write, the events are handled again. Make those effects
+//! idempotent.
+//!
+//! # Live processing
+//!
+//! [`ProjectionProcessor::run`] keeps a projection current: after each
+//! pass it waits for a [`Wakeup`] (a PostgreSQL notification sent by every
+//! appending transaction, through [`Notifier`]) or for the polling interval,
+//! whichever comes first. [`ProjectionProcessor::catch_up`] processes what
+//! is there and returns, for tests, backfills and
+//! [rebuilds](ProjectionProcessor::rebuild).
+//!
+//! # Scaling out
+//!
+//! With [`ProjectionProcessor::with_partitions`], a projection's aggregates
+//! are split into partitions by a stable hash of their identity, each with
+//! its own checkpoint. Every worker (any number of processes) runs a
+//! processor with the same partition count; a partition is processed by
+//! whoever claims its checkpoint, a claim lasting one batch transaction.
+//! When a worker dies its transaction is rolled back by PostgreSQL, which
+//! frees its partitions for the others. Each aggregate lives in one
+//! partition, processed in global order, so its events are handled in order.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use es_store::{Backend, EventFilter, Partition, PersistedEvent, ProjectionStore};
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::RetryPolicy;
+
+/// What a handler may fail with.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A read model fed by events.
+///
+/// ```no_run
+/// use es_aggregate::projection::{HandlerError, Projection};
+/// use es_store::{EventFilter, PersistedEvent};
+/// use sqlx::PgConnection;
+///
+/// /// How many events each aggregate has, in table `event_counts`.
+/// struct EventCounts;
+///
+/// impl Projection for EventCounts {
+///     fn name(&self) -> &str {
+///         "event_counts"
+///     }
+///
+///     fn filter(&self) -> EventFilter {
+///         EventFilter::all().bounded_context("Billing")
+///     }
+///
+///     async fn handle(&self, tx: &mut PgConnection, event: &PersistedEvent) -> Result<(), HandlerError> {
+///         sqlx::query(
+///             "INSERT INTO event_counts (aggregate_id, events) VALUES ($1, 1)
+///              ON CONFLICT (aggregate_id) DO UPDATE SET events = event_counts.events + 1",
+///         )
+///         .bind(&event.aggregate_id)
+///         .execute(&mut *tx)
+///         .await?;
+///         Ok(())
+///     }
+///
+///     async fn reset(&self, tx: &mut PgConnection) -> Result<(), HandlerError> {
+///         sqlx::query("TRUNCATE event_counts").execute(&mut *tx).await?;
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait Projection<DB: sqlx::Database = sqlx::Postgres>: Send + Sync + 'static {
+    /// The projection's name: the key of its checkpoint. Changing it starts
+    /// the projection over.
+    fn name(&self) -> &str;
+
+    /// Which events the projection wants (all by default). The filter runs
+    /// in the database.
+    fn filter(&self) -> EventFilter {
+        EventFilter::all()
+    }
+
+    /// Handles one event, inside the transaction that will also move the
+    /// checkpoint past it. Decoding into a derived event enum is one call:
+    /// `AccountEvent::from_persisted(event)?`.
+    fn handle(
+        &self,
+        tx: &mut DB::Connection,
+        event: &PersistedEvent,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// Handles a batch of events, in order, in one transaction. By default
+    /// it calls [`handle`](Projection::handle) for each; override it to
+    /// write a whole batch with one statement. On failure, say which event
+    /// failed if you know it.
+    fn handle_batch(
+        &self,
+        tx: &mut DB::Connection,
+        events: &[PersistedEvent],
+    ) -> impl Future<Output = Result<(), BatchFailure>> + Send {
+        async move {
+            for (index, event) in events.iter().enumerate() {
+                self.handle(tx, event).await.map_err(|error| BatchFailure {
+                    index: Some(index),
+                    error,
+                })?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Clears the read model before a [rebuild](ProjectionProcessor::rebuild),
+    /// in the transaction that also resets the checkpoint. Does nothing by
+    /// default.
+    fn reset(
+        &self,
+        tx: &mut DB::Connection,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        let _ = tx;
+        async { Ok(()) }
+    }
+}
+
+/// Why a batch failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct BatchFailure {
+    /// The index in the batch of the event that failed, when known.
+    pub index: Option<usize>,
+    /// The handler's error.
+    pub error: HandlerError,
+}
+
+impl BatchFailure {
+    /// A failure of the event at `index`.
+    pub fn at(index: usize, error: impl Into<HandlerError>) -> Self {
+        Self {
+            index: Some(index),
+            error: error.into(),
+        }
+    }
+
+    /// A failure of the batch as a whole: the processor replays the batch
+    /// one event at a time to find the event at fault.
+    pub fn whole_batch(error: impl Into<HandlerError>) -> Self {
+        Self {
+            index: None,
+            error: error.into(),
+        }
+    }
+}
+
+/// What a processor does when a handler fails. The failed batch is always
+/// rolled back first.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum ErrorPolicy {
+    /// Stop with [`ProjectionError::Handler`], naming the projection, the
+    /// event and its position. The checkpoint stays before the batch. The
+    /// default.
+    Stop,
+    /// Try the batch again after the policy's backoff, as many times as it
+    /// allows, then stop.
+    Retry(RetryPolicy),
+    /// Record the event and the error in the store's failures table, handle
+    /// the events before it, move the checkpoint past it and go on.
+    Skip,
+}
+
+/// Why a processor stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProjectionError {
+    /// A handler failed and the error policy gave up.
+    #[error(
+        "projection `{projection}` failed on event {event_id} ({event_type}) at position {global_position} after {attempts} attempt(s): {source}"
+    )]
+    Handler {
+        /// The projection.
+        projection: String,
+        /// The event's global position.
+        global_position: i64,
+        /// The event's id.
+        event_id: uuid::Uuid,
+        /// The event's type.
+        event_type: String,
+        /// How many times the batch was tried.
+        attempts: u32,
+        /// The handler's error.
+        #[source]
+        source: HandlerError,
+    },
+    /// [`Projection::reset`] failed; nothing was reset.
+    #[error("projection `{projection}` could not be reset: {source}")]
+    Reset {
+        /// The projection.
+        projection: String,
+        /// The error.
+        #[source]
+        source: HandlerError,
+    },
+    /// The store failed.
+    #[error("projection `{projection}`: {source}")]
+    Store {
+        /// The projection.
+        projection: String,
+        /// The store's error.
+        #[source]
+        source: es_store::Error,
+    },
+}
+
+/// A signal that new events may be there. Cheap to clone; see [`Notifier`].
+#[derive(Debug, Clone)]
+pub struct Wakeup(watch::Receiver<u64>);
+
+impl Wakeup {
+    /// A wakeup that never fires (the processor relies on polling), with its
+    /// sender, to fire it from your own code (for example after appends in
+    /// the same process).
+    ///
+    /// ```
+    /// let (wake, wakeup) = es_aggregate::projection::Wakeup::manual();
+    /// wake.send_modify(|n| *n += 1);
+    /// # drop(wakeup);
+    /// ```
+    pub fn manual() -> (watch::Sender<u64>, Wakeup) {
+        let (tx, rx) = watch::channel(0);
+        (tx, Wakeup(rx))
+    }
+
+    /// Waits for the next signal; returns at once if one came since the
+    /// last wait. Never returns if the sender is gone.
+    async fn wait(&mut self) {
+        if self.0.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Listens to the store's append notifications on one PostgreSQL
+/// connection and wakes every subscribed processor. The connection is
+/// re-established when it is lost (processors are woken then too, since
+/// notifications may have been missed).
+///
+/// ```no_run
+/// use es_aggregate::projection::Notifier;
+/// # async fn demo(pool: sqlx::PgPool, store: es_store::PostgresStore) -> Result<(), sqlx::Error> {
+/// let notifier = Notifier::listen(&pool, &store.notification_channel()).await?;
+/// let wakeup = notifier.subscribe();
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Notifier {
+    wakeups: watch::Receiver<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Notifier {
+    /// Starts listening on `channel`, on a connection of its own made with
+    /// `pool`'s connect options (so it never holds one of the pool's
+    /// connections).
+    pub async fn listen(pool: &sqlx::PgPool, channel: &str) -> Result<Self, sqlx::Error> {
+        let own = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with((*pool.connect_options()).clone());
+        let mut listener = sqlx::postgres::PgListener::connect_with(&own).await?;
+        listener.listen(channel).await?;
+        let (tx, wakeups) = watch::channel(0u64);
+        let channel = channel.to_owned();
+        let task = tokio::spawn(async move {
+            loop {
+                match listener.try_recv().await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        tracing::debug!(channel, "notification connection lost, reconnecting");
+                    }
+                    Err(sqlx::Error::PoolClosed) => return,
+                    Err(error) => {
+                        tracing::warn!(channel, %error, "notification connection failed, retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+                // Drain what is buffered, then wake once.
+                while listener.next_buffered().is_some() {}
+                tx.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        });
+        Ok(Self { wakeups, task })
+    }
+
+    /// A wakeup for one processor.
+    pub fn subscribe(&self) -> Wakeup {
+        let mut rx = self.wakeups.clone();
+        rx.mark_unchanged();
+        Wakeup(rx)
+    }
+}
+
+impl Drop for Notifier {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A projection's checkpoint and how far it trails the feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProjectionStatus {
+    /// The projection.
+    pub name: String,
+    /// The lowest checkpoint among its partitions.
+    pub checkpoint: i64,
+    /// Each partition's checkpoint (one entry without partitions).
+    pub partitions: Vec<i64>,
+    /// The highest position in the store.
+    pub head: i64,
+    /// `head - checkpoint`.
+    pub lag: i64,
+}
+
+/// What one catch-up did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CatchUp {
+    /// Events handled.
+    pub events: u64,
+    /// Batches committed.
+    pub batches: u64,
+    /// Events skipped under [`ErrorPolicy::Skip`].
+    pub skipped: u64,
+}
+
+/// Feeds one projection from the store.
+pub struct ProjectionProcessor<S: Backend, P> {
+    store: S,
+    pool: sqlx::Pool<S::Database>,
+    projection: Arc<P>,
+    batch_size: i64,
+    poll_interval: Duration,
+    partitions: u32,
+    error_policy: ErrorPolicy,
+    wakeup: Option<Wakeup>,
+}
+
+impl<S: Backend, P> std::fmt::Debug for ProjectionProcessor<S, P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProjectionProcessor")
+            .field("batch_size", &self.batch_size)
+            .field("poll_interval", &self.poll_interval)
+            .field("partitions", &self.partitions)
+            .field("error_policy", &self.error_policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How one batch attempt ended.
+enum Batch {
+    /// Another processor holds the checkpoint.
+    Busy,
+    /// Nothing (more) to handle.
+    Idle,
+    /// Events handled and committed.
+    Handled { events: u64, skipped: u64 },
+    /// The batch failed and the error policy wants it tried again.
+    Retry,
+}
+
+impl<S, P> ProjectionProcessor<S, P>
+where
+    S: ProjectionStore + Clone,
+    P: Projection<S::Database>,
+{
+    /// A processor with batches of 500 events, a polling interval of one
+    /// second, no partitions and [`ErrorPolicy::Stop`].
+    pub fn new(store: S, pool: sqlx::Pool<S::Database>, projection: P) -> Self {
+        Self::shared(store, pool, Arc::new(projection))
+    }
+
+    /// Like [`new`](Self::new), for a projection shared with other code.
+    pub fn shared(store: S, pool: sqlx::Pool<S::Database>, projection: Arc<P>) -> Self {
+        Self {
+            store,
+            pool,
+            projection,
+            batch_size: 500,
+            poll_interval: Duration::from_secs(1),
+            partitions: 1,
+            error_policy: ErrorPolicy::Stop,
+            wakeup: None,
+        }
+    }
+
+    /// Events per batch (and per transaction), at least 1.
+    pub fn with_batch_size(mut self, batch_size: u32) -> Self {
+        self.batch_size = i64::from(batch_size.max(1));
+        self
+    }
+
+    /// How long [`run`](Self::run) waits for a wakeup before looking anyway.
+    pub fn with_poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// Splits the projection's aggregates into `count` partitions (at least
+    /// 1), each with its own checkpoint, so that several workers share the
+    /// work. Every worker of a projection must use the same count; changing
+    /// it needs a rebuild.
+    pub fn with_partitions(mut self, count: u32) -> Self {
+        self.partitions = count.max(1);
+        self
+    }
+
+    /// What to do when the handler fails.
+    pub fn with_error_policy(mut self, policy: ErrorPolicy) -> Self {
+        self.error_policy = policy;
+        self
+    }
+
+    /// Wakes [`run`](Self::run) when new events may be there.
+    pub fn with_wakeup(mut self, wakeup: Wakeup) -> Self {
+        self.wakeup = Some(wakeup);
+        self
+    }
+
+    /// The projection.
+    pub fn projection(&self) -> &P {
+        &self.projection
+    }
+
+    fn store_error(&self, source: impl Into<es_store::Error>) -> ProjectionError {
+        ProjectionError::Store {
+            projection: self.projection.name().to_owned(),
+            source: source.into(),
+        }
+    }
+
+    /// The checkpoint name of each partition.
+    fn checkpoint_names(&self) -> Vec<(String, EventFilter)> {
+        let name = self.projection.name();
+        let filter = self.projection.filter();
+        if self.partitions == 1 {
+            return vec![(name.to_owned(), filter)];
+        }
+        (0..self.partitions)
+            .map(|index| {
+                let partition = Partition::new(index, self.partitions).expect("index < count");
+                (
+                    format!("{name}#{index}/{}", self.partitions),
+                    filter.clone().partition(partition),
+                )
+            })
+            .collect()
+    }
+
+    /// Handles every event there is (per partition, up to the feed's safe
+    /// position at the time), then returns. Waits for partitions another
+    /// processor is working on, so the read model is current on return.
+    pub async fn catch_up(&self) -> Result<CatchUp, ProjectionError> {
+        let mut total = CatchUp::default();
+        let mut pending = self.checkpoint_names();
+        let mut policy_attempts = 1;
+        while !pending.is_empty() {
+            let mut still = Vec::new();
+            for (key, filter) in pending {
+                loop {
+                    match self.batch(&key, &filter, &mut policy_attempts).await? {
+                        Batch::Busy => {
+                            still.push((key, filter));
+                            break;
+                        }
+                        Batch::Idle => break,
+                        Batch::Retry => {}
+                        Batch::Handled { events, skipped } => {
+                            total.events += events;
+                            total.skipped += skipped;
+                            total.batches += 1;
+                        }
+                    }
+                }
+            }
+            if !still.is_empty() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            pending = still;
+        }
+        Ok(total)
+    }
+
+    /// Keeps the projection current until `shutdown` completes: processes
+    /// what is there, then waits for a wakeup or the polling interval.
+    /// Returns an error when the error policy gives up, or on a store error
+    /// that persists (transient ones are retried with backoff).
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), ProjectionError> {
+        let mut wakeup = self.wakeup.clone();
+        let partitions = self.checkpoint_names();
+        let mut policy_attempts = 1;
+        let mut store_failures = 0u32;
+        let retry_store =
+            RetryPolicy::exponential(10, Duration::from_millis(50), Duration::from_secs(5));
+        tokio::pin!(shutdown);
+        // Start the partitions at a different place in each worker so that
+        // workers spread out.
+        let offset = (std::process::id() as usize + Arc::as_ptr(&self.projection) as usize)
+            % partitions.len();
+        loop {
+            let mut progressed = false;
+            for i in 0..partitions.len() {
+                let (key, filter) = &partitions[(offset + i) % partitions.len()];
+                loop {
+                    let batch = tokio::select! {
+                        biased;
+                        () = &mut shutdown => return Ok(()),
+                        batch = self.batch(key, filter, &mut policy_attempts) => batch,
+                    };
+                    match batch {
+                        Ok(Batch::Handled { .. } | Batch::Retry) => {
+                            progressed = true;
+                            store_failures = 0;
+                        }
+                        Ok(Batch::Busy | Batch::Idle) => {
+                            store_failures = 0;
+                            break;
+                        }
+                        Err(ProjectionError::Store { source, .. })
+                            if store_failures + 1 < retry_store.max_attempts() =>
+                        {
+                            store_failures += 1;
+                            let backoff = retry_store.backoff(store_failures);
+                            tracing::warn!(
+                                projection = self.projection.name(),
+                                error = %source,
+                                ?backoff,
+                                "store error, retrying"
+                            );
+                            tokio::time::sleep(backoff).await;
+                            break;
+                        }
+                        Err(error) => return Err(error),
+                    }
+                }
+            }
+            if progressed {
+                continue;
+            }
+            let wake = async {
+                match wakeup.as_mut() {
+                    Some(w) => w.wait().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                () = &mut shutdown => return Ok(()),
+                () = wake => {}
+                () = tokio::time::sleep(self.poll_interval) => {}
+            }
+        }
+    }
+
+    /// Rebuilds the read model: clears it ([`Projection::reset`]) and
+    /// resets every partition's checkpoint to 0 in one transaction, then
+    /// catches up.
+    pub async fn rebuild(&self) -> Result<CatchUp, ProjectionError> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.store_error(e))?;
+        // Claim every partition first, so that no processor is midway.
+        for (key, _) in self.checkpoint_names() {
+            loop {
+                match self.store.claim_checkpoint(&mut tx, &key).await {
+                    Ok(Some(_)) => break,
+                    Ok(None) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    Err(e) => return Err(self.store_error(e)),
+                }
+            }
+            self.store
+                .update_checkpoint(&mut tx, &key, 0)
+                .await
+                .map_err(|e| self.store_error(e))?;
+        }
+        self.projection
+            .reset(&mut tx)
+            .await
+            .map_err(|source| ProjectionError::Reset {
+                projection: self.projection.name().to_owned(),
+                source,
+            })?;
+        tx.commit().await.map_err(|e| self.store_error(e))?;
+        self.catch_up().await
+    }
+
+    /// The projection's checkpoint and lag.
+    pub async fn status(&self) -> Result<ProjectionStatus, ProjectionError> {
+        let mut conn = self.pool.acquire().await.map_err(|e| self.store_error(e))?;
+        let head = self
+            .store
+            .head_position(&mut conn)
+            .await
+            .map_err(|e| self.store_error(e))?;
+        let mut partitions = Vec::new();
+        for (key, _) in self.checkpoint_names() {
+            partitions.push(
+                self.store
+                    .get_checkpoint(&mut conn, &key)
+                    .await
+                    .map_err(|e| self.store_error(e))?,
+            );
+        }
+        let checkpoint = partitions.iter().copied().min().unwrap_or(0);
+        Ok(ProjectionStatus {
+            name: self.projection.name().to_owned(),
+            checkpoint,
+            partitions,
+            head,
+            lag: (head - checkpoint).max(0),
+        })
+    }
+
+    /// Claims one partition's checkpoint, reads one batch after it, handles
+    /// it and commits it with the new checkpoint.
+    async fn batch(
+        &self,
+        key: &str,
+        filter: &EventFilter,
+        policy_attempts: &mut u32,
+    ) -> Result<Batch, ProjectionError> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.store_error(e))?;
+        let Some(checkpoint) = self
+            .store
+            .claim_checkpoint(&mut tx, key)
+            .await
+            .map_err(|e| self.store_error(e))?
+        else {
+            return Ok(Batch::Busy);
+        };
+        let page = self
+            .store
+            .read_filtered(&mut tx, checkpoint, self.batch_size, filter)
+            .await
+            .map_err(|e| self.store_error(e))?;
+        if page.events.is_empty() {
+            if page.scanned_to > checkpoint {
+                self.commit_checkpoint(tx, key, page.scanned_to).await?;
+            } else {
+                self.rollback(tx).await?;
+            }
+            return Ok(Batch::Idle);
+        }
+        let span = tracing::info_span!(
+            "projection_batch",
+            projection = self.projection.name(),
+            checkpoint = key,
+            from = page.events[0].global_position,
+            to = page.scanned_to,
+            events = page.events.len(),
+        );
+        let handled = self
+            .projection
+            .handle_batch(&mut tx, &page.events)
+            .instrument(span.clone())
+            .await;
+        match handled {
+            Ok(()) => {
+                self.commit_checkpoint(tx, key, page.scanned_to)
+                    .instrument(span)
+                    .await?;
+                *policy_attempts = 1;
+                Ok(Batch::Handled {
+                    events: page.events.len() as u64,
+                    skipped: 0,
+                })
+            }
+            Err(failure) => {
+                // Release the claim before anything else claims it again.
+                self.rollback(tx).await?;
+                self.handle_failure(key, &page.events, failure, policy_attempts)
+                    .instrument(span)
+                    .await
+            }
+        }
+    }
+
+    async fn rollback(
+        &self,
+        tx: sqlx::Transaction<'_, S::Database>,
+    ) -> Result<(), ProjectionError> {
+        tx.rollback().await.map_err(|e| self.store_error(e))
+    }
+
+    async fn commit_checkpoint(
+        &self,
+        mut tx: sqlx::Transaction<'_, S::Database>,
+        key: &str,
+        position: i64,
+    ) -> Result<(), ProjectionError> {
+        self.store
+            .update_checkpoint(&mut tx, key, position)
+            .await
+            .map_err(|e| self.store_error(e))?;
+        tx.commit().await.map_err(|e| self.store_error(e))
+    }
+
+    /// The batch failed and was rolled back: apply the error policy.
+    async fn handle_failure(
+        &self,
+        key: &str,
+        events: &[PersistedEvent],
+        failure: BatchFailure,
+        policy_attempts: &mut u32,
+    ) -> Result<Batch, ProjectionError> {
+        let (index, error) = match failure.index {
+            Some(index) if index < events.len() => (index, failure.error),
+            _ => self.find_failing_event(events, failure.error).await?,
+        };
+        let event = &events[index];
+        tracing::warn!(
+            projection = self.projection.name(),
+            global_position = event.global_position,
+            event_type = %event.event_type,
+            %error,
+            "handler failed"
+        );
+        let give_up = |attempts: u32, source: HandlerError| ProjectionError::Handler {
+            projection: self.projection.name().to_owned(),
+            global_position: event.global_position,
+            event_id: event.event_id,
+            event_type: event.event_type.clone(),
+            attempts,
+            source,
+        };
+        match self.error_policy {
+            ErrorPolicy::Stop => Err(give_up(*policy_attempts, error)),
+            ErrorPolicy::Retry(policy) => {
+                if *policy_attempts >= policy.max_attempts() {
+                    let attempts = *policy_attempts;
+                    *policy_attempts = 1;
+                    return Err(give_up(attempts, error));
+                }
+                tokio::time::sleep(policy.backoff(*policy_attempts)).await;
+                *policy_attempts += 1;
+                Ok(Batch::Retry)
+            }
+            ErrorPolicy::Skip => {
+                match self
+                    .skip(key, &events[..index], event, &error.to_string())
+                    .await?
+                {
+                    Some(handled) => Ok(Batch::Handled {
+                        events: handled,
+                        skipped: 1,
+                    }),
+                    // Another processor holds the checkpoint now; it meets
+                    // the event in its turn.
+                    None => Ok(Batch::Busy),
+                }
+            }
+        }
+    }
+
+    /// Handles `before`, records `failed` as skipped and moves the
+    /// checkpoint to it, in one transaction. Returns how many events it
+    /// handled, or `None` if it did nothing (the checkpoint was claimed by
+    /// another processor, or had moved).
+    async fn skip(
+        &self,
+        key: &str,
+        before: &[PersistedEvent],
+        failed: &PersistedEvent,
+        error: &str,
+    ) -> Result<Option<u64>, ProjectionError> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.store_error(e))?;
+        let Some(checkpoint) = self
+            .store
+            .claim_checkpoint(&mut tx, key)
+            .await
+            .map_err(|e| self.store_error(e))?
+        else {
+            return Ok(None);
+        };
+        if failed.global_position <= checkpoint
+            || before.iter().any(|e| e.global_position <= checkpoint)
+        {
+            self.rollback(tx).await?;
+            return Ok(None);
+        }
+        if !before.is_empty()
+            && let Err(failure) = self.projection.handle_batch(&mut tx, before).await
+        {
+            // The handler is not deterministic: the next batch meets it again.
+            tracing::warn!(error = %failure.error, "handler failed on events it handled before");
+            self.rollback(tx).await?;
+            return Ok(None);
+        }
+        self.store
+            .record_failure(&mut tx, self.projection.name(), failed, error)
+            .await
+            .map_err(|e| self.store_error(e))?;
+        self.commit_checkpoint(tx, key, failed.global_position)
+            .await?;
+        Ok(Some(before.len() as u64))
+    }
+
+    /// Replays a batch one event at a time, in a transaction that is rolled
+    /// back, to find which event a whole-batch failure came from.
+    async fn find_failing_event(
+        &self,
+        events: &[PersistedEvent],
+        batch_error: HandlerError,
+    ) -> Result<(usize, HandlerError), ProjectionError> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.store_error(e))?;
+        let mut found = (0, batch_error); // if every event passes on its own
+        for (index, event) in events.iter().enumerate() {
+            if let Err(error) = self.projection.handle(&mut tx, event).await {
+                found = (index, error);
+                break;
+            }
+        }
+        self.rollback(tx).await?;
+        Ok(found)
+    }
+}

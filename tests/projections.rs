@@ -1,0 +1,219 @@
+//! Projections against PostgreSQL: the conformance suite, plus what only
+//! PostgreSQL has (LISTEN/NOTIFY, transactions committing out of order,
+//! a processor's connection killed mid-batch).
+
+mod conformance;
+mod support;
+
+use support::TestDb;
+
+projection_conformance_tests!(TestDb);
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use conformance::projection::{Behaviour, Recorder};
+use es::aggregate::projection::{Notifier, ProjectionProcessor};
+use es::store::{Event, EventStore, ExpectedVersion, PersistedEvent};
+use support::Fixture;
+
+fn recorder(name: &str, worker: &str) -> Recorder<TestDb> {
+    Recorder::new(name, worker, Arc::new(Behaviour::default()))
+}
+
+async fn append_one(db: &TestDb, conn: &mut sqlx::PgConnection, id: &str) -> PersistedEvent {
+    let event = Event::new("Billing", "Account", id, "Happened", &serde_json::json!({})).unwrap();
+    db.store
+        .append(conn, ExpectedVersion::Any, vec![event])
+        .await
+        .unwrap()
+        .events
+        .remove(0)
+}
+
+async fn wait_for_rows(db: &TestDb, rows: usize, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        if db.handled().await.len() >= rows {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "{rows} rows not handled within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Transaction A draws a position, B draws a later one and commits first:
+/// the processor must not handle B before A commits, and then handles A
+/// before B.
+#[tokio::test]
+async fn the_processor_waits_for_an_earlier_transaction_still_open() {
+    let db = TestDb::new().await;
+    db.create_read_model().await;
+    let p = ProjectionProcessor::new(db.store.clone(), db.pool.clone(), recorder("ordered", "w"));
+    let mut a = db.pool.begin().await.unwrap();
+    let event_a = append_one(&db, &mut a, "a").await;
+    let mut b = db.pool.begin().await.unwrap();
+    let event_b = append_one(&db, &mut b, "b").await;
+    b.commit().await.unwrap();
+    assert_eq!(p.catch_up().await.unwrap().events, 0);
+    assert!(db.handled().await.is_empty());
+    a.commit().await.unwrap();
+    assert_eq!(p.catch_up().await.unwrap().events, 2);
+    let handled: Vec<i64> = db
+        .handled()
+        .await
+        .iter()
+        .map(|r| r.global_position)
+        .collect();
+    assert_eq!(handled, [event_a.global_position, event_b.global_position]);
+    db.drop().await;
+}
+
+/// With a polling interval of a minute, an appended event is handled
+/// within a fraction of a second: the append's notification wakes the
+/// processor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_wake_a_live_processor_at_once() {
+    let db = TestDb::new().await;
+    db.create_read_model().await;
+    let notifier = Notifier::listen(&db.pool, &db.store.notification_channel())
+        .await
+        .unwrap();
+    let p = ProjectionProcessor::new(db.store.clone(), db.pool.clone(), recorder("live", "w"))
+        .with_poll_interval(Duration::from_secs(60))
+        .with_wakeup(notifier.subscribe());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        p.run(async {
+            stopped.await.ok();
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await; // the processor is idle now
+    let mut latencies = Vec::new();
+    for i in 0..5 {
+        let mut conn = db.pool.acquire().await.unwrap();
+        append_one(&db, &mut conn, "a").await;
+        drop(conn);
+        latencies.push(wait_for_rows(&db, i + 1, Duration::from_secs(5)).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("append-to-handled latencies: {latencies:?}");
+    assert!(
+        latencies.iter().all(|l| *l < Duration::from_secs(2)),
+        "{latencies:?}"
+    );
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    db.drop().await;
+}
+
+/// The listener's connection is killed; it reconnects, and the next
+/// append still wakes the processor long before the polling interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_listener_connection_reconnects() {
+    let db = TestDb::new().await;
+    db.create_read_model().await;
+    let notifier = Notifier::listen(&db.pool, &db.store.notification_channel())
+        .await
+        .unwrap();
+    let p = ProjectionProcessor::new(db.store.clone(), db.pool.clone(), recorder("relisten", "w"))
+        .with_poll_interval(Duration::from_secs(60))
+        .with_wakeup(notifier.subscribe());
+    let running = tokio::spawn(async move { p.run(std::future::pending()).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE query LIKE 'LISTEN %' AND query LIKE $1",
+    )
+    .bind(format!("%{}%", db.store.notification_channel()))
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(killed, 1, "the listener's connection was found and killed");
+    tokio::time::sleep(Duration::from_millis(500)).await; // time to reconnect
+    let mut conn = db.pool.acquire().await.unwrap();
+    append_one(&db, &mut conn, "a").await;
+    drop(conn);
+    let latency = wait_for_rows(&db, 1, Duration::from_secs(5)).await;
+    println!("latency after reconnecting: {latency:?}");
+    running.abort();
+    db.drop().await;
+}
+
+/// The processor's connection dies in the middle of a batch (as when its
+/// process crashes): the batch is rolled back, and the next processor
+/// handles every event exactly once. (Only this test's connections are
+/// killed: they carry its schema's name as application name.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_killed_mid_batch_loses_nothing_and_repeats_nothing() {
+    let db = TestDb::new().await;
+    db.create_read_model().await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    let mut events = Vec::new();
+    for i in 0..40 {
+        events.push(append_one(&db, &mut conn, &format!("agg-{}", i % 3)).await);
+    }
+    drop(conn);
+    let behaviour = Arc::new(Behaviour::default());
+    *behaviour.slow.lock().unwrap() = Duration::from_millis(20);
+    let doomed_app = format!("{}_doomed", &db.schema[..40]);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(
+            support::connect_options()
+                .application_name(&doomed_app)
+                .options([("search_path", db.schema.as_str())]),
+        )
+        .await
+        .unwrap();
+    let doomed = ProjectionProcessor::new(
+        db.store.clone(),
+        pool.clone(),
+        Recorder::<TestDb>::new("crash", "doomed", behaviour),
+    )
+    .with_batch_size(10);
+    let running = tokio::spawn(async move { doomed.catch_up().await });
+    // wait until it is inside its second batch, then kill its connections
+    wait_for_rows(&db, 12, Duration::from_secs(10)).await;
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+    )
+    .bind(&doomed_app)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(killed >= 1);
+    let outcome = running.await.unwrap();
+    assert!(
+        outcome.is_err(),
+        "the killed processor reports a store error"
+    );
+    let committed = db.handled().await.len();
+    assert_eq!(
+        committed % 10,
+        0,
+        "only whole batches are committed, got {committed}"
+    );
+    let survivor = ProjectionProcessor::new(
+        db.store.clone(),
+        db.pool.clone(),
+        recorder("crash", "survivor"),
+    );
+    survivor.catch_up().await.unwrap();
+    let handled: Vec<i64> = db
+        .handled()
+        .await
+        .iter()
+        .map(|r| r.global_position)
+        .collect();
+    assert_eq!(
+        handled,
+        events.iter().map(|e| e.global_position).collect::<Vec<_>>()
+    );
+    pool.close().await;
+    db.drop().await;
+}
