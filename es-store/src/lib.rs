@@ -1,9 +1,14 @@
-//! Event store types, traits and the PostgreSQL store.
+//! Event store types, traits, the PostgreSQL store and (feature `sqlite`)
+//! the SQLite store.
 //!
 //! This crate implements the store API of the seed package: append with
 //! optimistic concurrency, read one aggregate's stream, read the global feed
 //! without gaps, and keep projection checkpoints. The caller owns the
 //! transaction: every method takes the connection to run on.
+//!
+//! | feature | enables |
+//! |---|---|
+//! | `sqlite` | `SqliteStore`, an embedded backend with the same traits and behaviour (SQLite is compiled in; see the `sqlite` module's docs for how its single writer is handled) |
 //!
 //! ```no_run
 //! use es_store::{AggregateStreamReader, Event, EventStore, ExpectedVersion, PostgresStore};
@@ -30,6 +35,8 @@ mod event;
 mod filter;
 mod postgres;
 mod replay;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 mod traits;
 mod validate;
 
@@ -43,6 +50,8 @@ pub use event::{
 };
 pub use filter::{EventFilter, EventPage, Partition, stream_hash};
 pub use postgres::{PostgresStore, PostgresStoreBuilder};
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteStore, SqliteStoreBuilder};
 pub use traits::{
     AggregateStreamReader, Backend, CheckpointStore, Connection, EventReader, EventStore,
     ProjectionFailure, ProjectionStore, SnapshotStore,

@@ -239,6 +239,12 @@ pub trait ProjectionStore: EventReader + CheckpointStore {
     /// transaction holds it (it does not wait for it). A checkpoint that
     /// does not exist yet is created at 0; if another transaction is
     /// creating the same one at that moment, the claim waits for it to end.
+    ///
+    /// Backends with a single writer may wait: on SQLite the claim is the
+    /// database's write lock, so a second claimant waits for the holder's
+    /// transaction to end (up to the busy timeout) and then gets the
+    /// position the holder committed; it gets `None` only when the lock
+    /// cannot be had (see `SqliteStore`).
     fn claim_checkpoint(
         &self,
         conn: &mut Connection<Self>,

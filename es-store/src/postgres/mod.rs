@@ -64,7 +64,7 @@
 //! [`EventReader::read_events`] refuses to run in a REPEATABLE READ or
 //! SERIALIZABLE transaction ([`Error::UnsupportedIsolation`]).
 
-mod names;
+pub(crate) mod names;
 mod sql;
 
 use std::sync::Arc;
@@ -81,7 +81,7 @@ use crate::{
     ProjectionFailure, ProjectionStore, Result, Snapshot, SnapshotStore, Stream, replay,
     stream_hash, validate,
 };
-use names::{Ident, MAX_SCHEMA_NAME, MAX_TABLE_NAME, Names};
+use names::{Ident, MAX_SCHEMA_NAME, MAX_TABLE_NAME, Names, distinct_tables};
 use sql::Statements;
 
 /// The PostgreSQL event store. Cheap to clone; holds no connection.
@@ -358,27 +358,13 @@ impl PostgresStoreBuilder {
             failures: Ident::new("failures table", &self.failures, MAX_TABLE_NAME)?,
             notify: self.notify,
         };
-        let tables = [
+        distinct_tables([
             &names.events,
             &names.heads,
             &names.checkpoints,
             &names.snapshots,
             &names.failures,
-        ];
-        if tables
-            .iter()
-            .enumerate()
-            .any(|(i, a)| tables[i + 1..].contains(a))
-        {
-            return Err(Error::InvalidIdentifier {
-                what: "table names",
-                name: format!(
-                    "{}, {}, {}, {}, {}",
-                    self.events, self.heads, self.checkpoints, self.snapshots, self.failures
-                ),
-                reason: "the store's five tables need distinct names",
-            });
-        }
+        ])?;
         let sql = Statements::new(&names);
         Ok(PostgresStore {
             inner: Arc::new(Inner { names, sql }),

@@ -49,6 +49,26 @@ impl Ident {
     }
 }
 
+/// Refuses a store configuration that gives two tables the same name.
+pub(crate) fn distinct_tables(tables: [&Ident; 5]) -> Result<()> {
+    if tables
+        .iter()
+        .enumerate()
+        .any(|(i, a)| tables[i + 1..].contains(a))
+    {
+        return Err(Error::InvalidIdentifier {
+            what: "table names",
+            name: tables
+                .iter()
+                .map(|t| t.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            reason: "the store's five tables need distinct names",
+        });
+    }
+    Ok(())
+}
+
 /// The store's tables, fully rendered for SQL.
 #[derive(Debug, Clone)]
 pub(crate) struct Names {
