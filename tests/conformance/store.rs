@@ -866,14 +866,34 @@ pub async fn checkpoint_claims_are_exclusive<F: Fixture>() {
     first.commit().await.unwrap();
     let mut a = db.pool().begin().await.unwrap();
     assert_eq!(store.claim_checkpoint(&mut *a, "p").await.unwrap(), Some(0));
-    // a second claimant does not wait, it is told no
     let mut b = db.pool().begin().await.unwrap();
-    assert_eq!(store.claim_checkpoint(&mut *b, "p").await.unwrap(), None);
-    // another projection is free
-    assert_eq!(store.claim_checkpoint(&mut *b, "q").await.unwrap(), Some(0));
-    b.commit().await.unwrap();
-    store.update_checkpoint(&mut *a, "p", 7).await.unwrap();
-    a.commit().await.unwrap();
+    if F::SINGLE_WRITER {
+        // The claim is the database's write lock: a second claimant waits
+        // for the holder to end, then gets what the holder committed.
+        let waiting = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let claimed = store.claim_checkpoint(&mut *b, "p").await;
+                (b, claimed)
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "the second claimant waits");
+        store.update_checkpoint(&mut *a, "p", 7).await.unwrap();
+        a.commit().await.unwrap();
+        let (mut b, claimed) = waiting.await.unwrap();
+        assert_eq!(claimed.unwrap(), Some(7));
+        assert_eq!(store.claim_checkpoint(&mut *b, "q").await.unwrap(), Some(0));
+        b.commit().await.unwrap();
+    } else {
+        // a second claimant does not wait, it is told no
+        assert_eq!(store.claim_checkpoint(&mut *b, "p").await.unwrap(), None);
+        // another projection is free
+        assert_eq!(store.claim_checkpoint(&mut *b, "q").await.unwrap(), Some(0));
+        b.commit().await.unwrap();
+        store.update_checkpoint(&mut *a, "p", 7).await.unwrap();
+        a.commit().await.unwrap();
+    }
     let mut c = db.pool().begin().await.unwrap();
     assert_eq!(store.claim_checkpoint(&mut *c, "p").await.unwrap(), Some(7));
     c.rollback().await.unwrap();

@@ -21,6 +21,11 @@ pub trait Fixture: Sized + Send + Sync + 'static {
         + Backend<Database = Self::Db>
         + Clone;
 
+    /// Whether the backend lets one transaction write at a time (SQLite):
+    /// a checkpoint claim then waits for the holder instead of being told
+    /// `None` at once.
+    const SINGLE_WRITER: bool = false;
+
     fn create() -> impl Future<Output = Self> + Send;
     fn pool(&self) -> &sqlx::Pool<Self::Db>;
     fn store(&self) -> &Self::Store;
@@ -30,11 +35,6 @@ pub trait Fixture: Sized + Send + Sync + 'static {
     fn head_rows(&self) -> impl Future<Output = i64> + Send;
     /// Removes the database or schema.
     fn finish(self) -> impl Future<Output = ()> + Send;
-}
-
-impl Fixture for super::TestDb {
-    type Db = sqlx::Postgres;
-    type Store = es::store::PostgresStore;
     /// Another pool on the same database, as a second worker would have.
     fn another_pool(&self) -> impl Future<Output = sqlx::Pool<Self::Db>> + Send;
 
@@ -63,6 +63,11 @@ pub struct Handled {
     pub aggregate_id: String,
     pub aggregate_version: i64,
     pub worker: String,
+}
+
+impl Fixture for super::TestDb {
+    type Db = sqlx::Postgres;
+    type Store = es::store::PostgresStore;
 
     async fn create() -> Self {
         // 16 concurrent appenders plus a reader.
@@ -83,7 +88,6 @@ pub struct Handled {
     async fn finish(self) {
         self.drop().await
     }
-}
     async fn another_pool(&self) -> sqlx::PgPool {
         super::TestDb::another_pool(self, 8).await
     }
@@ -138,3 +142,4 @@ pub struct Handled {
             )
             .collect()
     }
+}

@@ -9,6 +9,8 @@ use sqlx::{Connection, PgConnection, PgPool};
 
 pub mod fixture;
 pub mod round_trips;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 pub use fixture::Fixture;
 
@@ -42,14 +44,14 @@ pub fn connect_options() -> PgConnectOptions {
     url.parse().unwrap_or_else(|e| unreachable(&url, &e))
 }
 
-impl TestDb {
-    /// A fresh schema with a pool of up to `max_connections`.
 /// Connections whose search path is the test schema, so that tests' own
 /// tables (read models) need no qualification.
 fn schema_options(schema: &str) -> PgConnectOptions {
     connect_options().options([("search_path", schema)])
 }
 
+impl TestDb {
+    /// A fresh schema with a pool of up to `max_connections`.
     pub async fn with_pool_size(max_connections: u32) -> TestDb {
         let url = database_url();
         let mut admin = PgConnection::connect_with(&connect_options())
@@ -84,8 +86,6 @@ fn schema_options(schema: &str) -> PgConnectOptions {
         Self::with_pool_size(8).await
     }
 
-    /// Drops the schema. Tests call it at their end; a failed test leaves
-    /// its schema for inspection, and it is purged an hour later.
     /// Another pool on the same schema, as a second worker process would
     /// have.
     pub async fn another_pool(&self, max_connections: u32) -> PgPool {
@@ -97,6 +97,8 @@ fn schema_options(schema: &str) -> PgConnectOptions {
             .expect("connect")
     }
 
+    /// Drops the schema. Tests call it at their end; a failed test leaves
+    /// its schema for inspection, and it is purged an hour later.
     pub async fn drop(self) {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP SCHEMA \"{}\" CASCADE",
