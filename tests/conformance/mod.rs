@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod projection;
+pub mod repository;
 pub mod store;
 
 /// Generates one `#[tokio::test]` per listed test body for a fixture.
@@ -61,6 +62,28 @@ macro_rules! projection_conformance_tests {
             projection::the_skip_policy_records_the_event_and_goes_on,
             projection::a_whole_batch_failure_is_traced_to_its_event,
             projection::a_rebuild_resets_and_replays,
+        );
+    };
+}
+
+/// Every repository test body, for a fixture.
+#[macro_export]
+macro_rules! repository_conformance_tests {
+    ($fixture:ty) => {
+        $crate::conformance_tests!($fixture;
+            repository::an_absent_aggregate_is_default_at_version_zero,
+            repository::execute_appends_and_load_folds,
+            repository::load_at_travels_back_in_time,
+            repository::a_refused_command_writes_nothing_and_is_not_retried,
+            repository::a_command_without_events_appends_nothing_and_succeeds,
+            repository::metadata_lands_on_every_event,
+            repository::eight_concurrent_depositors_end_with_the_exact_balance,
+            repository::conflicts_are_retried_up_to_the_policy_with_backoff,
+            repository::jitter_policies_are_honoured,
+            repository::execute_in_commits_and_rolls_back_with_the_caller,
+            repository::snapshots_give_the_same_state_as_full_folds,
+            repository::loading_starts_from_the_snapshot_and_ignores_unusable_ones,
+            repository::an_undecodable_stored_event_is_a_typed_error,
         );
     };
 }
