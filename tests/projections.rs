@@ -217,3 +217,54 @@ async fn a_processor_killed_mid_batch_loses_nothing_and_repeats_nothing() {
     pool.close().await;
     db.drop().await;
 }
+
+/// With durable commits off, batches commit asynchronously (the setting is
+/// visible inside the handler's transaction) and still handle each event
+/// once.
+#[tokio::test]
+async fn batches_can_commit_without_waiting_for_durability() {
+    struct Probe;
+    impl es::aggregate::Projection for Probe {
+        fn name(&self) -> &str {
+            "probe"
+        }
+        async fn handle(
+            &self,
+            tx: &mut sqlx::PgConnection,
+            event: &PersistedEvent,
+        ) -> Result<(), es::aggregate::projection::HandlerError> {
+            let setting: String =
+                sqlx::query_scalar("SELECT current_setting('synchronous_commit')")
+                    .fetch_one(&mut *tx)
+                    .await?;
+            assert_eq!(setting, "off");
+            sqlx::query("INSERT INTO handled (event_id, global_position, aggregate_id, aggregate_version, worker) VALUES ($1, $2, $3, $4, 'probe')")
+                .bind(event.event_id)
+                .bind(event.global_position)
+                .bind(&event.aggregate_id)
+                .bind(event.aggregate_version)
+                .execute(&mut *tx)
+                .await?;
+            Ok(())
+        }
+    }
+    let db = TestDb::new().await;
+    db.create_read_model().await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    for i in 0..25 {
+        append_one(&db, &mut conn, &format!("a{}", i % 4)).await;
+    }
+    drop(conn);
+    let p = ProjectionProcessor::new(db.store.clone(), db.pool.clone(), Probe)
+        .with_batch_size(4)
+        .with_durable_commits(false);
+    assert_eq!(p.catch_up().await.unwrap().events, 25);
+    assert_eq!(db.handled().await.len(), 25);
+    // outside the processor's transactions the session setting is untouched
+    let setting: String = sqlx::query_scalar("SELECT current_setting('synchronous_commit')")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(setting, "on");
+    db.drop().await;
+}

@@ -80,7 +80,7 @@ pub enum RepositoryError<E: std::error::Error + 'static> {
         aggregate: AggregateKey,
         /// What went wrong.
         #[source]
-        source: DecodeError,
+        source: Box<DecodeError>,
     },
 
     /// The store failed (or refused the input, for example an empty id).
@@ -342,26 +342,28 @@ where
         }
         let (bounded_context, aggregate_type) =
             (A::Event::BOUNDED_CONTEXT, A::Event::AGGREGATE_TYPE);
-        let stream = self
-            .store
-            .read_aggregate_stream(
+        let Loaded { state, version } = loaded;
+        self.store
+            .fold_aggregate_stream(
                 conn,
                 bounded_context,
                 aggregate_type,
                 id,
-                Some(loaded.version + 1),
+                Some(*version + 1),
                 to_version,
+                |event| {
+                    let decoded =
+                        A::Event::decode(event.event_type, event.event_version, event.payload)
+                            .map_err(|source| RepositoryError::Decode {
+                                aggregate: AggregateKey::new(bounded_context, aggregate_type, id),
+                                source: Box::new(source),
+                            })?;
+                    state.apply(&decoded);
+                    *version = event.aggregate_version;
+                    Ok::<_, RepositoryError<A::Error>>(())
+                },
             )
             .await?;
-        for event in &stream.events {
-            let decoded =
-                A::Event::from_persisted(event).map_err(|source| RepositoryError::Decode {
-                    aggregate: AggregateKey::new(bounded_context, aggregate_type, id),
-                    source,
-                })?;
-            loaded.state.apply(&decoded);
-            loaded.version = event.aggregate_version;
-        }
         Ok(())
     }
 

@@ -54,7 +54,7 @@ pub use postgres::{PostgresStore, PostgresStoreBuilder};
 pub use sqlite::{SqliteStore, SqliteStoreBuilder};
 pub use traits::{
     AggregateStreamReader, Backend, CheckpointStore, Connection, EventReader, EventStore,
-    ProjectionFailure, ProjectionStore, SnapshotStore,
+    ProjectionFailure, ProjectionStore, SnapshotStore, StoredEvent,
 };
 
 /// The store's result type.

@@ -97,6 +97,87 @@ pub trait AggregateStreamReader: Backend {
         from_version: Option<i64>,
         to_version: Option<i64>,
     ) -> impl Future<Output = Result<Stream>> + Send;
+
+    /// Calls `visit` for each event of one aggregate with `from_version <=
+    /// version <= to_version`, in version order, with the event's fields
+    /// borrowed from the row being read: the fast path for folding, which
+    /// builds no [`PersistedEvent`](crate::PersistedEvent). Stops at the
+    /// first error `visit` returns. Returns how many events were visited.
+    ///
+    /// The default reads the [`Stream`] and visits its events; backends
+    /// override it to read only the columns a fold needs.
+    ///
+    /// ```no_run
+    /// use es_store::{AggregateStreamReader, PostgresStore};
+    /// # async fn demo(mut conn: sqlx::PgConnection) -> Result<(), es_store::Error> {
+    /// let store = PostgresStore::new();
+    /// let mut deposited = 0;
+    /// store
+    ///     .fold_aggregate_stream(&mut conn, "Billing", "Account", "acc-1", None, None, |event| {
+    ///         if event.event_type == "Deposited" {
+    ///             deposited += 1;
+    ///         }
+    ///         Ok::<(), es_store::Error>(())
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[allow(clippy::too_many_arguments)]
+    fn fold_aggregate_stream<F, E>(
+        &self,
+        conn: &mut Connection<Self>,
+        bounded_context: &str,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        from_version: Option<i64>,
+        to_version: Option<i64>,
+        mut visit: F,
+    ) -> impl Future<Output = std::result::Result<u64, E>> + Send
+    where
+        F: FnMut(StoredEvent<'_>) -> std::result::Result<(), E> + Send,
+        E: From<crate::Error> + Send,
+        Self: Sized,
+    {
+        async move {
+            let stream = self
+                .read_aggregate_stream(
+                    conn,
+                    bounded_context,
+                    aggregate_type,
+                    aggregate_id,
+                    from_version,
+                    to_version,
+                )
+                .await?;
+            for event in &stream.events {
+                visit(StoredEvent {
+                    aggregate_version: event.aggregate_version,
+                    global_position: event.global_position,
+                    event_type: &event.event_type,
+                    event_version: event.event_version,
+                    payload: &event.payload,
+                })?;
+            }
+            Ok(stream.events.len() as u64)
+        }
+    }
+}
+
+/// One stored event as [`AggregateStreamReader::fold_aggregate_stream`]
+/// shows it: what a fold needs, borrowed from the row being read.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct StoredEvent<'a> {
+    /// The event's version within its aggregate.
+    pub aggregate_version: i64,
+    /// The event's global position.
+    pub global_position: i64,
+    /// The event type.
+    pub event_type: &'a str,
+    /// The payload's schema version.
+    pub event_version: i32,
+    /// The payload.
+    pub payload: &'a serde_json::value::RawValue,
 }
 
 /// Reads the global feed of all events.
@@ -273,6 +354,19 @@ pub trait ProjectionStore: EventReader + CheckpointStore {
         &self,
         conn: &mut Connection<Self>,
     ) -> impl Future<Output = Result<i64>> + Send;
+
+    /// Lets the caller's transaction commit without waiting for it to be
+    /// durable, where the backend can (PostgreSQL: `SET LOCAL
+    /// synchronous_commit = off`). A crash may then lose the transaction
+    /// whole (never part of it), after its effects were visible to others.
+    /// Does nothing by default.
+    fn relax_commit_durability(
+        &self,
+        conn: &mut Connection<Self>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = conn;
+        async { Ok(()) }
+    }
 }
 
 /// An event a projection skipped, with why.

@@ -78,8 +78,8 @@ use uuid::Uuid;
 use crate::{
     AggregateStreamReader, AppendResult, Backend, CheckpointStore, Error, Event, EventFilter,
     EventIdConflictReason, EventPage, EventReader, EventStore, ExpectedVersion, PersistedEvent,
-    ProjectionFailure, ProjectionStore, Result, Snapshot, SnapshotStore, Stream, replay,
-    stream_hash, validate,
+    ProjectionFailure, ProjectionStore, Result, Snapshot, SnapshotStore, StoredEvent, Stream,
+    replay, stream_hash, validate,
 };
 use names::{Ident, MAX_SCHEMA_NAME, MAX_TABLE_NAME, Names, distinct_tables};
 use sql::Statements;
@@ -604,6 +604,46 @@ impl AggregateStreamReader for PostgresStore {
             events,
         ))
     }
+
+    /// Reads five columns instead of fourteen and lends each row's text to
+    /// `visit` without copying it.
+    async fn fold_aggregate_stream<F, E>(
+        &self,
+        conn: &mut PgConnection,
+        bounded_context: &str,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        from_version: Option<i64>,
+        to_version: Option<i64>,
+        mut visit: F,
+    ) -> std::result::Result<u64, E>
+    where
+        F: FnMut(StoredEvent<'_>) -> std::result::Result<(), E> + Send,
+        E: From<Error> + Send,
+    {
+        validate::aggregate(bounded_context, aggregate_type, aggregate_id)?;
+        let (from, to) = validate::version_range(from_version, to_version)?;
+        let rows = sqlx::query(AssertSqlSafe(self.sql().fold_stream.clone()))
+            .bind(bounded_context)
+            .bind(aggregate_type)
+            .bind(aggregate_id)
+            .bind(from)
+            .bind(to)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(Error::from)?;
+        for row in &rows {
+            let payload: Json<&RawValue> = row.try_get(4).map_err(Error::from)?;
+            visit(StoredEvent {
+                aggregate_version: row.try_get(0).map_err(Error::from)?,
+                global_position: row.try_get(1).map_err(Error::from)?,
+                event_type: row.try_get(2).map_err(Error::from)?,
+                event_version: row.try_get(3).map_err(Error::from)?,
+                payload: payload.0,
+            })?;
+        }
+        Ok(rows.len() as u64)
+    }
 }
 
 impl PostgresStore {
@@ -822,6 +862,13 @@ impl ProjectionStore for PostgresStore {
                 })
             })
             .collect()
+    }
+
+    async fn relax_commit_durability(&self, conn: &mut PgConnection) -> Result<()> {
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
     }
 
     async fn head_position(&self, conn: &mut PgConnection) -> Result<i64> {

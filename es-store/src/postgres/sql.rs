@@ -131,6 +131,7 @@ pub(crate) struct Statements {
     pub(crate) stored_ids: Arc<str>,
     pub(crate) head_version: Arc<str>,
     pub(crate) read_stream: Arc<str>,
+    pub(crate) fold_stream: Arc<str>,
     pub(crate) read_horizon: Arc<str>,
     pub(crate) read_events: Arc<str>,
     pub(crate) get_checkpoint: Arc<str>,
@@ -227,6 +228,14 @@ impl Statements {
                  ORDER BY aggregate_version"
             )
             .into(),
+            fold_stream: format!(
+                "SELECT aggregate_version, global_position, event_type, event_version, payload \
+                 FROM {events} \
+                 WHERE bounded_context = $1 AND aggregate_type = $2 AND aggregate_id = $3 \
+                   AND aggregate_version BETWEEN $4 AND $5 \
+                 ORDER BY aggregate_version"
+            )
+            .into(),
             // The sequence is read first (FROM), the in-flight locks second
             // (a subquery correlated with it, so it runs after): see the
             // proof in the module docs of `postgres`.
@@ -244,9 +253,14 @@ impl Statements {
                  FROM (SELECT {ALLOCATED} AS allocated FROM {sequence}) s"
             )
             .into(),
+            // `+ 0` keeps the upper bound out of the index condition: a
+            // tight range looks small to the planner (always so right after
+            // a bulk load, before statistics catch up), which then prefers
+            // a bitmap scan and a sort of the whole range over walking the
+            // primary key until LIMIT rows are found.
             read_events: format!(
                 "SELECT {EVENT_COLUMNS} FROM {events} \
-                 WHERE global_position > $1 AND global_position <= $2 \
+                 WHERE global_position > $1 AND global_position + 0 <= $2 \
                    AND (cardinality($4::text[]) = 0 OR bounded_context = ANY($4)) \
                    AND (cardinality($5::text[]) = 0 OR aggregate_type = ANY($5)) \
                    AND ($6::bigint = 1 OR stream_hash % $6 = $7) \

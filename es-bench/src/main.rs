@@ -1,0 +1,706 @@
+//! Run with: `cargo run --release -p es-bench -- [workload ...] [--quick] [--json]`
+//!
+//! Benchmarks the framework's hot paths against plain sqlx doing the same
+//! work, in the same run, on the same PostgreSQL, and prints for each side
+//! throughput and p50/p99 latency, and the ratio framework ÷ plain (above 1:
+//! the framework is faster).
+//!
+//! Workloads: `append_c1`, `append_c8`, `store_append_c1`,
+//! `store_append_c8`, `batch_100`, `contended_c8`, `load_10k`,
+//! `catchup_1m` (all when none is named).
+//!
+//! Options:
+//! - `--quick`: short runs and a smaller catch-up (the whole suite in
+//!   under a minute);
+//! - `--seconds N`: how long each side of a workload runs (default 10,
+//!   2 with `--quick`);
+//! - `--catchup-events N`: events for `catchup_1m` (default 1,000,000,
+//!   50,000 with `--quick`);
+//! - `--json`: one JSON object per workload on stdout (the table goes to
+//!   stderr);
+//! - `--no-notify`: the store sends no LISTEN/NOTIFY notification on
+//!   append.
+//!
+//! `DATABASE_URL` selects the server (default
+//! `postgres://postgres@127.0.0.1:5432/test`); everything is written in a
+//! fresh schema that is dropped at the end.
+
+#[path = "../../examples/bank/domain.rs"]
+#[allow(dead_code)]
+mod domain;
+mod plain;
+mod stats;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use domain::{Account, AccountCommand};
+use es::aggregate::projection::{BatchFailure, HandlerError, Projection, ProjectionProcessor};
+use es::store::{
+    Event, EventStore, ExpectedVersion, PersistedEvent, PostgresStore, Snapshot, SnapshotStore,
+};
+use es::{Repository, RetryPolicy};
+use plain::Plain;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{AssertSqlSafe, PgConnection, PgPool};
+use stats::{Outcome, Stats, run_for};
+
+const ALL: &[&str] = &[
+    "append_c1",
+    "append_c8",
+    "store_append_c1",
+    "store_append_c8",
+    "batch_100",
+    "contended_c8",
+    "load_10k",
+    "catchup_1m",
+];
+
+struct Config {
+    workloads: Vec<String>,
+    seconds: f64,
+    catchup_events: u64,
+    json: bool,
+    notify: bool,
+}
+
+fn parse_args() -> Result<Config, String> {
+    let mut config = Config {
+        workloads: Vec::new(),
+        seconds: 10.0,
+        catchup_events: 1_000_000,
+        json: false,
+        notify: true,
+    };
+    let mut quick = false;
+    let (mut seconds, mut catchup) = (None, None);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut number = |name: &str| -> Result<f64, String> {
+            args.next()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| format!("{name} needs a number"))
+        };
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--json" => config.json = true,
+            "--no-notify" => config.notify = false,
+            "--seconds" => seconds = Some(number("--seconds")?),
+            "--catchup-events" => catchup = Some(number("--catchup-events")? as u64),
+            "-h" | "--help" => {
+                return Err(format!(
+                    "usage: es-bench [workload ...] [--quick] [--seconds N] [--catchup-events N] [--json] [--no-notify]\nworkloads: {}",
+                    ALL.join(", ")
+                ));
+            }
+            w if ALL.contains(&w) => config.workloads.push(w.to_owned()),
+            other => return Err(format!("unknown argument `{other}`; try --help")),
+        }
+    }
+    if quick {
+        config.seconds = 2.0;
+        config.catchup_events = 50_000;
+    }
+    if let Some(s) = seconds {
+        config.seconds = s;
+    }
+    if let Some(c) = catchup {
+        config.catchup_events = c;
+    }
+    if config.workloads.is_empty() {
+        config.workloads = ALL.iter().map(|w| (*w).to_owned()).collect();
+    }
+    Ok(config)
+}
+
+/// The two sides of one workload.
+struct Comparison {
+    workload: String,
+    framework: Stats,
+    plain: Stats,
+    /// What an op is, for the table ("commands", "events", ...).
+    unit: &'static str,
+    note: String,
+}
+
+struct Bench {
+    pool: PgPool,
+    store: PostgresStore,
+    plain: Plain,
+    side_duration: Duration,
+    catchup_events: u64,
+}
+
+#[tokio::main]
+async fn main() {
+    let config = match parse_args() {
+        Ok(c) => c,
+        Err(message) => {
+            eprintln!("{message}");
+            std::process::exit(2);
+        }
+    };
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let pool = match PgPoolOptions::new().max_connections(20).connect(&url).await {
+        Ok(pool) => pool,
+        Err(e) => {
+            eprintln!("cannot reach PostgreSQL at {url}: {e}\nstart it or set DATABASE_URL");
+            std::process::exit(1);
+        }
+    };
+    let schema = format!(
+        "es_bench_{}_{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let store = PostgresStore::builder()
+        .schema(&schema)
+        .notify_on_append(config.notify)
+        .build()
+        .expect("valid names");
+    store.migrate(&pool).await.expect("migrations");
+    let server: String = sqlx::query_scalar("SHOW server_version")
+        .fetch_one(&pool)
+        .await
+        .expect("version");
+    eprintln!(
+        "es-bench: PostgreSQL {server}, {} s per side, notify on append: {}, schema {schema}",
+        config.seconds, config.notify
+    );
+    let bench = Bench {
+        plain: Plain::new(pool.clone(), &store),
+        pool: pool.clone(),
+        store,
+        side_duration: Duration::from_secs_f64(config.seconds),
+        catchup_events: config.catchup_events,
+    };
+    let mut results = Vec::new();
+    for workload in &config.workloads {
+        eprintln!("running {workload} ...");
+        let comparisons = match workload.as_str() {
+            "append_c1" => vec![bench.append(1).await],
+            "append_c8" => vec![bench.append(8).await],
+            "store_append_c1" => vec![bench.store_append(1, 1).await],
+            "store_append_c8" => vec![bench.store_append(8, 1).await],
+            "batch_100" => vec![bench.store_append(1, 100).await],
+            "contended_c8" => vec![bench.contended(8).await],
+            "load_10k" => bench.load(10_000).await,
+            "catchup_1m" => vec![bench.catchup().await],
+            _ => unreachable!("checked when parsing"),
+        };
+        for c in comparisons {
+            report(&c, config.json);
+            results.push(c);
+        }
+    }
+    sqlx::query(AssertSqlSafe(format!("DROP SCHEMA \"{schema}\" CASCADE")))
+        .execute(&pool)
+        .await
+        .expect("drop schema");
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn report(c: &Comparison, json: bool) {
+    let ratio = c.framework.ops_per_sec() / c.plain.ops_per_sec().max(1e-9);
+    let line = format!(
+        "{:<24} framework {:>10.1} {}/s  p50 {:>8.3} ms  p99 {:>8.3} ms | plain {:>10.1} {}/s  p50 {:>8.3} ms  p99 {:>8.3} ms | ratio {:.2}{}",
+        c.workload,
+        c.framework.ops_per_sec() * c.framework.units_per_op as f64,
+        c.unit,
+        ms(c.framework.percentile(50.0)),
+        ms(c.framework.percentile(99.0)),
+        c.plain.ops_per_sec() * c.plain.units_per_op as f64,
+        c.unit,
+        ms(c.plain.percentile(50.0)),
+        ms(c.plain.percentile(99.0)),
+        ratio,
+        if c.note.is_empty() {
+            String::new()
+        } else {
+            format!("  ({})", c.note)
+        }
+    );
+    if json {
+        eprintln!("{line}");
+        let side = |s: &Stats| {
+            serde_json::json!({
+                "ops": s.ops,
+                "seconds": s.elapsed.as_secs_f64(),
+                "ops_per_sec": s.ops_per_sec(),
+                "units_per_sec": s.ops_per_sec() * s.units_per_op as f64,
+                "p50_ms": ms(s.percentile(50.0)),
+                "p99_ms": ms(s.percentile(99.0)),
+                "conflicts": s.conflicts,
+            })
+        };
+        println!(
+            "{}",
+            serde_json::json!({
+                "workload": c.workload,
+                "unit": c.unit,
+                "framework": side(&c.framework),
+                "plain": side(&c.plain),
+                "ratio": ratio,
+                "note": c.note,
+            })
+        );
+    } else {
+        println!("{line}");
+    }
+}
+
+fn deposit() -> AccountCommand {
+    AccountCommand::Deposit { amount: 1 }
+}
+
+/// Events of a freshly opened account with `deposits` deposits.
+fn account_events(id: &str, deposits: usize) -> Vec<Event> {
+    let event = |t: &str, payload: serde_json::Value| {
+        Event::new("Billing", "Account", id, t, &payload).expect("json")
+    };
+    std::iter::once(event("Opened", serde_json::json!({"owner": "bench"})))
+        .chain((0..deposits).map(|_| event("Deposited", serde_json::json!({"amount": 1}))))
+        .collect()
+}
+
+async fn conn(pool: &PgPool) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
+    pool.acquire().await.expect("acquire")
+}
+
+impl Bench {
+    /// Runs both sides, alternating in two rounds each to even out drift.
+    async fn compare<Fw, FwFut, Pl, PlFut>(
+        &self,
+        concurrency: usize,
+        max_ops_per_task: u64,
+        framework: Fw,
+        plain: Pl,
+    ) -> (Stats, Stats)
+    where
+        Fw: Fn(usize, usize, u64) -> FwFut + Send + Sync + Clone + 'static,
+        FwFut: std::future::Future<Output = Outcome> + Send,
+        Pl: Fn(usize, usize, u64) -> PlFut + Send + Sync + Clone + 'static,
+        PlFut: std::future::Future<Output = Outcome> + Send,
+    {
+        let round = self.side_duration / 2;
+        let (mut fw, mut pl) = (Stats::default(), Stats::default());
+        for r in 0..2 {
+            let p = plain.clone();
+            pl.merge(run_for(round, concurrency, max_ops_per_task, move |t, i| p(r, t, i)).await);
+            let f = framework.clone();
+            fw.merge(run_for(round, concurrency, max_ops_per_task, move |t, i| f(r, t, i)).await);
+        }
+        (fw, pl)
+    }
+
+    /// A command (load, fold, handle, append one event) on distinct
+    /// aggregates that already hold a few events.
+    async fn append(&self, concurrency: usize) -> Comparison {
+        const AGGREGATES: usize = 1000;
+        let prefix = format!("append{concurrency}");
+        let mut c = conn(&self.pool).await;
+        for side in ["fw", "plain"] {
+            for k in 0..AGGREGATES {
+                let id = format!("{prefix}-{side}-{k}");
+                self.store
+                    .append(&mut c, ExpectedVersion::NoStream, account_events(&id, 4))
+                    .await
+                    .expect("populate");
+            }
+        }
+        drop(c);
+        let repository = Arc::new(Repository::<Account>::new(
+            self.store.clone(),
+            self.pool.clone(),
+        ));
+        let plain = Arc::new(Plain::new(self.pool.clone(), &self.store));
+        let (p1, p2) = (prefix.clone(), prefix.clone());
+        // Task t takes aggregates t, t + c, t + 2c, ...: no two tasks share one.
+        let pick = move |t: usize, i: u64| (t + concurrency * i as usize) % AGGREGATES;
+        let (framework, plain) = self
+            .compare(
+                concurrency,
+                u64::MAX,
+                move |_, t, i| {
+                    let (repository, id) = (repository.clone(), format!("{p1}-fw-{}", pick(t, i)));
+                    async move {
+                        repository.execute(&id, &deposit()).await.expect("execute");
+                        Outcome::default()
+                    }
+                },
+                move |_, t, i| {
+                    let (plain, id) = (plain.clone(), format!("{p2}-plain-{}", pick(t, i)));
+                    async move {
+                        plain.execute(&id, &deposit()).await.expect("no conflict");
+                        Outcome::default()
+                    }
+                },
+            )
+            .await;
+        Comparison {
+            workload: format!("append_c{concurrency}"),
+            framework,
+            plain,
+            unit: "commands",
+            note: String::new(),
+        }
+    }
+
+    /// The store's append alone, `batch` events per transaction, each task
+    /// on aggregates of its own whose versions it knows.
+    async fn store_append(&self, concurrency: usize, batch: usize) -> Comparison {
+        const PER_TASK: u64 = 50;
+        let store = self.store.clone();
+        let pool = self.pool.clone();
+        let plain = Arc::new(Plain::new(self.pool.clone(), &self.store));
+        let name = if batch == 1 {
+            format!("store_append_c{concurrency}")
+        } else {
+            format!("batch_{batch}")
+        };
+        let (n1, n2) = (name.clone(), name.clone());
+        let payloads: Arc<Vec<(&'static str, String)>> = Arc::new(
+            (0..batch)
+                .map(|_| ("Deposited", r#"{"amount": 1}"#.to_owned()))
+                .collect(),
+        );
+        let (framework, plain) = self
+            .compare(
+                concurrency,
+                u64::MAX,
+                move |r, t, i| {
+                    let (store, pool) = (store.clone(), pool.clone());
+                    let id = format!("{n1}-fw-{r}-{t}-{}", i % PER_TASK);
+                    let version = (i / PER_TASK) as i64 * batch as i64;
+                    async move {
+                        let events: Vec<Event> = (0..batch)
+                            .map(|_| {
+                                Event::new(
+                                    "Billing",
+                                    "Account",
+                                    id.as_str(),
+                                    "Deposited",
+                                    &serde_json::json!({"amount": 1}),
+                                )
+                                .expect("json")
+                            })
+                            .collect();
+                        let mut c = conn(&pool).await;
+                        store
+                            .append(&mut c, ExpectedVersion::at(version), events)
+                            .await
+                            .expect("append");
+                        Outcome::default()
+                    }
+                },
+                move |r, t, i| {
+                    let (plain, payloads) = (plain.clone(), payloads.clone());
+                    let id = format!("{n2}-plain-{r}-{t}-{}", i % PER_TASK);
+                    let version = (i / PER_TASK) as i64 * batch as i64;
+                    async move {
+                        plain
+                            .append(&id, version, &payloads)
+                            .await
+                            .expect("no conflict");
+                        Outcome::default()
+                    }
+                },
+            )
+            .await;
+        let (mut framework, mut plain) = (framework, plain);
+        framework.units_per_op = batch as u64;
+        plain.units_per_op = batch as u64;
+        Comparison {
+            workload: name,
+            framework,
+            plain,
+            unit: "events",
+            note: String::new(),
+        }
+    }
+
+    /// `concurrency` tasks executing commands on one aggregate, with the
+    /// default retry policy on both sides.
+    async fn contended(&self, concurrency: usize) -> Comparison {
+        let policy = RetryPolicy::default();
+        let repository = Arc::new(
+            Repository::<Account>::new(self.store.clone(), self.pool.clone())
+                .with_retry_policy(policy),
+        );
+        let plain = Arc::new(Plain::new(self.pool.clone(), &self.store));
+        // a fresh hot aggregate per round, so that its stream stays short
+        let mut c = conn(&self.pool).await;
+        for r in 0..2 {
+            for side in ["fw", "plain"] {
+                let id = format!("hot-{side}-{r}");
+                self.store
+                    .append(&mut c, ExpectedVersion::NoStream, account_events(&id, 0))
+                    .await
+                    .expect("open");
+            }
+        }
+        drop(c);
+        let (framework, plain) = self
+            .compare(
+                concurrency,
+                u64::MAX,
+                move |r, _, _| {
+                    let repository = repository.clone();
+                    async move {
+                        let done = repository
+                            .execute(&format!("hot-fw-{r}"), &deposit())
+                            .await
+                            .expect("execute");
+                        Outcome {
+                            conflicts: u64::from(done.attempts - 1),
+                        }
+                    }
+                },
+                move |r, _, _| {
+                    let plain = plain.clone();
+                    async move {
+                        let id = format!("hot-plain-{r}");
+                        let mut conflicts = 0;
+                        let mut attempt = 1;
+                        loop {
+                            match plain.execute(&id, &deposit()).await {
+                                Ok(_) => break,
+                                Err(plain::Conflict) if attempt < policy.max_attempts() => {
+                                    conflicts += 1;
+                                    tokio::time::sleep(policy.backoff(attempt)).await;
+                                    attempt += 1;
+                                }
+                                Err(plain::Conflict) => {
+                                    panic!("plain gave up after {attempt} attempts")
+                                }
+                            }
+                        }
+                        Outcome { conflicts }
+                    }
+                },
+            )
+            .await;
+        let note = format!(
+            "conflicts retried: framework {}, plain {}",
+            framework.conflicts, plain.conflicts
+        );
+        Comparison {
+            workload: format!("contended_c{concurrency}"),
+            framework,
+            plain,
+            unit: "commands",
+            note,
+        }
+    }
+
+    /// Loading and folding one aggregate of `events` events, without and
+    /// with a snapshot.
+    async fn load(&self, events: usize) -> Vec<Comparison> {
+        let id = "big";
+        let mut c = conn(&self.pool).await;
+        let mut all = account_events(id, events - 1);
+        let mut version = 0;
+        while !all.is_empty() {
+            let rest = all.split_off(all.len().min(1000));
+            let batch = std::mem::replace(&mut all, rest);
+            version = self
+                .store
+                .append(&mut c, ExpectedVersion::at(version), batch)
+                .await
+                .expect("populate")
+                .to_version();
+        }
+        let plain = Arc::new(Plain::new(self.pool.clone(), &self.store));
+        let full = Repository::<Account>::new(self.store.clone(), self.pool.clone());
+        let state = full.load(id).await.expect("load");
+        self.store
+            .save_snapshot(
+                &mut c,
+                &Snapshot::new("Billing", "Account", id, state.version, 1, &state.state)
+                    .expect("json"),
+            )
+            .await
+            .expect("snapshot");
+        drop(c);
+        let mut comparisons = Vec::new();
+        for (name, repository) in [
+            ("load_10k", full.clone()),
+            (
+                "load_10k_snapshot",
+                full.clone().with_snapshots(1_000_000, 1),
+            ),
+        ] {
+            let repository = Arc::new(repository);
+            let plain = plain.clone();
+            let pool = self.pool.clone();
+            let (framework, plain) = self
+                .compare(
+                    1,
+                    u64::MAX,
+                    move |_, _, _| {
+                        let repository = repository.clone();
+                        async move {
+                            let loaded = repository.load(id).await.expect("load");
+                            assert_eq!(loaded.version, events as i64);
+                            Outcome::default()
+                        }
+                    },
+                    move |_, _, _| {
+                        let (plain, pool) = (plain.clone(), pool.clone());
+                        async move {
+                            let mut c = conn(&pool).await;
+                            let (_, version) = plain.load(&mut c, id).await;
+                            assert_eq!(version, events as i64);
+                            Outcome::default()
+                        }
+                    },
+                )
+                .await;
+            comparisons.push(Comparison {
+                workload: name.to_owned(),
+                framework,
+                plain,
+                unit: "loads",
+                note: if name.ends_with("snapshot") {
+                    "plain folds the whole stream".to_owned()
+                } else {
+                    String::new()
+                },
+            });
+        }
+        comparisons
+    }
+
+    /// A projection catching up over every event in the store into a
+    /// table, against a plain paged read of the same events.
+    async fn catchup(&self) -> Comparison {
+        let mut c = conn(&self.pool).await;
+        let per_batch = 1000usize;
+        let batches = (self.catchup_events as usize).div_ceil(per_batch);
+        let started = Instant::now();
+        for b in 0..batches {
+            let id = format!("catchup-{b}");
+            self.store
+                .append(
+                    &mut c,
+                    ExpectedVersion::NoStream,
+                    account_events(&id, per_batch - 1),
+                )
+                .await
+                .expect("populate");
+        }
+        eprintln!(
+            "  stored {} events in {:.1} s",
+            batches * per_batch,
+            started.elapsed().as_secs_f64()
+        );
+        sqlx::query(AssertSqlSafe(format!(
+            "CREATE TABLE \"{}\".bench_readmodel (global_position bigint PRIMARY KEY, \
+             aggregate_id text NOT NULL, event_type text NOT NULL)",
+            self.store.schema().expect("schema")
+        )))
+        .execute(&mut *c)
+        .await
+        .expect("read model");
+        drop(c);
+        let total: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT count(*) FROM {}",
+            self.store.events_table()
+        )))
+        .fetch_one(&self.pool)
+        .await
+        .expect("count");
+
+        let started = Instant::now();
+        let read = self.plain.read_all(0, 1000).await;
+        let plain = Stats {
+            ops: read,
+            elapsed: started.elapsed(),
+            latencies: Vec::new(),
+            conflicts: 0,
+            units_per_op: 1,
+        };
+        let projection = Copy {
+            table: format!(
+                "\"{}\".bench_readmodel",
+                self.store.schema().expect("schema")
+            ),
+        };
+        let processor = ProjectionProcessor::new(self.store.clone(), self.pool.clone(), projection)
+            .with_batch_size(1000);
+        let started = Instant::now();
+        let done = processor.catch_up().await.expect("catch up");
+        let framework = Stats {
+            ops: done.events,
+            elapsed: started.elapsed(),
+            latencies: Vec::new(),
+            conflicts: 0,
+            units_per_op: 1,
+        };
+        assert_eq!(done.events as i64, total);
+        assert_eq!(read as i64, total);
+        Comparison {
+            workload: "catchup_1m".to_owned(),
+            framework,
+            plain,
+            unit: "events",
+            note: format!("{total} events; framework writes a row per event, plain only reads"),
+        }
+    }
+}
+
+/// Copies each event's position, aggregate and type into a table, one
+/// statement per batch.
+struct Copy {
+    table: String,
+}
+
+impl Projection for Copy {
+    fn name(&self) -> &str {
+        "bench_copy"
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        event: &PersistedEvent,
+    ) -> Result<(), HandlerError> {
+        self.handle_batch(tx, std::slice::from_ref(event))
+            .await
+            .map_err(|f| f.error)
+    }
+
+    async fn handle_batch(
+        &self,
+        tx: &mut PgConnection,
+        events: &[PersistedEvent],
+    ) -> Result<(), BatchFailure> {
+        if std::env::var_os("BENCH_NO_WRITE").is_some() {
+            return Ok(());
+        }
+        if std::env::var_os("BENCH_ASYNC").is_some() {
+            sqlx::query("SET LOCAL synchronous_commit = off")
+                .execute(&mut *tx)
+                .await
+                .map_err(BatchFailure::whole_batch)?;
+        }
+        let positions: Vec<i64> = events.iter().map(|e| e.global_position).collect();
+        let ids: Vec<&str> = events.iter().map(|e| e.aggregate_id.as_str()).collect();
+        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {} SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[])",
+            self.table
+        )))
+        .bind(&positions)
+        .bind(&ids)
+        .bind(&types)
+        .execute(&mut *tx)
+        .await
+        .map_err(BatchFailure::whole_batch)?;
+        Ok(())
+    }
+}
