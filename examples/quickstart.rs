@@ -1,26 +1,48 @@
 //! Run with: `cargo run --example quickstart`
 //!
 //! The store API on its own: append with optimistic concurrency, read a
-//! stream, follow the global feed, keep a checkpoint. Uses `DATABASE_URL`
-//! (default `postgres://postgres@127.0.0.1:5432/test`) and the schema
-//! `es_quickstart`.
+//! stream, follow the global feed, keep a checkpoint. Stores events in the
+//! SQLite file `es-example.db` in the current directory, or, when
+//! `DATABASE_URL` is a PostgreSQL URL (`postgres://…`), in that database's
+//! schema `es_quickstart`. The code is the same for both: it is generic
+//! over the store traits.
 
 use es::store::{
     AggregateStreamReader, CheckpointStore, Error, Event, EventReader, EventStore, ExpectedVersion,
-    PostgresStore,
+    PostgresStore, SqliteStore,
 };
 use serde_json::json;
 
+/// The SQLite database the examples share when no PostgreSQL URL is given.
+const SQLITE_FILE: &str = "es-example.db";
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let pool = sqlx::PgPool::connect(&url).await.map_err(|e| {
-        format!("cannot reach PostgreSQL at {url} ({e}); start it or set DATABASE_URL")
-    })?;
-    let store = PostgresStore::builder().schema("es_quickstart").build()?;
-    store.migrate(&pool).await?;
+    match std::env::var("DATABASE_URL") {
+        Ok(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let pool = sqlx::PgPool::connect(&url).await.map_err(|e| {
+                format!("cannot reach PostgreSQL at {url} ({e}); start it or unset DATABASE_URL")
+            })?;
+            let store = PostgresStore::builder().schema("es_quickstart").build()?;
+            store.migrate(&pool).await?;
+            println!("PostgreSQL at {url}, schema es_quickstart");
+            run(store, pool).await
+        }
+        _ => {
+            let pool =
+                sqlx::SqlitePool::connect_with(SqliteStore::connect_options(SQLITE_FILE)).await?;
+            let store = SqliteStore::new();
+            store.migrate(&pool).await?;
+            println!("SQLite file {SQLITE_FILE} (set DATABASE_URL=postgres://… for PostgreSQL)");
+            run(store, pool).await
+        }
+    }
+}
 
+async fn run<S>(store: S, pool: sqlx::Pool<S::Database>) -> Result<(), Box<dyn std::error::Error>>
+where
+    S: EventStore + AggregateStreamReader + EventReader + CheckpointStore,
+{
     let account = format!("acc-{}", uuid::Uuid::new_v4().simple());
     let event = |event_type: &str, payload: serde_json::Value| {
         Event::new("Billing", "Account", account.as_str(), event_type, &payload)

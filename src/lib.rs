@@ -1,11 +1,16 @@
-//! Event sourcing for Rust on PostgreSQL.
+//! Event sourcing for Rust on PostgreSQL (or SQLite).
 //!
 //! This facade re-exports the framework's crates:
 //!
-//! - [`store`]: events, the store traits and the PostgreSQL store.
+//! - [`store`]: events, the store traits, the PostgreSQL store and the
+//!   SQLite store.
 //! - [`aggregate`]: aggregates, the repository, retries and snapshots.
 //! - [`DomainEvent`]: the trait of typed event enums and its derive, which
 //!   `use es::DomainEvent;` brings in together.
+//!
+//! | feature | default | enables |
+//! |---|---|---|
+//! | `sqlite` | yes | `store::SqliteStore`, an embedded backend with the same traits, so the framework runs without a server (SQLite is compiled in) |
 
 pub use es_aggregate as aggregate;
 pub use es_store as store;

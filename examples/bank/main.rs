@@ -5,33 +5,62 @@
 //! (their optimistic-concurrency conflicts are retried), moves money between
 //! accounts atomically in one transaction, and prints the result.
 //!
-//! Uses `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`)
-//! and the schema `es_bank`.
+//! Stores events in the SQLite file `es-example.db` in the current
+//! directory, or, when `DATABASE_URL` is a PostgreSQL URL (`postgres://…`),
+//! in that database's schema `es_bank`. The code is the same for both: it
+//! is generic over the store traits.
 
 mod domain;
 
 use std::sync::Arc;
 
 use domain::{Account, AccountCommand, AccountError};
-use es::store::{Metadata, PostgresStore};
+use es::store::{
+    AggregateStreamReader, EventStore, Metadata, PostgresStore, SnapshotStore, SqliteStore,
+};
 use es::{Repository, RepositoryError, RetryPolicy};
+
+/// The SQLite database the examples share when no PostgreSQL URL is given.
+const SQLITE_FILE: &str = "es-example.db";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(10)
-        .connect(&url)
-        .await
-        .map_err(|e| {
-            format!("cannot reach PostgreSQL at {url} ({e}); start it or set DATABASE_URL")
-        })?;
-    let store = PostgresStore::builder().schema("es_bank").build()?;
-    store.migrate(&pool).await?;
+    match std::env::var("DATABASE_URL") {
+        Ok(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(10)
+                .connect(&url)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "cannot reach PostgreSQL at {url} ({e}); start it or unset DATABASE_URL"
+                    )
+                })?;
+            let store = PostgresStore::builder().schema("es_bank").build()?;
+            store.migrate(&pool).await?;
+            println!("PostgreSQL at {url}, schema es_bank");
+            run(store, pool).await
+        }
+        _ => {
+            let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(10)
+                .connect_with(SqliteStore::connect_options(SQLITE_FILE))
+                .await?;
+            let store = SqliteStore::new();
+            store.migrate(&pool).await?;
+            println!("SQLite file {SQLITE_FILE} (set DATABASE_URL=postgres://… for PostgreSQL)");
+            run(store, pool).await
+        }
+    }
+}
 
-    let accounts =
-        Arc::new(Repository::<Account>::new(store, pool).with_retry_policy(RetryPolicy::default()));
+async fn run<S>(store: S, pool: sqlx::Pool<S::Database>) -> Result<(), Box<dyn std::error::Error>>
+where
+    S: EventStore + AggregateStreamReader + SnapshotStore,
+{
+    let accounts = Arc::new(
+        Repository::<Account, S>::new(store, pool).with_retry_policy(RetryPolicy::default()),
+    );
     let run = uuid::Uuid::new_v4().simple().to_string();
     let alice = format!("alice-{}", &run[..8]);
     let bob = format!("bob-{}", &run[..8]);
