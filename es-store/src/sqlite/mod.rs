@@ -20,8 +20,8 @@ use crate::postgres::names::{Ident, MAX_TABLE_NAME, distinct_tables};
 use crate::{
     AggregateStreamReader, AppendResult, Backend, CheckpointStore, Error, Event, EventFilter,
     EventIdConflictReason, EventPage, EventReader, EventStore, ExpectedVersion, PersistedEvent,
-    ProjectionFailure, ProjectionStore, Result, Snapshot, SnapshotStore, Stream, event, replay,
-    stream_hash, validate,
+    ProjectionFailure, ProjectionStore, Result, Snapshot, SnapshotStore, StoredEvent, Stream,
+    event, replay, stream_hash, validate,
 };
 use sql::{Names, Statements};
 
@@ -777,6 +777,45 @@ impl AggregateStreamReader for SqliteStore {
             aggregate_id,
             events,
         ))
+    }
+
+    /// Reads four columns instead of fourteen and lends each row's text to
+    /// `visit` without copying it (the payload is parsed once, by the
+    /// visitor; the table's `json_valid` check vouches for it).
+    async fn fold_aggregate_stream<F, E>(
+        &self,
+        conn: &mut SqliteConnection,
+        bounded_context: &str,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        from_version: Option<i64>,
+        to_version: Option<i64>,
+        mut visit: F,
+    ) -> std::result::Result<u64, E>
+    where
+        F: FnMut(StoredEvent<'_>) -> std::result::Result<(), E> + Send,
+        E: From<Error> + Send,
+    {
+        validate::aggregate(bounded_context, aggregate_type, aggregate_id)?;
+        let (from, to) = validate::version_range(from_version, to_version)?;
+        let rows = sqlx::query(AssertSqlSafe(self.sql().fold_stream.clone()))
+            .bind(bounded_context)
+            .bind(aggregate_type)
+            .bind(aggregate_id)
+            .bind(from)
+            .bind(to)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(Error::from)?;
+        for row in &rows {
+            visit(StoredEvent {
+                aggregate_version: row.try_get(0).map_err(Error::from)?,
+                event_type: row.try_get(1).map_err(Error::from)?,
+                event_version: row.try_get(2).map_err(Error::from)?,
+                payload: row.try_get(3).map_err(Error::from)?,
+            })?;
+        }
+        Ok(rows.len() as u64)
     }
 }
 

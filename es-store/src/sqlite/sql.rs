@@ -160,6 +160,7 @@ pub(crate) struct Statements {
     pub(crate) stored_ids: Arc<str>,
     pub(crate) head_version: Arc<str>,
     pub(crate) read_stream: Arc<str>,
+    pub(crate) fold_stream: Arc<str>,
     pub(crate) head_position: Arc<str>,
     pub(crate) read_events: Arc<str>,
     pub(crate) get_checkpoint: Arc<str>,
@@ -247,6 +248,14 @@ impl Statements {
             .into(),
             read_stream: format!(
                 "SELECT {EVENT_COLUMNS} FROM {events} \
+                 WHERE bounded_context = ?1 AND aggregate_type = ?2 AND aggregate_id = ?3 \
+                   AND aggregate_version BETWEEN ?4 AND ?5 \
+                 ORDER BY aggregate_version"
+            )
+            .into(),
+            fold_stream: format!(
+                "SELECT aggregate_version, event_type, event_version, payload \
+                 FROM {events} \
                  WHERE bounded_context = ?1 AND aggregate_type = ?2 AND aggregate_id = ?3 \
                    AND aggregate_version BETWEEN ?4 AND ?5 \
                  ORDER BY aggregate_version"
