@@ -107,9 +107,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// with a `BEGIN` sent as a query: the store asks sqlx whether the
 /// connection is in a transaction.
 ///
-/// A writer that waits longer than the busy timeout gets
-/// [`Error::Database`] with SQLite's "database is locked": that means a
-/// transaction held the write lock that long, not that appends raced.
+/// An append on a pooled connection that waits longer than the busy
+/// timeout gets [`Error::Database`] with SQLite's "database is locked":
+/// a transaction held the write lock that long, which is not a race to
+/// retry. In a caller's transaction every refusal of the lock is the
+/// conflict above, since that transaction has to run again either way.
 ///
 /// Checkpoints, snapshots and skipped-event records are single statements:
 /// on a pooled connection they wait for the lock; inside a transaction the
