@@ -353,7 +353,7 @@ where
                 to_version,
                 |event| {
                     let decoded =
-                        A::Event::decode(event.event_type, event.event_version, event.payload)
+                        A::Event::decode_json(event.event_type, event.event_version, event.payload)
                             .map_err(|source| RepositoryError::Decode {
                                 aggregate: AggregateKey::new(bounded_context, aggregate_type, id),
                                 source: Box::new(source),

@@ -186,7 +186,7 @@ async fn main() {
             "batch_100" => vec![bench.store_append(1, 100).await],
             "contended_c8" => vec![bench.contended(8).await],
             "load_10k" => bench.load(10_000).await,
-            "catchup_1m" => vec![bench.catchup().await],
+            "catchup_1m" => bench.catchup().await,
             _ => unreachable!("checked when parsing"),
         };
         for c in comparisons {
@@ -576,8 +576,9 @@ impl Bench {
     }
 
     /// A projection catching up over every event in the store into a
-    /// table, against a plain paged read of the same events.
-    async fn catchup(&self) -> Comparison {
+    /// table, against a plain paged read of the same events; with durable
+    /// commits (the default) and without.
+    async fn catchup(&self) -> Vec<Comparison> {
         let mut c = conn(&self.pool).await;
         let per_batch = 1000usize;
         let batches = (self.catchup_events as usize).div_ceil(per_batch);
@@ -624,32 +625,53 @@ impl Bench {
             conflicts: 0,
             units_per_op: 1,
         };
-        let projection = Copy {
-            table: format!(
-                "\"{}\".bench_readmodel",
-                self.store.schema().expect("schema")
-            ),
-        };
-        let processor = ProjectionProcessor::new(self.store.clone(), self.pool.clone(), projection)
-            .with_batch_size(1000);
-        let started = Instant::now();
-        let done = processor.catch_up().await.expect("catch up");
-        let framework = Stats {
-            ops: done.events,
-            elapsed: started.elapsed(),
-            latencies: Vec::new(),
-            conflicts: 0,
-            units_per_op: 1,
-        };
-        assert_eq!(done.events as i64, total);
-        assert_eq!(read as i64, total);
-        Comparison {
-            workload: "catchup_1m".to_owned(),
-            framework,
-            plain,
-            unit: "events",
-            note: format!("{total} events; framework writes a row per event, plain only reads"),
+        let table = format!(
+            "\"{}\".bench_readmodel",
+            self.store.schema().expect("schema")
+        );
+        let mut comparisons = Vec::new();
+        for durable in [true, false] {
+            let processor = ProjectionProcessor::new(
+                self.store.clone(),
+                self.pool.clone(),
+                Copy {
+                    table: table.clone(),
+                },
+            )
+            .with_batch_size(1000)
+            .with_durable_commits(durable);
+            let started = Instant::now();
+            // a rebuild: the read model is emptied and the checkpoint reset
+            let done = processor.rebuild().await.expect("catch up");
+            let framework = Stats {
+                ops: done.events,
+                elapsed: started.elapsed(),
+                latencies: Vec::new(),
+                conflicts: 0,
+                units_per_op: 1,
+            };
+            assert_eq!(done.events as i64, total);
+            comparisons.push(Comparison {
+                workload: if durable {
+                    "catchup_1m".to_owned()
+                } else {
+                    "catchup_1m_async_commit".to_owned()
+                },
+                framework,
+                plain: plain.clone(),
+                unit: "events",
+                note: format!(
+                    "{total} events; the projection writes a row per event{}, plain only reads",
+                    if durable {
+                        ""
+                    } else {
+                        ", batches commit without waiting for the disk"
+                    }
+                ),
+            });
         }
+        assert_eq!(read as i64, total);
+        comparisons
     }
 }
 
@@ -662,6 +684,13 @@ struct Copy {
 impl Projection for Copy {
     fn name(&self) -> &str {
         "bench_copy"
+    }
+
+    async fn reset(&self, tx: &mut PgConnection) -> Result<(), HandlerError> {
+        sqlx::query(AssertSqlSafe(format!("TRUNCATE {}", self.table)))
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
     }
 
     async fn handle(

@@ -131,10 +131,10 @@ fn expand(input: &Enum<'_>) -> TokenStream {
                     }
                 }
 
-                fn decode(
+                fn decode_json(
                     __event_type: &::core::primitive::str,
                     __event_version: ::core::primitive::i32,
-                    __payload: &#private::RawValue,
+                    __payload: &::core::primitive::str,
                 ) -> ::core::result::Result<Self, #private::DecodeError> {
                     match __event_type {
                         #(#decode_arms)*
@@ -414,10 +414,10 @@ fn fallback(input: &DeriveInput, krate: &syn::Path) -> TokenStream {
                 ::core::unimplemented!()
             }
 
-            fn decode(
+            fn decode_json(
                 _: &::core::primitive::str,
                 _: ::core::primitive::i32,
-                _: &#private::RawValue,
+                _: &::core::primitive::str,
             ) -> ::core::result::Result<Self, #private::DecodeError> {
                 ::core::unimplemented!()
             }

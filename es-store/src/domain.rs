@@ -74,11 +74,11 @@ impl EventTypeInfo {
 ///         serde_json::value::to_raw_value(&serde_json::json!({ "amount": amount }))
 ///     }
 ///
-///     fn decode(event_type: &str, event_version: i32, payload: &RawValue) -> Result<Self, DecodeError> {
+///     fn decode_json(event_type: &str, event_version: i32, payload: &str) -> Result<Self, DecodeError> {
 ///         #[derive(serde::Deserialize)]
 ///         struct Deposited { amount: i64 }
 ///         match (event_type, event_version) {
-///             ("MoneyDeposited", 1) => serde_json::from_str::<Deposited>(payload.get())
+///             ("MoneyDeposited", 1) => serde_json::from_str::<Deposited>(payload)
 ///                 .map(|p| Self::Deposited { amount: p.amount })
 ///                 .map_err(|source| DecodeError::invalid_payload(event_type, event_version, source)),
 ///             _ => Err(DecodeError::UnknownEventType {
@@ -133,6 +133,18 @@ pub trait DomainEvent: Sized + Send + Sync + 'static {
         event_type: &str,
         event_version: i32,
         payload: &RawValue,
+    ) -> Result<Self, DecodeError> {
+        Self::decode_json(event_type, event_version, payload.get())
+    }
+
+    /// Like [`decode`](DomainEvent::decode), from JSON text that has not
+    /// been checked yet (the check is the parse itself). This is the method
+    /// implementations provide; it lets a store hand its rows' text over
+    /// without parsing it twice.
+    fn decode_json(
+        event_type: &str,
+        event_version: i32,
+        payload: &str,
     ) -> Result<Self, DecodeError>;
 
     /// Makes a store [`Event`] of this event for the aggregate `aggregate_id`,
@@ -155,12 +167,12 @@ pub trait DomainEvent: Sized + Send + Sync + 'static {
     /// #     fn encode(&self) -> Result<Box<RawValue>, serde_json::Error> {
     /// #         serde_json::value::to_raw_value(&serde_json::json!({ "amount": self.amount }))
     /// #     }
-    /// #     fn decode(event_type: &str, version: i32, payload: &RawValue) -> Result<Self, DecodeError> {
+    /// #     fn decode_json(event_type: &str, version: i32, payload: &str) -> Result<Self, DecodeError> {
     /// #         #[derive(serde::Deserialize)]
     /// #         struct Payload { amount: i64 }
-    /// #         serde_json::from_str::<Payload>(payload.get())
+    /// #         serde_json::from_str::<Payload>(payload)
     /// #             .map(|p| Deposited { amount: p.amount })
-    /// #             .map_err(|e| DecodeError::invalid_payload_in(event_type, version, payload.get(), e))
+    /// #             .map_err(|e| DecodeError::invalid_payload_in(event_type, version, payload, e))
     /// #     }
     /// # }
     /// let metadata = Metadata::new().with_causation_id(uuid::Uuid::now_v7());
@@ -201,12 +213,12 @@ pub trait DomainEvent: Sized + Send + Sync + 'static {
     /// #     fn encode(&self) -> Result<Box<RawValue>, serde_json::Error> {
     /// #         serde_json::value::to_raw_value(&serde_json::json!({ "amount": self.amount }))
     /// #     }
-    /// #     fn decode(event_type: &str, version: i32, payload: &RawValue) -> Result<Self, DecodeError> {
+    /// #     fn decode_json(event_type: &str, version: i32, payload: &str) -> Result<Self, DecodeError> {
     /// #         #[derive(serde::Deserialize)]
     /// #         struct Payload { amount: i64 }
-    /// #         serde_json::from_str::<Payload>(payload.get())
+    /// #         serde_json::from_str::<Payload>(payload)
     /// #             .map(|p| Deposited { amount: p.amount })
-    /// #             .map_err(|e| DecodeError::invalid_payload_in(event_type, version, payload.get(), e))
+    /// #             .map_err(|e| DecodeError::invalid_payload_in(event_type, version, payload, e))
     /// #     }
     /// # }
     /// let batch = [Deposited { amount: 1 }, Deposited { amount: 2 }];
@@ -248,12 +260,12 @@ pub trait DomainEvent: Sized + Send + Sync + 'static {
     /// #     fn encode(&self) -> Result<Box<RawValue>, serde_json::Error> {
     /// #         serde_json::value::to_raw_value(&serde_json::json!({ "amount": self.amount }))
     /// #     }
-    /// #     fn decode(event_type: &str, version: i32, payload: &RawValue) -> Result<Self, DecodeError> {
+    /// #     fn decode_json(event_type: &str, version: i32, payload: &str) -> Result<Self, DecodeError> {
     /// #         #[derive(serde::Deserialize)]
     /// #         struct Payload { amount: i64 }
-    /// #         serde_json::from_str::<Payload>(payload.get())
+    /// #         serde_json::from_str::<Payload>(payload)
     /// #             .map(|p| Deposited { amount: p.amount })
-    /// #             .map_err(|e| DecodeError::invalid_payload_in(event_type, version, payload.get(), e))
+    /// #             .map_err(|e| DecodeError::invalid_payload_in(event_type, version, payload, e))
     /// #     }
     /// # }
     /// let event = Deposited { amount: 5 }.to_event("acc-1", &Metadata::new())?;
@@ -293,12 +305,12 @@ pub trait DomainEvent: Sized + Send + Sync + 'static {
     /// #     fn encode(&self) -> Result<Box<RawValue>, serde_json::Error> {
     /// #         serde_json::value::to_raw_value(&serde_json::json!({ "amount": self.amount }))
     /// #     }
-    /// #     fn decode(event_type: &str, version: i32, payload: &RawValue) -> Result<Self, DecodeError> {
+    /// #     fn decode_json(event_type: &str, version: i32, payload: &str) -> Result<Self, DecodeError> {
     /// #         #[derive(serde::Deserialize)]
     /// #         struct Payload { amount: i64 }
-    /// #         serde_json::from_str::<Payload>(payload.get())
+    /// #         serde_json::from_str::<Payload>(payload)
     /// #             .map(|p| Deposited { amount: p.amount })
-    /// #             .map_err(|e| DecodeError::invalid_payload_in(event_type, version, payload.get(), e))
+    /// #             .map_err(|e| DecodeError::invalid_payload_in(event_type, version, payload, e))
     /// #     }
     /// # }
     /// let event = Deposited { amount: 5 }.to_event("acc-1", &Metadata::new())?;
@@ -620,7 +632,7 @@ pub mod __private {
         current: i32,
         upcasts: &[Upcast],
         version: i32,
-        payload: &RawValue,
+        payload: &str,
     ) -> Result<T, DecodeError> {
         super::decode_payload(event_type, current, upcasts, version, payload)
     }
@@ -671,12 +683,12 @@ fn decode_payload<T: DeserializeOwned>(
     current: i32,
     upcasts: &[__private::Upcast],
     version: i32,
-    payload: &RawValue,
+    payload: &str,
 ) -> Result<T, DecodeError> {
     if version == current {
         // The hot path: straight from the stored text, no intermediate value.
-        return serde_json::from_str(payload.get()).map_err(|source| {
-            DecodeError::invalid_payload_in(event_type, version, payload.get(), source)
+        return serde_json::from_str(payload).map_err(|source| {
+            DecodeError::invalid_payload_in(event_type, version, payload, source)
         });
     }
     if version > current {
@@ -700,9 +712,8 @@ fn decode_payload<T: DeserializeOwned>(
                 .ok_or_else(missing)?,
         );
     }
-    let mut value: serde_json::Value = serde_json::from_str(payload.get()).map_err(|source| {
-        DecodeError::invalid_payload_in(event_type, version, payload.get(), source)
-    })?;
+    let mut value: serde_json::Value = serde_json::from_str(payload)
+        .map_err(|source| DecodeError::invalid_payload_in(event_type, version, payload, source))?;
     for step in steps {
         value = (step.with)(value);
     }

@@ -152,10 +152,9 @@ pub trait AggregateStreamReader: Backend {
             for event in &stream.events {
                 visit(StoredEvent {
                     aggregate_version: event.aggregate_version,
-                    global_position: event.global_position,
                     event_type: &event.event_type,
                     event_version: event.event_version,
-                    payload: &event.payload,
+                    payload: event.payload.get(),
                 })?;
             }
             Ok(stream.events.len() as u64)
@@ -170,14 +169,14 @@ pub trait AggregateStreamReader: Backend {
 pub struct StoredEvent<'a> {
     /// The event's version within its aggregate.
     pub aggregate_version: i64,
-    /// The event's global position.
-    pub global_position: i64,
     /// The event type.
     pub event_type: &'a str,
     /// The payload's schema version.
     pub event_version: i32,
-    /// The payload.
-    pub payload: &'a serde_json::value::RawValue,
+    /// The payload's JSON text, as stored (decode it with
+    /// [`DomainEvent::decode_json`](crate::DomainEvent::decode_json), which
+    /// checks it as it parses).
+    pub payload: &'a str,
 }
 
 /// Reads the global feed of all events.

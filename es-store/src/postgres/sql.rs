@@ -229,7 +229,7 @@ impl Statements {
             )
             .into(),
             fold_stream: format!(
-                "SELECT aggregate_version, global_position, event_type, event_version, payload \
+                "SELECT aggregate_version, event_type, event_version, payload \
                  FROM {events} \
                  WHERE bounded_context = $1 AND aggregate_type = $2 AND aggregate_id = $3 \
                    AND aggregate_version BETWEEN $4 AND $5 \
