@@ -49,3 +49,123 @@ fn given_when_then_without_a_database() {
         .then_error_matches(|e| matches!(e, AccountError::NonPositiveAmount(-1)));
     assert_eq!(given::<Account>([]).state(), &Account::default());
 }
+
+/// A command retried after a conflict runs under the aggregate's lock:
+/// while the retried handler decides, no other writer gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_holds_the_aggregate_lock() {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use es::store::{Event, EventStore, ExpectedVersion};
+    use es::{Aggregate, Repository, RetryPolicy};
+
+    /// What another writer's append did while the handler ran.
+    #[derive(Debug, PartialEq)]
+    enum Outsider {
+        Appended,
+        TimedOutOnTheLock,
+    }
+
+    #[derive(Default)]
+    struct Probed;
+    struct Probe {
+        url: String,
+        schema: String,
+        attempts: AtomicU32,
+        outsiders: Mutex<Vec<Outsider>>,
+    }
+    #[derive(Debug, thiserror::Error)]
+    #[error("never")]
+    struct Never;
+
+    impl Aggregate for Probed {
+        type Event = AccountEvent;
+        type Command = Probe;
+        type Error = Never;
+        fn apply(&mut self, _: &AccountEvent) {}
+        fn handle(&self, probe: &Probe) -> Result<Vec<AccountEvent>, Never> {
+            probe.attempts.fetch_add(1, Ordering::SeqCst);
+            // Another writer tries to append, giving up on a lock after 300 ms.
+            let (url, schema) = (probe.url.clone(), probe.schema.clone());
+            let outsider = std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(async {
+                        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+                            .await
+                            .unwrap();
+                        sqlx::query("SET lock_timeout = '300ms'")
+                            .execute(&mut conn)
+                            .await
+                            .unwrap();
+                        let store = es::store::PostgresStore::builder()
+                            .schema(schema)
+                            .build()
+                            .unwrap();
+                        let event = Event::new(
+                            "Billing",
+                            "Account",
+                            "probed",
+                            "Deposited",
+                            &serde_json::json!({"amount": 1}),
+                        )
+                        .unwrap();
+                        match store
+                            .append(&mut conn, ExpectedVersion::Any, vec![event])
+                            .await
+                        {
+                            Ok(_) => Outsider::Appended,
+                            Err(es::store::Error::Database(e))
+                                if e.as_database_error().and_then(|d| d.code()).as_deref()
+                                    == Some("55P03") =>
+                            {
+                                Outsider::TimedOutOnTheLock
+                            }
+                            Err(other) => panic!("{other}"),
+                        }
+                    })
+            })
+            .join()
+            .unwrap();
+            probe.outsiders.lock().unwrap().push(outsider);
+            Ok(vec![AccountEvent::Deposited { amount: 1 }])
+        }
+    }
+
+    let db = support::TestDb::new().await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    let opened = Event::new(
+        "Billing",
+        "Account",
+        "probed",
+        "Opened",
+        &serde_json::json!({"owner": "p"}),
+    )
+    .unwrap();
+    db.store
+        .append(&mut conn, ExpectedVersion::NoStream, vec![opened])
+        .await
+        .unwrap();
+    drop(conn);
+    let repository = Repository::<Probed>::new(db.store.clone(), db.pool.clone())
+        .with_retry_policy(RetryPolicy::immediate(3));
+    let probe = Probe {
+        url: support::database_url(),
+        schema: db.schema.clone(),
+        attempts: AtomicU32::new(0),
+        outsiders: Mutex::new(Vec::new()),
+    };
+    let done = repository.execute("probed", &probe).await.unwrap();
+    // The first, optimistic attempt lost to the outsider; the retry held the
+    // lock, so the outsider waited and gave up, and the retry won.
+    assert_eq!(done.attempts, 2);
+    assert_eq!(
+        *probe.outsiders.lock().unwrap(),
+        [Outsider::Appended, Outsider::TimedOutOnTheLock]
+    );
+    drop(repository);
+    db.drop().await;
+}

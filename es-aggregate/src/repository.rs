@@ -399,8 +399,11 @@ where
             let mut loaded = None;
             let mut attempt = 1;
             loop {
-                match self
-                    .try_execute(
+                let outcome = if attempt > 1 && self.retry.lock_on_retry() {
+                    self.try_execute_locked(&mut conn, id, command, metadata, &mut loaded)
+                        .await
+                } else {
+                    self.try_execute(
                         &mut conn,
                         id,
                         command,
@@ -409,11 +412,18 @@ where
                         &mut loaded,
                     )
                     .await
-                {
+                };
+                match outcome {
                     Err(StoreAttempt::Store(error @ StoreError::OptimisticConcurrency { .. }))
                         if attempt < self.retry.max_attempts() =>
                     {
-                        let backoff = self.retry.backoff(attempt);
+                        // A locked retry waits in the aggregate's lock queue
+                        // instead of sleeping.
+                        let backoff = if self.retry.lock_on_retry() {
+                            std::time::Duration::ZERO
+                        } else {
+                            self.retry.backoff(attempt)
+                        };
                         tracing::debug!(attempt, ?backoff, %error, "conflict, retrying");
                         if !backoff.is_zero() {
                             tokio::time::sleep(backoff).await;
@@ -472,6 +482,56 @@ where
             Ok(executed) => Ok(executed),
             Err(StoreAttempt::Store(error)) => Err(RepositoryError::from_store(error, 1)),
             Err(StoreAttempt::Other(error)) => Err(error),
+        }
+    }
+
+    /// A retry: the same cycle in a transaction that first locks the
+    /// aggregate, so that no other writer can get in between.
+    async fn try_execute_locked(
+        &self,
+        conn: &mut Connection<S>,
+        id: &str,
+        command: &A::Command,
+        metadata: &Metadata,
+        loaded: &mut Option<Loaded<A>>,
+    ) -> std::result::Result<Executed<A>, StoreAttempt<A::Error>> {
+        let store_error = |e: sqlx::Error| StoreAttempt::Store(StoreError::from(e));
+        let mut tx = sqlx::Connection::begin(conn).await.map_err(store_error)?;
+        let locked = self
+            .store
+            .lock_aggregate(
+                &mut tx,
+                A::Event::BOUNDED_CONTEXT,
+                A::Event::AGGREGATE_TYPE,
+                id,
+            )
+            .await
+            .map_err(StoreAttempt::Store);
+        let outcome = match locked {
+            Ok(_) => {
+                self.try_execute(
+                    &mut tx,
+                    id,
+                    command,
+                    metadata,
+                    Snapshotting::Required,
+                    loaded,
+                )
+                .await
+            }
+            Err(error) => Err(error),
+        };
+        match outcome {
+            Ok(executed) => {
+                tx.commit().await.map_err(store_error)?;
+                Ok(executed)
+            }
+            Err(error) => {
+                if let Err(rollback) = tx.rollback().await {
+                    tracing::warn!(%rollback, "could not roll back a retried command");
+                }
+                Err(error)
+            }
         }
     }
 

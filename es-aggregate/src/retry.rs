@@ -30,6 +30,7 @@ pub struct RetryPolicy {
     max_backoff: Duration,
     multiplier: f64,
     jitter: Jitter,
+    lock_on_retry: bool,
 }
 
 /// How a backoff is randomised, so that writers who collided do not
@@ -73,6 +74,7 @@ impl RetryPolicy {
             max_backoff: Duration::ZERO,
             multiplier: 1.0,
             jitter: Jitter::None,
+            lock_on_retry: true,
         }
     }
 
@@ -85,6 +87,7 @@ impl RetryPolicy {
             max_backoff: max.max(initial),
             multiplier: 2.0,
             jitter: Jitter::Full,
+            lock_on_retry: true,
         }
     }
 
@@ -103,6 +106,7 @@ impl RetryPolicy {
             max_backoff: backoff,
             multiplier: 1.0,
             jitter: Jitter::None,
+            lock_on_retry: true,
         }
     }
 
@@ -130,6 +134,30 @@ impl RetryPolicy {
             1.0
         };
         self
+    }
+
+    /// Whether a retry runs in a transaction that first locks the
+    /// aggregate (default: yes). The first attempt is always optimistic;
+    /// once it has lost a race, the aggregate is evidently contended, and
+    /// retrying under the lock makes the writers queue instead of racing and
+    /// losing again. A handler that waits on another writer of the same
+    /// aggregate would wait forever under the lock: turn it off for such
+    /// handlers (they are not pure functions anyway).
+    ///
+    /// ```
+    /// # use es_aggregate::RetryPolicy;
+    /// assert!(RetryPolicy::default().lock_on_retry());
+    /// assert!(!RetryPolicy::default().with_lock_on_retry(false).lock_on_retry());
+    /// ```
+    pub fn with_lock_on_retry(mut self, lock: bool) -> Self {
+        self.lock_on_retry = lock;
+        self
+    }
+
+    /// Whether retries lock the aggregate; see
+    /// [`with_lock_on_retry`](Self::with_lock_on_retry).
+    pub fn lock_on_retry(&self) -> bool {
+        self.lock_on_retry
     }
 
     /// The most tries a command gets, the first included.

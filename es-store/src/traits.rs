@@ -68,6 +68,31 @@ pub trait EventStore: Backend {
         expected: ExpectedVersion,
         events: Vec<Event>,
     ) -> impl Future<Output = Result<AppendResult>> + Send;
+
+    /// Makes every other append to the aggregate wait until the caller's
+    /// transaction ends, and returns the aggregate's version (0 if it has
+    /// no events yet). Call it first in a transaction: it is how a command
+    /// that lost an optimistic-concurrency race is retried without racing
+    /// again. (An aggregate that does not exist yet cannot be locked; its
+    /// creation stays optimistic.)
+    ///
+    /// ```no_run
+    /// use es_store::{EventStore, PostgresStore};
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_store::Error> {
+    /// let store = PostgresStore::new();
+    /// let mut tx = pool.begin().await?;
+    /// let version = store.lock_aggregate(&mut *tx, "Billing", "Account", "acc-1").await?;
+    /// // ... read, decide and append with ExpectedVersion::Exact(version) ...
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    fn lock_aggregate(
+        &self,
+        conn: &mut Connection<Self>,
+        bounded_context: &str,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> impl Future<Output = Result<i64>> + Send;
 }
 
 /// Reads one aggregate instance's events.

@@ -466,9 +466,37 @@ impl EventStore for PostgresStore {
         }
         Ok(AppendResult::new(persisted))
     }
+
+    async fn lock_aggregate(
+        &self,
+        conn: &mut PgConnection,
+        bounded_context: &str,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<i64> {
+        self.lock_head(conn, bounded_context, aggregate_type, aggregate_id)
+            .await
+    }
 }
 
 impl PostgresStore {
+    async fn lock_head(
+        &self,
+        conn: &mut PgConnection,
+        bounded_context: &str,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<i64> {
+        validate::aggregate(bounded_context, aggregate_type, aggregate_id)?;
+        let version: Option<i64> = sqlx::query_scalar(AssertSqlSafe(self.sql().lock_head.clone()))
+            .bind(bounded_context)
+            .bind(aggregate_type)
+            .bind(aggregate_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        Ok(version.unwrap_or(0))
+    }
+
     /// Maps a failed append statement to the store's errors.
     fn append_error(&self, error: sqlx::Error, first: &Event, expected: ExpectedVersion) -> Error {
         let Some(db) = error.as_database_error() else {

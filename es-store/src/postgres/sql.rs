@@ -130,6 +130,7 @@ pub(crate) struct Statements {
     pub(crate) append_exact: Arc<str>,
     pub(crate) stored_ids: Arc<str>,
     pub(crate) head_version: Arc<str>,
+    pub(crate) lock_head: Arc<str>,
     pub(crate) read_stream: Arc<str>,
     pub(crate) fold_stream: Arc<str>,
     pub(crate) read_horizon: Arc<str>,
@@ -214,6 +215,12 @@ impl Statements {
                  JOIN {events} e ON e.event_id = i.event_id \
                  ORDER BY i.ord",
                 cols = prefixed("e", EVENT_COLUMNS)
+            )
+            .into(),
+            lock_head: format!(
+                "SELECT version FROM {heads} \
+                 WHERE bounded_context = $1 AND aggregate_type = $2 AND aggregate_id = $3 \
+                 FOR UPDATE"
             )
             .into(),
             head_version: format!(

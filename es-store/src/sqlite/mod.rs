@@ -554,6 +554,25 @@ impl EventStore for SqliteStore {
             }
         }
     }
+
+    /// Takes the database's write lock (SQLite has no row locks), waiting
+    /// for it up to the busy timeout.
+    async fn lock_aggregate(
+        &self,
+        conn: &mut SqliteConnection,
+        bounded_context: &str,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<i64> {
+        validate::aggregate(bounded_context, aggregate_type, aggregate_id)?;
+        let version: Option<i64> = sqlx::query_scalar(AssertSqlSafe(self.sql().lock_head.clone()))
+            .bind(bounded_context)
+            .bind(aggregate_type)
+            .bind(aggregate_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        Ok(version.unwrap_or(0))
+    }
 }
 
 impl SqliteStore {

@@ -159,6 +159,7 @@ pub(crate) struct Statements {
     pub(crate) insert_events: Arc<str>,
     pub(crate) stored_ids: Arc<str>,
     pub(crate) head_version: Arc<str>,
+    pub(crate) lock_head: Arc<str>,
     pub(crate) read_stream: Arc<str>,
     pub(crate) fold_stream: Arc<str>,
     pub(crate) head_position: Arc<str>,
@@ -239,6 +240,14 @@ impl Statements {
                  FROM json_each(?1) AS i JOIN {events} e ON e.event_id = i.value \
                  ORDER BY i.key",
                 cols = prefixed("e", EVENT_COLUMNS)
+            )
+            .into(),
+            // A write that changes nothing, to take the database's write
+            // lock (SQLite locks the whole database, not a row).
+            lock_head: format!(
+                "UPDATE {heads} SET version = version \
+                 WHERE bounded_context = ?1 AND aggregate_type = ?2 AND aggregate_id = ?3 \
+                 RETURNING version"
             )
             .into(),
             head_version: format!(
