@@ -34,12 +34,12 @@ mod stats;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use domain::{Account, AccountCommand};
+use domain::{Account, AccountCommand, AccountError};
 use es::aggregate::projection::{BatchFailure, HandlerError, Projection, ProjectionProcessor};
 use es::store::{
     Event, EventStore, ExpectedVersion, PersistedEvent, PostgresStore, Snapshot, SnapshotStore,
 };
-use es::{Repository, RetryPolicy};
+use es::{Repository, RepositoryError, RetryPolicy};
 use plain::Plain;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
@@ -235,6 +235,7 @@ fn report(c: &Comparison, json: bool) {
                 "p50_ms": ms(s.percentile(50.0)),
                 "p99_ms": ms(s.percentile(99.0)),
                 "conflicts": s.conflicts,
+                "gave_up": s.failed,
             })
         };
         println!(
@@ -272,7 +273,8 @@ async fn conn(pool: &PgPool) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
 }
 
 impl Bench {
-    /// Runs both sides, alternating in two rounds each to even out drift.
+    /// Runs both sides, alternating in four rounds each to even out drift
+    /// (the machine, the disk's flush latency, autovacuum).
     async fn compare<Fw, FwFut, Pl, PlFut>(
         &self,
         concurrency: usize,
@@ -286,9 +288,10 @@ impl Bench {
         Pl: Fn(usize, usize, u64) -> PlFut + Send + Sync + Clone + 'static,
         PlFut: std::future::Future<Output = Outcome> + Send,
     {
-        let round = self.side_duration / 2;
+        const ROUNDS: u32 = 4;
+        let round = self.side_duration / ROUNDS;
         let (mut fw, mut pl) = (Stats::default(), Stats::default());
-        for r in 0..2 {
+        for r in 0..ROUNDS as usize {
             let p = plain.clone();
             pl.merge(run_for(round, concurrency, max_ops_per_task, move |t, i| p(r, t, i)).await);
             let f = framework.clone();
@@ -363,11 +366,6 @@ impl Bench {
             format!("batch_{batch}")
         };
         let (n1, n2) = (name.clone(), name.clone());
-        let payloads: Arc<Vec<(&'static str, String)>> = Arc::new(
-            (0..batch)
-                .map(|_| ("Deposited", r#"{"amount": 1}"#.to_owned()))
-                .collect(),
-        );
         let (framework, plain) = self
             .compare(
                 concurrency,
@@ -398,10 +396,14 @@ impl Bench {
                     }
                 },
                 move |r, t, i| {
-                    let (plain, payloads) = (plain.clone(), payloads.clone());
+                    let plain = plain.clone();
                     let id = format!("{n2}-plain-{r}-{t}-{}", i % PER_TASK);
                     let version = (i / PER_TASK) as i64 * batch as i64;
                     async move {
+                        // serialized per op, as the framework side does
+                        let payloads: Vec<(&str, String)> = (0..batch)
+                            .map(|_| ("Deposited", serde_json::json!({"amount": 1}).to_string()))
+                            .collect();
                         plain
                             .append(&id, version, &payloads)
                             .await
@@ -424,7 +426,9 @@ impl Bench {
     }
 
     /// `concurrency` tasks executing commands on one aggregate, with the
-    /// default retry policy on both sides.
+    /// default retry policy on both sides. The aggregate is replaced by a
+    /// fresh one every half second (all tasks move together), so that its
+    /// stream stays short; the first command to reach a fresh one opens it.
     async fn contended(&self, concurrency: usize) -> Comparison {
         let policy = RetryPolicy::default();
         let repository = Arc::new(
@@ -432,61 +436,92 @@ impl Bench {
                 .with_retry_policy(policy),
         );
         let plain = Arc::new(Plain::new(self.pool.clone(), &self.store));
-        // a fresh hot aggregate per round, so that its stream stays short
-        let mut c = conn(&self.pool).await;
-        for r in 0..2 {
-            for side in ["fw", "plain"] {
-                let id = format!("hot-{side}-{r}");
-                self.store
-                    .append(&mut c, ExpectedVersion::NoStream, account_events(&id, 0))
-                    .await
-                    .expect("open");
-            }
-        }
-        drop(c);
+        let slot = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_millis()
+                / 500
+        };
         let (framework, plain) = self
             .compare(
                 concurrency,
                 u64::MAX,
-                move |r, _, _| {
+                move |_, _, _| {
                     let repository = repository.clone();
                     async move {
-                        let done = repository
-                            .execute(&format!("hot-fw-{r}"), &deposit())
-                            .await
-                            .expect("execute");
-                        Outcome {
-                            conflicts: u64::from(done.attempts - 1),
+                        let id = format!("hot-fw-{}", slot());
+                        let mut outcome = Outcome::default();
+                        loop {
+                            match repository.execute(&id, &deposit()).await {
+                                Ok(done) => {
+                                    outcome.conflicts += u64::from(done.attempts - 1);
+                                    return outcome;
+                                }
+                                Err(RepositoryError::Rejected(AccountError::NotOpen)) => {
+                                    let open = AccountCommand::Open {
+                                        owner: "hot".into(),
+                                    };
+                                    match repository.execute(&id, &open).await {
+                                        Ok(_) | Err(RepositoryError::Rejected(_)) => {}
+                                        Err(RepositoryError::Conflict { attempts, .. }) => {
+                                            outcome.conflicts += u64::from(attempts);
+                                        }
+                                        Err(other) => panic!("{other}"),
+                                    }
+                                }
+                                Err(RepositoryError::Conflict { attempts, .. }) => {
+                                    outcome.conflicts += u64::from(attempts);
+                                    outcome.failed = true;
+                                    return outcome;
+                                }
+                                Err(other) => panic!("{other}"),
+                            }
                         }
                     }
                 },
-                move |r, _, _| {
+                move |_, _, _| {
                     let plain = plain.clone();
                     async move {
-                        let id = format!("hot-plain-{r}");
-                        let mut conflicts = 0;
+                        let id = format!("hot-plain-{}", slot());
+                        let mut outcome = Outcome::default();
                         let mut attempt = 1;
                         loop {
                             match plain.execute(&id, &deposit()).await {
-                                Ok(_) => break,
-                                Err(plain::Conflict) if attempt < policy.max_attempts() => {
-                                    conflicts += 1;
+                                Ok(_) => return outcome,
+                                Err(plain::Refused::NotOpen) => {
+                                    // open it; losing that race is fine
+                                    let _ = plain
+                                        .execute(
+                                            &id,
+                                            &AccountCommand::Open {
+                                                owner: "hot".into(),
+                                            },
+                                        )
+                                        .await;
+                                }
+                                Err(plain::Refused::Conflict)
+                                    if attempt < policy.max_attempts() =>
+                                {
+                                    outcome.conflicts += 1;
                                     tokio::time::sleep(policy.backoff(attempt)).await;
                                     attempt += 1;
                                 }
-                                Err(plain::Conflict) => {
-                                    panic!("plain gave up after {attempt} attempts")
+                                Err(plain::Refused::Conflict) => {
+                                    outcome.conflicts += 1;
+                                    outcome.failed = true;
+                                    return outcome;
                                 }
+                                Err(plain::Refused::AlreadyOpen) => unreachable!("deposits"),
                             }
                         }
-                        Outcome { conflicts }
                     }
                 },
             )
             .await;
         let note = format!(
-            "conflicts retried: framework {}, plain {}",
-            framework.conflicts, plain.conflicts
+            "conflicts retried: framework {}, plain {}; gave up: framework {}, plain {}",
+            framework.conflicts, plain.conflicts, framework.failed, plain.failed
         );
         Comparison {
             workload: format!("contended_c{concurrency}"),
@@ -623,6 +658,7 @@ impl Bench {
             elapsed: started.elapsed(),
             latencies: Vec::new(),
             conflicts: 0,
+            failed: 0,
             units_per_op: 1,
         };
         let table = format!(
@@ -648,6 +684,7 @@ impl Bench {
                 elapsed: started.elapsed(),
                 latencies: Vec::new(),
                 conflicts: 0,
+                failed: 0,
                 units_per_op: 1,
             };
             assert_eq!(done.events as i64, total);
@@ -708,15 +745,6 @@ impl Projection for Copy {
         tx: &mut PgConnection,
         events: &[PersistedEvent],
     ) -> Result<(), BatchFailure> {
-        if std::env::var_os("BENCH_NO_WRITE").is_some() {
-            return Ok(());
-        }
-        if std::env::var_os("BENCH_ASYNC").is_some() {
-            sqlx::query("SET LOCAL synchronous_commit = off")
-                .execute(&mut *tx)
-                .await
-                .map_err(BatchFailure::whole_batch)?;
-        }
         let positions: Vec<i64> = events.iter().map(|e| e.global_position).collect();
         let ids: Vec<&str> = events.iter().map(|e| e.aggregate_id.as_str()).collect();
         let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();

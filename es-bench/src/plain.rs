@@ -33,6 +33,17 @@ pub(crate) struct Plain {
 #[derive(Debug)]
 pub(crate) struct Conflict;
 
+/// Why the plain command did nothing.
+#[derive(Debug)]
+pub(crate) enum Refused {
+    /// Another writer got there first.
+    Conflict,
+    /// The account is not open.
+    NotOpen,
+    /// The account is open already.
+    AlreadyOpen,
+}
+
 impl Plain {
     pub(crate) fn new(pool: PgPool, store: &es::store::PostgresStore) -> Self {
         let events = store.events_table();
@@ -112,16 +123,15 @@ impl Plain {
 
     /// A command the obvious way: begin, read and fold, decide, check and
     /// bump the head, insert the events, commit.
-    pub(crate) async fn execute(
-        &self,
-        id: &str,
-        command: &AccountCommand,
-    ) -> Result<i64, Conflict> {
+    pub(crate) async fn execute(&self, id: &str, command: &AccountCommand) -> Result<i64, Refused> {
         let mut tx = self.pool.begin().await.expect("begin");
         let (account, version) = self.load(&mut tx, id).await;
-        let events = account
-            .handle(command)
-            .expect("the benchmark's commands are valid");
+        let events = match account.handle(command) {
+            Ok(events) => events,
+            Err(crate::domain::AccountError::NotOpen) => return Err(Refused::NotOpen),
+            Err(crate::domain::AccountError::AlreadyOpen) => return Err(Refused::AlreadyOpen),
+            Err(other) => panic!("the benchmark's commands are valid: {other}"),
+        };
         let payloads: Vec<(&str, String)> = events
             .iter()
             .map(|e| match e {
@@ -139,7 +149,10 @@ impl Plain {
                 AccountEvent::Closed => ("Closed", "{}".to_owned()),
             })
             .collect();
-        let positions = self.append_in(&mut tx, id, version, &payloads).await?;
+        let positions = self
+            .append_in(&mut tx, id, version, &payloads)
+            .await
+            .map_err(|Conflict| Refused::Conflict)?;
         tx.commit().await.expect("commit");
         Ok(positions[positions.len() - 1])
     }

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 pub(crate) struct Outcome {
     /// Optimistic-concurrency conflicts met (and retried) on the way.
     pub(crate) conflicts: u64,
+    /// The operation gave up (its retries ran out); not counted as done.
+    pub(crate) failed: bool,
 }
 
 /// Latencies and counts of one side of a comparison.
@@ -18,6 +20,8 @@ pub(crate) struct Stats {
     pub(crate) elapsed: Duration,
     pub(crate) latencies: Vec<Duration>,
     pub(crate) conflicts: u64,
+    /// Operations that gave up.
+    pub(crate) failed: u64,
     /// Units of work per op (events per op, for example), for throughput in
     /// those units.
     pub(crate) units_per_op: u64,
@@ -29,11 +33,13 @@ impl Stats {
         self.elapsed += other.elapsed;
         self.latencies.extend(other.latencies);
         self.conflicts += other.conflicts;
+        self.failed += other.failed;
         self.units_per_op = other.units_per_op;
     }
 
+    /// Successful operations per second.
     pub(crate) fn ops_per_sec(&self) -> f64 {
-        self.ops as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        (self.ops - self.failed) as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
     pub(crate) fn percentile(&self, p: f64) -> Duration {
@@ -67,16 +73,17 @@ where
             let op = op.clone();
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
-                let mut conflicts = 0;
+                let (mut conflicts, mut failed) = (0, 0);
                 let mut i = 0;
                 while Instant::now() < deadline && i < max_ops_per_task {
                     let t = Instant::now();
                     let outcome = op(task, i).await;
                     latencies.push(t.elapsed());
                     conflicts += outcome.conflicts;
+                    failed += u64::from(outcome.failed);
                     i += 1;
                 }
-                (latencies, conflicts)
+                (latencies, conflicts, failed)
             })
         })
         .collect();
@@ -85,10 +92,11 @@ where
         ..Stats::default()
     };
     for task in tasks {
-        let (latencies, conflicts) = task.await.expect("benchmark task panicked");
+        let (latencies, conflicts, failed) = task.await.expect("benchmark task panicked");
         stats.ops += latencies.len() as u64;
         stats.latencies.extend(latencies);
         stats.conflicts += conflicts;
+        stats.failed += failed;
     }
     stats.elapsed = started.elapsed();
     stats
