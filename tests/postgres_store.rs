@@ -397,6 +397,7 @@ async fn names_are_configurable_and_validated() {
         tables,
         [
             "Ledger_Events",
+            "Ledger_Events_listeners",
             "_es_migrations",
             "ledger_checkpoints",
             "ledger_heads",
@@ -479,7 +480,7 @@ async fn concurrent_migrations_are_safe() {
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert_eq!(applied, 3);
+    assert_eq!(applied, 4);
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP SCHEMA \"{}_m\" CASCADE",
         db.schema

@@ -79,9 +79,7 @@ async fn the_processor_waits_for_an_earlier_transaction_still_open() {
 async fn notifications_wake_a_live_processor_at_once() {
     let db = TestDb::new().await;
     db.create_read_model().await;
-    let notifier = Notifier::listen(&db.pool, &db.store.notification_channel())
-        .await
-        .unwrap();
+    let notifier = Notifier::listen(&db.pool, &db.store).await.unwrap();
     let p = ProjectionProcessor::new(db.store.clone(), db.pool.clone(), recorder("live", "w"))
         .with_poll_interval(Duration::from_secs(60))
         .with_wakeup(notifier.subscribe());
@@ -117,19 +115,16 @@ async fn notifications_wake_a_live_processor_at_once() {
 async fn a_lost_listener_connection_reconnects() {
     let db = TestDb::new().await;
     db.create_read_model().await;
-    let notifier = Notifier::listen(&db.pool, &db.store.notification_channel())
-        .await
-        .unwrap();
+    let notifier = Notifier::listen(&db.pool, &db.store).await.unwrap();
     let p = ProjectionProcessor::new(db.store.clone(), db.pool.clone(), recorder("relisten", "w"))
         .with_poll_interval(Duration::from_secs(60))
         .with_wakeup(notifier.subscribe());
     let running = tokio::spawn(async move { p.run(std::future::pending()).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let killed: i64 = sqlx::query_scalar(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-         WHERE query LIKE 'LISTEN %' AND query LIKE $1",
-    )
-    .bind(format!("%{}%", db.store.notification_channel()))
+    // The listener's connection is the one registered with the store.
+    let killed: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(
+        db.sql("SELECT count(pg_terminate_backend(pid)) FROM {schema}.events_listeners"),
+    ))
     .fetch_one(&db.pool)
     .await
     .unwrap();
@@ -266,5 +261,41 @@ async fn batches_can_commit_without_waiting_for_durability() {
         .await
         .unwrap();
     assert_eq!(setting, "on");
+    db.drop().await;
+}
+
+/// Appends notify only while a listener is registered: a notifying
+/// transaction takes a database-wide lock to commit.
+#[tokio::test]
+async fn appends_notify_only_while_someone_listens() {
+    use sqlx::postgres::PgListener;
+
+    let db = TestDb::new().await;
+    let channel = db.store.notification_channel();
+    // A bare LISTEN, not registered with the store.
+    let mut listener = PgListener::connect_with(&db.pool).await.unwrap();
+    listener.listen(&channel).await.unwrap();
+    let mut conn = db.pool.acquire().await.unwrap();
+    append_one(&db, &mut conn, "a").await;
+    let heard = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
+    assert!(heard.is_err(), "notified although nobody is registered");
+
+    // Registered: every append notifies.
+    let mut registered = PgListener::connect_with(&db.pool).await.unwrap();
+    registered.listen(&channel).await.unwrap();
+    db.store
+        .register_listener(sqlx::Acquire::acquire(&mut registered).await.unwrap())
+        .await
+        .unwrap();
+    append_one(&db, &mut conn, "a").await;
+    let heard = tokio::time::timeout(Duration::from_secs(5), registered.recv())
+        .await
+        .expect("notified once a listener is registered")
+        .unwrap();
+    assert_eq!(heard.channel(), channel);
+    // (the unregistered LISTEN hears it too: the channel is the same)
+    listener.recv().await.unwrap();
+    drop(conn);
+    drop((listener, registered));
     db.drop().await;
 }

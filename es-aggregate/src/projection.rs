@@ -42,7 +42,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use es_store::{Backend, EventFilter, EventPage, Partition, PersistedEvent, ProjectionStore};
+use es_store::{
+    Backend, EventFilter, EventPage, Partition, PersistedEvent, PostgresStore, ProjectionStore,
+};
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -257,14 +259,16 @@ impl Wakeup {
 }
 
 /// Listens to the store's append notifications on one PostgreSQL
-/// connection and wakes every subscribed processor. The connection is
-/// re-established when it is lost (processors are woken then too, since
-/// notifications may have been missed).
+/// connection and wakes every subscribed processor. It registers itself
+/// with the store, which notifies only while someone listens, and refreshes
+/// that registration every 10 seconds. The connection is re-established
+/// when it is lost (processors are woken then too, since notifications may
+/// have been missed).
 ///
 /// ```no_run
 /// use es_aggregate::projection::Notifier;
-/// # async fn demo(pool: sqlx::PgPool, store: es_store::PostgresStore) -> Result<(), sqlx::Error> {
-/// let notifier = Notifier::listen(&pool, &store.notification_channel()).await?;
+/// # async fn demo(pool: sqlx::PgPool, store: es_store::PostgresStore) -> Result<(), es_store::Error> {
+/// let notifier = Notifier::listen(&pool, &store).await?;
 /// let wakeup = notifier.subscribe();
 /// # Ok(()) }
 /// ```
@@ -275,23 +279,43 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// Starts listening on `channel`, on a connection of its own made with
-    /// `pool`'s connect options (so it never holds one of the pool's
-    /// connections).
-    pub async fn listen(pool: &sqlx::PgPool, channel: &str) -> Result<Self, sqlx::Error> {
+    /// Starts listening to `store`'s appends, on a connection of its own
+    /// made with `pool`'s connect options (so it never holds one of the
+    /// pool's connections).
+    pub async fn listen(
+        pool: &sqlx::PgPool,
+        store: &PostgresStore,
+    ) -> Result<Self, es_store::Error> {
         let own = sqlx::postgres::PgPoolOptions::new()
             .max_connections(1)
             .connect_lazy_with((*pool.connect_options()).clone());
         let mut listener = sqlx::postgres::PgListener::connect_with(&own).await?;
-        listener.listen(channel).await?;
+        let channel = store.notification_channel();
+        listener.listen(&channel).await?;
+        register(store, &mut listener).await?;
         let (tx, wakeups) = watch::channel(0u64);
-        let channel = channel.to_owned();
+        let store = store.clone();
         let task = tokio::spawn(async move {
+            let mut refresh = tokio::time::interval(Duration::from_secs(10));
+            refresh.tick().await; // the first tick is now: registered already
             loop {
-                match listener.try_recv().await {
+                let received = tokio::select! {
+                    received = listener.try_recv() => received,
+                    _ = refresh.tick() => {
+                        if let Err(error) = register(&store, &mut listener).await {
+                            tracing::warn!(channel, %error, "could not refresh the listener registration");
+                        }
+                        continue;
+                    }
+                };
+                match received {
                     Ok(Some(_)) => {}
                     Ok(None) => {
                         tracing::debug!(channel, "notification connection lost, reconnecting");
+                        // Reconnects, listens again, registers the new connection.
+                        if let Err(error) = register(&store, &mut listener).await {
+                            tracing::warn!(channel, %error, "could not register after reconnecting");
+                        }
                     }
                     Err(sqlx::Error::PoolClosed) => return,
                     Err(error) => {
@@ -313,6 +337,16 @@ impl Notifier {
         rx.mark_unchanged();
         Wakeup(rx)
     }
+}
+
+/// Registers the listener's connection (connecting and listening again
+/// first if it was lost).
+async fn register(
+    store: &PostgresStore,
+    listener: &mut sqlx::postgres::PgListener,
+) -> Result<(), es_store::Error> {
+    let conn = sqlx::Acquire::acquire(&mut *listener).await?;
+    store.register_listener(conn).await
 }
 
 impl Drop for Notifier {

@@ -192,6 +192,29 @@ impl PostgresStore {
         self.inner.names.channel()
     }
 
+    /// Records the connection `conn` as listening to
+    /// [`notification_channel`](Self::notification_channel), for
+    /// 30 seconds: appends notify only while someone listens. A listener
+    /// calls it after `LISTEN` and then at least every 10 seconds (the
+    /// projection `Notifier` does).
+    ///
+    /// ```no_run
+    /// # async fn demo(mut conn: sqlx::PgConnection) -> Result<(), es_store::Error> {
+    /// let store = es_store::PostgresStore::new();
+    /// sqlx::query(sqlx::AssertSqlSafe(format!("LISTEN \"{}\"", store.notification_channel())))
+    ///     .execute(&mut conn)
+    ///     .await?;
+    /// store.register_listener(&mut conn).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn register_listener(&self, conn: &mut PgConnection) -> Result<()> {
+        sqlx::query(AssertSqlSafe(self.sql().register_listener.clone()))
+            .bind(self.notification_channel())
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
     /// The configured schema, if any.
     ///
     /// ```
@@ -334,11 +357,13 @@ impl PostgresStoreBuilder {
         self
     }
 
-    /// Whether each appending transaction sends a notification on
-    /// [`PostgresStore::notification_channel`] (default: yes), which live
-    /// projection processors listen to. PostgreSQL serializes the commits of
-    /// notifying transactions in a database; turn it off when no processor
-    /// listens (processors then find new events by polling).
+    /// Whether appending transactions send a notification on
+    /// [`PostgresStore::notification_channel`] (default: yes) while a
+    /// listener is registered (see [`PostgresStore::register_listener`]),
+    /// which live projection processors use. PostgreSQL serializes the
+    /// commits of notifying transactions in a database, so nothing is sent
+    /// while nobody listens; turn it off altogether to never pay for it
+    /// (processors then find new events by polling).
     pub fn notify_on_append(mut self, notify: bool) -> Self {
         self.notify = notify;
         self

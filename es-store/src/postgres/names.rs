@@ -111,6 +111,12 @@ impl Names {
         self.qualified(self.failures.as_str())
     }
 
+    /// Who listens to the appends' notifications: named after the events
+    /// table (at most 40 + 10 bytes).
+    pub(crate) fn listeners(&self) -> String {
+        self.qualified(&format!("{}_listeners", self.events.as_str()))
+    }
+
     /// The LISTEN/NOTIFY channel of this store's appends: derived from the
     /// qualified events table name, so every process agrees on it.
     pub(crate) fn channel(&self) -> String {

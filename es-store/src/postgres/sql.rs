@@ -15,8 +15,29 @@ pub(crate) fn migrations(names: &Names) -> Vec<(i64, &'static str, String)> {
         (1, "event store", migration_1(names)),
         (2, "snapshots", migration_2(names)),
         (3, "projection failures", migration_3(names)),
+        (4, "notification listeners", migration_4(names)),
     ]
 }
+
+fn migration_4(n: &Names) -> String {
+    let listeners = n.listeners();
+    format!(
+        r#"-- The connections listening to the appends' notifications. Appends
+-- notify only while someone listens: a notifying transaction takes a
+-- database-wide lock to commit, which writers should not pay for nothing.
+-- A listener refreshes its row; rows not seen for {LISTENER_TTL_SECONDS} seconds are ignored.
+CREATE TABLE {listeners} (
+    channel text        NOT NULL,
+    pid     integer     NOT NULL,
+    seen    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (channel, pid)
+);
+"#
+    )
+}
+
+/// How long a listener's registration counts without being refreshed.
+pub(crate) const LISTENER_TTL_SECONDS: u32 = 30;
 
 fn migration_3(n: &Names) -> String {
     let failures = n.failures();
@@ -144,6 +165,7 @@ pub(crate) struct Statements {
     pub(crate) record_failure: Arc<str>,
     pub(crate) list_failures: Arc<str>,
     pub(crate) head_position: Arc<str>,
+    pub(crate) register_listener: Arc<str>,
 }
 
 /// How an append's head CTE checks the expected version.
@@ -187,6 +209,17 @@ impl Statements {
             )
             .into(),
             head_position: format!("SELECT coalesce(max(global_position), 0) FROM {events}").into(),
+            register_listener: {
+                let listeners = n.listeners();
+                format!(
+                    "WITH expired AS (DELETE FROM {listeners} \
+                         WHERE seen < now() - interval '{LISTENER_TTL_SECONDS} seconds') \
+                     INSERT INTO {listeners} (channel, pid, seen) \
+                     VALUES ($1, pg_backend_pid(), now()) \
+                     ON CONFLICT (channel, pid) DO UPDATE SET seen = EXCLUDED.seen"
+                )
+                .into()
+            },
             load_snapshot: format!(
                 "SELECT version, schema_version, state, created_at FROM {snapshots} \
                  WHERE bounded_context = $1 AND aggregate_type = $2 AND aggregate_id = $3 \
@@ -347,9 +380,16 @@ fn append(n: &Names, check: HeadCheck) -> String {
     let guard_setting = format!("es.gap_guard_{tag}");
     let allocated = ALLOCATED;
     // Identical notifications of one transaction are folded into one by
-    // PostgreSQL, so a transaction appending many times notifies once.
+    // PostgreSQL, so a transaction appending many times notifies once; and
+    // nobody is notified while nobody listens.
     let notify = if n.notify {
-        format!(" AND pg_notify('{}', '')::text = ''", n.channel())
+        let (channel, listeners) = (n.channel(), n.listeners());
+        format!(
+            " AND CASE WHEN EXISTS (SELECT 1 FROM {listeners} \
+                  WHERE channel = '{channel}' \
+                    AND seen > now() - interval '{LISTENER_TTL_SECONDS} seconds') \
+                  THEN pg_notify('{channel}', '')::text = '' ELSE true END"
+        )
     } else {
         String::new()
     };
