@@ -69,6 +69,7 @@ mod sql;
 
 use std::sync::Arc;
 
+use futures_util::TryStreamExt;
 use serde_json::value::RawValue;
 use sqlx::postgres::{PgDatabaseError, PgRow};
 use sqlx::types::Json;
@@ -690,26 +691,27 @@ impl AggregateStreamReader for PostgresStore {
     {
         validate::aggregate(bounded_context, aggregate_type, aggregate_id)?;
         let (from, to) = validate::version_range(from_version, to_version)?;
-        let rows = sqlx::query(AssertSqlSafe(self.sql().fold_stream.clone()))
+        // Rows are folded as they arrive, not gathered first.
+        let mut rows = sqlx::query(AssertSqlSafe(self.sql().fold_stream.clone()))
             .bind(bounded_context)
             .bind(aggregate_type)
             .bind(aggregate_id)
             .bind(from)
             .bind(to)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(Error::from)?;
-        // The column types are those of our own query, so the per-value
-        // type checks are skipped.
-        for row in &rows {
+            .fetch(&mut *conn);
+        let mut visited = 0;
+        while let Some(row) = rows.try_next().await.map_err(Error::from)? {
+            // The column types are those of our own query, so the per-value
+            // type checks are skipped.
             visit(StoredEvent {
                 aggregate_version: row.try_get_unchecked(0).map_err(Error::from)?,
                 event_type: row.try_get_unchecked(1).map_err(Error::from)?,
                 event_version: row.try_get_unchecked(2).map_err(Error::from)?,
                 payload: jsonb_text(row.try_get_unchecked(3).map_err(Error::from)?)?,
             })?;
+            visited += 1;
         }
-        Ok(rows.len() as u64)
+        Ok(visited)
     }
 }
 
