@@ -56,6 +56,9 @@ const ALL: &[&str] = &[
     "catchup_1m",
 ];
 
+/// Events per batch of the catch-up, and per page of the plain read.
+const CATCHUP_BATCH: i64 = 5000;
+
 struct Config {
     workloads: Vec<String>,
     seconds: f64,
@@ -234,6 +237,7 @@ fn report(c: &Comparison, json: bool) {
                 "units_per_sec": s.ops_per_sec() * s.units_per_op as f64,
                 "p50_ms": ms(s.percentile(50.0)),
                 "p99_ms": ms(s.percentile(99.0)),
+                "max_ms": ms(s.percentile(100.0)),
                 "conflicts": s.conflicts,
                 "gave_up": s.failed,
             })
@@ -652,7 +656,7 @@ impl Bench {
         .expect("count");
 
         let started = Instant::now();
-        let read = self.plain.read_all(0, 1000).await;
+        let read = self.plain.read_all(0, CATCHUP_BATCH).await;
         let plain = Stats {
             ops: read,
             elapsed: started.elapsed(),
@@ -674,7 +678,7 @@ impl Bench {
                     table: table.clone(),
                 },
             )
-            .with_batch_size(1000)
+            .with_batch_size(CATCHUP_BATCH as u32)
             .with_durable_commits(durable);
             let started = Instant::now();
             // a rebuild: the read model is emptied and the checkpoint reset
