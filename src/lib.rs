@@ -1,10 +1,13 @@
-//! Event sourcing for Rust on PostgreSQL (or SQLite).
+#![doc = include_str!("../README.md")]
 //!
-//! This facade re-exports the framework's crates:
+//! # This crate
+//!
+//! The facade re-exports the framework's crates:
 //!
 //! - [`store`]: events, the store traits, the PostgreSQL store and the
 //!   SQLite store.
-//! - [`aggregate`]: aggregates, the repository, retries and snapshots.
+//! - [`aggregate`]: aggregates, the repository, retries, snapshots and
+//!   projections.
 //! - [`DomainEvent`]: the trait of typed event enums and its derive, which
 //!   `use es::DomainEvent;` brings in together.
 //!
