@@ -490,3 +490,79 @@ async fn concurrent_migrations_are_safe() {
     .unwrap();
     db.drop().await;
 }
+
+/// One store without a schema, used through two search paths in one
+/// transaction (as schema-per-tenant code does): each schema's readers must
+/// still wait for the transaction's append to their schema.
+#[tokio::test]
+async fn stores_found_through_the_search_path_guard_their_own_positions() {
+    let db = TestDb::new().await;
+    let (a, b) = (format!("{}_a", db.schema), format!("{}_b", db.schema));
+    let store = PostgresStore::new(); // unqualified names
+    let mut conn = db.pool.acquire().await.unwrap();
+    for schema in [&a, &b] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\"")))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SET search_path = \"{schema}\""
+        )))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+        store.migrate(&mut *conn).await.unwrap();
+    }
+    drop(conn);
+    let in_schema = async |schema: &str| {
+        let mut conn = db.pool.acquire().await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SET search_path = \"{schema}\""
+        )))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+        conn
+    };
+
+    // One transaction appends to a, then to b, and stays open.
+    let mut open = db.pool.begin().await.unwrap();
+    for schema in [&a, &b] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SET LOCAL search_path = \"{schema}\""
+        )))
+        .execute(&mut *open)
+        .await
+        .unwrap();
+        store
+            .append(&mut open, ExpectedVersion::Any, events("x", 1))
+            .await
+            .unwrap();
+    }
+    // Another appends to b and commits.
+    let mut other = in_schema(&b).await;
+    store
+        .append(&mut other, ExpectedVersion::Any, events("y", 1))
+        .await
+        .unwrap();
+    // b's reader waits for the open transaction's event in b.
+    let mut reader = in_schema(&b).await;
+    assert!(
+        store
+            .read_events(&mut reader, 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    open.commit().await.unwrap();
+    assert_eq!(
+        store.read_events(&mut reader, 0, 10).await.unwrap().len(),
+        2
+    );
+    drop((other, reader));
+    for schema in [&a, &b] {
+        db.execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .await;
+    }
+    db.drop().await;
+}

@@ -157,6 +157,12 @@ pub enum Error {
         level: String,
     },
 
+    /// The gap-safe global read ran on a standby (a server in recovery),
+    /// which cannot see which appends are in flight on the primary: read
+    /// the global feed from the primary.
+    #[error("read_events must run on the primary: a standby cannot see the appends in flight")]
+    ReadOnStandby,
+
     /// A payload or metadata value could not be serialized or deserialized.
     #[error("JSON (de)serialization failed: {0}")]
     Serialization(#[source] serde_json::Error),

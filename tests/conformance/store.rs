@@ -892,6 +892,17 @@ pub async fn checkpoint_claims_are_exclusive<F: Fixture>() {
         assert_eq!(store.claim_checkpoint(&mut *b, "q").await.unwrap(), Some(0));
         b.commit().await.unwrap();
         store.update_checkpoint(&mut *a, "p", 7).await.unwrap();
+        // not even once the holder has moved the checkpoint (an uncommitted
+        // new version of the row)
+        let mut e = db.pool().begin().await.unwrap();
+        let claimed = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            store.claim_checkpoint(&mut *e, "p"),
+        )
+        .await
+        .expect("the claim does not wait for the holder");
+        assert_eq!(claimed.unwrap(), None);
+        e.rollback().await.unwrap();
         a.commit().await.unwrap();
     }
     let mut c = db.pool().begin().await.unwrap();

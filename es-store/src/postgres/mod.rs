@@ -42,7 +42,7 @@
 //! The protocol. An appending transaction, before it draws its first
 //! position, reads the sequence's current value `v` and takes a
 //! transaction-level shared advisory lock on `(tag, v)` (the tag identifies
-//! this store's events table). All its positions are above `v`. The lock is
+//! this store's events table, see below). All its positions are above `v`. The lock is
 //! released when the transaction ends, after its commit became visible. A
 //! reader first reads the sequence's current value `a`, then the smallest
 //! `v` among the locks held (`pg_locks`), and then, in a later statement
@@ -62,7 +62,15 @@
 //!
 //! The reader needs a fresh snapshot per statement, so
 //! [`EventReader::read_events`] refuses to run in a REPEATABLE READ or
-//! SERIALIZABLE transaction ([`Error::UnsupportedIsolation`]).
+//! SERIALIZABLE transaction ([`Error::UnsupportedIsolation`]); and it needs
+//! to see the appenders' locks, so it refuses to run on a standby
+//! ([`Error::ReadOnStandby`]), which sees none.
+//!
+//! The tag is derived from the sequence's OID, so each events table has its
+//! own, even when several are reached through the search path; and a
+//! transaction that appends to several stores takes a lock in each (the
+//! transaction-local setting that spares the later appends of a transaction
+//! a lock records which sequence it was for).
 
 pub(crate) mod names;
 mod sql;
@@ -486,27 +494,21 @@ impl EventStore for PostgresStore {
                 events.len()
             ))));
         }
+        // Rows come back in insertion order; pairing them by version does
+        // not depend on it.
+        let mut stored = rows
+            .iter()
+            .map(|row| Ok((row.try_get::<i64, _>(1)?, row.try_get::<i64, _>(0)?)))
+            .collect::<Result<Vec<_>>>()?;
+        stored.sort_unstable();
         let mut persisted = Vec::with_capacity(events.len());
-        for (event, row) in events.into_iter().zip(&rows) {
-            persisted.push(PersistedEvent::new(event, row.try_get(1)?, row.try_get(0)?));
+        for (event, (version, position)) in events.into_iter().zip(stored) {
+            persisted.push(PersistedEvent::new(event, version, position));
         }
         Ok(AppendResult::new(persisted))
     }
 
     async fn lock_aggregate(
-        &self,
-        conn: &mut PgConnection,
-        bounded_context: &str,
-        aggregate_type: &str,
-        aggregate_id: &str,
-    ) -> Result<i64> {
-        self.lock_head(conn, bounded_context, aggregate_type, aggregate_id)
-            .await
-    }
-}
-
-impl PostgresStore {
-    async fn lock_head(
         &self,
         conn: &mut PgConnection,
         bounded_context: &str,
@@ -522,7 +524,9 @@ impl PostgresStore {
             .await?;
         Ok(version.unwrap_or(0))
     }
+}
 
+impl PostgresStore {
     /// Maps a failed append statement to the store's errors.
     fn append_error(&self, error: sqlx::Error, first: &Event, expected: ExpectedVersion) -> Error {
         let Some(db) = error.as_database_error() else {
@@ -735,6 +739,9 @@ impl PostgresStore {
         if isolation != "read committed" {
             return Err(Error::UnsupportedIsolation { level: isolation });
         }
+        if row.try_get::<bool, _>(3)? {
+            return Err(Error::ReadOnStandby);
+        }
         Ok(in_flight.map_or(allocated, |v| v.min(allocated)))
     }
 }
@@ -881,8 +888,17 @@ impl ProjectionStore for PostgresStore {
         if claimed.is_some() {
             return Ok(claimed);
         }
-        // Absent or held by someone else: creating it tells which (a row
-        // this transaction inserts is locked by it).
+        // Held by someone else, or absent. Only an absent one is created:
+        // inserting over a row another transaction has updated would wait
+        // for that transaction. (A row this transaction inserts is locked by
+        // it.)
+        let exists: bool = sqlx::query_scalar(AssertSqlSafe(self.sql().checkpoint_exists.clone()))
+            .bind(projection_name)
+            .fetch_one(&mut *conn)
+            .await?;
+        if exists {
+            return Ok(None);
+        }
         Ok(
             sqlx::query_scalar(AssertSqlSafe(self.sql().create_checkpoint.clone()))
                 .bind(projection_name)
@@ -952,6 +968,11 @@ impl ProjectionStore for PostgresStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_column_count_matches_the_column_list() {
+        assert_eq!(sql::EVENT_COLUMNS.split(", ").count(), EVENT_COLUMN_COUNT);
+    }
 
     #[test]
     fn parses_unique_violation_detail() {

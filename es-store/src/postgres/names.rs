@@ -142,13 +142,6 @@ impl Names {
     pub(crate) fn migrations_table(&self) -> String {
         self.qualified("_es_migrations")
     }
-
-    /// The tag that marks this store's advisory locks (15 bits, never 0):
-    /// FNV-1a of the qualified events table name, so every process that
-    /// opens the same table agrees on it without asking the database.
-    pub(crate) fn gap_tag(&self) -> i64 {
-        (fnv1a(self.events().as_bytes()) % 32_767) as i64 + 1
-    }
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -192,22 +185,5 @@ mod tests {
                 "{name}"
             );
         }
-    }
-
-    #[test]
-    fn gap_tag_is_stable_and_in_range() {
-        let names = |schema: Option<&str>| Names {
-            schema: schema.map(|s| Ident::new("schema", s, MAX_SCHEMA_NAME).unwrap()),
-            events: Ident::new("t", "events", 40).unwrap(),
-            heads: Ident::new("t", "aggregate_heads", 40).unwrap(),
-            checkpoints: Ident::new("t", "checkpoints", 40).unwrap(),
-            snapshots: Ident::new("t", "snapshots", 40).unwrap(),
-            failures: Ident::new("t", "projection_failures", 40).unwrap(),
-            notify: true,
-        };
-        let a = names(Some("a")).gap_tag();
-        assert_eq!(a, names(Some("a")).gap_tag());
-        assert!((1..=32_767).contains(&a));
-        assert_ne!(a, names(Some("b")).gap_tag());
     }
 }

@@ -134,6 +134,19 @@ CREATE TABLE {checkpoints} (
     )
 }
 
+/// The sequence's OID, in SQL (resolved once, when a statement is planned).
+fn sequence_oid(n: &Names) -> String {
+    format!("('{}'::regclass)::oid", n.sequence())
+}
+
+/// The tag that marks this store's advisory locks, in SQL: 15 bits, never
+/// 0, from the sequence's OID, so that stores in different schemas (even
+/// found through the search path) have different tags, and every process
+/// agrees on it.
+fn gap_tag(n: &Names) -> String {
+    format!("({}::bigint % 32767 + 1)", sequence_oid(n))
+}
+
 /// The highest position the sequence has handed out (0 before the first):
 /// every later `nextval` returns more.
 const ALLOCATED: &str = "CASE WHEN is_called THEN last_value ELSE last_value - 1 END";
@@ -162,6 +175,7 @@ pub(crate) struct Statements {
     pub(crate) save_snapshot: Arc<str>,
     pub(crate) claim_checkpoint: Arc<str>,
     pub(crate) create_checkpoint: Arc<str>,
+    pub(crate) checkpoint_exists: Arc<str>,
     pub(crate) record_failure: Arc<str>,
     pub(crate) list_failures: Arc<str>,
     pub(crate) head_position: Arc<str>,
@@ -184,11 +198,15 @@ impl Statements {
         let snapshots = n.snapshots();
         let failures = n.failures();
         let sequence = n.sequence();
-        let tag = n.gap_tag();
+        let tag = gap_tag(n);
         Statements {
             claim_checkpoint: format!(
                 "SELECT position FROM {checkpoints} WHERE projection_name = $1 \
                  FOR UPDATE SKIP LOCKED"
+            )
+            .into(),
+            checkpoint_exists: format!(
+                "SELECT EXISTS (SELECT 1 FROM {checkpoints} WHERE projection_name = $1)"
             )
             .into(),
             create_checkpoint: format!(
@@ -289,7 +307,8 @@ impl Statements {
                                           WHERE datname = current_database()) \
                         AND (l.classid::bigint >> 16) = {tag} \
                         AND l.pid IS DISTINCT FROM pg_backend_pid()) AS in_flight, \
-                     current_setting('transaction_isolation') AS isolation \
+                     current_setting('transaction_isolation') AS isolation, \
+                     pg_is_in_recovery() AS standby \
                  FROM (SELECT {ALLOCATED} AS allocated FROM {sequence}) s"
             )
             .into(),
@@ -348,7 +367,6 @@ fn append(n: &Names, check: HeadCheck) -> String {
     let events = n.events();
     let heads = n.heads();
     let sequence = n.sequence();
-    let tag = n.gap_tag();
     let not_stored = format!("NOT EXISTS (SELECT 1 FROM {events} WHERE event_id = ANY($5))");
     let head = match check {
         HeadCheck::NoStream => format!(
@@ -377,8 +395,10 @@ fn append(n: &Names, check: HeadCheck) -> String {
     // transaction draw higher positions, so the first lock covers them and
     // a long import does not fill the lock table. CASE fixes the evaluation
     // order.
-    let guard_setting = format!("es.gap_guard_{tag}");
+    // The setting holds the sequence's OID: a transaction that appends to
+    // two stores takes a lock for each.
     let allocated = ALLOCATED;
+    let oid = sequence_oid(n);
     // Identical notifications of one transaction are folded into one by
     // PostgreSQL, so a transaction appending many times notifies once; and
     // nobody is notified while nobody listens.
@@ -393,14 +413,14 @@ fn append(n: &Names, check: HeadCheck) -> String {
     } else {
         String::new()
     };
-    let tag_bits = tag << 48;
+    let tag = gap_tag(n);
     format!(
         "WITH head AS ({head}), \
          guard AS ( \
              SELECT h.base FROM head h \
-             WHERE CASE WHEN current_setting('{guard_setting}', true) = 'on' THEN true \
-                   ELSE pg_advisory_xact_lock_shared({tag_bits} + (SELECT {allocated} FROM {sequence}))::text = '' \
-                        AND set_config('{guard_setting}', 'on', true) = 'on' END{notify} \
+             WHERE CASE WHEN current_setting('es.gap_guard', true) = {oid}::text THEN true \
+                   ELSE pg_advisory_xact_lock_shared(({tag} << 48) + (SELECT {allocated} FROM {sequence}))::text = '' \
+                        AND set_config('es.gap_guard', {oid}::text, true) IS NOT NULL END{notify} \
          ) \
          INSERT INTO {events} (global_position, event_id, bounded_context, aggregate_type, \
              aggregate_id, aggregate_version, event_type, event_version, payload, metadata, \
