@@ -169,3 +169,59 @@ async fn a_retry_holds_the_aggregate_lock() {
     drop(repository);
     db.drop().await;
 }
+
+/// A snapshot that cannot be stored is only a cache miss: the command
+/// succeeds, and the caller's transaction goes on (the snapshot is written
+/// in a savepoint).
+#[tokio::test]
+async fn a_failed_snapshot_neither_fails_the_command_nor_aborts_the_transaction() {
+    use es::Repository;
+    use es::store::Metadata;
+
+    let db = support::TestDb::new().await;
+    let accounts =
+        Repository::<Account>::new(db.store.clone(), db.pool.clone()).with_snapshots(1, 1);
+    accounts
+        .execute(
+            "a",
+            &AccountCommand::Open {
+                owner: "Alice".into(),
+            },
+        )
+        .await
+        .unwrap();
+    // Storing a snapshot now fails (reading them still works).
+    db.execute(
+        "ALTER TABLE {schema}.snapshots ADD CONSTRAINT refuse CHECK (version < 0) NOT VALID",
+    )
+    .await;
+
+    // on a pooled connection
+    let done = accounts.execute("a", &deposit(5)).await.unwrap();
+    assert_eq!(done.version, 2);
+
+    // in the caller's transaction, next to the caller's own writes
+    db.execute("CREATE TABLE {schema}.audit (note text)").await;
+    let mut tx = db.pool.begin().await.unwrap();
+    accounts
+        .execute_in(&mut tx, "a", &deposit(1), &Metadata::default())
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(
+        db.sql("INSERT INTO {schema}.audit VALUES ('after')"),
+    ))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    accounts
+        .execute_in(&mut tx, "a", &deposit(1), &Metadata::default())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let loaded = accounts.load("a").await.unwrap();
+    assert_eq!((loaded.version, loaded.state.balance), (4, 7));
+    assert_eq!(db.count("SELECT count(*) FROM {events}").await, 4);
+    assert_eq!(db.count("SELECT count(*) FROM {schema}.audit").await, 1);
+    drop(accounts);
+    db.drop().await;
+}

@@ -281,7 +281,10 @@ pub struct Notifier {
 impl Notifier {
     /// Starts listening to `store`'s appends, on a connection of its own
     /// made with `pool`'s connect options (so it never holds one of the
-    /// pool's connections).
+    /// pool's connections). The pool's `after_connect` hook does not run on
+    /// it: a store without a schema must then find its tables through the
+    /// connect options' search path (`PgConnectOptions::options`), or be
+    /// given a schema.
     pub async fn listen(
         pool: &sqlx::PgPool,
         store: &PostgresStore,
@@ -543,9 +546,11 @@ where
             .collect()
     }
 
-    /// Handles every event there is (per partition, up to the feed's safe
-    /// position at the time), then returns. Waits for partitions another
-    /// processor is working on, so the read model is current on return.
+    /// Handles events until a read of every partition finds nothing more,
+    /// then returns: the read model is then current up to the feed's safe
+    /// position at that moment. Waits for partitions another processor is
+    /// working on. (Under appends that never pause it keeps going: use
+    /// [`run`](Self::run) to follow the feed.)
     pub async fn catch_up(&self) -> Result<CatchUp, ProjectionError> {
         let mut total = CatchUp::default();
         let mut pending = self.checkpoint_names();
@@ -561,9 +566,13 @@ where
                     {
                         Batch::Busy => {
                             still.push((key, filter));
+                            policy_attempts = 1;
                             break;
                         }
-                        Batch::Idle => break,
+                        Batch::Idle => {
+                            policy_attempts = 1;
+                            break;
+                        }
                         Batch::Retry => {}
                         Batch::Handled { events, skipped } => {
                             total.events += events;
@@ -614,7 +623,11 @@ where
                             store_failures = 0;
                         }
                         Ok(Batch::Busy | Batch::Idle) => {
-                            store_failures = 0;
+                            // A partition's retry budget is its own. (Store
+                            // failures are counted until a batch succeeds,
+                            // so one failing partition cannot hide behind
+                            // idle ones.)
+                            policy_attempts = 1;
                             break;
                         }
                         Err(ProjectionError::Store { source, .. })
@@ -799,7 +812,7 @@ where
             Err(failure) => {
                 // Release the claim before anything else claims it again.
                 self.rollback(tx).await?;
-                self.handle_failure(key, &page.events, failure, policy_attempts)
+                self.handle_failure(key, checkpoint, &page.events, failure, policy_attempts)
                     .instrument(span)
                     .await
             }
@@ -830,12 +843,15 @@ where
     async fn handle_failure(
         &self,
         key: &str,
+        start: i64,
         events: &[PersistedEvent],
         failure: BatchFailure,
         policy_attempts: &mut u32,
     ) -> Result<Batch, ProjectionError> {
-        let (index, error) = match failure.index {
-            Some(index) if index < events.len() => (index, failure.error),
+        // Whether the event at fault is known (a failure that no single
+        // event reproduces is blamed on the first, but never skipped).
+        let (index, error, known) = match failure.index {
+            Some(index) if index < events.len() => (index, failure.error, true),
             _ => self.find_failing_event(events, failure.error).await?,
         };
         let event = &events[index];
@@ -866,9 +882,10 @@ where
                 *policy_attempts += 1;
                 Ok(Batch::Retry)
             }
+            ErrorPolicy::Skip if !known => Err(give_up(*policy_attempts, error)),
             ErrorPolicy::Skip => {
                 match self
-                    .skip(key, &events[..index], event, &error.to_string())
+                    .skip(key, start, &events[..index], event, &error.to_string())
                     .await?
                 {
                     Some(handled) => Ok(Batch::Handled {
@@ -885,11 +902,13 @@ where
 
     /// Handles `before`, records `failed` as skipped and moves the
     /// checkpoint to it, in one transaction. Returns how many events it
-    /// handled, or `None` if it did nothing (the checkpoint was claimed by
-    /// another processor, or had moved).
+    /// handled, or `None` if it did nothing because the checkpoint is no
+    /// longer `start`, where the failed batch began (another processor
+    /// moved it, or a rebuild reset it).
     async fn skip(
         &self,
         key: &str,
+        start: i64,
         before: &[PersistedEvent],
         failed: &PersistedEvent,
         error: &str,
@@ -903,9 +922,7 @@ where
         else {
             return Ok(None);
         };
-        if failed.global_position <= checkpoint
-            || before.iter().any(|e| e.global_position <= checkpoint)
-        {
+        if checkpoint != start {
             self.rollback(tx).await?;
             return Ok(None);
         }
@@ -927,17 +944,19 @@ where
     }
 
     /// Replays a batch one event at a time, in a transaction that is rolled
-    /// back, to find which event a whole-batch failure came from.
+    /// back, to find which event a whole-batch failure came from. Returns
+    /// the event's index and error, and whether it was found (if every
+    /// event passes on its own, the first is blamed with the batch's error).
     async fn find_failing_event(
         &self,
         events: &[PersistedEvent],
         batch_error: HandlerError,
-    ) -> Result<(usize, HandlerError), ProjectionError> {
+    ) -> Result<(usize, HandlerError, bool), ProjectionError> {
         let mut tx = self.pool.begin().await.map_err(|e| self.store_error(e))?;
-        let mut found = (0, batch_error); // if every event passes on its own
+        let mut found = (0, batch_error, false);
         for (index, event) in events.iter().enumerate() {
             if let Err(error) = self.projection.handle(&mut tx, event).await {
-                found = (index, error);
+                found = (index, error, true);
                 break;
             }
         }

@@ -403,15 +403,8 @@ where
                     self.try_execute_locked(&mut conn, id, command, metadata, &mut loaded)
                         .await
                 } else {
-                    self.try_execute(
-                        &mut conn,
-                        id,
-                        command,
-                        metadata,
-                        Snapshotting::BestEffort,
-                        &mut loaded,
-                    )
-                    .await
+                    self.try_execute(&mut conn, id, command, metadata, &mut loaded)
+                        .await
                 };
                 match outcome {
                     Err(StoreAttempt::Store(error @ StoreError::OptimisticConcurrency { .. }))
@@ -469,14 +462,7 @@ where
         metadata: &Metadata,
     ) -> Result<Executed<A>, A> {
         match self
-            .try_execute(
-                conn,
-                id,
-                command,
-                metadata,
-                Snapshotting::Required,
-                &mut None,
-            )
+            .try_execute(conn, id, command, metadata, &mut None)
             .await
         {
             Ok(executed) => Ok(executed),
@@ -509,15 +495,8 @@ where
             .map_err(StoreAttempt::Store);
         let outcome = match locked {
             Ok(_) => {
-                self.try_execute(
-                    &mut tx,
-                    id,
-                    command,
-                    metadata,
-                    Snapshotting::Required,
-                    loaded,
-                )
-                .await
+                self.try_execute(&mut tx, id, command, metadata, loaded)
+                    .await
             }
             Err(error) => Err(error),
         };
@@ -542,7 +521,6 @@ where
         id: &str,
         command: &A::Command,
         metadata: &Metadata,
-        snapshotting: Snapshotting,
         loaded: &mut Option<Loaded<A>>,
     ) -> std::result::Result<Executed<A>, StoreAttempt<A::Error>> {
         let current = match loaded {
@@ -581,25 +559,18 @@ where
         if let Some(snapshots) = &self.snapshots
             && new_version / snapshots.every > version / snapshots.every
         {
-            let saved = self
+            // The snapshot is only a cache: its failure must neither fail
+            // the command nor abort the caller's transaction.
+            if let Err(error) = self
                 .save_snapshot(conn, snapshots, id, new_version, &state)
-                .await;
-            if let Err(error) = saved {
-                // A failed statement aborts the caller's transaction, so
-                // the caller must hear of it; otherwise the events are
-                // stored and the snapshot is only a cache.
-                let aborted = matches!(error, StoreError::Database(_));
-                match snapshotting {
-                    Snapshotting::Required if aborted => {
-                        return Err(StoreAttempt::Store(error));
-                    }
-                    _ => tracing::warn!(
-                        aggregate_id = id,
-                        version = new_version,
-                        %error,
-                        "could not store a snapshot"
-                    ),
-                }
+                .await
+            {
+                tracing::warn!(
+                    aggregate_id = id,
+                    version = new_version,
+                    %error,
+                    "could not store a snapshot"
+                );
             }
         }
         Ok(Executed {
@@ -611,6 +582,9 @@ where
         })
     }
 
+    /// Stores a snapshot in a transaction of its own, nested in the
+    /// caller's if there is one (a savepoint), so that a failure rolls back
+    /// nothing but the snapshot.
     async fn save_snapshot(
         &self,
         conn: &mut Connection<S>,
@@ -628,15 +602,15 @@ where
             snapshots.schema_version,
             json,
         );
-        self.store.save_snapshot(conn, &snapshot).await
+        let mut nested = sqlx::Connection::begin(conn).await?;
+        match self.store.save_snapshot(&mut nested, &snapshot).await {
+            Ok(()) => Ok(nested.commit().await?),
+            Err(error) => {
+                nested.rollback().await?;
+                Err(error)
+            }
+        }
     }
-}
-
-/// Whether a failed snapshot fails the command.
-#[derive(Clone, Copy)]
-enum Snapshotting {
-    Required,
-    BestEffort,
 }
 
 /// An attempt fails either in the store (a conflict may be retried) or for

@@ -4,7 +4,8 @@ use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
 
 /// How many times a command is tried on optimistic-concurrency conflicts,
-/// and how long to wait between tries.
+/// and how: under the aggregate's lock (the default), or optimistically
+/// again after a backoff.
 ///
 /// Each retry reloads the aggregate and handles the command again on the
 /// fresh state. Only conflicts are retried: a refused command or a database
@@ -47,8 +48,9 @@ pub enum Jitter {
 }
 
 impl Default for RetryPolicy {
-    /// 20 attempts, exponential backoff from 1 ms up to 200 ms with full
-    /// jitter: enough for a handful of writers hammering one aggregate.
+    /// 20 attempts; retries run under the aggregate's lock (see
+    /// [`with_lock_on_retry`](Self::with_lock_on_retry)), and without it
+    /// wait an exponential backoff from 1 ms up to 200 ms with full jitter.
     fn default() -> Self {
         Self::exponential(20, Duration::from_millis(1), Duration::from_millis(200))
     }
@@ -140,9 +142,10 @@ impl RetryPolicy {
     /// aggregate (default: yes). The first attempt is always optimistic;
     /// once it has lost a race, the aggregate is evidently contended, and
     /// retrying under the lock makes the writers queue instead of racing and
-    /// losing again. A handler that waits on another writer of the same
-    /// aggregate would wait forever under the lock: turn it off for such
-    /// handlers (they are not pure functions anyway).
+    /// losing again; they wait in the lock's queue instead of sleeping, so
+    /// the backoff only applies without it. A handler that waits on another
+    /// writer of the same aggregate would wait forever under the lock: turn
+    /// it off for such handlers (they are not pure functions anyway).
     ///
     /// ```
     /// # use es_aggregate::RetryPolicy;

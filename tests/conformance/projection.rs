@@ -28,6 +28,8 @@ pub struct Behaviour {
     /// Fail whole batches without saying which event (as a bulk writer
     /// would).
     pub whole_batch: std::sync::atomic::AtomicBool,
+    /// Fail every batch as a whole, although each event passes on its own.
+    pub batches_fail: std::sync::atomic::AtomicBool,
     /// Handler calls, failed ones included.
     pub calls: AtomicU64,
 }
@@ -112,6 +114,9 @@ impl<F: Fixture> Projection<F::Db> for Recorder<F> {
         tx: &mut <F::Db as sqlx::Database>::Connection,
         events: &[PersistedEvent],
     ) -> Result<(), BatchFailure> {
+        if self.behaviour.batches_fail.load(Ordering::SeqCst) {
+            return Err(BatchFailure::whole_batch("the batch as a whole is refused"));
+        }
         let whole = self.behaviour.whole_batch.load(Ordering::SeqCst);
         for (index, event) in events.iter().enumerate() {
             if let Err(error) = self.handle_one(tx, event).await {
@@ -509,6 +514,36 @@ pub async fn a_whole_batch_failure_is_traced_to_its_event<F: Fixture>() {
         "{err:?}"
     );
     assert!(db.handled().await.is_empty());
+    db.finish().await;
+}
+
+/// A batch that fails as a whole while each of its events passes alone
+/// names no event to skip: the skip policy stops instead of skipping an
+/// event that did nothing wrong.
+pub async fn the_skip_policy_skips_nothing_it_cannot_pin_down<F: Fixture>() {
+    let db = F::create().await;
+    db.create_read_model().await;
+    let events = append_events(&db, "Billing", "Account", 2, 6).await;
+    let behaviour = Arc::new(Behaviour::default());
+    behaviour.batches_fail.store(true, Ordering::SeqCst);
+    let p = processor(&db, Recorder::<F>::new("unpinned", "w", behaviour.clone()))
+        .with_error_policy(ErrorPolicy::Skip);
+    let err = p.catch_up().await.unwrap_err();
+    assert!(
+        matches!(&err, ProjectionError::Handler { event_id, .. } if *event_id == events[0].event_id),
+        "{err:?}"
+    );
+    let mut conn = db.pool().acquire().await.unwrap();
+    assert!(
+        db.store()
+            .failures(&mut *conn, "unpinned")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    drop(conn);
+    assert!(db.handled().await.is_empty());
+    assert_eq!(p.status().await.unwrap().checkpoint, 0);
     db.finish().await;
 }
 
