@@ -779,10 +779,15 @@ where
         }
         if page.events.is_empty() {
             if page.scanned_to > checkpoint {
+                // Nothing in this stretch of the feed: move past it, and
+                // look further.
                 self.commit_checkpoint(tx, key, page.scanned_to).await?;
-            } else {
-                self.rollback(tx).await?;
+                return Ok(Batch::Handled {
+                    events: 0,
+                    skipped: 0,
+                });
             }
+            self.rollback(tx).await?;
             return Ok(Batch::Idle);
         }
         let span = tracing::info_span!(

@@ -171,6 +171,7 @@ pub struct EventPage {
     /// How far the read looked: every event up to this position that
     /// passes the filter is in this page or an earlier one. A reader goes on
     /// from here, even when the page is empty, so a narrow filter does not
-    /// rescan the events it skipped.
+    /// rescan the events it skipped. A reader has caught up when a read
+    /// returns nothing and `scanned_to` stops moving.
     pub scanned_to: i64,
 }

@@ -312,18 +312,21 @@ impl Statements {
                  FROM (SELECT {ALLOCATED} AS allocated FROM {sequence}) s"
             )
             .into(),
-            // `+ 0` keeps the upper bound out of the index condition: a
-            // tight range looks small to the planner (always so right after
-            // a bulk load, before statistics catch up), which then prefers
-            // a bitmap scan and a sort of the whole range over walking the
-            // primary key until LIMIT rows are found.
+            // The inner query walks the primary key from the checkpoint, as
+            // a keyset read does; the safe bound is applied outside it. With
+            // the bound inside, a tight range looks small to the planner
+            // (always so right after a bulk load, before the statistics
+            // catch up), which then prefers a bitmap scan and a sort of
+            // everything in the range.
             read_events: format!(
-                "SELECT {EVENT_COLUMNS} FROM {events} \
-                 WHERE global_position > $1 AND global_position + 0 <= $2 \
-                   AND (cardinality($4::text[]) = 0 OR bounded_context = ANY($4)) \
-                   AND (cardinality($5::text[]) = 0 OR aggregate_type = ANY($5)) \
-                   AND ($6::bigint = 1 OR stream_hash % $6 = $7) \
-                 ORDER BY global_position LIMIT $3"
+                "SELECT * FROM ( \
+                     SELECT {EVENT_COLUMNS} FROM {events} \
+                     WHERE global_position > $1 \
+                       AND (cardinality($4::text[]) = 0 OR bounded_context = ANY($4)) \
+                       AND (cardinality($5::text[]) = 0 OR aggregate_type = ANY($5)) \
+                       AND ($6::bigint = 1 OR stream_hash % $6 = $7) \
+                     ORDER BY global_position LIMIT $3 \
+                 ) page WHERE global_position <= $2"
             )
             .into(),
             get_checkpoint: format!(
