@@ -318,8 +318,10 @@ async fn the_same_batch_sent_twice_at_once_is_stored_once() {
         for t in tasks {
             match t.await.unwrap() {
                 Ok(positions) => stored.push(positions),
+                // the loser ran in a transaction the unique constraint
+                // aborted, so it could not compare
                 Err(Error::EventIdConflict {
-                    reason: EventIdConflictReason::StoredConcurrently,
+                    reason: EventIdConflictReason::Unverified,
                     event_id,
                 }) => assert_eq!(event_id, batch[0].event_id),
                 Err(other) => panic!("unexpected {other:?}"),
@@ -480,7 +482,7 @@ async fn concurrent_migrations_are_safe() {
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert_eq!(applied, 4);
+    assert_eq!(applied, 5);
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP SCHEMA \"{}_m\" CASCADE",
         db.schema
@@ -564,5 +566,60 @@ async fn stores_found_through_the_search_path_guard_their_own_positions() {
         db.execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
             .await;
     }
+    db.drop().await;
+}
+
+/// Under `NoStream` and `Exact(n)` a reused id is caught by the unique
+/// constraint: inside the caller's transaction, which that aborts, the
+/// error says the id is stored but not what differs; nothing is written.
+#[tokio::test]
+async fn a_reused_id_inside_a_transaction_is_reported_unverified() {
+    let db = TestDb::new().await;
+    let stored = events("a", 1);
+    let mut conn = db.pool.acquire().await.unwrap();
+    db.store
+        .append(&mut conn, ExpectedVersion::NoStream, stored.clone())
+        .await
+        .unwrap();
+    drop(conn);
+    let mut reused = stored[0].clone();
+    reused.aggregate_id = "b".into();
+    for expected in [ExpectedVersion::NoStream, ExpectedVersion::Any] {
+        let mut tx = db.pool.begin().await.unwrap();
+        let err = db
+            .store
+            .append(&mut tx, expected, vec![reused.clone()])
+            .await
+            .unwrap_err();
+        match expected {
+            // Any looks for the ids first: precise, and the transaction goes on
+            ExpectedVersion::Any => {
+                assert!(
+                    matches!(
+                        &err,
+                        Error::EventIdConflict {
+                            reason: EventIdConflictReason::OtherAggregate(_),
+                            ..
+                        }
+                    ),
+                    "{err:?}"
+                );
+                sqlx::query("SELECT 1").execute(&mut *tx).await.unwrap();
+            }
+            _ => {
+                assert!(
+                    matches!(&err, Error::EventIdConflict { event_id, reason: EventIdConflictReason::Unverified } if *event_id == stored[0].event_id),
+                    "{err:?}"
+                );
+                assert!(
+                    sqlx::query("SELECT 1").execute(&mut *tx).await.is_err(),
+                    "aborted"
+                );
+            }
+        }
+        tx.rollback().await.unwrap();
+    }
+    assert_eq!(db.count("SELECT count(*) FROM {events}").await, 1);
+    assert_eq!(db.count("SELECT count(*) FROM {heads}").await, 1);
     db.drop().await;
 }

@@ -228,6 +228,10 @@ pub enum EventIdConflictReason {
     /// A concurrent append stored it while this one was running (the first
     /// of the two won; retrying this append returns its result).
     StoredConcurrently,
+    /// It is stored, and the append ran in a transaction that the refusal
+    /// aborted, so what differs could not be read: retry outside it (or in
+    /// a fresh transaction) for the details, or the stored result.
+    Unverified,
 }
 
 impl std::fmt::Display for EventIdConflictReason {
@@ -241,6 +245,9 @@ impl std::fmt::Display for EventIdConflictReason {
                 f.write_str("but the batch does not repeat one earlier append")
             }
             EventIdConflictReason::StoredConcurrently => f.write_str("by a concurrent append"),
+            EventIdConflictReason::Unverified => f.write_str(
+                "(the transaction was aborted before the stored event could be compared)",
+            ),
         }
     }
 }

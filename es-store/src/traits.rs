@@ -57,7 +57,11 @@ pub trait EventStore: Backend {
     /// events of the same aggregate in the same order, returns the stored
     /// result instead of writing again: retrying an append whose outcome was
     /// lost is safe. Reusing an id for anything else is
-    /// [`Error::EventIdConflict`](crate::Error::EventIdConflict).
+    /// [`Error::EventIdConflict`](crate::Error::EventIdConflict), saying
+    /// what differs; on PostgreSQL, when the reuse is caught by the unique
+    /// constraint inside the caller's transaction (under `NoStream` or
+    /// `Exact(n)`), that transaction is aborted and the reason is
+    /// [`Unverified`](crate::EventIdConflictReason::Unverified).
     ///
     /// Invalid input (no events, empty names, events of several aggregates,
     /// negative expected version, schema version below 1, an id twice in the

@@ -478,10 +478,26 @@ impl EventStore for PostgresStore {
             if let ExpectedVersion::Exact(version) = expected {
                 query = query.bind(version);
             }
-            query
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(|e| self.append_error(e, &events[0], expected))?
+            query.fetch_all(&mut *conn).await
+        };
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(error) => match self.append_error(error, &events[0], expected) {
+                // An id is stored already: outside a transaction, look at
+                // what is stored to say what differs (or to return the
+                // stored result, when the batch repeats it).
+                Error::EventIdConflict { event_id, .. } => {
+                    return match self.stored_events(conn, &events).await {
+                        Ok(stored) if !stored.is_empty() => replay::stored_result(&events, stored),
+                        // The transaction is aborted: nothing can be read.
+                        _ => Err(Error::EventIdConflict {
+                            event_id,
+                            reason: EventIdConflictReason::Unverified,
+                        }),
+                    };
+                }
+                other => return Err(other),
+            },
         };
         if rows.is_empty() {
             return self.resolve_refused_append(conn, expected, events).await;
@@ -560,30 +576,38 @@ impl PostgresStore {
     /// The append statement stored nothing: either the expected version did
     /// not match or some event ids are stored already. Decides which, and
     /// returns the stored result when the batch repeats one earlier append.
+    /// The stored events whose ids the batch uses, in batch order, each
+    /// with whether its type, schema version and payload equal the batch's.
+    async fn stored_events(
+        &self,
+        conn: &mut PgConnection,
+        events: &[Event],
+    ) -> Result<Vec<(PersistedEvent, bool)>> {
+        let columns = Columns::new(events);
+        sqlx::query(AssertSqlSafe(self.sql().stored_ids.clone()))
+            .bind(&columns.ids)
+            .bind(&columns.types)
+            .bind(&columns.versions)
+            .bind(&columns.payloads)
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok((
+                    decode_row(row)?,
+                    row.try_get::<bool, _>(EVENT_COLUMN_COUNT)?,
+                ))
+            })
+            .collect()
+    }
+
     async fn resolve_refused_append(
         &self,
         conn: &mut PgConnection,
         expected: ExpectedVersion,
         events: Vec<Event>,
     ) -> Result<AppendResult> {
-        let stored = {
-            let columns = Columns::new(&events);
-            sqlx::query(AssertSqlSafe(self.sql().stored_ids.clone()))
-                .bind(&columns.ids)
-                .bind(&columns.types)
-                .bind(&columns.versions)
-                .bind(&columns.payloads)
-                .fetch_all(&mut *conn)
-                .await?
-                .iter()
-                .map(|row| {
-                    Ok((
-                        decode_row(row)?,
-                        row.try_get::<bool, _>(EVENT_COLUMN_COUNT)?,
-                    ))
-                })
-                .collect::<Result<Vec<_>>>()?
-        };
+        let stored = self.stored_events(conn, &events).await?;
         if !stored.is_empty() {
             return replay::stored_result(&events, stored);
         }

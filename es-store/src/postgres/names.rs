@@ -117,6 +117,12 @@ impl Names {
         self.qualified(&format!("{}_listeners", self.events.as_str()))
     }
 
+    /// The function that tells whether any of some event ids is stored:
+    /// named after the events table (at most 40 + 11 bytes).
+    pub(crate) fn ids_stored_function(&self) -> String {
+        self.qualified(&format!("{}_ids_stored", self.events.as_str()))
+    }
+
     /// The LISTEN/NOTIFY channel of this store's appends: derived from the
     /// qualified events table name, so every process agrees on it.
     pub(crate) fn channel(&self) -> String {

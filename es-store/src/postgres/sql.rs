@@ -16,7 +16,28 @@ pub(crate) fn migrations(names: &Names) -> Vec<(i64, &'static str, String)> {
         (2, "snapshots", migration_2(names)),
         (3, "projection failures", migration_3(names)),
         (4, "notification listeners", migration_4(names)),
+        (5, "event id lookup", migration_5(names)),
     ]
+}
+
+fn migration_5(n: &Names) -> String {
+    let events = n.events();
+    let function = n.ids_stored_function();
+    format!(
+        r#"-- Whether any of some event ids is stored: the duplicate check of appends
+-- with ExpectedVersion::Any. It is a function (a SQL function with a SET clause is never
+-- inlined, so its query is planned afresh at each append, with the table's
+-- current size) because a plan cached by a prepared append while the table
+-- was nearly empty would look ids up with a sequential scan for as long as
+-- the connection lives, unless ANALYZE happens to invalidate it; and the
+-- index is the only sensible way to look up a few ids, whatever the
+-- statistics say.
+CREATE FUNCTION {function}(ids uuid[]) RETURNS boolean
+LANGUAGE sql STABLE
+SET enable_seqscan = off
+AS $$ SELECT EXISTS (SELECT 1 FROM {events} WHERE event_id = ANY(ids)) $$;
+"#
+    )
 }
 
 fn migration_4(n: &Names) -> String {
@@ -370,11 +391,16 @@ fn append(n: &Names, check: HeadCheck) -> String {
     let events = n.events();
     let heads = n.heads();
     let sequence = n.sequence();
-    let not_stored = format!("NOT EXISTS (SELECT 1 FROM {events} WHERE event_id = ANY($5))");
+    // Only `Any` looks for stored ids before writing: for it, a repeated
+    // batch would otherwise be appended again. Under `NoStream` and
+    // `Exact(n)` a repeated batch fails the version check (it moved the
+    // head), and an id reused for another event hits the unique constraint;
+    // both are resolved after the fact, so the common append pays nothing.
+    let not_stored = format!("NOT {}($5)", n.ids_stored_function());
     let head = match check {
         HeadCheck::NoStream => format!(
             "INSERT INTO {heads} AS h (bounded_context, aggregate_type, aggregate_id, version) \
-             SELECT $1, $2, $3, $4 WHERE {not_stored} \
+             VALUES ($1, $2, $3, $4) \
              ON CONFLICT DO NOTHING \
              RETURNING 0::bigint AS base"
         ),
@@ -388,7 +414,7 @@ fn append(n: &Names, check: HeadCheck) -> String {
         HeadCheck::Exact => format!(
             "UPDATE {heads} AS h SET version = h.version + $4 \
              WHERE h.bounded_context = $1 AND h.aggregate_type = $2 AND h.aggregate_id = $3 \
-               AND h.version = $15 AND {not_stored} \
+               AND h.version = $15 \
              RETURNING h.version - $4 AS base"
         ),
     };
