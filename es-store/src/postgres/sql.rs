@@ -385,8 +385,8 @@ fn prefixed(alias: &str, columns: &str) -> String {
 /// advisory lock is taken with the sequence's current value (`guard`), then
 /// positions are drawn with `nextval` for the inserted rows. If the head
 /// check fails, `head` is empty and nothing else happens: no lock, no
-/// position consumed. A batch whose ids are already stored also makes `head`
-/// empty; the caller then resolves what happened.
+/// position consumed. Under `Any`, a batch whose ids are already stored
+/// also makes `head` empty; the caller then resolves what happened.
 fn append(n: &Names, check: HeadCheck) -> String {
     let events = n.events();
     let heads = n.heads();
