@@ -203,23 +203,31 @@ async fn main() {
         .expect("drop schema");
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
+fn ms(d: Option<Duration>) -> Option<f64> {
+    d.map(|d| d.as_secs_f64() * 1000.0)
+}
+
+/// A latency column: milliseconds, or a dash when none was timed.
+fn column(d: Option<Duration>) -> String {
+    match ms(d) {
+        Some(ms) => format!("{ms:>8.3} ms"),
+        None => format!("{:>8}   ", "—"),
+    }
 }
 
 fn report(c: &Comparison, json: bool) {
     let ratio = c.framework.ops_per_sec() / c.plain.ops_per_sec().max(1e-9);
     let line = format!(
-        "{:<24} framework {:>10.1} {}/s  p50 {:>8.3} ms  p99 {:>8.3} ms | plain {:>10.1} {}/s  p50 {:>8.3} ms  p99 {:>8.3} ms | ratio {:.2}{}",
+        "{:<24} framework {:>10.1} {}/s  p50 {}  p99 {} | plain {:>10.1} {}/s  p50 {}  p99 {} | ratio {:.2}{}",
         c.workload,
         c.framework.ops_per_sec() * c.framework.units_per_op as f64,
         c.unit,
-        ms(c.framework.percentile(50.0)),
-        ms(c.framework.percentile(99.0)),
+        column(c.framework.percentile(50.0)),
+        column(c.framework.percentile(99.0)),
         c.plain.ops_per_sec() * c.plain.units_per_op as f64,
         c.unit,
-        ms(c.plain.percentile(50.0)),
-        ms(c.plain.percentile(99.0)),
+        column(c.plain.percentile(50.0)),
+        column(c.plain.percentile(99.0)),
         ratio,
         if c.note.is_empty() {
             String::new()

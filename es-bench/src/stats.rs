@@ -42,14 +42,15 @@ impl Stats {
         (self.ops - self.failed) as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
-    pub(crate) fn percentile(&self, p: f64) -> Duration {
+    /// `None` for a workload timed as a whole (catch-up), not per operation.
+    pub(crate) fn percentile(&self, p: f64) -> Option<Duration> {
         if self.latencies.is_empty() {
-            return Duration::ZERO;
+            return None;
         }
         let mut sorted = self.latencies.clone();
         sorted.sort_unstable();
         let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-        sorted[rank.min(sorted.len() - 1)]
+        Some(sorted[rank.min(sorted.len() - 1)])
     }
 }
 
