@@ -10,7 +10,6 @@ use support::TestDb;
 store_conformance_tests!(TestDb);
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use conformance::store::{event, events};
 use es::store::{
@@ -164,103 +163,6 @@ async fn read_events_refuses_snapshot_isolation() {
         );
     }
     db.drop().await;
-}
-
-/// Tiny deterministic PRNG (xorshift64*), so the stress test needs no crate.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// Writers commit in random order after random delays, some roll back, some
-/// write elsewhere first; readers follow the feed by position. Every reader
-/// must see exactly the committed events, in position order, none skipped.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_readers_never_skip_an_event() {
-    let db = Arc::new(TestDb::with_pool_size(16).await);
-    db.execute("CREATE TABLE {schema}.side (x int)").await;
-    const WRITERS: u64 = 8;
-    const TRANSACTIONS: u64 = 60;
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut readers = Vec::new();
-    for _ in 0..2 {
-        let (db, done) = (db.clone(), done.clone());
-        readers.push(tokio::spawn(async move {
-            let mut seen = Vec::new();
-            let mut from = 0;
-            loop {
-                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
-                let mut conn = db.pool.acquire().await.unwrap();
-                let page = db.store.read_events(&mut conn, from, 7).await.unwrap();
-                drop(conn);
-                if let Some(last) = page.last() {
-                    from = last.global_position;
-                }
-                let empty = page.is_empty();
-                seen.extend(page.into_iter().map(|e| e.global_position));
-                if finished && empty {
-                    return seen;
-                }
-                tokio::time::sleep(Duration::from_micros(300)).await;
-            }
-        }));
-    }
-    let mut writers = Vec::new();
-    for w in 0..WRITERS {
-        let db = db.clone();
-        writers.push(tokio::spawn(async move {
-            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (w + 1));
-            for _ in 0..TRANSACTIONS {
-                let mut tx = db.pool.begin().await.unwrap();
-                if rng.below(3) == 0 {
-                    sqlx::query(sqlx::AssertSqlSafe(
-                        db.sql("INSERT INTO {schema}.side VALUES (1)"),
-                    ))
-                    .execute(&mut *tx)
-                    .await
-                    .unwrap();
-                    tokio::time::sleep(Duration::from_micros(rng.below(2000))).await;
-                }
-                let id = format!("agg-{}", rng.below(5));
-                append_in(&db, &mut tx, &id, 1 + rng.below(3) as usize).await;
-                tokio::time::sleep(Duration::from_micros(rng.below(3000))).await;
-                if rng.below(10) == 0 {
-                    tx.rollback().await.unwrap();
-                } else {
-                    tx.commit().await.unwrap();
-                }
-            }
-        }));
-    }
-    for w in writers {
-        w.await.unwrap();
-    }
-    done.store(true, std::sync::atomic::Ordering::SeqCst);
-    let committed: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(
-        db.sql("SELECT global_position FROM {events} ORDER BY global_position"),
-    ))
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
-    assert!(committed.len() > 200);
-    for r in readers {
-        let seen = r.await.unwrap();
-        assert_eq!(
-            seen.len(),
-            committed.len(),
-            "a reader skipped or repeated events"
-        );
-        assert_eq!(seen, committed);
-    }
-    Arc::into_inner(db).unwrap().drop().await;
 }
 
 #[tokio::test]

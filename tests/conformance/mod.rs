@@ -43,6 +43,7 @@ macro_rules! store_conformance_tests {
             store::concurrent_exact_appends_have_one_winner_per_version,
             store::concurrent_creations_have_one_winner,
             store::concurrent_any_appends_all_succeed,
+            store::concurrent_readers_never_skip_an_event,
         );
     };
 }
