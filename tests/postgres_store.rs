@@ -384,7 +384,8 @@ async fn concurrent_migrations_are_safe() {
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert_eq!(applied, 5);
+    assert_eq!(applied, store.migrator().iter().count() as i64);
+    assert!(applied >= 6);
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP SCHEMA \"{}_m\" CASCADE",
         db.schema

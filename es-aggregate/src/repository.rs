@@ -4,7 +4,7 @@ use std::fmt;
 
 use es_store::{
     AggregateKey, AggregateStreamReader, Connection, DecodeError, DomainEvent, Error as StoreError,
-    EventStore, ExpectedVersion, Metadata, PostgresStore, Snapshot, SnapshotStore,
+    EventStore, ExpectedVersion, Metadata, PostgresStore, Snapshot, SnapshotStore, StoredEvent,
 };
 use serde_json::value::RawValue;
 use tracing::Instrument;
@@ -340,30 +340,61 @@ where
         if to_version.is_some_and(|to| to <= loaded.version) {
             return Ok(());
         }
+        self.fold_tail(conn, id, loaded, Tail::UpTo(to_version))
+            .await
+    }
+
+    /// Folds the events after `loaded.version` into it: up to a version,
+    /// or all of them after locking the aggregate.
+    async fn fold_tail(
+        &self,
+        conn: &mut Connection<S>,
+        id: &str,
+        loaded: &mut Loaded<A>,
+        tail: Tail,
+    ) -> Result<(), A> {
         let (bounded_context, aggregate_type) =
             (A::Event::BOUNDED_CONTEXT, A::Event::AGGREGATE_TYPE);
         let Loaded { state, version } = loaded;
-        self.store
-            .fold_aggregate_stream(
-                conn,
-                bounded_context,
-                aggregate_type,
-                id,
-                Some(*version + 1),
-                to_version,
-                |event| {
-                    let decoded =
-                        A::Event::decode_json(event.event_type, event.event_version, event.payload)
-                            .map_err(|source| RepositoryError::Decode {
-                                aggregate: AggregateKey::new(bounded_context, aggregate_type, id),
-                                source: Box::new(source),
-                            })?;
-                    state.apply(&decoded);
-                    *version = event.aggregate_version;
-                    Ok::<_, RepositoryError<A::Error>>(())
-                },
-            )
-            .await?;
+        let from = Some(*version + 1);
+        let visit = |event: StoredEvent<'_>| {
+            let decoded =
+                A::Event::decode_json(event.event_type, event.event_version, event.payload)
+                    .map_err(|source| RepositoryError::Decode {
+                        aggregate: AggregateKey::new(bounded_context, aggregate_type, id),
+                        source: Box::new(source),
+                    })?;
+            state.apply(&decoded);
+            *version = event.aggregate_version;
+            Ok::<_, RepositoryError<A::Error>>(())
+        };
+        match tail {
+            Tail::UpTo(to_version) => {
+                self.store
+                    .fold_aggregate_stream(
+                        conn,
+                        bounded_context,
+                        aggregate_type,
+                        id,
+                        from,
+                        to_version,
+                        visit,
+                    )
+                    .await?
+            }
+            Tail::Locked => {
+                self.store
+                    .lock_and_fold_aggregate_stream(
+                        conn,
+                        bounded_context,
+                        aggregate_type,
+                        id,
+                        from,
+                        visit,
+                    )
+                    .await?
+            }
+        };
         Ok(())
     }
 
@@ -403,7 +434,7 @@ where
                     self.try_execute_locked(&mut conn, id, command, metadata, &mut loaded)
                         .await
                 } else {
-                    self.try_execute(&mut conn, id, command, metadata, &mut loaded)
+                    self.try_execute(&mut conn, id, command, metadata, &mut loaded, Fresh::No)
                         .await
                 };
                 match outcome {
@@ -462,7 +493,7 @@ where
         metadata: &Metadata,
     ) -> Result<Executed<A>, A> {
         match self
-            .try_execute(conn, id, command, metadata, &mut None)
+            .try_execute(conn, id, command, metadata, &mut None, Fresh::No)
             .await
         {
             Ok(executed) => Ok(executed),
@@ -483,19 +514,27 @@ where
     ) -> std::result::Result<Executed<A>, StoreAttempt<A::Error>> {
         let store_error = |e: sqlx::Error| StoreAttempt::Store(StoreError::from(e));
         let mut tx = sqlx::Connection::begin(conn).await.map_err(store_error)?;
-        let locked = self
-            .store
-            .lock_aggregate(
-                &mut tx,
-                A::Event::BOUNDED_CONTEXT,
-                A::Event::AGGREGATE_TYPE,
-                id,
-            )
-            .await
-            .map_err(StoreAttempt::Store);
+        // Lock, then read what came since the lost attempt: one call.
+        let locked = match loaded {
+            Some(current) => self
+                .fold_tail(&mut tx, id, current, Tail::Locked)
+                .await
+                .map_err(StoreAttempt::from),
+            None => self
+                .store
+                .lock_aggregate(
+                    &mut tx,
+                    A::Event::BOUNDED_CONTEXT,
+                    A::Event::AGGREGATE_TYPE,
+                    id,
+                )
+                .await
+                .map(drop)
+                .map_err(StoreAttempt::Store),
+        };
         let outcome = match locked {
-            Ok(_) => {
-                self.try_execute(&mut tx, id, command, metadata, loaded)
+            Ok(()) => {
+                self.try_execute(&mut tx, id, command, metadata, loaded, Fresh::Yes)
                     .await
             }
             Err(error) => Err(error),
@@ -522,10 +561,13 @@ where
         command: &A::Command,
         metadata: &Metadata,
         loaded: &mut Option<Loaded<A>>,
+        fresh: Fresh,
     ) -> std::result::Result<Executed<A>, StoreAttempt<A::Error>> {
         let current = match loaded {
             Some(current) => {
-                self.catch_up(conn, id, current, None).await?;
+                if fresh == Fresh::No {
+                    self.catch_up(conn, id, current, None).await?;
+                }
                 current
             }
             None => loaded.insert(self.load_in(conn, id, None).await?),
@@ -611,6 +653,21 @@ where
             }
         }
     }
+}
+
+/// Which events after the loaded version to fold.
+enum Tail {
+    /// Those up to a version (all of them with `None`).
+    UpTo(Option<i64>),
+    /// All of them, after locking the aggregate.
+    Locked,
+}
+
+/// Whether the loaded state was just brought up to date.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fresh {
+    Yes,
+    No,
 }
 
 /// An attempt fails either in the store (a conflict may be retried) or for

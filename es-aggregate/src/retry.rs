@@ -145,9 +145,11 @@ impl RetryPolicy {
     /// losing again; they wait in the lock's queue instead of sleeping, so
     /// the backoff only applies without it. The trade-off, measured by
     /// `es-bench contended_c8` (8 writers on one aggregate): under the lock
-    /// nobody gives up and the p99 latency stays near 20 ms, against 260 ms
-    /// for optimistic retries, but the throughput is about 0.83 of theirs,
-    /// since a locked retry holds the lock over its read, append and commit.
+    /// nobody gives up and the p99 latency stays near 20 ms, against 200 ms
+    /// and more for optimistic retries, but the throughput is 0.85–0.88 of
+    /// theirs, since a locked retry holds the lock over three round trips
+    /// (lock and read in one, append, commit) where an optimistic winner
+    /// holds the head row over its append and commit.
     /// A handler that waits on another
     /// writer of the same aggregate would wait forever under the lock: turn
     /// it off for such handlers (they are not pure functions anyway).

@@ -189,6 +189,61 @@ pub trait AggregateStreamReader: Backend {
             Ok(stream.events.len() as u64)
         }
     }
+
+    /// Locks the aggregate until the caller's transaction ends, as
+    /// [`EventStore::lock_aggregate`] does, then visits its events from
+    /// `from_version` on, as [`fold_aggregate_stream`](Self::fold_aggregate_stream)
+    /// does: the retry of a command that lost a race. The read sees every
+    /// event committed before the lock was granted, including those of the
+    /// transaction it waited for.
+    ///
+    /// The default makes the two calls; PostgreSQL does both in one round
+    /// trip, which shortens the time a contended aggregate stays locked.
+    ///
+    /// ```no_run
+    /// use es_store::{AggregateStreamReader, PostgresStore};
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_store::Error> {
+    /// let store = PostgresStore::new();
+    /// let mut tx = pool.begin().await?;
+    /// let mut version = 0;
+    /// store
+    ///     .lock_and_fold_aggregate_stream(&mut *tx, "Billing", "Account", "acc-1", None, |event| {
+    ///         version = event.aggregate_version;
+    ///         Ok::<(), es_store::Error>(())
+    ///     })
+    ///     .await?;
+    /// // ... decide, append with ExpectedVersion::Exact(version), commit ...
+    /// # Ok(()) }
+    /// ```
+    fn lock_and_fold_aggregate_stream<F, E>(
+        &self,
+        conn: &mut Connection<Self>,
+        bounded_context: &str,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        from_version: Option<i64>,
+        visit: F,
+    ) -> impl Future<Output = std::result::Result<u64, E>> + Send
+    where
+        F: FnMut(StoredEvent<'_>) -> std::result::Result<(), E> + Send,
+        E: From<crate::Error> + Send,
+        Self: EventStore + Sized,
+    {
+        async move {
+            self.lock_aggregate(conn, bounded_context, aggregate_type, aggregate_id)
+                .await?;
+            self.fold_aggregate_stream(
+                conn,
+                bounded_context,
+                aggregate_type,
+                aggregate_id,
+                from_version,
+                None,
+                visit,
+            )
+            .await
+        }
+    }
 }
 
 /// One stored event as [`AggregateStreamReader::fold_aggregate_stream`]

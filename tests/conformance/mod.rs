@@ -44,6 +44,7 @@ macro_rules! store_conformance_tests {
             store::concurrent_creations_have_one_winner,
             store::concurrent_any_appends_all_succeed,
             store::concurrent_readers_never_skip_an_event,
+            store::the_next_locker_sees_what_the_holder_committed,
         );
     };
 }

@@ -1122,6 +1122,93 @@ pub async fn concurrent_any_appends_all_succeed<F: Fixture>() {
     Arc::into_inner(db).unwrap().finish().await;
 }
 
+/// A lock holder's events are seen by the next one to lock: the retry path
+/// of a contended command. The second locker waits for the first to end,
+/// then reads what it committed, and appends after it.
+pub async fn the_next_locker_sees_what_the_holder_committed<F: Fixture>() {
+    use std::time::Duration;
+
+    let db = Arc::new(F::create().await);
+    append(&*db, ExpectedVersion::NoStream, events("locked", 2))
+        .await
+        .unwrap();
+    let mut holder = db.pool().begin().await.unwrap();
+    let version = db
+        .store()
+        .lock_aggregate(&mut *holder, "Billing", "Account", "locked")
+        .await
+        .unwrap();
+    assert_eq!(version, 2);
+    db.store()
+        .append(&mut *holder, ExpectedVersion::Exact(2), events("locked", 1))
+        .await
+        .unwrap();
+    let waiter = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let mut tx = db.pool().begin().await.unwrap();
+            let mut seen = Vec::new();
+            db.store()
+                .lock_and_fold_aggregate_stream(
+                    &mut *tx,
+                    "Billing",
+                    "Account",
+                    "locked",
+                    Some(2),
+                    |event| {
+                        seen.push((event.aggregate_version, event.payload.to_owned()));
+                        Ok::<(), Error>(())
+                    },
+                )
+                .await
+                .unwrap();
+            let appended = db
+                .store()
+                .append(&mut *tx, ExpectedVersion::Exact(3), events("locked", 1))
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            (seen, appended.to_version())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiter.is_finished(),
+        "the second locker waits for the first"
+    );
+    holder.commit().await.unwrap();
+    let (seen, version) = waiter.await.unwrap();
+    let versions: Vec<i64> = seen.iter().map(|(v, _)| *v).collect();
+    assert_eq!(
+        versions,
+        [2, 3],
+        "the holder's event is read after the wait"
+    );
+    let payload: serde_json::Value = serde_json::from_str(&seen[1].1).unwrap();
+    assert_eq!(payload, json!({ "n": 0 }));
+    assert_eq!(version, 4);
+    assert_eq!(stream(&*db, "locked").await.version(), 4);
+
+    // an aggregate without events: nothing to lock, nothing to read
+    let mut tx = db.pool().begin().await.unwrap();
+    let visited = db
+        .store()
+        .lock_and_fold_aggregate_stream(&mut *tx, "Billing", "Account", "nobody", None, |_| {
+            Ok::<(), Error>(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(visited, 0);
+    let err = db
+        .store()
+        .lock_and_fold_aggregate_stream(&mut *tx, "Billing", "", "x", None, |_| Ok::<(), Error>(()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::EmptyName { .. }), "{err:?}");
+    tx.rollback().await.unwrap();
+    Arc::into_inner(db).unwrap().finish().await;
+}
+
 /// Tiny deterministic PRNG (xorshift64*), so the stress test needs no crate.
 struct Rng(u64);
 

@@ -711,7 +711,7 @@ impl AggregateStreamReader for PostgresStore {
         aggregate_id: &str,
         from_version: Option<i64>,
         to_version: Option<i64>,
-        mut visit: F,
+        visit: F,
     ) -> std::result::Result<u64, E>
     where
         F: FnMut(StoredEvent<'_>) -> std::result::Result<(), E> + Send,
@@ -719,28 +719,65 @@ impl AggregateStreamReader for PostgresStore {
     {
         validate::aggregate(bounded_context, aggregate_type, aggregate_id)?;
         let (from, to) = validate::version_range(from_version, to_version)?;
-        // Rows are folded as they arrive, not gathered first.
-        let mut rows = sqlx::query(AssertSqlSafe(self.sql().fold_stream.clone()))
+        let query = sqlx::query(AssertSqlSafe(self.sql().fold_stream.clone()))
             .bind(bounded_context)
             .bind(aggregate_type)
             .bind(aggregate_id)
             .bind(from)
-            .bind(to)
-            .fetch(&mut *conn);
-        let mut visited = 0;
-        while let Some(row) = rows.try_next().await.map_err(Error::from)? {
-            // The column types are those of our own query, so the per-value
-            // type checks are skipped.
-            visit(StoredEvent {
-                aggregate_version: row.try_get_unchecked(0).map_err(Error::from)?,
-                event_type: row.try_get_unchecked(1).map_err(Error::from)?,
-                event_version: row.try_get_unchecked(2).map_err(Error::from)?,
-                payload: jsonb_text(row.try_get_unchecked(3).map_err(Error::from)?)?,
-            })?;
-            visited += 1;
-        }
-        Ok(visited)
+            .bind(to);
+        visit_rows(query.fetch(&mut *conn), visit).await
     }
+
+    /// One round trip: a function locks the head row, then reads the
+    /// events in a statement of its own, whose snapshot is taken after the
+    /// lock was granted (see migration 6).
+    async fn lock_and_fold_aggregate_stream<F, E>(
+        &self,
+        conn: &mut PgConnection,
+        bounded_context: &str,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        from_version: Option<i64>,
+        visit: F,
+    ) -> std::result::Result<u64, E>
+    where
+        F: FnMut(StoredEvent<'_>) -> std::result::Result<(), E> + Send,
+        E: From<Error> + Send,
+    {
+        validate::aggregate(bounded_context, aggregate_type, aggregate_id)?;
+        let (from, _) = validate::version_range(from_version, None)?;
+        let query = sqlx::query(AssertSqlSafe(self.sql().locked_tail.clone()))
+            .bind(bounded_context)
+            .bind(aggregate_type)
+            .bind(aggregate_id)
+            .bind(from);
+        visit_rows(query.fetch(&mut *conn), visit).await
+    }
+}
+
+/// Visits rows of (aggregate_version, event_type, event_version, payload)
+/// as they arrive, not gathered first.
+async fn visit_rows<F, E>(
+    mut rows: impl futures_util::Stream<Item = std::result::Result<PgRow, sqlx::Error>> + Unpin,
+    mut visit: F,
+) -> std::result::Result<u64, E>
+where
+    F: FnMut(StoredEvent<'_>) -> std::result::Result<(), E>,
+    E: From<Error>,
+{
+    let mut visited = 0;
+    while let Some(row) = rows.try_next().await.map_err(Error::from)? {
+        // The column types are those of our own queries, so the per-value
+        // type checks are skipped.
+        visit(StoredEvent {
+            aggregate_version: row.try_get_unchecked(0).map_err(Error::from)?,
+            event_type: row.try_get_unchecked(1).map_err(Error::from)?,
+            event_version: row.try_get_unchecked(2).map_err(Error::from)?,
+            payload: jsonb_text(row.try_get_unchecked(3).map_err(Error::from)?)?,
+        })?;
+        visited += 1;
+    }
+    Ok(visited)
 }
 
 impl PostgresStore {

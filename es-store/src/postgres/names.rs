@@ -123,6 +123,12 @@ impl Names {
         self.qualified(&format!("{}_ids_stored", self.events.as_str()))
     }
 
+    /// The function that locks an aggregate's head and then reads its
+    /// events: named after the events table (at most 40 + 12 bytes).
+    pub(crate) fn locked_tail_function(&self) -> String {
+        self.qualified(&format!("{}_locked_tail", self.events.as_str()))
+    }
+
     /// The LISTEN/NOTIFY channel of this store's appends: derived from the
     /// qualified events table name, so every process agrees on it.
     pub(crate) fn channel(&self) -> String {

@@ -17,7 +17,40 @@ pub(crate) fn migrations(names: &Names) -> Vec<(i64, &'static str, String)> {
         (3, "projection failures", migration_3(names)),
         (4, "notification listeners", migration_4(names)),
         (5, "event id lookup", migration_5(names)),
+        (6, "locked tail", migration_6(names)),
     ]
+}
+
+fn migration_6(n: &Names) -> String {
+    let (events, heads) = (n.events(), n.heads());
+    let function = n.locked_tail_function();
+    format!(
+        r#"-- Locks an aggregate's head row until the caller's transaction ends, then
+-- reads its events from version from_version on: the retry of a contended
+-- command, in one round trip. The read must see what the previous holder of
+-- the lock committed while this call waited for it, which one statement
+-- cannot do (its snapshot is taken before the wait): each statement of a
+-- VOLATILE function takes a snapshot of its own, so the read, after the
+-- lock, sees it.
+CREATE FUNCTION {function}(
+    context text, kind text, id text, from_version bigint
+) RETURNS TABLE (aggregate_version bigint, event_type text, event_version integer, payload jsonb)
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    PERFORM 1 FROM {heads} h
+    WHERE h.bounded_context = context AND h.aggregate_type = kind AND h.aggregate_id = id
+    FOR UPDATE;
+    RETURN QUERY
+    SELECT e.aggregate_version, e.event_type, e.event_version, e.payload
+    FROM {events} e
+    WHERE e.bounded_context = context AND e.aggregate_type = kind AND e.aggregate_id = id
+      AND e.aggregate_version >= from_version
+    ORDER BY e.aggregate_version;
+END
+$$;
+"#
+    )
 }
 
 fn migration_5(n: &Names) -> String {
@@ -188,6 +221,7 @@ pub(crate) struct Statements {
     pub(crate) lock_head: Arc<str>,
     pub(crate) read_stream: Arc<str>,
     pub(crate) fold_stream: Arc<str>,
+    pub(crate) locked_tail: Arc<str>,
     pub(crate) read_horizon: Arc<str>,
     pub(crate) read_events: Arc<str>,
     pub(crate) get_checkpoint: Arc<str>,
@@ -313,6 +347,12 @@ impl Statements {
                  WHERE bounded_context = $1 AND aggregate_type = $2 AND aggregate_id = $3 \
                    AND aggregate_version BETWEEN $4 AND $5 \
                  ORDER BY aggregate_version"
+            )
+            .into(),
+            locked_tail: format!(
+                "SELECT aggregate_version, event_type, event_version, payload \
+                 FROM {}($1, $2, $3, $4)",
+                n.locked_tail_function()
             )
             .into(),
             // The sequence is read first (FROM), the in-flight locks second
