@@ -1,6 +1,9 @@
 //! Loading aggregates and executing commands against the store.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use es_store::{
     AggregateKey, AggregateStreamReader, Connection, DecodeError, DomainEvent, Error as StoreError,
@@ -160,6 +163,7 @@ pub struct Repository<A: Aggregate, S: es_store::Backend = PostgresStore> {
     pool: sqlx::Pool<S::Database>,
     retry: RetryPolicy,
     snapshots: Option<Snapshots<A>>,
+    contended: Arc<Contended>,
 }
 
 impl<A: Aggregate, S: es_store::Backend + Clone> Clone for Repository<A, S> {
@@ -169,6 +173,7 @@ impl<A: Aggregate, S: es_store::Backend + Clone> Clone for Repository<A, S> {
             pool: self.pool.clone(),
             retry: self.retry,
             snapshots: self.snapshots.clone(),
+            contended: self.contended.clone(),
         }
     }
 }
@@ -196,6 +201,7 @@ where
             pool,
             retry: RetryPolicy::default(),
             snapshots: None,
+            contended: Arc::default(),
         }
     }
 
@@ -268,18 +274,29 @@ where
                 value: to,
             }));
         }
-        let mut loaded = match &self.snapshots {
-            Some(snapshots) => {
-                self.start_from_snapshot(conn, snapshots, id, to_version)
-                    .await?
-            }
-            None => Loaded {
-                state: A::default(),
-                version: 0,
-            },
-        };
+        let mut loaded = self.starting_point(conn, id, to_version).await?;
         self.catch_up(conn, id, &mut loaded, to_version).await?;
         Ok(loaded)
+    }
+
+    /// Where folding starts: the latest usable snapshot at or below
+    /// `to_version` when snapshots are on, else the default state.
+    async fn starting_point(
+        &self,
+        conn: &mut Connection<S>,
+        id: &str,
+        to_version: Option<i64>,
+    ) -> Result<Loaded<A>, A> {
+        match &self.snapshots {
+            Some(snapshots) => {
+                self.start_from_snapshot(conn, snapshots, id, to_version)
+                    .await
+            }
+            None => Ok(Loaded {
+                state: A::default(),
+                version: 0,
+            }),
+        }
     }
 
     /// The state in the aggregate's latest usable snapshot at or below
@@ -429,8 +446,13 @@ where
             // the next attempt only folds the events that came since.
             let mut loaded = None;
             let mut attempt = 1;
+            let window = self.retry.contention_window();
+            let lock = self.retry.lock_on_retry();
+            // Recently contended: skip the optimistic attempt, which would
+            // most likely lose.
+            let start_locked = lock && self.contended.is_contended(id, window);
             loop {
-                let outcome = if attempt > 1 && self.retry.lock_on_retry() {
+                let outcome = if lock && (attempt > 1 || start_locked) {
                     self.try_execute_locked(&mut conn, id, command, metadata, &mut loaded)
                         .await
                 } else {
@@ -441,9 +463,12 @@ where
                     Err(StoreAttempt::Store(error @ StoreError::OptimisticConcurrency { .. }))
                         if attempt < self.retry.max_attempts() =>
                     {
+                        if lock {
+                            self.contended.record(id, window);
+                        }
                         // A locked retry waits in the aggregate's lock queue
                         // instead of sleeping.
-                        let backoff = if self.retry.lock_on_retry() {
+                        let backoff = if lock {
                             std::time::Duration::ZERO
                         } else {
                             self.retry.backoff(attempt)
@@ -513,25 +538,19 @@ where
         loaded: &mut Option<Loaded<A>>,
     ) -> std::result::Result<Executed<A>, StoreAttempt<A::Error>> {
         let store_error = |e: sqlx::Error| StoreAttempt::Store(StoreError::from(e));
-        let mut tx = sqlx::Connection::begin(conn).await.map_err(store_error)?;
-        // Lock, then read what came since the lost attempt: one call.
-        let locked = match loaded {
-            Some(current) => self
-                .fold_tail(&mut tx, id, current, Tail::Locked)
-                .await
-                .map_err(StoreAttempt::from),
-            None => self
-                .store
-                .lock_aggregate(
-                    &mut tx,
-                    A::Event::BOUNDED_CONTEXT,
-                    A::Event::AGGREGATE_TYPE,
-                    id,
-                )
-                .await
-                .map(drop)
-                .map_err(StoreAttempt::Store),
+        // A first attempt starts from the snapshot, read before the
+        // transaction: on SQLite a read would keep it from waiting for the
+        // lock.
+        let current = match loaded {
+            Some(current) => current,
+            None => loaded.insert(self.starting_point(conn, id, None).await?),
         };
+        let mut tx = sqlx::Connection::begin(conn).await.map_err(store_error)?;
+        // Lock, then read what came since: one call.
+        let locked = self
+            .fold_tail(&mut tx, id, current, Tail::Locked)
+            .await
+            .map_err(StoreAttempt::from);
         let outcome = match locked {
             Ok(()) => {
                 self.try_execute(&mut tx, id, command, metadata, loaded, Fresh::Yes)
@@ -652,6 +671,49 @@ where
                 Err(error)
             }
         }
+    }
+}
+
+/// The aggregates of one repository that conflicted recently, with when.
+#[derive(Debug, Default)]
+struct Contended {
+    seen: Mutex<HashMap<String, Instant>>,
+}
+
+impl Contended {
+    /// How many aggregates are remembered at most; past it, those whose
+    /// window ended are forgotten, and if that is not enough, all.
+    const CAPACITY: usize = 4096;
+
+    /// Whether `id` conflicted less than `window` ago.
+    fn is_contended(&self, id: &str, window: Duration) -> bool {
+        if window.is_zero() {
+            return false;
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        match seen.get(id) {
+            Some(at) if at.elapsed() < window => true,
+            Some(_) => {
+                seen.remove(id);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Remembers that `id` conflicted now.
+    fn record(&self, id: &str, window: Duration) {
+        if window.is_zero() {
+            return;
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= Self::CAPACITY && !seen.contains_key(id) {
+            seen.retain(|_, at| at.elapsed() < window);
+            if seen.len() >= Self::CAPACITY {
+                seen.clear();
+            }
+        }
+        seen.insert(id.to_owned(), Instant::now());
     }
 }
 

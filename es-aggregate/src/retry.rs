@@ -32,7 +32,11 @@ pub struct RetryPolicy {
     multiplier: f64,
     jitter: Jitter,
     lock_on_retry: bool,
+    contention_window: Duration,
 }
+
+/// How long an aggregate counts as contended after a conflict, by default.
+const CONTENTION_WINDOW: Duration = Duration::from_secs(1);
 
 /// How a backoff is randomised, so that writers who collided do not
 /// collide again in lockstep.
@@ -77,6 +81,7 @@ impl RetryPolicy {
             multiplier: 1.0,
             jitter: Jitter::None,
             lock_on_retry: true,
+            contention_window: CONTENTION_WINDOW,
         }
     }
 
@@ -90,6 +95,7 @@ impl RetryPolicy {
             multiplier: 2.0,
             jitter: Jitter::Full,
             lock_on_retry: true,
+            contention_window: CONTENTION_WINDOW,
         }
     }
 
@@ -109,6 +115,7 @@ impl RetryPolicy {
             multiplier: 1.0,
             jitter: Jitter::None,
             lock_on_retry: true,
+            contention_window: CONTENTION_WINDOW,
         }
     }
 
@@ -139,8 +146,9 @@ impl RetryPolicy {
     }
 
     /// Whether a retry runs in a transaction that first locks the
-    /// aggregate (default: yes). The first attempt is always optimistic;
-    /// once it has lost a race, the aggregate is evidently contended, and
+    /// aggregate (default: yes). The first attempt is optimistic (unless
+    /// the aggregate conflicted moments ago); once it has lost a race, the
+    /// aggregate is evidently contended, and
     /// retrying under the lock makes the writers queue instead of racing and
     /// losing again; they wait in the lock's queue instead of sleeping, so
     /// the backoff only applies without it. The trade-off, measured by
@@ -150,9 +158,10 @@ impl RetryPolicy {
     /// theirs, since a locked retry holds the lock over three round trips
     /// (lock and read in one, append, commit) where an optimistic winner
     /// holds the head row over its append and commit.
-    /// A handler that waits on another
-    /// writer of the same aggregate would wait forever under the lock: turn
-    /// it off for such handlers (they are not pure functions anyway).
+    /// See also [`with_contention_window`](Self::with_contention_window).
+    /// A handler that waits on another writer of the same aggregate would
+    /// wait forever under the lock: turn it off for such handlers (they are
+    /// not pure functions anyway).
     ///
     /// ```
     /// # use es_aggregate::RetryPolicy;
@@ -162,6 +171,39 @@ impl RetryPolicy {
     pub fn with_lock_on_retry(mut self, lock: bool) -> Self {
         self.lock_on_retry = lock;
         self
+    }
+
+    /// How long, after a conflict on an aggregate, the repository's next
+    /// commands on it start under the lock instead of trying optimistically
+    /// first (default: 1 s; zero turns it off). Only with
+    /// [`lock_on_retry`](Self::with_lock_on_retry).
+    ///
+    /// On an aggregate many writers hammer, most optimistic first attempts
+    /// lose and are thrown away; starting under the lock saves that work.
+    /// `es-bench contended_c8` (8 writers on one aggregate): 1.04–1.07 of
+    /// the throughput of hand-written optimistic retries with it, 0.86–0.88
+    /// without. An aggregate that has not conflicted for the window goes
+    /// back to optimistic first attempts, which cost no transaction. The
+    /// memory is per repository (shared by its clones), bounded, and not
+    /// shared between processes.
+    ///
+    /// ```
+    /// # use es_aggregate::RetryPolicy;
+    /// # use std::time::Duration;
+    /// let policy = RetryPolicy::default();
+    /// assert_eq!(policy.contention_window(), Duration::from_secs(1));
+    /// let never = policy.with_contention_window(Duration::ZERO);
+    /// assert_eq!(never.contention_window(), Duration::ZERO);
+    /// ```
+    pub fn with_contention_window(mut self, window: Duration) -> Self {
+        self.contention_window = window;
+        self
+    }
+
+    /// How long an aggregate counts as contended after a conflict; see
+    /// [`with_contention_window`](Self::with_contention_window).
+    pub fn contention_window(&self) -> Duration {
+        self.contention_window
     }
 
     /// Whether retries lock the aggregate; see

@@ -82,6 +82,7 @@ macro_rules! repository_conformance_tests {
             repository::metadata_lands_on_every_event,
             repository::eight_concurrent_depositors_end_with_the_exact_balance,
             repository::conflicts_are_retried_up_to_the_policy_with_backoff,
+            repository::a_recently_contended_aggregate_starts_under_the_lock,
             repository::jitter_policies_are_honoured,
             repository::execute_in_commits_and_rolls_back_with_the_caller,
             repository::snapshots_give_the_same_state_as_full_folds,

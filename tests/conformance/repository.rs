@@ -251,6 +251,64 @@ pub async fn eight_concurrent_depositors_end_with_the_exact_balance<F: Fixture>(
     db.finish().await;
 }
 
+/// After a conflict, the repository's next command on the same aggregate
+/// starts under the lock (no optimistic attempt to lose), for the policy's
+/// contention window; with a zero window it tries optimistically first.
+pub async fn a_recently_contended_aggregate_starts_under_the_lock<F: Fixture>() {
+    let db = Arc::new(F::create().await);
+    let accounts = repository(&*db);
+    accounts.execute("hot", &open("Hot")).await.unwrap();
+
+    // Another writer locks the aggregate and appends; the command waits for
+    // it and returns how many attempts it took.
+    async fn with_holder<F: Fixture>(db: &Arc<F>, accounts: &Repository<Account, F::Store>) -> u32 {
+        let mut holder = db.pool().begin().await.unwrap();
+        let version = db
+            .store()
+            .lock_aggregate(&mut *holder, "Billing", "Account", "hot")
+            .await
+            .unwrap();
+        let event = Event::new(
+            "Billing",
+            "Account",
+            "hot",
+            "Deposited",
+            &serde_json::json!({"amount": 1}),
+        )
+        .unwrap();
+        db.store()
+            .append(&mut *holder, ExpectedVersion::Exact(version), vec![event])
+            .await
+            .unwrap();
+        let command = {
+            let accounts = accounts.clone();
+            tokio::spawn(async move { accounts.execute("hot", &deposit(10)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!command.is_finished(), "the command waits for the holder");
+        holder.commit().await.unwrap();
+        command.await.unwrap().unwrap().attempts
+    }
+
+    // optimistic first: it reads, then loses to the holder, then retries
+    assert_eq!(with_holder(&db, &accounts).await, 2);
+    // contended moments ago: it starts under the lock and cannot lose
+    assert_eq!(with_holder(&db, &accounts).await, 1);
+    // a clone shares the memory
+    assert_eq!(with_holder(&db, &accounts.clone()).await, 1);
+    // without a window, every command tries optimistically first
+    let optimistic = accounts
+        .clone()
+        .with_retry_policy(RetryPolicy::default().with_contention_window(Duration::ZERO));
+    assert_eq!(with_holder(&db, &optimistic).await, 2);
+    // each command's deposit and each holder's
+    let account = accounts.load("hot").await.unwrap();
+    assert_eq!(account.state.balance, 4 * 10 + 4);
+    assert_eq!(account.version, 1 + 4 * 2);
+    drop((accounts, optimistic));
+    Arc::into_inner(db).unwrap().finish().await;
+}
+
 /// An aggregate whose command handler lets a test interfere: before it
 /// decides, another writer appends to the same aggregate, so the append
 /// that follows conflicts.
