@@ -154,8 +154,9 @@ impl RetryPolicy {
     /// the backoff only applies without it. The trade-off, measured by
     /// `es-bench contended_c8` (8 writers on one aggregate): under the lock
     /// nobody gives up and the p99 latency stays near 20 ms, against 200 ms
-    /// and more for optimistic retries, but the throughput is 0.85–0.88 of
-    /// theirs, since a locked retry holds the lock over three round trips
+    /// and more for optimistic retries; the throughput, without the
+    /// contention window, is 0.85–0.88 of theirs, since a locked retry
+    /// holds the lock over three round trips
     /// (lock and read in one, append, commit) where an optimistic winner
     /// holds the head row over its append and commit.
     /// See also [`with_contention_window`](Self::with_contention_window).
