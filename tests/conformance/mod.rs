@@ -30,6 +30,7 @@ macro_rules! store_conformance_tests {
             store::a_conflict_leaves_the_transaction_usable,
             store::empty_append_is_no_events,
             store::batches_of_1_100_and_10000,
+            store::optional_columns_round_trip_per_event,
             store::retried_batch_returns_the_original_result,
             store::reused_event_ids_are_refused,
             store::bad_input_is_refused_and_nothing_written,

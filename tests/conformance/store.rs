@@ -240,6 +240,43 @@ pub async fn batches_of_1_100_and_10000<F: Fixture>() {
     db.finish().await;
 }
 
+/// Metadata and tracing ids are per event: a batch where only some events
+/// carry them, and a batch where none does, read back exactly.
+pub async fn optional_columns_round_trip_per_event<F: Fixture>() {
+    let db = F::create().await;
+    let plain = |n: i64| event("mixed", "Deposited", n);
+    let mixed = vec![
+        plain(0),
+        plain(1)
+            .with_metadata(&json!({"user": "alice"}))
+            .unwrap()
+            .with_correlation_id(uuid::Uuid::now_v7()),
+        plain(2).with_causation_id(uuid::Uuid::now_v7()),
+        plain(3).with_trace_id("trace-3"),
+        plain(4),
+    ];
+    let none = vec![plain(5), plain(6)];
+    let sent: Vec<Event> = mixed.iter().chain(&none).cloned().collect();
+    append(&db, ExpectedVersion::NoStream, mixed).await.unwrap();
+    append(&db, ExpectedVersion::Exact(5), none).await.unwrap();
+    let read = stream(&db, "mixed").await;
+    assert_eq!(read.len(), sent.len());
+    for (read, sent) in read.events.iter().zip(&sent) {
+        let metadata: serde_json::Value = serde_json::from_str(read.metadata.get()).unwrap();
+        let expected: serde_json::Value = serde_json::from_str(sent.metadata.get()).unwrap();
+        assert_eq!(metadata, expected, "event {}", read.aggregate_version);
+        assert_eq!(read.correlation_id, sent.correlation_id);
+        assert_eq!(read.causation_id, sent.causation_id);
+        assert_eq!(read.trace_id, sent.trace_id);
+    }
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(read.events[1].metadata.get()).unwrap(),
+        json!({"user": "alice"})
+    );
+    assert_eq!(read.events[6].metadata.get().replace(' ', ""), "{}");
+    db.finish().await;
+}
+
 pub async fn retried_batch_returns_the_original_result<F: Fixture>() {
     let db = F::create().await;
     append(&db, ExpectedVersion::NoStream, events("a", 2))

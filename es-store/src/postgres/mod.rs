@@ -410,30 +410,49 @@ impl Backend for PostgresStore {
     type Database = Postgres;
 }
 
-/// The event columns of an append, one array each.
+/// The event columns of an append, one array each. A column that is the
+/// same for every event and is what the table stores when given nothing
+/// (empty metadata, no correlation id, ...) is sent as `NULL` instead of an
+/// array: `unnest` pads it with `NULL`s, and the statement puts the default
+/// back. Most batches carry no tracing ids, and there is no point in
+/// sending, and parsing, a hundred `{}`.
 struct Columns<'a> {
     ids: Vec<Uuid>,
     types: Vec<&'a str>,
     versions: Vec<i32>,
     payloads: Vec<Json<&'a RawValue>>,
-    metadata: Vec<Json<&'a RawValue>>,
-    correlation_ids: Vec<Option<Uuid>>,
-    causation_ids: Vec<Option<Uuid>>,
-    trace_ids: Vec<Option<&'a str>>,
+    metadata: Option<Vec<Json<&'a RawValue>>>,
+    correlation_ids: Option<Vec<Option<Uuid>>>,
+    causation_ids: Option<Vec<Option<Uuid>>>,
+    trace_ids: Option<Vec<Option<&'a str>>>,
     created_at: Vec<chrono::DateTime<chrono::Utc>>,
 }
 
 impl<'a> Columns<'a> {
     fn new(events: &'a [Event]) -> Self {
+        /// The column, unless no event has a value in it.
+        fn unless_all<'e, T, U>(
+            events: &'e [Event],
+            value: impl Fn(&'e Event) -> T,
+            empty: impl Fn(&T) -> bool,
+            bind: impl Fn(T) -> U,
+        ) -> Option<Vec<U>> {
+            let values: Vec<T> = events.iter().map(value).collect();
+            if values.iter().all(empty) {
+                None
+            } else {
+                Some(values.into_iter().map(bind).collect())
+            }
+        }
         Columns {
             ids: events.iter().map(|e| e.event_id).collect(),
             types: events.iter().map(|e| e.event_type.as_str()).collect(),
             versions: events.iter().map(|e| e.event_version).collect(),
             payloads: events.iter().map(|e| Json(&*e.payload)).collect(),
-            metadata: events.iter().map(|e| Json(&*e.metadata)).collect(),
-            correlation_ids: events.iter().map(|e| e.correlation_id).collect(),
-            causation_ids: events.iter().map(|e| e.causation_id).collect(),
-            trace_ids: events.iter().map(|e| e.trace_id.as_deref()).collect(),
+            metadata: unless_all(events, |e| &*e.metadata, |m| m.get() == "{}", Json),
+            correlation_ids: unless_all(events, |e| e.correlation_id, Option::is_none, |v| v),
+            causation_ids: unless_all(events, |e| e.causation_id, Option::is_none, |v| v),
+            trace_ids: unless_all(events, |e| e.trace_id.as_deref(), Option::is_none, |v| v),
             created_at: events.iter().map(|e| e.created_at).collect(),
         }
     }

@@ -495,7 +495,7 @@ fn append(n: &Names, check: HeadCheck) -> String {
              aggregate_id, aggregate_version, event_type, event_version, payload, metadata, \
              correlation_id, causation_id, trace_id, created_at, stream_hash) \
          SELECT nextval('{sequence}'), e.event_id, $1, $2, $3, g.base + e.ord, e.event_type, \
-             e.event_version, e.payload, e.metadata, e.correlation_id, e.causation_id, \
+             e.event_version, e.payload, COALESCE(e.metadata, '{{}}'), e.correlation_id, e.causation_id, \
              e.trace_id, e.created_at, $14 \
          FROM guard g, \
              unnest($5::uuid[], $6::text[], $7::int4[], $8::jsonb[], $9::jsonb[], \
