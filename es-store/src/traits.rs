@@ -197,6 +197,12 @@ pub trait AggregateStreamReader: Backend {
     /// event committed before the lock was granted, including those of the
     /// transaction it waited for.
     ///
+    /// Call it first in the transaction, as `lock_aggregate`: on SQLite, a
+    /// read before it keeps it from waiting for the write lock. On
+    /// PostgreSQL the transaction must be `READ COMMITTED` (the default):
+    /// under `REPEATABLE READ` the wait ends in a serialization failure
+    /// when the holder moved the aggregate.
+    ///
     /// The default makes the two calls; PostgreSQL does both in one round
     /// trip, which shortens the time a contended aggregate stays locked.
     ///

@@ -256,57 +256,119 @@ pub async fn eight_concurrent_depositors_end_with_the_exact_balance<F: Fixture>(
 /// contention window; with a zero window it tries optimistically first.
 pub async fn a_recently_contended_aggregate_starts_under_the_lock<F: Fixture>() {
     let db = Arc::new(F::create().await);
-    let accounts = repository(&*db);
-    accounts.execute("hot", &open("Hot")).await.unwrap();
-
-    // Another writer locks the aggregate and appends; the command waits for
-    // it and returns how many attempts it took.
-    async fn with_holder<F: Fixture>(db: &Arc<F>, accounts: &Repository<Account, F::Store>) -> u32 {
-        let mut holder = db.pool().begin().await.unwrap();
-        let version = db
-            .store()
-            .lock_aggregate(&mut *holder, "Billing", "Account", "hot")
-            .await
-            .unwrap();
-        let event = Event::new(
-            "Billing",
-            "Account",
-            "hot",
-            "Deposited",
-            &serde_json::json!({"amount": 1}),
-        )
-        .unwrap();
-        db.store()
-            .append(&mut *holder, ExpectedVersion::Exact(version), vec![event])
-            .await
-            .unwrap();
-        let command = {
-            let accounts = accounts.clone();
-            tokio::spawn(async move { accounts.execute("hot", &deposit(10)).await })
-        };
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(!command.is_finished(), "the command waits for the holder");
-        holder.commit().await.unwrap();
-        command.await.unwrap().unwrap().attempts
-    }
-
-    // optimistic first: it reads, then loses to the holder, then retries
-    assert_eq!(with_holder(&db, &accounts).await, 2);
-    // contended moments ago: it starts under the lock and cannot lose
-    assert_eq!(with_holder(&db, &accounts).await, 1);
+    let window = RetryPolicy::default().with_contention_window(Duration::from_secs(60));
+    let repo = observed(&*db).with_retry_policy(window);
+    // optimistic first: it decides, loses to the holder, decides again
+    assert_eq!(against_a_holder(&db, &repo, Start::Optimistic).await, 2);
+    // contended moments ago: it waits for the lock before deciding
+    assert_eq!(against_a_holder(&db, &repo, Start::Locked).await, 1);
     // a clone shares the memory
-    assert_eq!(with_holder(&db, &accounts.clone()).await, 1);
+    assert_eq!(against_a_holder(&db, &repo.clone(), Start::Locked).await, 1);
     // without a window, every command tries optimistically first
-    let optimistic = accounts
+    let optimistic = repo
         .clone()
-        .with_retry_policy(RetryPolicy::default().with_contention_window(Duration::ZERO));
-    assert_eq!(with_holder(&db, &optimistic).await, 2);
-    // each command's deposit and each holder's
-    let account = accounts.load("hot").await.unwrap();
-    assert_eq!(account.state.balance, 4 * 10 + 4);
-    assert_eq!(account.version, 1 + 4 * 2);
-    drop((accounts, optimistic));
+        .with_retry_policy(window.with_contention_window(Duration::ZERO));
+    assert_eq!(
+        against_a_holder(&db, &optimistic, Start::Optimistic).await,
+        2
+    );
+    // four holders' events and four commands'
+    assert_eq!(repo.load("hot").await.unwrap().version, 8);
+    drop((repo, optimistic));
     Arc::into_inner(db).unwrap().finish().await;
+}
+
+/// How a command is expected to start.
+#[derive(Debug, PartialEq)]
+enum Start {
+    Optimistic,
+    Locked,
+}
+
+/// Another transaction locks aggregate `hot` and appends to it; a command
+/// runs meanwhile. Returns the attempts the command took, after checking
+/// when it decided and on which state.
+async fn against_a_holder<F: Fixture>(
+    db: &Arc<F>,
+    repo: &Repository<Observed, F::Store>,
+    start: Start,
+) -> u32 {
+    let mut holder = db.pool().begin().await.unwrap();
+    let version = db
+        .store()
+        .lock_aggregate(&mut *holder, "Billing", "Account", "hot")
+        .await
+        .unwrap();
+    let event = Event::new(
+        "Billing",
+        "Account",
+        "hot",
+        "Deposited",
+        &serde_json::json!({"amount": 1}),
+    )
+    .unwrap();
+    db.store()
+        .append(&mut *holder, ExpectedVersion::Exact(version), vec![event])
+        .await
+        .unwrap();
+    let (decided, mut decisions) = tokio::sync::mpsc::unbounded_channel();
+    let command = {
+        let repo = repo.clone();
+        tokio::spawn(async move { repo.execute("hot", &Observe { decided }).await })
+    };
+    match start {
+        Start::Optimistic => {
+            // it decides on the state before the holder's event, and its
+            // append then waits for the holder
+            assert_eq!(decisions.recv().await, Some(version));
+            holder.commit().await.unwrap();
+            assert_eq!(decisions.recv().await, Some(version + 1), "decided again");
+        }
+        Start::Locked => {
+            let early = tokio::time::timeout(Duration::from_millis(500), decisions.recv()).await;
+            assert!(
+                early.is_err(),
+                "it decided while another transaction held the lock: it did not start under it"
+            );
+            holder.commit().await.unwrap();
+            assert_eq!(
+                decisions.recv().await,
+                Some(version + 1),
+                "its only decision saw the holder's event"
+            );
+        }
+    }
+    let done = command.await.unwrap().unwrap();
+    assert_eq!(decisions.recv().await, None, "no other decision");
+    done.attempts
+}
+
+/// An aggregate whose handler reports the version it decides on.
+#[derive(Debug, Default)]
+struct Observed {
+    version: i64,
+}
+
+#[derive(Clone)]
+struct Observe {
+    decided: tokio::sync::mpsc::UnboundedSender<i64>,
+}
+
+impl Aggregate for Observed {
+    type Event = AccountEvent;
+    type Command = Observe;
+    type Error = Never;
+    fn apply(&mut self, _: &AccountEvent) {
+        self.version += 1;
+    }
+    fn handle(&self, observe: &Observe) -> Result<Vec<AccountEvent>, Never> {
+        observe.decided.send(self.version).unwrap();
+        Ok(vec![AccountEvent::Deposited { amount: 1 }])
+    }
+}
+
+fn observed<F: Fixture>(db: &F) -> Repository<Observed, F::Store> {
+    Repository::new(db.store().clone(), db.pool().clone())
 }
 
 /// An aggregate whose command handler lets a test interfere: before it

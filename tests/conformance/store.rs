@@ -1180,10 +1180,12 @@ pub async fn the_next_locker_sees_what_the_holder_committed<F: Fixture>() {
         .append(&mut *holder, ExpectedVersion::Exact(2), events("locked", 1))
         .await
         .unwrap();
+    let started = Arc::new(tokio::sync::Notify::new());
     let waiter = {
-        let db = db.clone();
+        let (db, started) = (db.clone(), started.clone());
         tokio::spawn(async move {
             let mut tx = db.pool().begin().await.unwrap();
+            started.notify_one();
             let mut seen = Vec::new();
             db.store()
                 .lock_and_fold_aggregate_stream(
@@ -1208,6 +1210,7 @@ pub async fn the_next_locker_sees_what_the_holder_committed<F: Fixture>() {
             (seen, appended.to_version())
         })
     };
+    started.notified().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !waiter.is_finished(),

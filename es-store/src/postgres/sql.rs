@@ -30,8 +30,9 @@ fn migration_6(n: &Names) -> String {
 -- command, in one round trip. The read must see what the previous holder of
 -- the lock committed while this call waited for it, which one statement
 -- cannot do (its snapshot is taken before the wait): each statement of a
--- VOLATILE function takes a snapshot of its own, so the read, after the
--- lock, sees it.
+-- VOLATILE function takes a snapshot of its own in a READ COMMITTED
+-- transaction, so the read, after the lock, sees it. (Under REPEATABLE READ
+-- the lock fails with a serialization error when the holder moved the head.)
 CREATE FUNCTION {function}(
     context text, kind text, id text, from_version bigint
 ) RETURNS TABLE (aggregate_version bigint, event_type text, event_version integer, payload jsonb)
@@ -351,7 +352,7 @@ impl Statements {
             .into(),
             locked_tail: format!(
                 "SELECT aggregate_version, event_type, event_version, payload \
-                 FROM {}($1, $2, $3, $4)",
+                 FROM {}($1, $2, $3, $4) ORDER BY aggregate_version",
                 n.locked_tail_function()
             )
             .into(),
