@@ -456,7 +456,7 @@ where
                     self.try_execute_locked(&mut conn, id, command, metadata, &mut loaded)
                         .await
                 } else {
-                    self.try_execute(&mut conn, id, command, metadata, &mut loaded, Fresh::No)
+                    self.try_execute(&mut conn, id, command, metadata, &mut loaded)
                         .await
                 };
                 match outcome {
@@ -518,7 +518,7 @@ where
         metadata: &Metadata,
     ) -> Result<Executed<A>, A> {
         match self
-            .try_execute(conn, id, command, metadata, &mut None, Fresh::No)
+            .try_execute(conn, id, command, metadata, &mut None)
             .await
         {
             Ok(executed) => Ok(executed),
@@ -553,7 +553,7 @@ where
             .map_err(StoreAttempt::from);
         let outcome = match locked {
             Ok(()) => {
-                self.try_execute(&mut tx, id, command, metadata, loaded, Fresh::Yes)
+                self.decide_and_append(&mut tx, id, command, metadata, loaded)
                     .await
             }
             Err(error) => Err(error),
@@ -580,17 +580,26 @@ where
         command: &A::Command,
         metadata: &Metadata,
         loaded: &mut Option<Loaded<A>>,
-        fresh: Fresh,
     ) -> std::result::Result<Executed<A>, StoreAttempt<A::Error>> {
-        let current = match loaded {
-            Some(current) => {
-                if fresh == Fresh::No {
-                    self.catch_up(conn, id, current, None).await?;
-                }
-                current
-            }
-            None => loaded.insert(self.load_in(conn, id, None).await?),
-        };
+        match loaded {
+            Some(current) => self.catch_up(conn, id, current, None).await?,
+            None => *loaded = Some(self.load_in(conn, id, None).await?),
+        }
+        self.decide_and_append(conn, id, command, metadata, loaded)
+            .await
+    }
+
+    /// Handles the command on the loaded state, which is up to date, and
+    /// appends what it decided after the state's version.
+    async fn decide_and_append(
+        &self,
+        conn: &mut Connection<S>,
+        id: &str,
+        command: &A::Command,
+        metadata: &Metadata,
+        loaded: &mut Option<Loaded<A>>,
+    ) -> std::result::Result<Executed<A>, StoreAttempt<A::Error>> {
+        let current = loaded.as_ref().expect("loaded by the caller");
         let version = current.version;
         let events = current
             .state
@@ -723,13 +732,6 @@ enum Tail {
     UpTo(Option<i64>),
     /// All of them, after locking the aggregate.
     Locked,
-}
-
-/// Whether the loaded state was just brought up to date.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Fresh {
-    Yes,
-    No,
 }
 
 /// An attempt fails either in the store (a conflict may be retried) or for

@@ -147,19 +147,21 @@ impl RetryPolicy {
 
     /// Whether a retry runs in a transaction that first locks the
     /// aggregate (default: yes). The first attempt is optimistic (unless
-    /// the aggregate conflicted moments ago); once it has lost a race, the
-    /// aggregate is evidently contended, and
-    /// retrying under the lock makes the writers queue instead of racing and
-    /// losing again; they wait in the lock's queue instead of sleeping, so
-    /// the backoff only applies without it. The trade-off, measured by
-    /// `es-bench contended_c8` (8 writers on one aggregate): under the lock
-    /// nobody gives up and the p99 latency stays near 20 ms, against 200 ms
-    /// and more for optimistic retries; the throughput, without the
-    /// contention window, is 0.85–0.88 of theirs, since a locked retry
-    /// holds the lock over three round trips
-    /// (lock and read in one, append, commit) where an optimistic winner
-    /// holds the head row over its append and commit.
-    /// See also [`with_contention_window`](Self::with_contention_window).
+    /// the aggregate conflicted moments ago: see
+    /// [`with_contention_window`](Self::with_contention_window)); once it
+    /// has lost a race, the aggregate is evidently contended, and retrying
+    /// under the lock makes the writers queue instead of racing and losing
+    /// again. They wait in the lock's queue instead of sleeping, so the
+    /// backoff only applies without it.
+    ///
+    /// The trade-off, measured by `es-bench contended_c8` (8 writers on one
+    /// aggregate): under the lock nobody gives up and the p99 latency stays
+    /// near 20 ms, against 200 ms and more for optimistic retries; the
+    /// throughput, without the contention window, is 0.85–0.88 of theirs,
+    /// since a locked retry holds the lock over three round trips (lock and
+    /// read in one, append, commit) where an optimistic winner holds the
+    /// head row over its append and commit.
+    ///
     /// A handler that waits on another writer of the same aggregate would
     /// wait forever under the lock: turn it off for such handlers (they are
     /// not pure functions anyway).

@@ -431,17 +431,15 @@ struct Columns<'a> {
 impl<'a> Columns<'a> {
     fn new(events: &'a [Event]) -> Self {
         /// The column, unless no event has a value in it.
-        fn unless_all<'e, T, U>(
+        fn unless_all<'e, T>(
             events: &'e [Event],
             value: impl Fn(&'e Event) -> T,
             empty: impl Fn(&T) -> bool,
-            bind: impl Fn(T) -> U,
-        ) -> Option<Vec<U>> {
-            let values: Vec<T> = events.iter().map(value).collect();
-            if values.iter().all(empty) {
+        ) -> Option<Vec<T>> {
+            if events.iter().all(|e| empty(&value(e))) {
                 None
             } else {
-                Some(values.into_iter().map(bind).collect())
+                Some(events.iter().map(value).collect())
             }
         }
         Columns {
@@ -449,10 +447,10 @@ impl<'a> Columns<'a> {
             types: events.iter().map(|e| e.event_type.as_str()).collect(),
             versions: events.iter().map(|e| e.event_version).collect(),
             payloads: events.iter().map(|e| Json(&*e.payload)).collect(),
-            metadata: unless_all(events, |e| &*e.metadata, |m| m.get() == "{}", Json),
-            correlation_ids: unless_all(events, |e| e.correlation_id, Option::is_none, |v| v),
-            causation_ids: unless_all(events, |e| e.causation_id, Option::is_none, |v| v),
-            trace_ids: unless_all(events, |e| e.trace_id.as_deref(), Option::is_none, |v| v),
+            metadata: unless_all(events, |e| Json(&*e.metadata), |m| m.0.get() == "{}"),
+            correlation_ids: unless_all(events, |e| e.correlation_id, Option::is_none),
+            causation_ids: unless_all(events, |e| e.causation_id, Option::is_none),
+            trace_ids: unless_all(events, |e| e.trace_id.as_deref(), Option::is_none),
             created_at: events.iter().map(|e| e.created_at).collect(),
         }
     }
