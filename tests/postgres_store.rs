@@ -11,32 +11,12 @@ store_conformance_tests!(TestDb);
 
 use std::sync::Arc;
 
-use conformance::store::{event, events};
+use conformance::store::{append_in, event, events, read_all};
 use es::store::{
     AggregateStreamReader, Error, EventIdConflictReason, EventReader, EventStore, ExpectedVersion,
     PostgresStore,
 };
-use sqlx::PgConnection;
 use support::round_trips::count_statements;
-
-async fn read_all(db: &TestDb, from: i64) -> Vec<i64> {
-    let mut conn = db.pool.acquire().await.unwrap();
-    db.store
-        .read_events(&mut conn, from, 10_000)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.global_position)
-        .collect()
-}
-
-async fn append_in(db: &TestDb, conn: &mut PgConnection, id: &str, count: usize) -> Vec<i64> {
-    db.store
-        .append(conn, ExpectedVersion::Any, events(id, count))
-        .await
-        .unwrap()
-        .global_positions
-}
 
 /// A commits after B although A drew the lower positions: a reader must
 /// wait for A, then see A's events before B's.

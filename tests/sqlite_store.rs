@@ -14,31 +14,11 @@ projection_conformance_tests!(SqliteDb);
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use conformance::store::{event, events};
+use conformance::store::{append_in, event, events, read_all};
 use es::store::{
-    AggregateStreamReader, Error, EventReader, EventStore, ExpectedVersion, ProjectionStore,
-    SqliteStore,
+    AggregateStreamReader, Error, EventStore, ExpectedVersion, ProjectionStore, SqliteStore,
 };
 use sqlx::{Connection, SqliteConnection};
-
-async fn read_all(db: &SqliteDb, from: i64) -> Vec<i64> {
-    let mut conn = db.pool.acquire().await.unwrap();
-    db.store
-        .read_events(&mut conn, from, 10_000)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.global_position)
-        .collect()
-}
-
-async fn append_in(db: &SqliteDb, conn: &mut SqliteConnection, id: &str, count: usize) -> Vec<i64> {
-    db.store
-        .append(conn, ExpectedVersion::Any, events(id, count))
-        .await
-        .unwrap()
-        .global_positions
-}
 
 async fn version(db: &SqliteDb, id: &str) -> i64 {
     let mut conn = db.pool.acquire().await.unwrap();
@@ -56,7 +36,7 @@ async fn version(db: &SqliteDb, id: &str) -> i64 {
 async fn writers_wait_for_the_write_lock_instead_of_failing() {
     let db = Arc::new(SqliteDb::with_pool_size(12).await);
     let mut holder = db.pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
-    append_in(&db, &mut holder, "held", 1).await;
+    append_in(&*db, &mut holder, "held", 1).await;
     let started = Instant::now();
     let tasks: Vec<_> = (0..8)
         .map(|task| {
@@ -65,10 +45,10 @@ async fn writers_wait_for_the_write_lock_instead_of_failing() {
                 let id = format!("waiting-{task}");
                 if task % 2 == 0 {
                     let mut conn = db.pool.acquire().await.unwrap();
-                    append_in(&db, &mut conn, &id, 2).await;
+                    append_in(&*db, &mut conn, &id, 2).await;
                 } else {
                     let mut tx = db.pool.begin().await.unwrap();
-                    append_in(&db, &mut tx, &id, 2).await;
+                    append_in(&*db, &mut tx, &id, 2).await;
                     tx.commit().await.unwrap();
                 }
                 Instant::now()
@@ -85,7 +65,7 @@ async fn writers_wait_for_the_write_lock_instead_of_failing() {
         let done = task.await.unwrap();
         assert!(done - started >= Duration::from_millis(400));
     }
-    assert_eq!(read_all(&db, 0).await.len(), 1 + 8 * 2);
+    assert_eq!(read_all(&*db, 0).await.len(), 1 + 8 * 2);
     Arc::into_inner(db).unwrap().drop().await;
 }
 

@@ -55,6 +55,33 @@ async fn stream<F: Fixture>(db: &F, id: &str) -> es::store::Stream {
         .unwrap()
 }
 
+/// Appends `count` events to aggregate `id` with `Any` on `conn`, and
+/// returns their positions.
+pub async fn append_in<F: Fixture>(
+    db: &F,
+    conn: &mut <F::Db as sqlx::Database>::Connection,
+    id: &str,
+    count: usize,
+) -> Vec<i64> {
+    db.store()
+        .append(conn, ExpectedVersion::Any, events(id, count))
+        .await
+        .unwrap()
+        .global_positions
+}
+
+/// The positions a reader gets after `from`, in one page.
+pub async fn read_all<F: Fixture>(db: &F, from: i64) -> Vec<i64> {
+    let mut conn = db.pool().acquire().await.unwrap();
+    db.store()
+        .read_events(&mut *conn, from, 10_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.global_position)
+        .collect()
+}
+
 async fn all_events<F: Fixture>(db: &F) -> Vec<es::store::PersistedEvent> {
     let mut conn = db.pool().acquire().await.unwrap();
     db.store()
