@@ -13,7 +13,11 @@
 //!
 //! | feature | default | enables |
 //! |---|---|---|
+//! | `postgres` | yes | `store::PostgresStore`, and live projections through LISTEN/NOTIFY (`aggregate::projection::Notifier`) |
 //! | `sqlite` | yes | `store::SqliteStore`, an embedded backend with the same traits, so the framework runs without a server (SQLite is compiled in) |
+//!
+//! Both stores are the same `store::SqlStore` over a dialect. Building with
+//! neither backend is a compile error that names them.
 
 pub use es_aggregate as aggregate;
 pub use es_store as store;

@@ -282,7 +282,8 @@ async fn names_are_configurable_and_validated() {
         [
             "Ledger_Events",
             "Ledger_Events_listeners",
-            "_es_migrations",
+            // each store tracks its own migrations
+            "_es_migrations_Ledger_Events",
             "ledger_checkpoints",
             "ledger_heads",
             "ledger_snapshots",
@@ -504,5 +505,49 @@ async fn a_reused_id_inside_a_transaction_is_reported_unverified() {
     }
     assert_eq!(db.count("SELECT count(*) FROM {events}").await, 1);
     assert_eq!(db.count("SELECT count(*) FROM {heads}").await, 1);
+    db.drop().await;
+}
+
+/// Two stores in one schema (different table names) each migrate, track
+/// their own migrations and keep their events apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_stores_in_one_schema_each_migrate() {
+    let db = TestDb::new().await;
+    let other = PostgresStore::builder()
+        .schema(&db.schema)
+        .events_table("other_events")
+        .heads_table("other_heads")
+        .checkpoints_table("other_checkpoints")
+        .snapshots_table("other_snapshots")
+        .failures_table("other_failures")
+        .build()
+        .unwrap();
+    other.migrate(&db.pool).await.unwrap();
+    // migrating both again is a no-op
+    other.migrate(&db.pool).await.unwrap();
+    db.store.migrate(&db.pool).await.unwrap();
+    let mut conn = db.pool.acquire().await.unwrap();
+    other
+        .append(
+            &mut *conn,
+            ExpectedVersion::NoStream,
+            vec![event("a", "Opened", 1)],
+        )
+        .await
+        .unwrap();
+    assert!(
+        db.store
+            .read_events(&mut *conn, 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(other.read_events(&mut *conn, 0, 10).await.unwrap().len(), 1);
+    drop(conn);
+    assert_eq!(
+        db.count("SELECT count(*) FROM {schema}.\"_es_migrations_other_events\"")
+            .await,
+        6
+    );
     db.drop().await;
 }

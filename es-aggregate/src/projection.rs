@@ -42,9 +42,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use es_store::{
-    Backend, EventFilter, EventPage, Partition, PersistedEvent, PostgresStore, ProjectionStore,
-};
+use es_store::{Backend, EventFilter, EventPage, Partition, PersistedEvent, ProjectionStore};
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -89,7 +87,9 @@ pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
 ///     }
 /// }
 /// ```
-pub trait Projection<DB: sqlx::Database = sqlx::Postgres>: Send + Sync + 'static {
+pub trait Projection<DB: sqlx::Database = <es_store::DefaultStore as Backend>::Database>:
+    Send + Sync + 'static
+{
     /// The projection's name: the key of its checkpoint. Changing it starts
     /// the projection over.
     fn name(&self) -> &str;
@@ -258,6 +258,7 @@ impl Wakeup {
     }
 }
 
+#[cfg(feature = "postgres")]
 /// Listens to the store's append notifications on one PostgreSQL
 /// connection and wakes every subscribed processor. It registers itself
 /// with the store, which notifies only while someone listens, and refreshes
@@ -278,6 +279,7 @@ pub struct Notifier {
     task: tokio::task::JoinHandle<()>,
 }
 
+#[cfg(feature = "postgres")]
 impl Notifier {
     /// Starts listening to `store`'s appends, on a connection of its own
     /// made with `pool`'s connect options (so it never holds one of the
@@ -287,7 +289,7 @@ impl Notifier {
     /// given a schema.
     pub async fn listen(
         pool: &sqlx::PgPool,
-        store: &PostgresStore,
+        store: &es_store::PostgresStore,
     ) -> Result<Self, es_store::Error> {
         let own = sqlx::postgres::PgPoolOptions::new()
             .max_connections(1)
@@ -342,16 +344,18 @@ impl Notifier {
     }
 }
 
+#[cfg(feature = "postgres")]
 /// Registers the listener's connection (connecting and listening again
 /// first if it was lost).
 async fn register(
-    store: &PostgresStore,
+    store: &es_store::PostgresStore,
     listener: &mut sqlx::postgres::PgListener,
 ) -> Result<(), es_store::Error> {
     let conn = sqlx::Acquire::acquire(&mut *listener).await?;
     store.register_listener(conn).await
 }
 
+#[cfg(feature = "postgres")]
 impl Drop for Notifier {
     fn drop(&mut self) {
         self.task.abort();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use es_store::{
     AggregateKey, AggregateStreamReader, Connection, DecodeError, DomainEvent, Error as StoreError,
-    EventStore, ExpectedVersion, Metadata, PostgresStore, Snapshot, SnapshotStore, StoredEvent,
+    EventStore, ExpectedVersion, Metadata, Snapshot, SnapshotStore, StoredEvent,
 };
 use serde_json::value::RawValue;
 use tracing::Instrument;
@@ -158,7 +158,7 @@ impl<A> Clone for Snapshots<A> {
 /// println!("now at version {} after {} attempt(s)", executed.version, executed.attempts);
 /// # Ok(()) }
 /// ```
-pub struct Repository<A: Aggregate, S: es_store::Backend = PostgresStore> {
+pub struct Repository<A: Aggregate, S: es_store::Backend = es_store::DefaultStore> {
     store: S,
     pool: sqlx::Pool<S::Database>,
     retry: RetryPolicy,

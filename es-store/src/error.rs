@@ -146,7 +146,7 @@ pub enum Error {
         /// The value given.
         name: String,
         /// Why it is refused.
-        reason: &'static str,
+        reason: std::borrow::Cow<'static, str>,
     },
 
     /// The gap-safe global read ran in a transaction whose isolation level

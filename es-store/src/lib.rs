@@ -1,5 +1,4 @@
-//! Event store types, traits, the PostgreSQL store and (feature `sqlite`)
-//! the SQLite store.
+//! Event store types, traits, and the stores on PostgreSQL and SQLite.
 //!
 //! This crate implements the store API of the seed package: append with
 //! optimistic concurrency, read one aggregate's stream, read the global feed
@@ -8,9 +7,16 @@
 //!
 //! | feature | enables |
 //! |---|---|
-//! | `sqlite` | `SqliteStore`, an embedded backend with the same traits and behaviour (SQLite is compiled in; see the `sqlite` module's docs for how its single writer is handled) |
+//! | `postgres` (default) | `PostgresStore`, on PostgreSQL 13 or later |
+//! | `sqlite` | `SqliteStore`, an embedded backend with the same traits and behaviour (SQLite is compiled in; see `SqliteStore` for how its single writer is handled) |
+//!
+//! Every backend is the same [`SqlStore`] over a [`Dialect`]: each capability
+//! is written once, and a backend supplies only what really differs (its
+//! SQL, value encodings, the append's locking, the gap-safe horizon and
+//! checkpoint claims). Building with no backend is a compile error.
 //!
 //! ```no_run
+//! # #[cfg(feature = "postgres")] mod demo {
 //! use es_store::{AggregateStreamReader, Event, EventStore, ExpectedVersion, PostgresStore};
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -27,18 +33,38 @@
 //! let stream = store.read_aggregate_stream(&mut *conn, "Billing", "Account", "acc-1", None, None).await?;
 //! assert_eq!(stream.version(), 1);
 //! # Ok(()) }
+//! # }
 //! ```
 
+#[cfg(not(any(feature = "postgres", feature = "sqlite")))]
+compile_error!(
+    "es-store needs a database backend: enable at least one of its features \
+     `postgres` or `sqlite` (for example `es = { features = [\"postgres\"] }`)"
+);
+
+mod core;
 mod domain;
 mod error;
 mod event;
 mod filter;
+mod names;
+#[cfg(feature = "postgres")]
 mod postgres;
 mod replay;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+mod store;
 mod traits;
 mod validate;
+
+/// The backends' dialects: the type parameter of [`SqlStore`], each behind
+/// the cargo feature of its name.
+pub mod dialect {
+    #[cfg(feature = "postgres")]
+    pub use crate::postgres::Postgres;
+    #[cfg(feature = "sqlite")]
+    pub use crate::sqlite::Sqlite;
+}
 
 #[doc(hidden)]
 pub use domain::__private;
@@ -49,13 +75,29 @@ pub use event::{
     Snapshot, Stream,
 };
 pub use filter::{EventFilter, EventPage, Partition, stream_hash};
+#[cfg(feature = "postgres")]
 pub use postgres::{PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteStore, SqliteStoreBuilder};
+pub use store::{Dialect, SqlStore, StoreBuilder};
 pub use traits::{
     AggregateStreamReader, Backend, CheckpointStore, Connection, EventReader, EventStore,
     ProjectionFailure, ProjectionStore, SnapshotStore, StoredEvent,
 };
+
+/// The store generic code names when it is not told: [`PostgresStore`]
+/// when the `postgres` feature is on, else [`SqliteStore`] (the default
+/// of `Repository`'s store parameter, say).
+///
+/// ```
+/// let store = es_store::DefaultStore::new();
+/// # let _ = store;
+/// ```
+#[cfg(feature = "postgres")]
+pub type DefaultStore = PostgresStore;
+/// The store generic code names when it is not told.
+#[cfg(all(not(feature = "postgres"), feature = "sqlite"))]
+pub type DefaultStore = SqliteStore;
 
 /// The store's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

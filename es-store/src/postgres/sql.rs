@@ -1,9 +1,10 @@
 //! Every SQL text the PostgreSQL store runs, rendered once per store from
 //! validated names.
 
-use std::sync::Arc;
-
-use super::names::Names;
+use crate::core::{AppendStatements, EVENT_COLUMNS, Statements};
+use crate::names::{
+    EVENT_ID_KEY, IDS_STORED, LISTENERS, LOCKED_TAIL, Names, SEQUENCE, STREAM_VERSION_KEY,
+};
 
 /// Positions are kept below 2^48 so that a position fits in an advisory lock
 /// key next to the store's 15-bit tag (see the gap-safety notes in `mod.rs`).
@@ -23,7 +24,7 @@ pub(crate) fn migrations(names: &Names) -> Vec<(i64, &'static str, String)> {
 
 fn migration_6(n: &Names) -> String {
     let (events, heads) = (n.events(), n.heads());
-    let function = n.locked_tail_function();
+    let function = n.derived_qualified(LOCKED_TAIL);
     format!(
         r#"-- Locks an aggregate's head row until the caller's transaction ends, then
 -- reads its events from version from_version on: the retry of a contended
@@ -56,7 +57,7 @@ $$;
 
 fn migration_5(n: &Names) -> String {
     let events = n.events();
-    let function = n.ids_stored_function();
+    let function = n.derived_qualified(IDS_STORED);
     format!(
         r#"-- Whether any of some event ids is stored: the duplicate check of appends
 -- with ExpectedVersion::Any. It is a function (a SQL function with a SET clause is never
@@ -75,7 +76,7 @@ AS $$ SELECT EXISTS (SELECT 1 FROM {events} WHERE event_id = ANY(ids)) $$;
 }
 
 fn migration_4(n: &Names) -> String {
-    let listeners = n.listeners();
+    let listeners = n.derived_qualified(LISTENERS);
     format!(
         r#"-- The connections listening to the appends' notifications. Appends
 -- notify only while someone listens: a notifying transaction takes a
@@ -133,9 +134,9 @@ fn migration_1(n: &Names) -> String {
     let events = n.events();
     let heads = n.heads();
     let checkpoints = n.checkpoints();
-    let sequence = n.sequence();
-    let event_id_key = n.event_id_constraint();
-    let stream_version_key = n.stream_version_constraint();
+    let sequence = n.derived_qualified(SEQUENCE);
+    let event_id_key = n.derived(EVENT_ID_KEY);
+    let stream_version_key = n.derived(STREAM_VERSION_KEY);
     format!(
         r#"-- The event store: events, aggregate heads, projection checkpoints.
 
@@ -191,7 +192,7 @@ CREATE TABLE {checkpoints} (
 
 /// The sequence's OID, in SQL (resolved once, when a statement is planned).
 fn sequence_oid(n: &Names) -> String {
-    format!("('{}'::regclass)::oid", n.sequence())
+    format!("('{}'::regclass)::oid", n.derived_qualified(SEQUENCE))
 }
 
 /// The tag that marks this store's advisory locks, in SQL: 15 bits, never
@@ -206,38 +207,6 @@ fn gap_tag(n: &Names) -> String {
 /// every later `nextval` returns more.
 const ALLOCATED: &str = "CASE WHEN is_called THEN last_value ELSE last_value - 1 END";
 
-/// The columns every event read selects, in the order `decode_row` expects.
-pub(crate) const EVENT_COLUMNS: &str = "global_position, aggregate_version, event_id, \
-    bounded_context, aggregate_type, aggregate_id, event_type, event_version, payload, \
-    metadata, correlation_id, causation_id, trace_id, created_at";
-
-/// The prepared texts of one store.
-#[derive(Debug)]
-pub(crate) struct Statements {
-    pub(crate) append_no_stream: Arc<str>,
-    pub(crate) append_any: Arc<str>,
-    pub(crate) append_exact: Arc<str>,
-    pub(crate) stored_ids: Arc<str>,
-    pub(crate) head_version: Arc<str>,
-    pub(crate) lock_head: Arc<str>,
-    pub(crate) read_stream: Arc<str>,
-    pub(crate) fold_stream: Arc<str>,
-    pub(crate) locked_tail: Arc<str>,
-    pub(crate) read_horizon: Arc<str>,
-    pub(crate) read_events: Arc<str>,
-    pub(crate) get_checkpoint: Arc<str>,
-    pub(crate) update_checkpoint: Arc<str>,
-    pub(crate) load_snapshot: Arc<str>,
-    pub(crate) save_snapshot: Arc<str>,
-    pub(crate) claim_checkpoint: Arc<str>,
-    pub(crate) create_checkpoint: Arc<str>,
-    pub(crate) checkpoint_exists: Arc<str>,
-    pub(crate) record_failure: Arc<str>,
-    pub(crate) list_failures: Arc<str>,
-    pub(crate) head_position: Arc<str>,
-    pub(crate) register_listener: Arc<str>,
-}
-
 /// How an append's head CTE checks the expected version.
 #[derive(Clone, Copy)]
 enum HeadCheck {
@@ -246,172 +215,152 @@ enum HeadCheck {
     Exact,
 }
 
-impl Statements {
-    pub(crate) fn new(n: &Names) -> Self {
-        let events = n.events();
-        let heads = n.heads();
-        let checkpoints = n.checkpoints();
-        let snapshots = n.snapshots();
-        let failures = n.failures();
-        let sequence = n.sequence();
-        let tag = gap_tag(n);
-        Statements {
-            claim_checkpoint: format!(
-                "SELECT position FROM {checkpoints} WHERE projection_name = $1 \
-                 FOR UPDATE SKIP LOCKED"
-            )
-            .into(),
-            checkpoint_exists: format!(
-                "SELECT EXISTS (SELECT 1 FROM {checkpoints} WHERE projection_name = $1)"
-            )
-            .into(),
-            create_checkpoint: format!(
-                "INSERT INTO {checkpoints} (projection_name, position) VALUES ($1, 0) \
-                 ON CONFLICT (projection_name) DO NOTHING RETURNING position"
-            )
-            .into(),
-            record_failure: format!(
-                "INSERT INTO {failures} (projection_name, global_position, event_id, event_type, error) \
-                 VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (projection_name, global_position) \
-                 DO UPDATE SET error = EXCLUDED.error, failed_at = now()"
-            )
-            .into(),
-            list_failures: format!(
-                "SELECT global_position, event_id, event_type, error, failed_at FROM {failures} \
-                 WHERE projection_name = $1 ORDER BY global_position"
-            )
-            .into(),
-            head_position: format!("SELECT coalesce(max(global_position), 0) FROM {events}").into(),
-            register_listener: {
-                let listeners = n.listeners();
-                format!(
-                    "WITH expired AS (DELETE FROM {listeners} \
-                         WHERE seen < now() - interval '{LISTENER_TTL_SECONDS} seconds') \
-                     INSERT INTO {listeners} (channel, pid, seen) \
-                     VALUES ($1, pg_backend_pid(), now()) \
-                     ON CONFLICT (channel, pid) DO UPDATE SET seen = EXCLUDED.seen"
-                )
-                .into()
-            },
-            load_snapshot: format!(
-                "SELECT version, schema_version, state, created_at FROM {snapshots} \
-                 WHERE bounded_context = $1 AND aggregate_type = $2 AND aggregate_id = $3 \
-                   AND version <= $4"
-            )
-            .into(),
-            save_snapshot: format!(
-                "INSERT INTO {snapshots} AS s (bounded_context, aggregate_type, aggregate_id, \
-                     version, schema_version, state, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                 ON CONFLICT (bounded_context, aggregate_type, aggregate_id) DO UPDATE \
-                 SET version = EXCLUDED.version, schema_version = EXCLUDED.schema_version, \
-                     state = EXCLUDED.state, created_at = EXCLUDED.created_at \
-                 WHERE s.version <= EXCLUDED.version"
-            )
-            .into(),
-            append_no_stream: append(n, HeadCheck::NoStream).into(),
-            append_any: append(n, HeadCheck::Any).into(),
-            append_exact: append(n, HeadCheck::Exact).into(),
-            stored_ids: format!(
-                "SELECT {cols}, \
-                     (e.event_type = i.event_type AND e.event_version = i.event_version \
-                      AND e.payload = i.payload) AS same_content \
-                 FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::jsonb[]) WITH ORDINALITY \
-                     AS i(event_id, event_type, event_version, payload, ord) \
-                 JOIN {events} e ON e.event_id = i.event_id \
-                 ORDER BY i.ord",
-                cols = prefixed("e", EVENT_COLUMNS)
-            )
-            .into(),
-            lock_head: format!(
-                "SELECT version FROM {heads} \
-                 WHERE bounded_context = $1 AND aggregate_type = $2 AND aggregate_id = $3 \
-                 FOR UPDATE"
-            )
-            .into(),
-            head_version: format!(
-                "SELECT version FROM {heads} \
-                 WHERE bounded_context = $1 AND aggregate_type = $2 AND aggregate_id = $3"
-            )
-            .into(),
-            read_stream: format!(
-                "SELECT {EVENT_COLUMNS} FROM {events} \
-                 WHERE bounded_context = $1 AND aggregate_type = $2 AND aggregate_id = $3 \
-                   AND aggregate_version BETWEEN $4 AND $5 \
-                 ORDER BY aggregate_version"
-            )
-            .into(),
-            fold_stream: format!(
-                "SELECT aggregate_version, event_type, event_version, payload \
-                 FROM {events} \
-                 WHERE bounded_context = $1 AND aggregate_type = $2 AND aggregate_id = $3 \
-                   AND aggregate_version BETWEEN $4 AND $5 \
-                 ORDER BY aggregate_version"
-            )
-            .into(),
-            locked_tail: format!(
+/// Every statement of a PostgreSQL store.
+pub(crate) fn statements(n: &Names) -> Statements {
+    let events = n.events();
+    let heads = n.heads();
+    let checkpoints = n.checkpoints();
+    let snapshots = n.snapshots();
+    let failures = n.failures();
+    let aggregate = "bounded_context = $1 AND aggregate_type = $2 AND aggregate_id = $3";
+    Statements {
+        append: AppendStatements {
+            no_stream: append(n, HeadCheck::NoStream).into(),
+            any: append(n, HeadCheck::Any).into(),
+            exact: append(n, HeadCheck::Exact).into(),
+            insert: None,
+        },
+        stored_ids: format!("SELECT {EVENT_COLUMNS} FROM {events} WHERE event_id = ANY($1)").into(),
+        head_version: format!("SELECT version FROM {heads} WHERE {aggregate}").into(),
+        lock_head: format!("SELECT version FROM {heads} WHERE {aggregate} FOR UPDATE").into(),
+        locked_tail: Some(
+            format!(
                 "SELECT aggregate_version, event_type, event_version, payload \
                  FROM {}($1, $2, $3, $4) ORDER BY aggregate_version",
-                n.locked_tail_function()
+                n.derived_qualified(LOCKED_TAIL)
             )
             .into(),
-            // The sequence is read first (FROM), the in-flight locks second
-            // (a subquery correlated with it, so it runs after): see the
-            // proof in the module docs of `postgres`.
-            read_horizon: format!(
-                "SELECT s.allocated, \
-                     (SELECT min(((l.classid::bigint << 32) | l.objid::bigint) & {MAX_POSITION}) \
-                      FROM pg_catalog.pg_locks l \
-                      WHERE s.allocated IS NOT NULL \
-                        AND l.locktype = 'advisory' AND l.objsubid = 1 \
-                        AND l.database = (SELECT oid FROM pg_catalog.pg_database \
-                                          WHERE datname = current_database()) \
-                        AND (l.classid::bigint >> 16) = {tag} \
-                        AND l.pid IS DISTINCT FROM pg_backend_pid()) AS in_flight, \
-                     current_setting('transaction_isolation') AS isolation, \
-                     pg_is_in_recovery() AS standby \
-                 FROM (SELECT {ALLOCATED} AS allocated FROM {sequence}) s"
-            )
+        ),
+        read_stream: format!(
+            "SELECT {EVENT_COLUMNS} FROM {events} \
+             WHERE {aggregate} AND aggregate_version BETWEEN $4 AND $5 \
+             ORDER BY aggregate_version"
+        )
+        .into(),
+        fold_stream: format!(
+            "SELECT aggregate_version, event_type, event_version, payload FROM {events} \
+             WHERE {aggregate} AND aggregate_version BETWEEN $4 AND $5 \
+             ORDER BY aggregate_version"
+        )
+        .into(),
+        // The inner query walks the primary key from the checkpoint, as a
+        // keyset read does; the safe bound is applied outside it. With the
+        // bound inside, a tight range looks small to the planner (always so
+        // right after a bulk load, before the statistics catch up), which
+        // then prefers a bitmap scan and a sort of everything in the range.
+        read_events: format!(
+            "SELECT * FROM ( \
+                 SELECT {EVENT_COLUMNS} FROM {events} \
+                 WHERE global_position > $1 \
+                   AND (cardinality($2::text[]) = 0 OR bounded_context = ANY($2)) \
+                   AND (cardinality($3::text[]) = 0 OR aggregate_type = ANY($3)) \
+                   AND ($4::bigint = 1 OR stream_hash % $4 = $5) \
+                 ORDER BY global_position LIMIT $6 \
+             ) page WHERE global_position <= $7"
+        )
+        .into(),
+        head_position: format!("SELECT coalesce(max(global_position), 0) FROM {events}").into(),
+        get_checkpoint: format!("SELECT position FROM {checkpoints} WHERE projection_name = $1")
             .into(),
-            // The inner query walks the primary key from the checkpoint, as
-            // a keyset read does; the safe bound is applied outside it. With
-            // the bound inside, a tight range looks small to the planner
-            // (always so right after a bulk load, before the statistics
-            // catch up), which then prefers a bitmap scan and a sort of
-            // everything in the range.
-            read_events: format!(
-                "SELECT * FROM ( \
-                     SELECT {EVENT_COLUMNS} FROM {events} \
-                     WHERE global_position > $1 \
-                       AND (cardinality($4::text[]) = 0 OR bounded_context = ANY($4)) \
-                       AND (cardinality($5::text[]) = 0 OR aggregate_type = ANY($5)) \
-                       AND ($6::bigint = 1 OR stream_hash % $6 = $7) \
-                     ORDER BY global_position LIMIT $3 \
-                 ) page WHERE global_position <= $2"
-            )
-            .into(),
-            get_checkpoint: format!(
-                "SELECT position FROM {checkpoints} WHERE projection_name = $1"
-            )
-            .into(),
-            update_checkpoint: format!(
-                "INSERT INTO {checkpoints} (projection_name, position, updated_at) \
-                 VALUES ($1, $2, now()) \
-                 ON CONFLICT (projection_name) \
-                 DO UPDATE SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at"
-            )
-            .into(),
-        }
+        update_checkpoint: format!(
+            "INSERT INTO {checkpoints} (projection_name, position, updated_at) \
+             VALUES ($1, $2, $3) \
+             ON CONFLICT (projection_name) \
+             DO UPDATE SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at"
+        )
+        .into(),
+        claim_checkpoint: format!(
+            "SELECT position FROM {checkpoints} WHERE projection_name = $1 \
+             FOR UPDATE SKIP LOCKED"
+        )
+        .into(),
+        checkpoint_exists: format!(
+            "SELECT EXISTS (SELECT 1 FROM {checkpoints} WHERE projection_name = $1)"
+        )
+        .into(),
+        create_checkpoint: format!(
+            "INSERT INTO {checkpoints} (projection_name, position, updated_at) \
+             VALUES ($1, 0, $2) \
+             ON CONFLICT (projection_name) DO NOTHING RETURNING position"
+        )
+        .into(),
+        load_snapshot: format!(
+            "SELECT version, schema_version, state, created_at FROM {snapshots} \
+             WHERE {aggregate} AND version <= $4"
+        )
+        .into(),
+        save_snapshot: format!(
+            "INSERT INTO {snapshots} AS s (bounded_context, aggregate_type, aggregate_id, \
+                 version, schema_version, state, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (bounded_context, aggregate_type, aggregate_id) DO UPDATE \
+             SET version = EXCLUDED.version, schema_version = EXCLUDED.schema_version, \
+                 state = EXCLUDED.state, created_at = EXCLUDED.created_at \
+             WHERE s.version <= EXCLUDED.version"
+        )
+        .into(),
+        record_failure: format!(
+            "INSERT INTO {failures} (projection_name, global_position, event_id, event_type, \
+                 error, failed_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (projection_name, global_position) \
+             DO UPDATE SET error = EXCLUDED.error, failed_at = EXCLUDED.failed_at"
+        )
+        .into(),
+        list_failures: format!(
+            "SELECT global_position, event_id, event_type, error, failed_at FROM {failures} \
+             WHERE projection_name = $1 ORDER BY global_position"
+        )
+        .into(),
+        relax_durability: Some("SET LOCAL synchronous_commit = off".into()),
+        horizon: Some(read_horizon(n).into()),
+        register_listener: Some(register_listener(n).into()),
     }
 }
 
-fn prefixed(alias: &str, columns: &str) -> String {
-    columns
-        .split(", ")
-        .map(|c| format!("{alias}.{}", c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ")
+/// The statement of [`PostgresStore::register_listener`](crate::PostgresStore::register_listener).
+fn register_listener(n: &Names) -> String {
+    let listeners = n.derived_qualified(LISTENERS);
+    format!(
+        "WITH expired AS (DELETE FROM {listeners} \
+             WHERE seen < now() - interval '{LISTENER_TTL_SECONDS} seconds') \
+         INSERT INTO {listeners} (channel, pid, seen) \
+         VALUES ($1, pg_backend_pid(), now()) \
+         ON CONFLICT (channel, pid) DO UPDATE SET seen = EXCLUDED.seen"
+    )
+}
+
+/// The statement of [`PostgresStore::safe_position`](crate::PostgresStore::safe_position).
+/// The sequence is read first (FROM), the in-flight locks second (a
+/// subquery correlated with it, so it runs after): see the gap-safety
+/// notes.
+fn read_horizon(n: &Names) -> String {
+    let sequence = n.derived_qualified(SEQUENCE);
+    let tag = gap_tag(n);
+    format!(
+        "SELECT s.allocated, \
+             (SELECT min(((l.classid::bigint << 32) | l.objid::bigint) & {MAX_POSITION}) \
+              FROM pg_catalog.pg_locks l \
+              WHERE s.allocated IS NOT NULL \
+                AND l.locktype = 'advisory' AND l.objsubid = 1 \
+                AND l.database = (SELECT oid FROM pg_catalog.pg_database \
+                                  WHERE datname = current_database()) \
+                AND (l.classid::bigint >> 16) = {tag} \
+                AND l.pid IS DISTINCT FROM pg_backend_pid()) AS in_flight, \
+             current_setting('transaction_isolation') AS isolation, \
+             pg_is_in_recovery() AS standby \
+         FROM (SELECT {ALLOCATED} AS allocated FROM {sequence}) s"
+    )
 }
 
 /// One statement that checks the expected version, moves the head, marks
@@ -431,13 +380,13 @@ fn prefixed(alias: &str, columns: &str) -> String {
 fn append(n: &Names, check: HeadCheck) -> String {
     let events = n.events();
     let heads = n.heads();
-    let sequence = n.sequence();
+    let sequence = n.derived_qualified(SEQUENCE);
     // Only `Any` looks for stored ids before writing: for it, a repeated
     // batch would otherwise be appended again. Under `NoStream` and
     // `Exact(n)` a repeated batch fails the version check (it moved the
     // head), and an id reused for another event hits the unique constraint;
     // both are resolved after the fact, so the common append pays nothing.
-    let not_stored = format!("NOT {}($5)", n.ids_stored_function());
+    let not_stored = format!("NOT {}($5)", n.derived_qualified(IDS_STORED));
     let head = match check {
         HeadCheck::NoStream => format!(
             "INSERT INTO {heads} AS h (bounded_context, aggregate_type, aggregate_id, version) \
@@ -473,7 +422,7 @@ fn append(n: &Names, check: HeadCheck) -> String {
     // PostgreSQL, so a transaction appending many times notifies once; and
     // nobody is notified while nobody listens.
     let notify = if n.notify {
-        let (channel, listeners) = (n.channel(), n.listeners());
+        let (channel, listeners) = (n.channel(), n.derived_qualified(LISTENERS));
         format!(
             " AND CASE WHEN EXISTS (SELECT 1 FROM {listeners} \
                   WHERE channel = '{channel}' \

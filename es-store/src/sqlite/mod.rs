@@ -1,39 +1,55 @@
-//! The SQLite store, for running the framework without a server (cargo
-//! feature `sqlite`). The user guide (connecting, the single writer,
+//! The SQLite backend (cargo feature `sqlite`), for running the framework
+//! without a server. The user guide (connecting, the single writer,
 //! claims, gap safety) is on [`SqliteStore`].
 
+mod append;
+mod codec;
 mod sql;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use serde_json::value::RawValue;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteRow};
-use sqlx::types::Json;
-use sqlx::{Acquire, AssertSqlSafe, Connection as _, Row, SqlSafeStr, Sqlite, SqliteConnection};
-use uuid::Uuid;
-use uuid::fmt::Hyphenated;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+use sqlx::{Acquire, Connection as _, SqliteConnection};
 
-use crate::postgres::names::{Ident, MAX_TABLE_NAME, distinct_tables};
-use crate::{
-    AggregateStreamReader, AppendResult, Backend, CheckpointStore, Error, Event, EventFilter,
-    EventIdConflictReason, EventPage, EventReader, EventStore, ExpectedVersion, PersistedEvent,
-    ProjectionFailure, ProjectionStore, Result, Snapshot, SnapshotStore, StoredEvent, Stream,
-    event, replay, stream_hash, validate,
-};
-use sql::{Names, Statements};
+use crate::names::Rules;
+use crate::store::sealed;
+use crate::{Dialect, Error, Result, SqlStore, StoreBuilder};
 
 /// How long [`SqliteStore::connect_options`] lets a writer wait for the
 /// write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The SQLite dialect (cargo feature `sqlite`).
+#[derive(Debug, Clone, Copy)]
+pub enum Sqlite {}
+
+#[allow(private_interfaces)]
+impl sealed::Dialect for Sqlite {
+    const RULES: Rules = Rules {
+        backend: "SQLite",
+        quote: '"',
+        max_schema: None,
+    };
+
+    fn statements(names: &crate::names::Names) -> crate::core::Statements {
+        sql::statements(names)
+    }
+
+    fn migrations(names: &crate::names::Names) -> Vec<(i64, &'static str, String)> {
+        sql::migrations(names)
+    }
+}
+
+impl Dialect for Sqlite {
+    type Database = sqlx::Sqlite;
+}
+
 /// The SQLite event store (cargo feature `sqlite`), for running the
 /// framework without a server. Cheap to clone; holds no connection.
 ///
-/// It implements the same traits as
-/// [`PostgresStore`](crate::PostgresStore) with the same behaviour and the
+/// It is the same [`SqlStore`] as
+/// `PostgresStore`, with the same behaviour and the
 /// same typed errors, so the repository and projections run on it
 /// unchanged; the conformance suite in the repository's `tests/` runs
 /// against both. What differs is how concurrency is achieved, because SQLite
@@ -68,7 +84,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// # Schema
 ///
 /// The same five tables as on PostgreSQL (names configurable, see
-/// [`SqliteStoreBuilder`]), as `STRICT` tables, with JSON stored as text
+/// [`StoreBuilder`]), as `STRICT` tables, with JSON stored as text
 /// and checked with `json_valid`, ids as hyphenated text and timestamps as
 /// RFC 3339 text with six fractional digits. [`SqliteStore::migrate`]
 /// creates them, tracking what it applied in `_es_migrations`.
@@ -123,7 +139,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 ///
 /// # Checkpoint claims
 ///
-/// [`ProjectionStore::claim_checkpoint`] takes the write lock: that is what
+/// [`ProjectionStore::claim_checkpoint`](crate::ProjectionStore::claim_checkpoint) takes the write lock: that is what
 /// makes the claim exclusive until the transaction ends, and SQLite has no
 /// finer lock. A second claimant therefore *waits* (up to the busy timeout)
 /// instead of being told `None` at once, and gets the checkpoint as the
@@ -144,7 +160,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// transaction had already ended when `q`'s began writing: commits happen
 /// in position order. Every snapshot therefore holds a prefix of the
 /// committed feed, and a reader that goes on from the last position it saw
-/// never skips an event. [`EventReader::read_events`] reads the head
+/// never skips an event. [`EventReader::read_events`](crate::EventReader::read_events) reads the head
 /// position first and then the events up to it, so a page and its
 /// `scanned_to` describe the same prefix even on a connection with no
 /// transaction (where the two statements see different snapshots).
@@ -166,48 +182,23 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 ///
 /// [`Error::OptimisticConcurrency`]: crate::Error::OptimisticConcurrency
 /// [`Error::Database`]: crate::Error::Database
-#[derive(Debug, Clone)]
-pub struct SqliteStore {
-    inner: Arc<Inner>,
-}
+pub type SqliteStore = SqlStore<Sqlite>;
 
-#[derive(Debug)]
-struct Inner {
-    names: Names,
-    sql: Statements,
-}
+/// Sets the table names of a [`SqliteStore`]: the rules of
+/// [`StoreBuilder`], so one configuration works on every backend. SQLite
+/// has no schemas: use another database file instead.
+///
+/// ```
+/// use es_store::{Error, SqliteStore};
+///
+/// let err = SqliteStore::builder().events_table("events; DROP TABLE x").build().unwrap_err();
+/// assert!(matches!(err, Error::InvalidIdentifier { what: "events table", .. }));
+/// let err = SqliteStore::builder().schema("es").build().unwrap_err();
+/// assert!(matches!(err, Error::InvalidIdentifier { what: "schema", .. }));
+/// ```
+pub type SqliteStoreBuilder = StoreBuilder<Sqlite>;
 
-impl Default for SqliteStore {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl SqliteStore {
-    /// A store on the default tables `events`, `aggregate_heads`,
-    /// `checkpoints`, `snapshots` and `projection_failures`.
-    ///
-    /// ```
-    /// let store = es_store::SqliteStore::new();
-    /// assert_eq!(store.events_table(), r#""events""#);
-    /// ```
-    pub fn new() -> Self {
-        SqliteStoreBuilder::default()
-            .build()
-            .expect("the default names are valid identifiers")
-    }
-
-    /// Configures table names.
-    ///
-    /// ```
-    /// let store = es_store::SqliteStore::builder().checkpoints_table("es_checkpoints").build()?;
-    /// assert_eq!(store.checkpoints_table(), r#""es_checkpoints""#);
-    /// # Ok::<(), es_store::Error>(())
-    /// ```
-    pub fn builder() -> SqliteStoreBuilder {
-        SqliteStoreBuilder::default()
-    }
-
+impl SqlStore<Sqlite> {
     /// Connect options for a database file that suit the store: the file
     /// is created if missing, in WAL mode (readers and the writer do not
     /// block each other), with a busy timeout of 10 seconds (a writer waits
@@ -234,80 +225,6 @@ impl SqliteStore {
             .busy_timeout(BUSY_TIMEOUT)
     }
 
-    /// The events table, quoted, for your own SQL.
-    ///
-    /// ```
-    /// assert_eq!(es_store::SqliteStore::new().events_table(), r#""events""#);
-    /// ```
-    pub fn events_table(&self) -> String {
-        self.inner.names.events()
-    }
-
-    /// The aggregate heads table, quoted.
-    ///
-    /// ```
-    /// assert_eq!(es_store::SqliteStore::new().heads_table(), r#""aggregate_heads""#);
-    /// ```
-    pub fn heads_table(&self) -> String {
-        self.inner.names.heads()
-    }
-
-    /// The checkpoints table, quoted.
-    ///
-    /// ```
-    /// assert_eq!(es_store::SqliteStore::new().checkpoints_table(), r#""checkpoints""#);
-    /// ```
-    pub fn checkpoints_table(&self) -> String {
-        self.inner.names.checkpoints()
-    }
-
-    /// The snapshots table, quoted.
-    ///
-    /// ```
-    /// assert_eq!(es_store::SqliteStore::new().snapshots_table(), r#""snapshots""#);
-    /// ```
-    pub fn snapshots_table(&self) -> String {
-        self.inner.names.snapshots()
-    }
-
-    /// The table of events projections skipped, quoted.
-    ///
-    /// ```
-    /// assert_eq!(es_store::SqliteStore::new().failures_table(), r#""projection_failures""#);
-    /// ```
-    pub fn failures_table(&self) -> String {
-        self.inner.names.failures()
-    }
-
-    /// The migrations for this store's names, as a sqlx
-    /// [`Migrator`](sqlx::migrate::Migrator), tracked in their own table,
-    /// `_es_migrations`, so they never collide with your application's
-    /// migrations.
-    ///
-    /// ```
-    /// let migrator = es_store::SqliteStore::new().migrator();
-    /// assert_eq!(migrator.iter().next().unwrap().version, 1);
-    /// ```
-    pub fn migrator(&self) -> sqlx::migrate::Migrator {
-        use sqlx::migrate::{Migration, MigrationType, Migrator};
-        let names = &self.inner.names;
-        let migrations = sql::migrations(names)
-            .into_iter()
-            .map(|(version, description, sql)| {
-                Migration::new(
-                    version,
-                    description.into(),
-                    MigrationType::Simple,
-                    AssertSqlSafe(sql).into_sql_str(),
-                    false,
-                )
-            })
-            .collect();
-        let mut migrator = Migrator::with_migrations(migrations);
-        migrator.dangerous_set_table_name(names.migrations_table());
-        migrator
-    }
-
     /// Creates or upgrades the store's tables. Safe to call on every start
     /// and from several processes at once: it runs in one `BEGIN
     /// IMMEDIATE` transaction, so concurrent migrations take turns (sqlx's
@@ -324,7 +241,7 @@ impl SqliteStore {
     /// ```
     pub async fn migrate<'a, A>(&self, conn: A) -> Result<()>
     where
-        A: Acquire<'a, Database = Sqlite>,
+        A: Acquire<'a, Database = sqlx::Sqlite>,
     {
         let mut conn = conn.acquire().await?;
         let migrator = self.migrator();
@@ -335,10 +252,6 @@ impl SqliteStore {
         run_migrations(&migrator, &mut tx).await?;
         tx.commit().await?;
         Ok(())
-    }
-
-    fn sql(&self) -> &Statements {
-        &self.inner.sql
     }
 }
 
@@ -356,732 +269,4 @@ async fn run_migrations(
         .map_err(Error::Migration)
 }
 
-/// Sets the table names of a [`SqliteStore`].
-///
-/// Names follow the rules of
-/// [`PostgresStoreBuilder`](crate::PostgresStoreBuilder) (ASCII letters,
-/// digits and `_`, not starting with a digit, at most 40 bytes, distinct), so
-/// one configuration works on both backends. They are always quoted in SQL.
-/// SQLite has no schemas: use another database file instead.
-///
-/// ```
-/// use es_store::{Error, SqliteStore};
-///
-/// let err = SqliteStore::builder().events_table("events; DROP TABLE x").build().unwrap_err();
-/// assert!(matches!(err, Error::InvalidIdentifier { what: "events table", .. }));
-/// ```
-#[derive(Debug, Clone)]
-pub struct SqliteStoreBuilder {
-    events: String,
-    heads: String,
-    checkpoints: String,
-    snapshots: String,
-    failures: String,
-}
-
-impl Default for SqliteStoreBuilder {
-    fn default() -> Self {
-        Self {
-            events: "events".to_owned(),
-            heads: "aggregate_heads".to_owned(),
-            checkpoints: "checkpoints".to_owned(),
-            snapshots: "snapshots".to_owned(),
-            failures: "projection_failures".to_owned(),
-        }
-    }
-}
-
-impl SqliteStoreBuilder {
-    /// Names the events table (default `events`).
-    pub fn events_table(mut self, name: impl Into<String>) -> Self {
-        self.events = name.into();
-        self
-    }
-
-    /// Names the aggregate heads table (default `aggregate_heads`).
-    pub fn heads_table(mut self, name: impl Into<String>) -> Self {
-        self.heads = name.into();
-        self
-    }
-
-    /// Names the checkpoints table (default `checkpoints`).
-    pub fn checkpoints_table(mut self, name: impl Into<String>) -> Self {
-        self.checkpoints = name.into();
-        self
-    }
-
-    /// Names the snapshots table (default `snapshots`).
-    pub fn snapshots_table(mut self, name: impl Into<String>) -> Self {
-        self.snapshots = name.into();
-        self
-    }
-
-    /// Names the table of events projections skipped (default
-    /// `projection_failures`).
-    pub fn failures_table(mut self, name: impl Into<String>) -> Self {
-        self.failures = name.into();
-        self
-    }
-
-    /// Validates the names and renders the store's SQL.
-    pub fn build(self) -> Result<SqliteStore> {
-        let names = Names {
-            events: Ident::new("events table", &self.events, MAX_TABLE_NAME)?,
-            heads: Ident::new("heads table", &self.heads, MAX_TABLE_NAME)?,
-            checkpoints: Ident::new("checkpoints table", &self.checkpoints, MAX_TABLE_NAME)?,
-            snapshots: Ident::new("snapshots table", &self.snapshots, MAX_TABLE_NAME)?,
-            failures: Ident::new("failures table", &self.failures, MAX_TABLE_NAME)?,
-        };
-        distinct_tables([
-            &names.events,
-            &names.heads,
-            &names.checkpoints,
-            &names.snapshots,
-            &names.failures,
-        ])?;
-        let sql = Statements::new(&names);
-        Ok(SqliteStore {
-            inner: Arc::new(Inner { names, sql }),
-        })
-    }
-}
-
-impl Backend for SqliteStore {
-    type Database = Sqlite;
-}
-
-/// SQLite's primary result code for "the database is locked"; its extended
-/// codes (`SQLITE_BUSY_SNAPSHOT`, `SQLITE_BUSY_TIMEOUT`, ..) share the low
-/// byte.
-const SQLITE_BUSY: i32 = 5;
-
-/// Whether SQLite refused to give this connection the write lock.
-fn is_busy(error: &sqlx::Error) -> bool {
-    error
-        .as_database_error()
-        .and_then(|db| db.code())
-        .and_then(|code| code.parse::<i32>().ok())
-        .is_some_and(|code| code & 0xff == SQLITE_BUSY)
-}
-
-/// How timestamps are stored: see the `NOW` default in `sql.rs`.
-fn timestamp(at: DateTime<Utc>) -> String {
-    at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
-}
-
-/// A JSON array of the ids, for `json_each`.
-fn id_list(events: &[Event]) -> Result<String> {
-    let ids: Vec<Hyphenated> = events.iter().map(|e| e.event_id.hyphenated()).collect();
-    serde_json::to_string(&ids).map_err(Error::Serialization)
-}
-
-/// One event of an append as the insert statement reads it from JSON: a
-/// positional array (compact, and JSON text such as the payload travels as
-/// a string, so it is stored exactly as given).
-type BatchRow<'a> = (
-    Hyphenated,
-    &'a str,
-    i32,
-    &'a str,
-    &'a str,
-    Option<Hyphenated>,
-    Option<Hyphenated>,
-    Option<&'a str>,
-    String,
-);
-
-fn batch(events: &[Event]) -> Result<String> {
-    let rows: Vec<BatchRow<'_>> = events
-        .iter()
-        .map(|e| {
-            (
-                e.event_id.hyphenated(),
-                e.event_type.as_str(),
-                e.event_version,
-                e.payload.get(),
-                e.metadata.get(),
-                e.correlation_id.map(Uuid::hyphenated),
-                e.causation_id.map(Uuid::hyphenated),
-                e.trace_id.as_deref(),
-                timestamp(e.created_at),
-            )
-        })
-        .collect();
-    serde_json::to_string(&rows).map_err(Error::Serialization)
-}
-
-/// Whether two JSON texts hold the same value (as PostgreSQL's `jsonb`
-/// equality: key order and whitespace do not matter).
-fn same_json(a: &RawValue, b: &RawValue) -> Result<bool> {
-    let parse = |raw: &RawValue| {
-        serde_json::from_str::<serde_json::Value>(raw.get()).map_err(Error::Serialization)
-    };
-    Ok(parse(a)? == parse(b)?)
-}
-
-impl EventStore for SqliteStore {
-    async fn append(
-        &self,
-        conn: &mut SqliteConnection,
-        expected: ExpectedVersion,
-        mut events: Vec<Event>,
-    ) -> Result<AppendResult> {
-        let expected = validate::append(expected, &mut events)?;
-        let in_callers_transaction = conn.is_in_transaction();
-        // A savepoint in the caller's transaction, or a transaction of our
-        // own that takes the write lock before reading anything. Both are
-        // sqlx transactions, so a cancelled append is rolled back before the
-        // connection runs anything else.
-        let begun = if in_callers_transaction {
-            sqlx::Connection::begin(conn).await
-        } else {
-            conn.begin_with("BEGIN IMMEDIATE").await
-        };
-        let mut tx = begun.map_err(|e| self.append_error(e, &events[0], expected, false))?;
-        match self
-            .append_locked(&mut tx, expected, events, in_callers_transaction)
-            .await
-        {
-            Ok(result) => {
-                tx.commit().await?;
-                Ok(result)
-            }
-            Err(error) => {
-                if let Err(rollback) = tx.rollback().await {
-                    tracing::warn!(%rollback, "could not roll back a failed append");
-                }
-                Err(error)
-            }
-        }
-    }
-
-    /// Takes the database's write lock (SQLite has no row locks), waiting
-    /// for it up to the busy timeout.
-    async fn lock_aggregate(
-        &self,
-        conn: &mut SqliteConnection,
-        bounded_context: &str,
-        aggregate_type: &str,
-        aggregate_id: &str,
-    ) -> Result<i64> {
-        validate::aggregate(bounded_context, aggregate_type, aggregate_id)?;
-        let version: Option<i64> = sqlx::query_scalar(AssertSqlSafe(self.sql().lock_head.clone()))
-            .bind(bounded_context)
-            .bind(aggregate_type)
-            .bind(aggregate_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-        Ok(version.unwrap_or(0))
-    }
-}
-
-impl SqliteStore {
-    /// The append, inside its savepoint or transaction.
-    async fn append_locked(
-        &self,
-        conn: &mut SqliteConnection,
-        expected: ExpectedVersion,
-        events: Vec<Event>,
-        in_callers_transaction: bool,
-    ) -> Result<AppendResult> {
-        let first = &events[0];
-        let refused = |e| self.append_error(e, first, expected, in_callers_transaction);
-        let ids = id_list(&events)?;
-        let count = events.len() as i64;
-        let sql = match expected {
-            ExpectedVersion::NoStream => &self.sql().move_head_no_stream,
-            ExpectedVersion::Any => &self.sql().move_head_any,
-            ExpectedVersion::Exact(_) => &self.sql().move_head_exact,
-        };
-        let mut query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql.clone()))
-            .bind(first.bounded_context.as_str())
-            .bind(first.aggregate_type.as_str())
-            .bind(first.aggregate_id.as_str())
-            .bind(count)
-            .bind(ids.as_str());
-        if let ExpectedVersion::Exact(version) = expected {
-            query = query.bind(version);
-        }
-        let base = query.fetch_optional(&mut *conn).await.map_err(refused)?;
-        let Some(base) = base else {
-            return self
-                .resolve_refused_append(conn, expected, events, &ids)
-                .await;
-        };
-        let mut rows: Vec<(i64, i64)> =
-            sqlx::query_as(AssertSqlSafe(self.sql().insert_events.clone()))
-                .bind(first.bounded_context.as_str())
-                .bind(first.aggregate_type.as_str())
-                .bind(first.aggregate_id.as_str())
-                .bind(base)
-                .bind(batch(&events)?)
-                .bind(stream_hash(
-                    &first.bounded_context,
-                    &first.aggregate_type,
-                    &first.aggregate_id,
-                ))
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(refused)?;
-        // RETURNING gives no order guarantee; versions follow batch order.
-        rows.sort_unstable_by_key(|(_, version)| *version);
-        let versions_match = rows.len() == events.len()
-            && rows
-                .iter()
-                .enumerate()
-                .all(|(i, (_, version))| *version == base + 1 + i as i64);
-        if !versions_match {
-            // Only possible if the statement were changed to skip rows.
-            return Err(Error::Database(sqlx::Error::Protocol(format!(
-                "append stored {} rows for {} events",
-                rows.len(),
-                events.len()
-            ))));
-        }
-        let persisted = events
-            .into_iter()
-            .zip(rows)
-            .map(|(event, (position, version))| PersistedEvent::new(event, version, position))
-            .collect();
-        Ok(AppendResult::new(persisted))
-    }
-
-    /// Maps a failed append statement to the store's errors.
-    fn append_error(
-        &self,
-        error: sqlx::Error,
-        first: &Event,
-        expected: ExpectedVersion,
-        in_callers_transaction: bool,
-    ) -> Error {
-        let conflict = || Error::OptimisticConcurrency {
-            aggregate: first.aggregate().to_owned(),
-            expected,
-            actual: None,
-        };
-        // The caller's transaction read before this write and another
-        // writer holds or moved the database: see the module docs.
-        if in_callers_transaction && is_busy(&error) {
-            return conflict();
-        }
-        let Some(db) = error.as_database_error() else {
-            return Error::Database(error);
-        };
-        if !matches!(db.kind(), sqlx::error::ErrorKind::UniqueViolation) {
-            return Error::Database(error);
-        }
-        // "UNIQUE constraint failed: <table>.<column>, .."
-        let events = self.inner.names.events.as_str();
-        let message = db.message();
-        if message.ends_with(&format!("{events}.aggregate_version")) {
-            conflict()
-        } else if message.ends_with(&format!("{events}.event_id")) {
-            Error::EventIdConflict {
-                event_id: first.event_id,
-                reason: EventIdConflictReason::StoredConcurrently,
-            }
-        } else {
-            Error::Database(error)
-        }
-    }
-
-    /// The head statement changed nothing: either the expected version did
-    /// not match or some event ids are stored already. Decides which, under
-    /// the write lock, and returns the stored result when the batch repeats
-    /// one earlier append.
-    async fn resolve_refused_append(
-        &self,
-        conn: &mut SqliteConnection,
-        expected: ExpectedVersion,
-        events: Vec<Event>,
-        ids: &str,
-    ) -> Result<AppendResult> {
-        let rows = sqlx::query(AssertSqlSafe(self.sql().stored_ids.clone()))
-            .bind(ids)
-            .fetch_all(&mut *conn)
-            .await?;
-        let mut stored = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let index: i64 = row.try_get(0)?;
-            let persisted = decode_row(row, 1)?;
-            let given = usize::try_from(index)
-                .ok()
-                .and_then(|i| events.get(i))
-                .ok_or_else(|| {
-                    Error::Database(sqlx::Error::Protocol(format!(
-                        "json_each returned index {index} for a batch of {}",
-                        events.len()
-                    )))
-                })?;
-            let same_content = persisted.event_type == given.event_type
-                && persisted.event_version == given.event_version
-                && same_json(&persisted.payload, &given.payload)?;
-            stored.push((persisted, same_content));
-        }
-        if !stored.is_empty() {
-            return replay::stored_result(&events, stored);
-        }
-        let first = &events[0];
-        let actual: Option<i64> =
-            sqlx::query_scalar(AssertSqlSafe(self.sql().head_version.clone()))
-                .bind(&first.bounded_context)
-                .bind(&first.aggregate_type)
-                .bind(&first.aggregate_id)
-                .fetch_optional(&mut *conn)
-                .await?;
-        Err(Error::OptimisticConcurrency {
-            aggregate: first.aggregate().to_owned(),
-            expected,
-            actual: Some(actual.unwrap_or(0)),
-        })
-    }
-}
-
-/// Decodes the event columns ([`sql::EVENT_COLUMNS`]) starting at `offset`.
-fn decode_row(row: &SqliteRow, offset: usize) -> Result<PersistedEvent> {
-    let column = |i: usize| offset + i;
-    let payload: Json<&RawValue> = row.try_get(column(8))?;
-    let metadata: Json<&RawValue> = row.try_get(column(9))?;
-    let id = |i: usize| -> Result<Option<Uuid>> {
-        Ok(row
-            .try_get::<Option<Hyphenated>, _>(column(i))?
-            .map(Hyphenated::into_uuid))
-    };
-    let event = Event {
-        event_id: row.try_get::<Hyphenated, _>(column(2))?.into_uuid(),
-        bounded_context: row.try_get(column(3))?,
-        aggregate_type: row.try_get(column(4))?,
-        aggregate_id: row.try_get(column(5))?,
-        event_type: row.try_get(column(6))?,
-        event_version: row.try_get(column(7))?,
-        payload: payload.0.to_owned(),
-        metadata: metadata.0.to_owned(),
-        correlation_id: id(10)?,
-        causation_id: id(11)?,
-        trace_id: row.try_get(column(12))?,
-        created_at: row.try_get(column(13))?,
-    };
-    Ok(PersistedEvent::new(
-        event,
-        row.try_get(column(1))?,
-        row.try_get(column(0))?,
-    ))
-}
-
-impl AggregateStreamReader for SqliteStore {
-    async fn read_aggregate_stream(
-        &self,
-        conn: &mut SqliteConnection,
-        bounded_context: &str,
-        aggregate_type: &str,
-        aggregate_id: &str,
-        from_version: Option<i64>,
-        to_version: Option<i64>,
-    ) -> Result<Stream> {
-        validate::aggregate(bounded_context, aggregate_type, aggregate_id)?;
-        let (from, to) = validate::version_range(from_version, to_version)?;
-        let rows = sqlx::query(AssertSqlSafe(self.sql().read_stream.clone()))
-            .bind(bounded_context)
-            .bind(aggregate_type)
-            .bind(aggregate_id)
-            .bind(from)
-            .bind(to)
-            .fetch_all(&mut *conn)
-            .await?;
-        let events = rows
-            .iter()
-            .map(|row| decode_row(row, 0))
-            .collect::<Result<_>>()?;
-        Ok(Stream::new(
-            bounded_context,
-            aggregate_type,
-            aggregate_id,
-            events,
-        ))
-    }
-
-    /// Reads four columns instead of fourteen and lends each row's text to
-    /// `visit` without copying it (the payload is parsed once, by the
-    /// visitor; the table's `json_valid` check vouches for it).
-    async fn fold_aggregate_stream<F, E>(
-        &self,
-        conn: &mut SqliteConnection,
-        bounded_context: &str,
-        aggregate_type: &str,
-        aggregate_id: &str,
-        from_version: Option<i64>,
-        to_version: Option<i64>,
-        mut visit: F,
-    ) -> std::result::Result<u64, E>
-    where
-        F: FnMut(StoredEvent<'_>) -> std::result::Result<(), E> + Send,
-        E: From<Error> + Send,
-    {
-        validate::aggregate(bounded_context, aggregate_type, aggregate_id)?;
-        let (from, to) = validate::version_range(from_version, to_version)?;
-        let rows = sqlx::query(AssertSqlSafe(self.sql().fold_stream.clone()))
-            .bind(bounded_context)
-            .bind(aggregate_type)
-            .bind(aggregate_id)
-            .bind(from)
-            .bind(to)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(Error::from)?;
-        for row in &rows {
-            visit(StoredEvent {
-                aggregate_version: row.try_get(0).map_err(Error::from)?,
-                event_type: row.try_get(1).map_err(Error::from)?,
-                event_version: row.try_get(2).map_err(Error::from)?,
-                payload: row.try_get(3).map_err(Error::from)?,
-            })?;
-        }
-        Ok(rows.len() as u64)
-    }
-}
-
-/// A filter list as a JSON array for `json_each`, or `None` (no
-/// restriction) when it is empty.
-fn filter_list(names: &[String]) -> Result<Option<String>> {
-    if names.is_empty() {
-        return Ok(None);
-    }
-    serde_json::to_string(names)
-        .map(Some)
-        .map_err(Error::Serialization)
-}
-
-impl EventReader for SqliteStore {
-    async fn read_events(
-        &self,
-        conn: &mut SqliteConnection,
-        from_position: i64,
-        limit: i64,
-    ) -> Result<Vec<PersistedEvent>> {
-        let page = self
-            .read_filtered(conn, from_position, limit, &EventFilter::all())
-            .await?;
-        Ok(page.events)
-    }
-
-    async fn read_filtered(
-        &self,
-        conn: &mut SqliteConnection,
-        from_position: i64,
-        limit: i64,
-        filter: &EventFilter,
-    ) -> Result<EventPage> {
-        validate::page(from_position, limit)?;
-        filter.validate()?;
-        // The head first, then the events up to it: see "Gap-safe global
-        // reads" in the module docs.
-        let head = self.head_position(conn).await?;
-        if head <= from_position {
-            return Ok(EventPage {
-                events: Vec::new(),
-                scanned_to: from_position,
-            });
-        }
-        let (count, index) = filter
-            .partition_of()
-            .map_or((1, 0), |p| (i64::from(p.count()), i64::from(p.index())));
-        let rows = sqlx::query(AssertSqlSafe(self.sql().read_events.clone()))
-            .bind(from_position)
-            .bind(head)
-            .bind(limit)
-            .bind(filter_list(filter.bounded_contexts())?)
-            .bind(filter_list(filter.aggregate_types())?)
-            .bind(count)
-            .bind(index)
-            .fetch_all(&mut *conn)
-            .await?;
-        let events: Vec<PersistedEvent> = rows
-            .iter()
-            .map(|row| decode_row(row, 0))
-            .collect::<Result<_>>()?;
-        let scanned_to = match events.last() {
-            Some(last) if events.len() as i64 == limit => last.global_position,
-            _ => head,
-        };
-        Ok(EventPage { events, scanned_to })
-    }
-}
-
-impl CheckpointStore for SqliteStore {
-    async fn get_checkpoint(
-        &self,
-        conn: &mut SqliteConnection,
-        projection_name: &str,
-    ) -> Result<i64> {
-        validate::projection_name(projection_name)?;
-        let position: Option<i64> =
-            sqlx::query_scalar(AssertSqlSafe(self.sql().get_checkpoint.clone()))
-                .bind(projection_name)
-                .fetch_optional(&mut *conn)
-                .await?;
-        Ok(position.unwrap_or(0))
-    }
-
-    async fn update_checkpoint(
-        &self,
-        conn: &mut SqliteConnection,
-        projection_name: &str,
-        position: i64,
-    ) -> Result<()> {
-        validate::projection_name(projection_name)?;
-        validate::position(position)?;
-        sqlx::query(AssertSqlSafe(self.sql().update_checkpoint.clone()))
-            .bind(projection_name)
-            .bind(position)
-            .bind(timestamp(event::now()))
-            .execute(&mut *conn)
-            .await?;
-        Ok(())
-    }
-}
-
-impl SnapshotStore for SqliteStore {
-    async fn load_snapshot(
-        &self,
-        conn: &mut SqliteConnection,
-        bounded_context: &str,
-        aggregate_type: &str,
-        aggregate_id: &str,
-        max_version: Option<i64>,
-    ) -> Result<Option<Snapshot>> {
-        validate::aggregate(bounded_context, aggregate_type, aggregate_id)?;
-        let (_, max) = validate::version_range(None, max_version)?;
-        let row = sqlx::query(AssertSqlSafe(self.sql().load_snapshot.clone()))
-            .bind(bounded_context)
-            .bind(aggregate_type)
-            .bind(aggregate_id)
-            .bind(max)
-            .fetch_optional(&mut *conn)
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        let state: Json<&RawValue> = row.try_get(2)?;
-        let mut snapshot = Snapshot::from_raw(
-            bounded_context,
-            aggregate_type,
-            aggregate_id,
-            row.try_get(0)?,
-            row.try_get(1)?,
-            state.0.to_owned(),
-        );
-        snapshot.created_at = row.try_get(3)?;
-        Ok(Some(snapshot))
-    }
-
-    async fn save_snapshot(&self, conn: &mut SqliteConnection, snapshot: &Snapshot) -> Result<()> {
-        validate::snapshot(snapshot)?;
-        sqlx::query(AssertSqlSafe(self.sql().save_snapshot.clone()))
-            .bind(&snapshot.bounded_context)
-            .bind(&snapshot.aggregate_type)
-            .bind(&snapshot.aggregate_id)
-            .bind(snapshot.version)
-            .bind(snapshot.schema_version)
-            .bind(snapshot.state.get())
-            .bind(timestamp(snapshot.created_at))
-            .execute(&mut *conn)
-            .await?;
-        Ok(())
-    }
-}
-
-impl ProjectionStore for SqliteStore {
-    async fn claim_checkpoint(
-        &self,
-        conn: &mut SqliteConnection,
-        projection_name: &str,
-    ) -> Result<Option<i64>> {
-        validate::projection_name(projection_name)?;
-        // Taking the write lock is the claim (see the module docs); the
-        // statement also creates a missing checkpoint at 0.
-        let created = sqlx::query(AssertSqlSafe(self.sql().create_checkpoint.clone()))
-            .bind(projection_name)
-            .bind(timestamp(event::now()))
-            .execute(&mut *conn)
-            .await;
-        match created {
-            Ok(_) => {}
-            Err(error) if is_busy(&error) => return Ok(None),
-            Err(error) => return Err(error.into()),
-        }
-        let position: i64 = sqlx::query_scalar(AssertSqlSafe(self.sql().get_checkpoint.clone()))
-            .bind(projection_name)
-            .fetch_one(&mut *conn)
-            .await?;
-        Ok(Some(position))
-    }
-
-    async fn record_failure(
-        &self,
-        conn: &mut SqliteConnection,
-        projection_name: &str,
-        event: &PersistedEvent,
-        error: &str,
-    ) -> Result<()> {
-        validate::projection_name(projection_name)?;
-        sqlx::query(AssertSqlSafe(self.sql().record_failure.clone()))
-            .bind(projection_name)
-            .bind(event.global_position)
-            .bind(event.event_id.hyphenated())
-            .bind(&event.event_type)
-            .bind(error)
-            .bind(timestamp(event::now()))
-            .execute(&mut *conn)
-            .await?;
-        Ok(())
-    }
-
-    async fn failures(
-        &self,
-        conn: &mut SqliteConnection,
-        projection_name: &str,
-    ) -> Result<Vec<ProjectionFailure>> {
-        validate::projection_name(projection_name)?;
-        let rows = sqlx::query(AssertSqlSafe(self.sql().list_failures.clone()))
-            .bind(projection_name)
-            .fetch_all(&mut *conn)
-            .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(ProjectionFailure {
-                    global_position: row.try_get(0)?,
-                    event_id: row.try_get::<Hyphenated, _>(1)?.into_uuid(),
-                    event_type: row.try_get(2)?,
-                    error: row.try_get(3)?,
-                    failed_at: row.try_get(4)?,
-                })
-            })
-            .collect()
-    }
-
-    async fn head_position(&self, conn: &mut SqliteConnection) -> Result<i64> {
-        Ok(
-            sqlx::query_scalar(AssertSqlSafe(self.sql().head_position.clone()))
-                .fetch_one(&mut *conn)
-                .await?,
-        )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_are_fixed_width_and_round_trip() {
-        let at = event::now();
-        let text = timestamp(at);
-        assert_eq!(text.len(), "2024-05-01T12:00:00.000000Z".len(), "{text}");
-        assert_eq!(DateTime::parse_from_rfc3339(&text).unwrap(), at);
-    }
-
-    #[test]
-    fn json_equality_ignores_key_order_and_whitespace() {
-        let raw = |s: &str| RawValue::from_string(s.to_owned()).unwrap();
-        assert!(same_json(&raw(r#"{"a":1,"b":[2]}"#), &raw(r#"{ "b": [2], "a": 1 }"#)).unwrap());
-        assert!(!same_json(&raw(r#"{"a":1}"#), &raw(r#"{"a":2}"#)).unwrap());
-    }
-}
+crate::core::impl_store!(Sqlite, SqliteConnection, sqlx::sqlite::SqliteRow);

@@ -1,49 +1,8 @@
 //! Every SQL text the SQLite store runs, rendered once per store from
 //! validated names.
 
-use std::sync::Arc;
-
-use crate::postgres::names::Ident;
-
-/// The store's tables, validated.
-#[derive(Debug, Clone)]
-pub(crate) struct Names {
-    pub(crate) events: Ident,
-    pub(crate) heads: Ident,
-    pub(crate) checkpoints: Ident,
-    pub(crate) snapshots: Ident,
-    pub(crate) failures: Ident,
-}
-
-fn quoted(ident: &Ident) -> String {
-    format!("\"{}\"", ident.as_str())
-}
-
-impl Names {
-    pub(crate) fn events(&self) -> String {
-        quoted(&self.events)
-    }
-
-    pub(crate) fn heads(&self) -> String {
-        quoted(&self.heads)
-    }
-
-    pub(crate) fn checkpoints(&self) -> String {
-        quoted(&self.checkpoints)
-    }
-
-    pub(crate) fn snapshots(&self) -> String {
-        quoted(&self.snapshots)
-    }
-
-    pub(crate) fn failures(&self) -> String {
-        quoted(&self.failures)
-    }
-
-    pub(crate) fn migrations_table(&self) -> String {
-        "\"_es_migrations\"".to_owned()
-    }
-}
+use crate::core::{AppendStatements, EVENT_COLUMNS, Statements};
+use crate::names::{EVENT_ID_KEY, Names, STREAM_VERSION_KEY};
 
 /// The migrations, oldest first: (version, description, SQL).
 pub(crate) fn migrations(names: &Names) -> Vec<(i64, &'static str, String)> {
@@ -63,8 +22,8 @@ fn migration_1(n: &Names) -> String {
     let checkpoints = n.checkpoints();
     let snapshots = n.snapshots();
     let failures = n.failures();
-    let event_id_index = quoted_index(&n.events, "event_id_key");
-    let stream_version_index = quoted_index(&n.events, "stream_version_key");
+    let event_id_index = n.derived_qualified(EVENT_ID_KEY);
+    let stream_version_index = n.derived_qualified(STREAM_VERSION_KEY);
     format!(
         r#"-- The event store on SQLite: events, aggregate heads, projection
 -- checkpoints, snapshots and the events projections skipped.
@@ -139,42 +98,9 @@ CREATE TABLE {failures} (
     )
 }
 
-/// `"<events table>_<suffix>"`: index names live in one namespace per
-/// database, so they carry the table's name.
-fn quoted_index(table: &Ident, suffix: &str) -> String {
-    format!("\"{}_{suffix}\"", table.as_str())
-}
-
-/// The columns every event read selects, in the order `decode_row` expects.
-pub(crate) const EVENT_COLUMNS: &str = "global_position, aggregate_version, event_id, \
-    bounded_context, aggregate_type, aggregate_id, event_type, event_version, payload, \
-    metadata, correlation_id, causation_id, trace_id, created_at";
-
-/// The prepared texts of one store.
-#[derive(Debug)]
-pub(crate) struct Statements {
-    pub(crate) move_head_no_stream: Arc<str>,
-    pub(crate) move_head_any: Arc<str>,
-    pub(crate) move_head_exact: Arc<str>,
-    pub(crate) insert_events: Arc<str>,
-    pub(crate) stored_ids: Arc<str>,
-    pub(crate) head_version: Arc<str>,
-    pub(crate) lock_head: Arc<str>,
-    pub(crate) read_stream: Arc<str>,
-    pub(crate) fold_stream: Arc<str>,
-    pub(crate) head_position: Arc<str>,
-    pub(crate) read_events: Arc<str>,
-    pub(crate) get_checkpoint: Arc<str>,
-    pub(crate) update_checkpoint: Arc<str>,
-    pub(crate) create_checkpoint: Arc<str>,
-    pub(crate) load_snapshot: Arc<str>,
-    pub(crate) save_snapshot: Arc<str>,
-    pub(crate) record_failure: Arc<str>,
-    pub(crate) list_failures: Arc<str>,
-}
-
-impl Statements {
-    pub(crate) fn new(n: &Names) -> Self {
+/// Every statement of a SQLite store.
+pub(crate) fn statements(n: &Names) -> Statements {
+    {
         let events = n.events();
         let heads = n.heads();
         let checkpoints = n.checkpoints();
@@ -194,15 +120,17 @@ impl Statements {
             "NOT EXISTS (SELECT 1 FROM {events} \
                          WHERE event_id IN (SELECT value FROM json_each(?5)))"
         );
+        let aggregate = "bounded_context = ?1 AND aggregate_type = ?2 AND aggregate_id = ?3";
         Statements {
-            move_head_no_stream: format!(
+            append: AppendStatements {
+            no_stream: format!(
                 "INSERT INTO {heads} (bounded_context, aggregate_type, aggregate_id, version) \
                  SELECT ?1, ?2, ?3, ?4 WHERE {not_stored} \
                  ON CONFLICT DO NOTHING \
                  RETURNING 0"
             )
             .into(),
-            move_head_any: format!(
+            any: format!(
                 "INSERT INTO {heads} (bounded_context, aggregate_type, aggregate_id, version) \
                  SELECT ?1, ?2, ?3, ?4 WHERE {not_stored} \
                  ON CONFLICT (bounded_context, aggregate_type, aggregate_id) \
@@ -210,7 +138,7 @@ impl Statements {
                  RETURNING version - ?4"
             )
             .into(),
-            move_head_exact: format!(
+            exact: format!(
                 "UPDATE {heads} SET version = version + ?4 \
                  WHERE bounded_context = ?1 AND aggregate_type = ?2 AND aggregate_id = ?3 \
                    AND version = ?6 AND {not_stored} \
@@ -221,7 +149,7 @@ impl Statements {
             // batch as a JSON array of event arrays (see `BatchRow`), ?6 the
             // stream hash. Rows are inserted in batch order, so positions
             // increase with versions.
-            insert_events: format!(
+            insert: Some(format!(
                 "INSERT INTO {events} (event_id, bounded_context, aggregate_type, aggregate_id, \
                      aggregate_version, event_type, event_version, payload, metadata, \
                      correlation_id, causation_id, trace_id, created_at, stream_hash) \
@@ -230,57 +158,47 @@ impl Statements {
                      e.value ->> 6, e.value ->> 7, e.value ->> 8, ?6 \
                  FROM json_each(?5) AS e \
                  ORDER BY e.key \
-                 RETURNING global_position, aggregate_version"
+                 RETURNING aggregate_version, global_position"
             )
-            .into(),
+            .into()),
+            },
             // ?1 the batch's event ids as a JSON array; the first column is
             // the index in the batch.
             stored_ids: format!(
-                "SELECT i.key, {cols} \
-                 FROM json_each(?1) AS i JOIN {events} e ON e.event_id = i.value \
-                 ORDER BY i.key",
-                cols = prefixed("e", EVENT_COLUMNS)
+                "SELECT {EVENT_COLUMNS} FROM {events} \
+                 WHERE event_id IN (SELECT value FROM json_each(?1))"
             )
             .into(),
             // A write that changes nothing, to take the database's write
             // lock (SQLite locks the whole database, not a row).
             lock_head: format!(
-                "UPDATE {heads} SET version = version \
-                 WHERE bounded_context = ?1 AND aggregate_type = ?2 AND aggregate_id = ?3 \
-                 RETURNING version"
+                "UPDATE {heads} SET version = version WHERE {aggregate} RETURNING version"
             )
             .into(),
-            head_version: format!(
-                "SELECT version FROM {heads} \
-                 WHERE bounded_context = ?1 AND aggregate_type = ?2 AND aggregate_id = ?3"
-            )
-            .into(),
+            locked_tail: None,
+            head_version: format!("SELECT version FROM {heads} WHERE {aggregate}").into(),
             read_stream: format!(
                 "SELECT {EVENT_COLUMNS} FROM {events} \
-                 WHERE bounded_context = ?1 AND aggregate_type = ?2 AND aggregate_id = ?3 \
-                   AND aggregate_version BETWEEN ?4 AND ?5 \
+                 WHERE {aggregate} AND aggregate_version BETWEEN ?4 AND ?5 \
                  ORDER BY aggregate_version"
             )
             .into(),
             fold_stream: format!(
-                "SELECT aggregate_version, event_type, event_version, payload \
-                 FROM {events} \
-                 WHERE bounded_context = ?1 AND aggregate_type = ?2 AND aggregate_id = ?3 \
-                   AND aggregate_version BETWEEN ?4 AND ?5 \
+                "SELECT aggregate_version, event_type, event_version, payload FROM {events} \
+                 WHERE {aggregate} AND aggregate_version BETWEEN ?4 AND ?5 \
                  ORDER BY aggregate_version"
             )
             .into(),
             head_position: format!("SELECT coalesce(max(global_position), 0) FROM {events}").into(),
-            // ?1 from (exclusive), ?2 head (inclusive), ?3 limit, ?4 and ?5
-            // the accepted bounded contexts and aggregate types as JSON
-            // arrays (NULL: all), ?6 partition count, ?7 partition index.
+            // ?2 and ?3 are the accepted bounded contexts and aggregate
+            // types as JSON arrays (NULL: all).
             read_events: format!(
                 "SELECT {EVENT_COLUMNS} FROM {events} \
-                 WHERE global_position > ?1 AND global_position <= ?2 \
-                   AND (?4 IS NULL OR bounded_context IN (SELECT value FROM json_each(?4))) \
-                   AND (?5 IS NULL OR aggregate_type IN (SELECT value FROM json_each(?5))) \
-                   AND (?6 = 1 OR stream_hash % ?6 = ?7) \
-                 ORDER BY global_position LIMIT ?3"
+                 WHERE global_position > ?1 AND global_position <= ?7 \
+                   AND (?2 IS NULL OR bounded_context IN (SELECT value FROM json_each(?2))) \
+                   AND (?3 IS NULL OR aggregate_type IN (SELECT value FROM json_each(?3))) \
+                   AND (?4 = 1 OR stream_hash % ?4 = ?5) \
+                 ORDER BY global_position LIMIT ?6"
             )
             .into(),
             get_checkpoint: format!(
@@ -294,6 +212,15 @@ impl Statements {
                  DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at"
             )
             .into(),
+            // Claims take the write lock (`create_checkpoint`), not a row.
+            claim_checkpoint: format!(
+                "SELECT position FROM {checkpoints} WHERE projection_name = ?1"
+            )
+            .into(),
+            checkpoint_exists: format!(
+                "SELECT EXISTS (SELECT 1 FROM {checkpoints} WHERE projection_name = ?1)"
+            )
+            .into(),
             // Writes, so it takes the write lock, even when the checkpoint
             // exists and nothing changes.
             create_checkpoint: format!(
@@ -304,8 +231,7 @@ impl Statements {
             .into(),
             load_snapshot: format!(
                 "SELECT version, schema_version, state, created_at FROM {snapshots} \
-                 WHERE bounded_context = ?1 AND aggregate_type = ?2 AND aggregate_id = ?3 \
-                   AND version <= ?4"
+                 WHERE {aggregate} AND version <= ?4"
             )
             .into(),
             save_snapshot: format!(
@@ -331,14 +257,9 @@ impl Statements {
                  WHERE projection_name = ?1 ORDER BY global_position"
             )
             .into(),
+            relax_durability: None,
+            horizon: None,
+            register_listener: None,
         }
     }
-}
-
-fn prefixed(alias: &str, columns: &str) -> String {
-    columns
-        .split(", ")
-        .map(|c| format!("{alias}.{}", c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ")
 }

@@ -1,0 +1,115 @@
+//! Appending: input checks, locking an aggregate, and deciding what a
+//! refused append means (a conflict, or a retried batch whose stored
+//! result is returned). The statements themselves and their locking are the
+//! backend's `codec::append`.
+
+/// Stamps out [`EventStore`](crate::EventStore) and the append helpers
+/// for one backend.
+macro_rules! impl_append {
+    ($dialect:ty, $conn:ty, $row:ty) => {
+        impl $crate::EventStore for $crate::SqlStore<$dialect> {
+            async fn append(
+                &self,
+                conn: &mut $conn,
+                expected: $crate::ExpectedVersion,
+                mut events: Vec<$crate::Event>,
+            ) -> $crate::Result<$crate::AppendResult> {
+                let expected = $crate::validate::append(expected, &mut events)?;
+                codec::append(self, conn, expected, events).await
+            }
+
+            async fn lock_aggregate(
+                &self,
+                conn: &mut $conn,
+                bounded_context: &str,
+                aggregate_type: &str,
+                aggregate_id: &str,
+            ) -> $crate::Result<i64> {
+                $crate::validate::aggregate(bounded_context, aggregate_type, aggregate_id)?;
+                let version: Option<i64> =
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(self.sql().lock_head.clone()))
+                        .bind(bounded_context)
+                        .bind(aggregate_type)
+                        .bind(aggregate_id)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                Ok(version.unwrap_or(0))
+            }
+        }
+
+        impl $crate::SqlStore<$dialect> {
+            /// The stored events whose ids the batch uses, in batch order,
+            /// each with whether its type, schema version and payload
+            /// equal the batch's.
+            pub(crate) async fn stored_events(
+                &self,
+                conn: &mut $conn,
+                events: &[$crate::Event],
+            ) -> $crate::Result<Vec<($crate::PersistedEvent, bool)>> {
+                let rows = sqlx::query(sqlx::AssertSqlSafe(self.sql().stored_ids.clone()))
+                    .bind(codec::id_list(events)?)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                let found = rows
+                    .iter()
+                    .map(|row| decode_row(row))
+                    .collect::<$crate::Result<Vec<_>>>()?;
+                $crate::core::in_batch_order(events, found)
+            }
+
+            /// The append's check stored nothing: either the expected
+            /// version did not match or some event ids are stored already.
+            /// Decides which, and returns the stored result when the batch
+            /// repeats one earlier append.
+            pub(crate) async fn resolve_refused_append(
+                &self,
+                conn: &mut $conn,
+                expected: $crate::ExpectedVersion,
+                events: Vec<$crate::Event>,
+            ) -> $crate::Result<$crate::AppendResult> {
+                let stored = self.stored_events(conn, &events).await?;
+                if !stored.is_empty() {
+                    return $crate::replay::stored_result(&events, stored);
+                }
+                let first = &events[0];
+                let actual: Option<i64> =
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(self.sql().head_version.clone()))
+                        .bind(first.bounded_context.as_str())
+                        .bind(first.aggregate_type.as_str())
+                        .bind(first.aggregate_id.as_str())
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                Err($crate::Error::OptimisticConcurrency {
+                    aggregate: first.aggregate().to_owned(),
+                    expected,
+                    actual: Some(actual.unwrap_or(0)),
+                })
+            }
+
+            /// A reused id was caught by the unique constraint: look at what
+            /// is stored to say what differs (or to return the stored
+            /// result, when the batch repeats it). When nothing can be read
+            /// (the refusal aborted the caller's transaction), the reason is
+            /// `Unverified`. (SQLite resolves reused ids under its write
+            /// lock instead.)
+            #[allow(dead_code)]
+            pub(crate) async fn resolve_reused_id(
+                &self,
+                conn: &mut $conn,
+                events: Vec<$crate::Event>,
+                event_id: uuid::Uuid,
+            ) -> $crate::Result<$crate::AppendResult> {
+                match self.stored_events(conn, &events).await {
+                    Ok(stored) if !stored.is_empty() => {
+                        $crate::replay::stored_result(&events, stored)
+                    }
+                    _ => Err($crate::Error::EventIdConflict {
+                        event_id,
+                        reason: $crate::EventIdConflictReason::Unverified,
+                    }),
+                }
+            }
+        }
+    };
+}
+pub(crate) use impl_append;

@@ -1,0 +1,259 @@
+//! The store's logic, written once for every backend.
+//!
+//! Each capability trait is implemented in one macro body (`append.rs`,
+//! `reads.rs`, `projection.rs`) that a backend stamps out for its concrete
+//! types with [`impl_store!`], as sqlx stamps its executor impls: the logic
+//! is written once, and each expansion is checked against one backend's
+//! concrete types, so no sqlx bound ever has to be spelled generically.
+//!
+//! A backend supplies, in a module named `codec` beside the invocation:
+//!
+//! - value encodings for binding: `uuid`, `opt_uuid`, `time`, `json`,
+//!   `name_list` (a filter's names) and `id_list` (a batch's event ids);
+//! - value decodings from its rows: `get_uuid`, `get_opt_uuid`, `get_time`,
+//!   `get_json`, `json_text` (borrowed);
+//! - the primitives that really differ: `append` (the append statements
+//!   and their locking, after the input was validated), `safe_position`
+//!   (the gap-safe horizon of global reads) and `claim_checkpoint`.
+//!
+//! and its SQL text, rendered into [`Statements`].
+
+mod append;
+mod projection;
+mod reads;
+
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+
+use crate::{AppendResult, Error, Event, PersistedEvent, Result};
+
+/// Every SQL text a store runs, rendered once per store by its dialect.
+///
+/// The core binds each statement's parameters in one fixed order, given
+/// with each field; a dialect's text consumes them in that order. Numbered
+/// placeholders (`$n`, `?n`) may repeat a parameter; MySQL's `?` are
+/// consumed once each, in text order, so its statements read a parameter
+/// used twice from a one-row derived table.
+#[derive(Debug)]
+pub(crate) struct Statements {
+    /// The append statements of one kind of expected version, as the
+    /// backend's `append` uses them.
+    pub(crate) append: AppendStatements,
+    /// The stored events with some ids: (ids) -> event columns.
+    pub(crate) stored_ids: Arc<str>,
+    /// (bounded context, aggregate type, aggregate id) -> version.
+    pub(crate) head_version: Arc<str>,
+    /// (bounded context, aggregate type, aggregate id) -> version, locking
+    /// the aggregate until the transaction ends.
+    pub(crate) lock_head: Arc<str>,
+    /// Locks and reads the tail in one round trip, where the backend can:
+    /// (bounded context, aggregate type, aggregate id, from) -> fold columns.
+    pub(crate) locked_tail: Option<Arc<str>>,
+    /// (bounded context, aggregate type, aggregate id, from, to) -> event
+    /// columns, by version.
+    pub(crate) read_stream: Arc<str>,
+    /// Same parameters -> (aggregate version, event type, event version,
+    /// payload), by version.
+    pub(crate) fold_stream: Arc<str>,
+    /// (from, bounded contexts, aggregate types, partition count, partition
+    /// index, limit, safe position) -> event columns, by position.
+    pub(crate) read_events: Arc<str>,
+    /// () -> the highest stored position, 0 when empty.
+    pub(crate) head_position: Arc<str>,
+    /// (name) -> position.
+    pub(crate) get_checkpoint: Arc<str>,
+    /// (name, position, now).
+    pub(crate) update_checkpoint: Arc<str>,
+    /// (name) -> position, skipping a checkpoint another transaction holds.
+    pub(crate) claim_checkpoint: Arc<str>,
+    /// (name) -> whether it exists.
+    pub(crate) checkpoint_exists: Arc<str>,
+    /// (name, now): creates a missing checkpoint at 0.
+    pub(crate) create_checkpoint: Arc<str>,
+    /// (bounded context, aggregate type, aggregate id, max version) ->
+    /// (version, schema version, state, created at).
+    pub(crate) load_snapshot: Arc<str>,
+    /// (bounded context, aggregate type, aggregate id, version, schema
+    /// version, state, created at).
+    pub(crate) save_snapshot: Arc<str>,
+    /// (name, position, event id, event type, error, now).
+    pub(crate) record_failure: Arc<str>,
+    /// (name) -> (position, event id, event type, error, failed at).
+    pub(crate) list_failures: Arc<str>,
+    /// Lets the transaction commit without waiting for durability, where
+    /// the backend can.
+    pub(crate) relax_durability: Option<Arc<str>>,
+    /// PostgreSQL: the gap-safe horizon and the listener registration.
+    pub(crate) horizon: Option<Arc<str>>,
+    pub(crate) register_listener: Option<Arc<str>>,
+}
+
+/// The statements of an append, by kind of expected version: the whole
+/// append (PostgreSQL) or its head check (the others), plus what the
+/// backend runs after it.
+#[derive(Debug)]
+pub(crate) struct AppendStatements {
+    pub(crate) no_stream: Arc<str>,
+    pub(crate) any: Arc<str>,
+    pub(crate) exact: Arc<str>,
+    /// Inserts the batch after the head check, where it is a statement of
+    /// its own.
+    pub(crate) insert: Option<Arc<str>>,
+}
+
+impl AppendStatements {
+    pub(crate) fn for_expected(&self, expected: crate::ExpectedVersion) -> &Arc<str> {
+        match expected {
+            crate::ExpectedVersion::NoStream => &self.no_stream,
+            crate::ExpectedVersion::Any => &self.any,
+            crate::ExpectedVersion::Exact(_) => &self.exact,
+        }
+    }
+}
+
+/// The columns every event read selects, in the order `decode_row`
+/// expects.
+pub(crate) const EVENT_COLUMNS: &str = "global_position, aggregate_version, event_id, \
+    bounded_context, aggregate_type, aggregate_id, event_type, event_version, payload, \
+    metadata, correlation_id, causation_id, trace_id, created_at";
+
+/// Pairs a batch with the (version, position) of each stored row, in any
+/// order; the versions must be consecutive from the first one.
+pub(crate) fn stored(events: Vec<Event>, mut rows: Vec<(i64, i64)>) -> Result<AppendResult> {
+    rows.sort_unstable();
+    let consecutive = rows.len() == events.len()
+        && rows
+            .iter()
+            .enumerate()
+            .all(|(i, (version, _))| *version == rows[0].0 + i as i64);
+    if !consecutive {
+        // Only possible if a statement were changed to skip rows.
+        return Err(Error::Database(sqlx::Error::Protocol(format!(
+            "append stored {} rows for {} events",
+            rows.len(),
+            events.len()
+        ))));
+    }
+    Ok(AppendResult::new(
+        events
+            .into_iter()
+            .zip(rows)
+            .map(|(event, (version, position))| PersistedEvent::new(event, version, position))
+            .collect(),
+    ))
+}
+
+/// The stored events whose ids a batch uses, put in batch order, each
+/// with whether its type, schema version and payload equal the batch's.
+pub(crate) fn in_batch_order(
+    events: &[Event],
+    found: Vec<PersistedEvent>,
+) -> Result<Vec<(PersistedEvent, bool)>> {
+    let mut ordered = Vec::with_capacity(found.len());
+    for stored in found {
+        let Some(given) = events.iter().find(|e| e.event_id == stored.event_id) else {
+            continue;
+        };
+        let same = stored.event_type == given.event_type
+            && stored.event_version == given.event_version
+            && same_json(&stored.payload, &given.payload)?;
+        let index = events
+            .iter()
+            .position(|e| e.event_id == stored.event_id)
+            .unwrap_or(usize::MAX);
+        ordered.push((index, stored, same));
+    }
+    ordered.sort_by_key(|(index, _, _)| *index);
+    Ok(ordered
+        .into_iter()
+        .map(|(_, stored, same)| (stored, same))
+        .collect())
+}
+
+/// One event of an append as a backend's insert statement reads it from a
+/// JSON array (SQLite's `json_each`): a positional
+/// array, compact, in which JSON text such as the payload travels as a
+/// string, so it is stored exactly as given.
+#[cfg(feature = "sqlite")]
+type BatchRow<'a> = (
+    uuid::fmt::Hyphenated,
+    &'a str,
+    i32,
+    &'a str,
+    &'a str,
+    Option<uuid::fmt::Hyphenated>,
+    Option<uuid::fmt::Hyphenated>,
+    Option<&'a str>,
+    String,
+);
+
+/// The batch as a JSON array of [`BatchRow`]s, with timestamps as the
+/// backend writes them.
+#[cfg(feature = "sqlite")]
+pub(crate) fn batch_json(
+    events: &[Event],
+    time: impl Fn(chrono::DateTime<chrono::Utc>) -> String,
+) -> Result<String> {
+    let rows: Vec<BatchRow<'_>> = events
+        .iter()
+        .map(|e| {
+            (
+                e.event_id.hyphenated(),
+                e.event_type.as_str(),
+                e.event_version,
+                e.payload.get(),
+                e.metadata.get(),
+                e.correlation_id.map(uuid::Uuid::hyphenated),
+                e.causation_id.map(uuid::Uuid::hyphenated),
+                e.trace_id.as_deref(),
+                time(e.created_at),
+            )
+        })
+        .collect();
+    serde_json::to_string(&rows).map_err(Error::Serialization)
+}
+
+/// Whether two JSON texts hold the same value (key order and whitespace
+/// do not matter), as PostgreSQL's `jsonb` equality.
+pub(crate) fn same_json(a: &RawValue, b: &RawValue) -> Result<bool> {
+    if a.get() == b.get() {
+        return Ok(true);
+    }
+    let parse = |raw: &RawValue| {
+        serde_json::from_str::<serde_json::Value>(raw.get()).map_err(Error::Serialization)
+    };
+    Ok(parse(a)? == parse(b)?)
+}
+
+/// Stamps out every capability trait for one backend: `$dialect` is the
+/// dialect marker, `$conn` and `$row` the sqlx connection and row types.
+/// Expects a `codec` module at the invocation site (see the module docs).
+macro_rules! impl_store {
+    ($dialect:ty, $conn:ty, $row:ty) => {
+        $crate::core::impl_append!($dialect, $conn, $row);
+        $crate::core::impl_reads!($dialect, $conn, $row);
+        $crate::core::impl_projection!($dialect, $conn, $row);
+    };
+}
+pub(crate) use append::impl_append;
+pub(crate) use impl_store;
+pub(crate) use projection::impl_projection;
+pub(crate) use reads::impl_reads;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_equality_ignores_key_order_and_whitespace() {
+        let raw = |s: &str| RawValue::from_string(s.to_owned()).unwrap();
+        assert!(same_json(&raw(r#"{"a":1,"b":[2]}"#), &raw(r#"{ "b": [2], "a": 1 }"#)).unwrap());
+        assert!(!same_json(&raw(r#"{"a":1}"#), &raw(r#"{"a":2}"#)).unwrap());
+    }
+
+    #[test]
+    fn event_columns_are_fourteen() {
+        assert_eq!(EVENT_COLUMNS.split(", ").count(), 14);
+    }
+}

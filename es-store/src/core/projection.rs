@@ -1,0 +1,168 @@
+//! What read models need besides the feed: checkpoints, snapshots, claims
+//! (the backend's `codec::claim_checkpoint`), skipped-event records, the
+//! head of the feed and commits without durability.
+
+/// Stamps out [`CheckpointStore`](crate::CheckpointStore),
+/// [`SnapshotStore`](crate::SnapshotStore) and
+/// [`ProjectionStore`](crate::ProjectionStore) for one backend.
+macro_rules! impl_projection {
+    ($dialect:ty, $conn:ty, $row:ty) => {
+        impl $crate::CheckpointStore for $crate::SqlStore<$dialect> {
+            async fn get_checkpoint(
+                &self,
+                conn: &mut $conn,
+                projection_name: &str,
+            ) -> $crate::Result<i64> {
+                $crate::validate::projection_name(projection_name)?;
+                let position: Option<i64> =
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(self.sql().get_checkpoint.clone()))
+                        .bind(projection_name)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                Ok(position.unwrap_or(0))
+            }
+
+            async fn update_checkpoint(
+                &self,
+                conn: &mut $conn,
+                projection_name: &str,
+                position: i64,
+            ) -> $crate::Result<()> {
+                $crate::validate::projection_name(projection_name)?;
+                $crate::validate::position(position)?;
+                sqlx::query(sqlx::AssertSqlSafe(self.sql().update_checkpoint.clone()))
+                    .bind(projection_name)
+                    .bind(position)
+                    .bind(codec::time($crate::event::now()))
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            }
+        }
+
+        impl $crate::SnapshotStore for $crate::SqlStore<$dialect> {
+            async fn load_snapshot(
+                &self,
+                conn: &mut $conn,
+                bounded_context: &str,
+                aggregate_type: &str,
+                aggregate_id: &str,
+                max_version: Option<i64>,
+            ) -> $crate::Result<Option<$crate::Snapshot>> {
+                use sqlx::Row as _;
+                $crate::validate::aggregate(bounded_context, aggregate_type, aggregate_id)?;
+                let (_, max) = $crate::validate::version_range(None, max_version)?;
+                let row = sqlx::query(sqlx::AssertSqlSafe(self.sql().load_snapshot.clone()))
+                    .bind(bounded_context)
+                    .bind(aggregate_type)
+                    .bind(aggregate_id)
+                    .bind(max)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                let Some(row) = row else { return Ok(None) };
+                let mut snapshot = $crate::Snapshot::from_raw(
+                    bounded_context,
+                    aggregate_type,
+                    aggregate_id,
+                    row.try_get(0)?,
+                    row.try_get(1)?,
+                    codec::get_json(&row, 2)?,
+                );
+                snapshot.created_at = codec::get_time(&row, 3)?;
+                Ok(Some(snapshot))
+            }
+
+            async fn save_snapshot(
+                &self,
+                conn: &mut $conn,
+                snapshot: &$crate::Snapshot,
+            ) -> $crate::Result<()> {
+                $crate::validate::snapshot(snapshot)?;
+                sqlx::query(sqlx::AssertSqlSafe(self.sql().save_snapshot.clone()))
+                    .bind(&snapshot.bounded_context)
+                    .bind(&snapshot.aggregate_type)
+                    .bind(&snapshot.aggregate_id)
+                    .bind(snapshot.version)
+                    .bind(snapshot.schema_version)
+                    .bind(codec::json(&snapshot.state))
+                    .bind(codec::time(snapshot.created_at))
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            }
+        }
+
+        impl $crate::ProjectionStore for $crate::SqlStore<$dialect> {
+            async fn claim_checkpoint(
+                &self,
+                conn: &mut $conn,
+                projection_name: &str,
+            ) -> $crate::Result<Option<i64>> {
+                $crate::validate::projection_name(projection_name)?;
+                codec::claim_checkpoint(self, conn, projection_name).await
+            }
+
+            async fn record_failure(
+                &self,
+                conn: &mut $conn,
+                projection_name: &str,
+                event: &$crate::PersistedEvent,
+                error: &str,
+            ) -> $crate::Result<()> {
+                $crate::validate::projection_name(projection_name)?;
+                sqlx::query(sqlx::AssertSqlSafe(self.sql().record_failure.clone()))
+                    .bind(projection_name)
+                    .bind(event.global_position)
+                    .bind(codec::uuid(event.event_id))
+                    .bind(&event.event_type)
+                    .bind(error)
+                    .bind(codec::time($crate::event::now()))
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            }
+
+            async fn failures(
+                &self,
+                conn: &mut $conn,
+                projection_name: &str,
+            ) -> $crate::Result<Vec<$crate::ProjectionFailure>> {
+                use sqlx::Row as _;
+                $crate::validate::projection_name(projection_name)?;
+                let rows = sqlx::query(sqlx::AssertSqlSafe(self.sql().list_failures.clone()))
+                    .bind(projection_name)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok($crate::ProjectionFailure {
+                            global_position: row.try_get(0)?,
+                            event_id: codec::get_uuid(row, 1)?,
+                            event_type: row.try_get(2)?,
+                            error: row.try_get(3)?,
+                            failed_at: codec::get_time(row, 4)?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn head_position(&self, conn: &mut $conn) -> $crate::Result<i64> {
+                Ok(
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(self.sql().head_position.clone()))
+                        .fetch_one(&mut *conn)
+                        .await?,
+                )
+            }
+
+            async fn relax_commit_durability(&self, conn: &mut $conn) -> $crate::Result<()> {
+                if let Some(sql) = &self.sql().relax_durability {
+                    sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                Ok(())
+            }
+        }
+    };
+}
+pub(crate) use impl_projection;

@@ -1,0 +1,124 @@
+//! What the core needs from PostgreSQL: native `uuid`, `timestamptz` and
+//! `jsonb` values, text arrays for filters, the gap-safe horizon and the
+//! `SKIP LOCKED` checkpoint claim.
+
+use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
+use sqlx::postgres::PgRow;
+use sqlx::types::Json;
+use sqlx::{AssertSqlSafe, PgConnection, Row};
+use uuid::Uuid;
+
+use super::PostgresStore;
+use crate::{Error, Event, Result};
+
+pub(super) use super::append::append;
+
+pub(super) fn uuid(id: Uuid) -> Uuid {
+    id
+}
+
+pub(super) fn time(at: DateTime<Utc>) -> DateTime<Utc> {
+    at
+}
+
+pub(super) fn json(raw: &RawValue) -> Json<&RawValue> {
+    Json(raw)
+}
+
+pub(super) fn name_list(names: &[String]) -> Result<&[String]> {
+    Ok(names)
+}
+
+pub(super) fn id_list(events: &[Event]) -> Result<Vec<Uuid>> {
+    Ok(events.iter().map(|e| e.event_id).collect())
+}
+
+pub(super) fn get_uuid(row: &PgRow, index: usize) -> Result<Uuid> {
+    Ok(row.try_get(index)?)
+}
+
+pub(super) fn get_opt_uuid(row: &PgRow, index: usize) -> Result<Option<Uuid>> {
+    Ok(row.try_get(index)?)
+}
+
+pub(super) fn get_time(row: &PgRow, index: usize) -> Result<DateTime<Utc>> {
+    Ok(row.try_get(index)?)
+}
+
+pub(super) fn get_json(row: &PgRow, index: usize) -> Result<Box<RawValue>> {
+    let value: Json<&RawValue> = row.try_get(index)?;
+    Ok(value.0.to_owned())
+}
+
+/// The JSON text of a `jsonb` column, borrowed from the row: in
+/// PostgreSQL's binary format a `jsonb` value is a version byte (1), then
+/// the text.
+pub(super) fn json_text(row: &PgRow, index: usize) -> Result<&str> {
+    let bytes: &[u8] = row.try_get_unchecked(index)?;
+    match bytes.split_first() {
+        Some((1, text)) => {
+            std::str::from_utf8(text).map_err(|e| Error::Database(sqlx::Error::Decode(Box::new(e))))
+        }
+        _ => Err(Error::Database(sqlx::Error::Decode(
+            "unsupported jsonb format version".into(),
+        ))),
+    }
+}
+
+/// The horizon of the advisory locks appenders hold: see the gap-safety
+/// notes.
+pub(super) async fn safe_position(store: &PostgresStore, conn: &mut PgConnection) -> Result<i64> {
+    let sql = store
+        .sql()
+        .horizon
+        .clone()
+        .expect("rendered for PostgreSQL");
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .fetch_one(&mut *conn)
+        .await?;
+    let allocated: i64 = row.try_get(0)?;
+    let in_flight: Option<i64> = row.try_get(1)?;
+    let isolation: String = row.try_get(2)?;
+    if isolation != "read committed" {
+        return Err(Error::UnsupportedIsolation { level: isolation });
+    }
+    if row.try_get::<bool, _>(3)? {
+        return Err(Error::ReadOnStandby);
+    }
+    Ok(in_flight.map_or(allocated, |v| v.min(allocated)))
+}
+
+/// Takes the checkpoint row with `FOR UPDATE SKIP LOCKED`; creates it when
+/// it is absent.
+pub(super) async fn claim_checkpoint(
+    store: &PostgresStore,
+    conn: &mut PgConnection,
+    projection_name: &str,
+) -> Result<Option<i64>> {
+    let sql = store.sql();
+    let claimed: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql.claim_checkpoint.clone()))
+        .bind(projection_name)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if claimed.is_some() {
+        return Ok(claimed);
+    }
+    // Held by someone else, or absent. Only an absent one is created:
+    // inserting over a row another transaction has updated would wait for
+    // that transaction. (A row this transaction inserts is locked by it.)
+    let exists: bool = sqlx::query_scalar(AssertSqlSafe(sql.checkpoint_exists.clone()))
+        .bind(projection_name)
+        .fetch_one(&mut *conn)
+        .await?;
+    if exists {
+        return Ok(None);
+    }
+    Ok(
+        sqlx::query_scalar(AssertSqlSafe(sql.create_checkpoint.clone()))
+            .bind(projection_name)
+            .bind(crate::event::now())
+            .fetch_optional(&mut *conn)
+            .await?,
+    )
+}
