@@ -291,16 +291,34 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Result<(), String> 
     Ok(())
 }
 
-/// Stops the server and removes its directory when the test process is
-/// gone: the process id and pid file are read when it happens, so restarts
-/// are covered.
+/// Stops the server and removes its directory once the test process is
+/// gone. It finds the server's processes, whatever their number and ids
+/// (restarts, or `initdb` and `pg_ctl` caught half-way), by the directory in
+/// their command lines; it has the directory in its environment, not in its
+/// own command line. PostgreSQL gets SIGQUIT (an immediate shutdown that
+/// takes down every backend), MariaDB and stragglers after 5 s SIGKILL.
 const WATCHDOG: &str = r#"
 while kill -0 "$1" 2>/dev/null; do sleep 1; done
-if p=$(head -n1 "$2" 2>/dev/null) && [ -n "$p" ]; then
-    kill -"$3" "$p" 2>/dev/null
-    while kill -0 "$p" 2>/dev/null; do sleep 0.1; done
-fi
-rm -rf "$4"
+dir=$ES_TEST_SERVER_DIR
+signal=$2
+sweep() {
+    hit=1
+    for p in /proc/[0-9]*; do
+        pid=${p#/proc/}
+        [ "$pid" = "$$" ] && continue
+        case $(tr '\0' ' ' < "$p/cmdline" 2>/dev/null) in
+            *"$dir"*) kill -"$signal" "$pid" 2>/dev/null; hit=0 ;;
+        esac
+    done
+    return $hit
+}
+rounds=0
+while sweep; do
+    rounds=$((rounds + 1))
+    [ "$rounds" -gt 50 ] && signal=KILL
+    sleep 0.1
+done
+rm -rf "$dir"
 "#;
 
 /// A server of its own in a temporary directory, on a free port of
@@ -544,9 +562,8 @@ impl TestServer {
             .arg(WATCHDOG)
             .arg("es-test-server-watchdog")
             .arg(std::process::id().to_string())
-            .arg(self.pid_file())
             .arg(signal)
-            .arg(&self.dir)
+            .env("ES_TEST_SERVER_DIR", &self.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
