@@ -4,13 +4,14 @@
 mod support;
 
 use sqlx::{Connection, MySqlConnection, PgConnection};
-use support::server::TestServer;
+use support::server::{Backend, TestServer, unreachable};
 
 #[tokio::test]
 async fn the_postgres_url_reaches_a_server_with_a_test_database() {
-    let mut conn = PgConnection::connect(&support::database_url())
+    let url = support::database_url();
+    let mut conn = PgConnection::connect(&url)
         .await
-        .expect("connect to support::database_url()");
+        .unwrap_or_else(|e| unreachable(Backend::Postgres, &url, &e));
     let one: i32 = sqlx::query_scalar("SELECT 1")
         .fetch_one(&mut conn)
         .await
@@ -21,9 +22,10 @@ async fn the_postgres_url_reaches_a_server_with_a_test_database() {
 
 #[tokio::test]
 async fn the_mysql_url_reaches_a_server_with_a_test_database() {
-    let mut conn = MySqlConnection::connect(&support::mysql_url())
+    let url = support::mysql_url();
+    let mut conn = MySqlConnection::connect(&url)
         .await
-        .expect("connect to support::mysql_url()");
+        .unwrap_or_else(|e| unreachable(Backend::MySql, &url, &e));
     let one: i64 = sqlx::query_scalar("SELECT 1")
         .fetch_one(&mut conn)
         .await

@@ -136,6 +136,22 @@ fn answers(port: u16) -> bool {
     TcpStream::connect_timeout(&address, Duration::from_secs(2)).is_ok()
 }
 
+/// Panics with what to do when the server at `url` (from [`postgres_url`]
+/// or [`mysql_url`]) refused a connection.
+pub fn unreachable(backend: Backend, url: &str, error: &dyn std::fmt::Display) -> ! {
+    let var = backend.env_var();
+    panic!(
+        "\n\nThe tests need {name} and could not reach it at {url}: {error}\n\
+         Start it, or point {var} at a running server, e.g. {var}={example}\n\
+         Without {var}, the tests use {default} if it answers, else start a throwaway server from \
+         the installed programs (Debian package `{package}`; {NO_LOCAL_SERVER}=1 skips the local one).\n",
+        name = backend.name(),
+        example = backend.example_url(),
+        default = backend.default_url(),
+        package = backend.debian_package(),
+    )
+}
+
 /// Where the server's programs are.
 enum Binaries {
     Postgres {
@@ -383,13 +399,14 @@ impl TestServer {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
+        let port = free_port()?;
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let mut server = TestServer {
             backend,
             binaries,
             dir,
-            port: free_port()?,
+            port,
             run_as,
             mysqld: None,
             running: false,
