@@ -1,4 +1,5 @@
-//! Shared test fixtures: a fresh PostgreSQL schema per test.
+//! Shared test fixtures: a fresh PostgreSQL schema per test, and the
+//! servers the tests run on ([`server`]).
 #![allow(dead_code, unreachable_pub)]
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -9,15 +10,24 @@ use sqlx::{Connection, PgConnection, PgPool};
 
 pub mod fixture;
 pub mod round_trips;
+pub mod server;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
 pub use fixture::Fixture;
 
-/// The server tests use: `DATABASE_URL`, or the local default.
+/// The PostgreSQL server tests use: `DATABASE_URL`, else the local default
+/// if it answers, else a throwaway server started for this test binary
+/// (see [`server`]).
 pub fn database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+    server::postgres_url()
+}
+
+/// The MariaDB/MySQL server tests use: `MYSQL_URL`, else the local default
+/// (mysql://root@127.0.0.1:3306/test) if it answers, else a throwaway
+/// server started for this test binary.
+pub fn mysql_url() -> String {
+    server::mysql_url()
 }
 
 /// A schema of its own for one test, with the store migrated into it.
@@ -33,7 +43,9 @@ fn unreachable(url: &str, error: &dyn std::fmt::Display) -> ! {
          Start a local server (on Debian: `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`,\n\
          or `.ci/run`, which starts it), or point DATABASE_URL at one, e.g.\n\
          DATABASE_URL=postgres://user:password@host:5432/database cargo test --workspace\n\
-         Each test creates and drops its own schema there.\n"
+         Each test creates and drops its own schema there. Without DATABASE_URL the tests use\n\
+         postgres://postgres@127.0.0.1:5432/test if it answers, else start a throwaway server from\n\
+         the installed PostgreSQL programs (ES_TEST_NO_LOCAL_SERVER=1 skips the local one).\n"
     )
 }
 
