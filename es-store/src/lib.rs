@@ -33,6 +33,7 @@ mod domain;
 mod error;
 mod event;
 mod filter;
+pub mod limits;
 mod postgres;
 mod replay;
 #[cfg(feature = "sqlite")]
@@ -43,7 +44,7 @@ mod validate;
 #[doc(hidden)]
 pub use domain::__private;
 pub use domain::{DecodeError, DomainEvent, EventTypeInfo};
-pub use error::{Error, EventIdConflictReason, NameField};
+pub use error::{Error, EventIdConflictReason, NameField, TextField, UnstorableTextReason};
 pub use event::{
     AggregateKey, AggregateRef, AppendResult, Event, ExpectedVersion, Metadata, PersistedEvent,
     Snapshot, Stream,
