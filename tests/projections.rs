@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use conformance::projection::{Behaviour, Recorder};
-use es::aggregate::projection::{Notifier, ProjectionProcessor};
+use es::aggregate::projection::{Notifier, ProjectionError, ProjectionProcessor};
 use es::store::{Event, EventStore, ExpectedVersion, PersistedEvent};
 use support::Fixture;
 
@@ -143,6 +143,11 @@ async fn a_lost_listener_connection_reconnects() {
 /// process crashes): the batch is rolled back, and the next processor
 /// handles every event exactly once. (Only this test's connections are
 /// killed: they carry its schema's name as application name.)
+///
+/// The handler stops in the middle of the second batch, holding its
+/// transaction, until the connections are dead: the kill cannot land
+/// between two batches, where the pool would replace the dead connection
+/// unnoticed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_processor_killed_mid_batch_loses_nothing_and_repeats_nothing() {
     let db = TestDb::new().await;
@@ -154,7 +159,8 @@ async fn a_processor_killed_mid_batch_loses_nothing_and_repeats_nothing() {
     }
     drop(conn);
     let behaviour = Arc::new(Behaviour::default());
-    *behaviour.slow.lock().unwrap() = Duration::from_millis(20);
+    // the third event of the second batch of 10
+    let (reached, resume) = behaviour.pause_at(13);
     let doomed_app = format!("{}_doomed", &db.schema[..40]);
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
@@ -172,26 +178,39 @@ async fn a_processor_killed_mid_batch_loses_nothing_and_repeats_nothing() {
     )
     .with_batch_size(10);
     let running = tokio::spawn(async move { doomed.catch_up().await });
-    // wait until it is inside its second batch, then kill its connections
-    wait_for_rows(&db, 12, Duration::from_secs(10)).await;
-    let killed: i64 = sqlx::query_scalar(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+    tokio::time::timeout(Duration::from_secs(60), reached)
+        .await
+        .expect("the handler reaches the second batch")
+        .unwrap();
+    assert_eq!(
+        db.handled().await.len(),
+        10,
+        "the first batch is committed, the second is open"
+    );
+    // Kill every connection of the processor, the one holding the open
+    // batch among them, and wait until each has exited.
+    let (in_transaction, killed, connections): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE state = 'idle in transaction'), \
+                count(*) FILTER (WHERE pg_terminate_backend(pid, 30000)), \
+                count(*) \
+         FROM pg_stat_activity WHERE application_name = $1",
     )
     .bind(&doomed_app)
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert!(killed >= 1);
+    assert_eq!(in_transaction, 1, "the open batch's connection was found");
+    assert_eq!(killed, connections, "every connection was terminated");
+    resume.send(()).unwrap();
     let outcome = running.await.unwrap();
     assert!(
-        outcome.is_err(),
-        "the killed processor reports a store error"
+        matches!(outcome, Err(ProjectionError::Store { .. })),
+        "the killed processor reports a store error, got {outcome:?}"
     );
-    let committed = db.handled().await.len();
     assert_eq!(
-        committed % 10,
-        0,
-        "only whole batches are committed, got {committed}"
+        db.handled().await.len(),
+        10,
+        "the killed batch is rolled back whole"
     );
     let survivor = ProjectionProcessor::new(
         db.store.clone(),

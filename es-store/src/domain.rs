@@ -172,7 +172,7 @@ pub trait DomainEvent: Sized + Send + Sync + 'static {
     /// #         struct Payload { amount: i64 }
     /// #         serde_json::from_str::<Payload>(payload)
     /// #             .map(|p| Deposited { amount: p.amount })
-    /// #             .map_err(|e| DecodeError::invalid_payload_in(event_type, version, payload, e))
+    /// #             .map_err(|e| DecodeError::invalid_payload_in::<Payload>(event_type, version, payload, e))
     /// #     }
     /// # }
     /// let metadata = Metadata::new().with_causation_id(uuid::Uuid::now_v7());
@@ -218,7 +218,7 @@ pub trait DomainEvent: Sized + Send + Sync + 'static {
     /// #         struct Payload { amount: i64 }
     /// #         serde_json::from_str::<Payload>(payload)
     /// #             .map(|p| Deposited { amount: p.amount })
-    /// #             .map_err(|e| DecodeError::invalid_payload_in(event_type, version, payload, e))
+    /// #             .map_err(|e| DecodeError::invalid_payload_in::<Payload>(event_type, version, payload, e))
     /// #     }
     /// # }
     /// let batch = [Deposited { amount: 1 }, Deposited { amount: 2 }];
@@ -265,7 +265,7 @@ pub trait DomainEvent: Sized + Send + Sync + 'static {
     /// #         struct Payload { amount: i64 }
     /// #         serde_json::from_str::<Payload>(payload)
     /// #             .map(|p| Deposited { amount: p.amount })
-    /// #             .map_err(|e| DecodeError::invalid_payload_in(event_type, version, payload, e))
+    /// #             .map_err(|e| DecodeError::invalid_payload_in::<Payload>(event_type, version, payload, e))
     /// #     }
     /// # }
     /// let event = Deposited { amount: 5 }.to_event("acc-1", &Metadata::new())?;
@@ -310,7 +310,7 @@ pub trait DomainEvent: Sized + Send + Sync + 'static {
     /// #         struct Payload { amount: i64 }
     /// #         serde_json::from_str::<Payload>(payload)
     /// #             .map(|p| Deposited { amount: p.amount })
-    /// #             .map_err(|e| DecodeError::invalid_payload_in(event_type, version, payload, e))
+    /// #             .map_err(|e| DecodeError::invalid_payload_in::<Payload>(event_type, version, payload, e))
     /// #     }
     /// # }
     /// let event = Deposited { amount: 5 }.to_event("acc-1", &Metadata::new())?;
@@ -429,8 +429,8 @@ fn field_note(field: Option<&str>) -> String {
 
 impl DecodeError {
     /// An [`InvalidPayload`](DecodeError::InvalidPayload) error for a payload
-    /// stored at the current version, with the field at fault when serde_json
-    /// says where the error is.
+    /// stored at the current version, without the field at fault (see
+    /// [`invalid_payload_in`](DecodeError::invalid_payload_in), which names it).
     ///
     /// ```
     /// use es_store::DecodeError;
@@ -445,7 +445,7 @@ impl DecodeError {
     ///
     /// // With the payload text, the error names the field.
     /// let source = serde_json::from_str::<Deposited>(payload).unwrap_err();
-    /// let error = DecodeError::invalid_payload_in("MoneyDeposited", 2, payload, source);
+    /// let error = DecodeError::invalid_payload_in::<Deposited>("MoneyDeposited", 2, payload, source);
     /// assert_eq!(
     ///     error.to_string(),
     ///     r#"payload of event `MoneyDeposited` version 2 does not fit at `amount`: invalid type: string "ten", expected i64 at line 1 column 15"#,
@@ -466,142 +466,51 @@ impl DecodeError {
     }
 
     /// Like [`invalid_payload`](DecodeError::invalid_payload), given the
-    /// payload text the error came from, so that the error names the field
-    /// at fault.
+    /// payload text the error came from and the type it was decoded into,
+    /// so that the error names the field at fault.
+    ///
+    /// The payload is decoded into `T` again, this time tracking the path
+    /// (with `serde_path_to_error`): call it only once decoding has failed,
+    /// so that decoding that succeeds pays nothing for it. The error kept
+    /// is `source`.
     ///
     /// ```
     /// # use es_store::DecodeError;
+    /// # use std::collections::HashMap;
+    /// type Order = HashMap<String, Vec<HashMap<String, String>>>;
+    ///
     /// let payload = r#"{"lines":[{"sku":"A"},{"sku":7}]}"#;
-    /// let source = serde_json::from_str::<std::collections::HashMap<String, Vec<std::collections::HashMap<String, String>>>>(payload).unwrap_err();
-    /// let error = DecodeError::invalid_payload_in("OrderPlaced", 1, payload, source);
+    /// let source = serde_json::from_str::<Order>(payload).unwrap_err();
+    /// let error = DecodeError::invalid_payload_in::<Order>("OrderPlaced", 1, payload, source);
     /// assert!(matches!(error, DecodeError::InvalidPayload { field: Some(f), .. } if f == "lines[1].sku"));
     /// ```
-    pub fn invalid_payload_in(
+    pub fn invalid_payload_in<T: DeserializeOwned>(
         event_type: impl Into<String>,
         version: i32,
         payload: &str,
         source: serde_json::Error,
     ) -> Self {
+        let mut deserializer = serde_json::Deserializer::from_str(payload);
+        let field = serde_path_to_error::deserialize::<_, T>(&mut deserializer)
+            .err()
+            .and_then(|located| field_path(located.path()));
         DecodeError::InvalidPayload {
             event_type: event_type.into(),
             version,
             upcast_to: None,
-            field: error_path(payload, &source),
+            field,
             source,
         }
     }
 }
 
-/// Finds the path of the value a serde_json error was raised in, from the
-/// error's position in the text: `amount`, `address.city`, `lines[2]`.
-///
-/// serde_json reports where it stopped reading but not which field it was
-/// in; this walks the JSON text up to that point. It runs only once decoding
-/// has failed, so decoding that succeeds pays nothing for it. `None` when
-/// the error is not inside a field (the payload is not an object, or a
-/// top-level field is missing: serde's message names the missing field).
-fn error_path(text: &str, error: &serde_json::Error) -> Option<String> {
-    if error.line() == 0 {
-        return None;
-    }
-    let line_start = if error.line() == 1 {
-        0
-    } else {
-        text.match_indices('\n').nth(error.line() - 2)?.0 + 1
-    };
-    let end = (line_start + error.column()).min(text.len());
-    let prefix = text.get(..end).or_else(|| {
-        // The column fell inside a multi-byte character: keep whole characters.
-        let end = (0..end).rev().find(|&i| text.is_char_boundary(i))?;
-        text.get(..end)
-    })?;
-
-    // A missing field is reported once its object has been read (its `}`
-    // consumed): the path is then the object's, and serde's message names
-    // the field.
-    let stack = path_at_end_of(prefix);
-    let mut path = String::new();
-    for frame in &stack {
-        match frame {
-            PathFrame::Object { key: Some(key), .. } => {
-                if !path.is_empty() {
-                    path.push('.');
-                }
-                path.push_str(key);
-            }
-            PathFrame::Object { key: None, .. } => break,
-            PathFrame::Array { index } => {
-                path.push_str(&format!("[{index}]"));
-            }
-        }
-    }
-    (!path.is_empty()).then_some(path)
-}
-
-enum PathFrame {
-    /// `key` is the key of the value being read, once its string is complete.
-    Object {
-        key: Option<String>,
-        reading_key: bool,
-    },
-    Array {
-        index: usize,
-    },
-}
-
-/// The containers open at the end of `prefix` (a prefix of JSON text), with
-/// the key or index being read in each.
-fn path_at_end_of(prefix: &str) -> Vec<PathFrame> {
-    let mut stack: Vec<PathFrame> = Vec::new();
-    let bytes = prefix.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'"' => {
-                let start = i;
-                i += 1;
-                while i < bytes.len() && bytes[i] != b'"' {
-                    i += if bytes[i] == b'\\' { 2 } else { 1 };
-                }
-                let end = (i + 1).min(bytes.len());
-                if let Some(PathFrame::Object {
-                    key,
-                    reading_key: true,
-                }) = stack.last_mut()
-                {
-                    let raw = &prefix[start..end];
-                    *key = Some(
-                        serde_json::from_str::<String>(raw)
-                            .unwrap_or_else(|_| raw.trim_matches('"').to_owned()),
-                    );
-                }
-            }
-            b'{' => stack.push(PathFrame::Object {
-                key: None,
-                reading_key: true,
-            }),
-            b'[' => stack.push(PathFrame::Array { index: 0 }),
-            b'}' | b']' => {
-                stack.pop();
-            }
-            b':' => {
-                if let Some(PathFrame::Object { reading_key, .. }) = stack.last_mut() {
-                    *reading_key = false;
-                }
-            }
-            b',' => match stack.last_mut() {
-                Some(PathFrame::Object { key, reading_key }) => {
-                    *key = None;
-                    *reading_key = true;
-                }
-                Some(PathFrame::Array { index }) => *index += 1,
-                None => {}
-            },
-            _ => {}
-        }
-        i += 1;
-    }
-    stack
+/// The path of the field a decoding error was raised in: `amount`,
+/// `address.city`, `lines[2]`. `None` at the top level (the payload is not
+/// an object, or a top-level field is missing: serde's message names the
+/// missing field).
+fn field_path(path: &serde_path_to_error::Path) -> Option<String> {
+    // An empty path displays as `.`.
+    (path.iter().next().is_some()).then(|| path.to_string())
 }
 
 /// What generated code calls. Not public API: it may change in any release.
@@ -688,7 +597,7 @@ fn decode_payload<T: DeserializeOwned>(
     if version == current {
         // The hot path: straight from the stored text, no intermediate value.
         return serde_json::from_str(payload).map_err(|source| {
-            DecodeError::invalid_payload_in(event_type, version, payload, source)
+            DecodeError::invalid_payload_in::<T>(event_type, version, payload, source)
         });
     }
     if version > current {
@@ -712,20 +621,18 @@ fn decode_payload<T: DeserializeOwned>(
                 .ok_or_else(missing)?,
         );
     }
-    let mut value: serde_json::Value = serde_json::from_str(payload)
-        .map_err(|source| DecodeError::invalid_payload_in(event_type, version, payload, source))?;
+    let mut value: serde_json::Value = serde_json::from_str(payload).map_err(|source| {
+        DecodeError::invalid_payload_in::<serde_json::Value>(event_type, version, payload, source)
+    })?;
     for step in steps {
         value = (step.with)(value);
     }
     T::deserialize(&value).map_err(|source| {
-        // Errors from a `Value` carry no position: read the upcast payload
-        // again as text to find the field at fault. (The error kept is the
-        // first one: a line and column in that text would mean nothing to
-        // the reader.)
-        let text = value.to_string();
-        let field = serde_json::from_str::<T>(&text)
+        // Decode the upcast value again, tracking the path, to name the
+        // field at fault.
+        let field = serde_path_to_error::deserialize::<_, T>(&value)
             .err()
-            .and_then(|located| error_path(&text, &located));
+            .and_then(|located| field_path(located.path()));
         DecodeError::InvalidPayload {
             event_type: event_type.to_owned(),
             version,
@@ -757,8 +664,15 @@ mod tests {
     }
 
     fn path_of(text: &str) -> Option<String> {
-        let error = serde_json::from_str::<Customer>(text).unwrap_err();
-        error_path(text, &error)
+        path_in::<Customer>(text)
+    }
+
+    fn path_in<T: DeserializeOwned + std::fmt::Debug>(text: &str) -> Option<String> {
+        let error = serde_json::from_str::<T>(text).unwrap_err();
+        match DecodeError::invalid_payload_in::<T>("E", 1, text, error) {
+            DecodeError::InvalidPayload { field, .. } => field,
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -802,9 +716,31 @@ mod tests {
         let text = "{\n  \"name\": \"Ærø \\\"x\\\"\",\n  \"address\": {\"city\": \"Å\", \"zip\": false},\n  \"tags\": []\n}";
         assert_eq!(path_of(text), Some("address.zip".to_owned()));
         let text = r#"{"na\"me":1}"#;
-        let error =
-            serde_json::from_str::<std::collections::HashMap<String, String>>(text).unwrap_err();
-        assert_eq!(error_path(text, &error), Some("na\"me".to_owned()));
+        assert_eq!(
+            path_in::<std::collections::HashMap<String, String>>(text),
+            Some("na\"me".to_owned())
+        );
+    }
+
+    #[test]
+    fn upcast_payloads_name_the_field_at_fault() {
+        fn add_tags(mut value: serde_json::Value) -> serde_json::Value {
+            value["tags"] = serde_json::json!([1, "two"]);
+            value
+        }
+        let upcasts = [__private::Upcast {
+            from: 1,
+            with: add_tags,
+        }];
+        let payload = r#"{"name":"a","address":{"city":"Oslo","zip":"0150"}}"#;
+        let error = decode_payload::<Customer>("E", 2, &upcasts, 1, payload).unwrap_err();
+        assert!(
+            matches!(
+                &error,
+                DecodeError::InvalidPayload { upcast_to: Some(2), field: Some(f), .. } if f == "tags[1]"
+            ),
+            "{error:?}"
+        );
     }
 
     #[test]

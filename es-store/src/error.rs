@@ -2,7 +2,7 @@
 
 use uuid::Uuid;
 
-use crate::{AggregateKey, ExpectedVersion};
+use crate::{AggregateKey, ExpectedVersion, limits};
 
 /// Everything the store can refuse or fail with.
 ///
@@ -44,6 +44,13 @@ pub enum Error {
 
     /// A name (bounded context, aggregate type, aggregate id, event type or
     /// projection name) is empty.
+    ///
+    /// ```
+    /// use es_store::{Error, NameField};
+    ///
+    /// let error = Error::EmptyName { field: NameField::EventType, index: Some(1) };
+    /// assert_eq!(error.to_string(), "event_type must not be empty (event 1)");
+    /// ```
     #[error("{field} must not be empty{}", at_index(*.index))]
     EmptyName {
         /// Which name.
@@ -113,6 +120,90 @@ pub enum Error {
         index: u32,
         /// The count given.
         count: u32,
+    },
+
+    /// A name is longer than every backend can keep: the limit of each name,
+    /// in bytes of UTF-8, is in [`limits`](crate::limits): 128 bytes for a
+    /// bounded context or an aggregate type, 500 for an aggregate id, 255
+    /// for an event type, a projection name or a trace id.
+    ///
+    /// Refused before anything is sent, by appends and by reads and
+    /// checkpoint or snapshot calls that take the name.
+    ///
+    /// ```
+    /// use es_store::{Error, Event, EventStore, ExpectedVersion, NameField, limits};
+    ///
+    /// # async fn demo(store: es_store::PostgresStore, conn: &mut sqlx::PgConnection) -> Result<(), Error> {
+    /// let id = "x".repeat(limits::MAX_AGGREGATE_ID_BYTES + 1);
+    /// let event = Event::new("Billing", "Account", id, "Opened", &serde_json::json!({}))?;
+    /// let refused = store.append(conn, ExpectedVersion::Any, vec![event]).await;
+    /// assert!(matches!(
+    ///     refused,
+    ///     Err(Error::NameTooLong { field: NameField::AggregateId, len: 501, max: 500, .. })
+    /// ));
+    /// # Ok(()) }
+    /// let error = Error::NameTooLong { field: NameField::AggregateId, index: Some(0), len: 501, max: 500 };
+    /// assert_eq!(
+    ///     error.to_string(),
+    ///     "aggregate_id (event 0) is 501 bytes long, longer than the 500 bytes allowed",
+    /// );
+    /// ```
+    #[error("{field}{} is {len} bytes long, longer than the {max} bytes allowed", at_index(*.index))]
+    NameTooLong {
+        /// Which name.
+        field: NameField,
+        /// The position of the offending event in the batch, when it is one.
+        index: Option<usize>,
+        /// The name's length in bytes.
+        len: usize,
+        /// The limit in bytes ([`NameField::max_bytes`]).
+        max: usize,
+    },
+
+    /// A name or a JSON value holds text PostgreSQL cannot store: a NUL
+    /// character (raw in a name, or the escape `\u0000` in JSON text), or in
+    /// JSON text an escaped UTF-16 surrogate that is not part of a pair
+    /// (such as `"\ud800"`).
+    ///
+    /// Refused on every backend (SQLite would store it), before anything is
+    /// sent: PostgreSQL would fail the statement and abort the caller's
+    /// transaction, losing what the transaction had done.
+    ///
+    /// ```
+    /// use es_store::{Error, Event, TextField, UnstorableTextReason};
+    /// use serde_json::value::RawValue;
+    ///
+    /// # async fn demo(store: es_store::PostgresStore, conn: &mut sqlx::PgConnection) -> Result<(), Error> {
+    /// # use es_store::{EventStore, ExpectedVersion};
+    /// let payload = RawValue::from_string(r#"{"name":"a\u0000b"}"#.to_owned()).map_err(Error::Serialization)?;
+    /// let event = Event::from_raw("Billing", "Account", "acc-1", "Renamed", payload);
+    /// let refused = store.append(conn, ExpectedVersion::Any, vec![event]).await;
+    /// assert!(matches!(
+    ///     refused,
+    ///     Err(Error::UnstorableText { field: TextField::Payload, index: Some(0), .. })
+    /// ));
+    /// # Ok(()) }
+    /// let error = Error::UnstorableText {
+    ///     field: TextField::Payload,
+    ///     index: Some(2),
+    ///     offset: 10,
+    ///     reason: UnstorableTextReason::Nul,
+    /// };
+    /// assert_eq!(
+    ///     error.to_string(),
+    ///     "payload (event 2) holds a NUL character at byte 10, which PostgreSQL cannot store",
+    /// );
+    /// ```
+    #[error("{field}{} holds {reason} at byte {offset}, which PostgreSQL cannot store", at_index(*.index))]
+    UnstorableText {
+        /// Which name or JSON value.
+        field: TextField,
+        /// The position of the offending event in the batch, when it is one.
+        index: Option<usize>,
+        /// Where in the text (in bytes) the character or escape starts.
+        offset: usize,
+        /// What it holds.
+        reason: UnstorableTextReason,
     },
 
     /// One batch holds the same event id twice.
@@ -186,7 +277,15 @@ impl From<sqlx::Error> for Error {
     }
 }
 
-/// The names [`Error::EmptyName`] refers to.
+/// The names [`Error::EmptyName`], [`Error::NameTooLong`] and
+/// [`Error::UnstorableText`] refer to.
+///
+/// ```
+/// use es_store::NameField;
+///
+/// assert_eq!(NameField::AggregateId.to_string(), "aggregate_id");
+/// assert_eq!(NameField::AggregateId.max_bytes(), es_store::limits::MAX_AGGREGATE_ID_BYTES);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum NameField {
@@ -200,6 +299,28 @@ pub enum NameField {
     EventType,
     /// A projection name.
     ProjectionName,
+    /// `trace_id`.
+    TraceId,
+}
+
+impl NameField {
+    /// The longest value the store keeps for this name, in bytes of UTF-8
+    /// (see [`limits`](crate::limits)).
+    ///
+    /// ```
+    /// use es_store::NameField;
+    /// assert_eq!(NameField::BoundedContext.max_bytes(), 128);
+    /// ```
+    pub const fn max_bytes(self) -> usize {
+        match self {
+            NameField::BoundedContext => limits::MAX_BOUNDED_CONTEXT_BYTES,
+            NameField::AggregateType => limits::MAX_AGGREGATE_TYPE_BYTES,
+            NameField::AggregateId => limits::MAX_AGGREGATE_ID_BYTES,
+            NameField::EventType => limits::MAX_EVENT_TYPE_BYTES,
+            NameField::ProjectionName => limits::MAX_PROJECTION_NAME_BYTES,
+            NameField::TraceId => limits::MAX_TRACE_ID_BYTES,
+        }
+    }
 }
 
 impl std::fmt::Display for NameField {
@@ -210,6 +331,66 @@ impl std::fmt::Display for NameField {
             NameField::AggregateId => "aggregate_id",
             NameField::EventType => "event_type",
             NameField::ProjectionName => "projection name",
+            NameField::TraceId => "trace_id",
+        })
+    }
+}
+
+/// The texts [`Error::UnstorableText`] refers to: a name, or a JSON value.
+///
+/// ```
+/// use es_store::{NameField, TextField};
+///
+/// assert_eq!(TextField::Name(NameField::AggregateId).to_string(), "aggregate_id");
+/// assert_eq!(TextField::Metadata.to_string(), "metadata");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TextField {
+    /// A name.
+    Name(NameField),
+    /// An event's `payload`.
+    Payload,
+    /// An event's `metadata`.
+    Metadata,
+    /// A snapshot's `state`.
+    SnapshotState,
+}
+
+impl std::fmt::Display for TextField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TextField::Name(name) => name.fmt(f),
+            TextField::Payload => f.write_str("payload"),
+            TextField::Metadata => f.write_str("metadata"),
+            TextField::SnapshotState => f.write_str("snapshot state"),
+        }
+    }
+}
+
+/// What makes a text unstorable ([`Error::UnstorableText`]).
+///
+/// ```
+/// use es_store::UnstorableTextReason;
+///
+/// assert_eq!(UnstorableTextReason::Nul.to_string(), "a NUL character");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum UnstorableTextReason {
+    /// A NUL character (U+0000): raw in a name, or the escape `\u0000` in
+    /// JSON text.
+    Nul,
+    /// An escape in JSON text of a UTF-16 surrogate (`\ud800` to `\udfff`)
+    /// that is not part of a high-low pair: it stands for no character.
+    LoneSurrogate,
+}
+
+impl std::fmt::Display for UnstorableTextReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UnstorableTextReason::Nul => "a NUL character",
+            UnstorableTextReason::LoneSurrogate => "an unpaired surrogate escape",
         })
     }
 }

@@ -17,6 +17,18 @@ use crate::{Error, Result};
 /// text, so that a payload is serialized exactly once on the way in and parsed
 /// exactly once (straight into the caller's type) on the way out.
 ///
+/// What every backend stores, and so what an append accepts (anything else
+/// is refused before it is sent, with the caller's transaction left usable):
+///
+/// - names no longer than their limits in bytes of UTF-8 (see
+///   [`limits`](crate::limits)): `bounded_context` and `aggregate_type` 128,
+///   `aggregate_id` 500, `event_type` and `trace_id` 255, else
+///   [`Error::NameTooLong`];
+/// - no NUL character in a name, nor the escape `\u0000` or an escaped
+///   surrogate that is not half of a pair (`"\ud800"`) in `payload` or
+///   `metadata`, else [`Error::UnstorableText`] (PostgreSQL cannot store
+///   them).
+///
 /// ```
 /// use es_store::Event;
 ///
@@ -30,16 +42,21 @@ use crate::{Error, Result};
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Event {
-    /// The bounded context the aggregate lives in, for example `"Billing"`.
+    /// The bounded context the aggregate lives in, for example `"Billing"`
+    /// (at most [`MAX_BOUNDED_CONTEXT_BYTES`](crate::limits::MAX_BOUNDED_CONTEXT_BYTES)).
     pub bounded_context: String,
-    /// The aggregate type, for example `"Account"`.
+    /// The aggregate type, for example `"Account"` (at most
+    /// [`MAX_AGGREGATE_TYPE_BYTES`](crate::limits::MAX_AGGREGATE_TYPE_BYTES)).
     pub aggregate_type: String,
-    /// The aggregate instance: a UUID, an e-mail address, any non-empty string.
+    /// The aggregate instance: a UUID, an e-mail address, any non-empty
+    /// string of at most
+    /// [`MAX_AGGREGATE_ID_BYTES`](crate::limits::MAX_AGGREGATE_ID_BYTES).
     pub aggregate_id: String,
     /// Unique id of this event. Appending an event whose id is already stored
     /// is idempotent (see [`EventStore::append`](crate::EventStore::append)).
     pub event_id: Uuid,
-    /// The event type name, for example `"MoneyDeposited"`.
+    /// The event type name, for example `"MoneyDeposited"` (at most
+    /// [`MAX_EVENT_TYPE_BYTES`](crate::limits::MAX_EVENT_TYPE_BYTES)).
     pub event_type: String,
     /// The schema version of the payload (1 or more), used for upcasting.
     pub event_version: i32,
@@ -51,7 +68,8 @@ pub struct Event {
     pub correlation_id: Option<Uuid>,
     /// The command or event that caused this event.
     pub causation_id: Option<Uuid>,
-    /// A distributed-tracing id (for example a W3C trace id).
+    /// A distributed-tracing id (for example a W3C trace id), at most
+    /// [`MAX_TRACE_ID_BYTES`](crate::limits::MAX_TRACE_ID_BYTES).
     pub trace_id: Option<String>,
     /// When the event was created, truncated to microseconds (the precision
     /// PostgreSQL keeps) so that what is read back equals what was written.
@@ -565,6 +583,10 @@ impl Metadata {
 
 /// The folded state of one aggregate at a version, stored so that loading
 /// can start from it instead of from the first event.
+///
+/// Its names have the limits of an [`Event`]'s, and its state, like a
+/// payload, must not hold the escape `\u0000` or an unpaired surrogate
+/// escape ([`Error::UnstorableText`]).
 ///
 /// ```
 /// use es_store::Snapshot;

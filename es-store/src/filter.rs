@@ -88,14 +88,15 @@ impl EventFilter {
             })
     }
 
-    /// Refuses empty names.
+    /// Refuses names that no event can have: empty ones, longer ones than
+    /// the store keeps, ones holding NUL.
     pub(crate) fn validate(&self) -> Result<()> {
         for (names, field) in [
             (&self.bounded_contexts, NameField::BoundedContext),
             (&self.aggregate_types, NameField::AggregateType),
         ] {
-            if names.iter().any(String::is_empty) {
-                return Err(Error::EmptyName { field, index: None });
+            for name in names {
+                crate::validate::name(name, field, None)?;
             }
         }
         Ok(())

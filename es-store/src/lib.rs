@@ -47,6 +47,7 @@ mod domain;
 mod error;
 mod event;
 mod filter;
+pub mod limits;
 mod names;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -69,7 +70,7 @@ pub mod dialect {
 #[doc(hidden)]
 pub use domain::__private;
 pub use domain::{DecodeError, DomainEvent, EventTypeInfo};
-pub use error::{Error, EventIdConflictReason, NameField};
+pub use error::{Error, EventIdConflictReason, NameField, TextField, UnstorableTextReason};
 pub use event::{
     AggregateKey, AggregateRef, AppendResult, Event, ExpectedVersion, Metadata, PersistedEvent,
     Snapshot, Stream,

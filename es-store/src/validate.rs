@@ -5,7 +5,9 @@ use std::collections::HashMap;
 
 use chrono::SubsecRound;
 
-use crate::{Error, Event, ExpectedVersion, NameField, Result};
+use serde_json::value::RawValue;
+
+use crate::{Error, Event, ExpectedVersion, NameField, Result, TextField, UnstorableTextReason};
 
 /// Checks an append and normalises what a backend stores (timestamps to
 /// microseconds). Returns the expected version with `Exact(0)` folded into
@@ -24,9 +26,9 @@ pub(crate) fn append(expected: ExpectedVersion, events: &mut [Event]) -> Result<
     let Some(first) = events.first() else {
         return Err(Error::NoEvents);
     };
-    non_empty(&first.bounded_context, NameField::BoundedContext, Some(0))?;
-    non_empty(&first.aggregate_type, NameField::AggregateType, Some(0))?;
-    non_empty(&first.aggregate_id, NameField::AggregateId, Some(0))?;
+    name(&first.bounded_context, NameField::BoundedContext, Some(0))?;
+    name(&first.aggregate_type, NameField::AggregateType, Some(0))?;
+    name(&first.aggregate_id, NameField::AggregateId, Some(0))?;
     let aggregate = first.aggregate();
     for (index, event) in events.iter().enumerate() {
         if event.aggregate() != aggregate {
@@ -36,13 +38,18 @@ pub(crate) fn append(expected: ExpectedVersion, events: &mut [Event]) -> Result<
                 index,
             });
         }
-        non_empty(&event.event_type, NameField::EventType, Some(index))?;
+        name(&event.event_type, NameField::EventType, Some(index))?;
         if event.event_version < 1 {
             return Err(Error::InvalidEventVersion {
                 value: event.event_version,
                 index,
             });
         }
+        if let Some(trace_id) = &event.trace_id {
+            storable_name(trace_id, NameField::TraceId, Some(index))?;
+        }
+        json(&event.payload, TextField::Payload, Some(index))?;
+        json(&event.metadata, TextField::Metadata, Some(index))?;
     }
     unique_ids(events)?;
     for event in events.iter_mut() {
@@ -85,9 +92,9 @@ pub(crate) fn aggregate(
     aggregate_type: &str,
     aggregate_id: &str,
 ) -> Result<()> {
-    non_empty(bounded_context, NameField::BoundedContext, None)?;
-    non_empty(aggregate_type, NameField::AggregateType, None)?;
-    non_empty(aggregate_id, NameField::AggregateId, None)
+    name(bounded_context, NameField::BoundedContext, None)?;
+    name(aggregate_type, NameField::AggregateType, None)?;
+    name(aggregate_id, NameField::AggregateId, None)
 }
 
 /// Checks optional inclusive version bounds; returns them with the open ends
@@ -119,8 +126,8 @@ pub(crate) fn page(from_position: i64, limit: i64) -> Result<()> {
 }
 
 /// Checks a projection name.
-pub(crate) fn projection_name(name: &str) -> Result<()> {
-    non_empty(name, NameField::ProjectionName, None)
+pub(crate) fn projection_name(projection_name: &str) -> Result<()> {
+    name(projection_name, NameField::ProjectionName, None)
 }
 
 /// Checks a checkpoint position.
@@ -144,14 +151,104 @@ pub(crate) fn snapshot(snapshot: &crate::Snapshot) -> Result<()> {
             value: snapshot.version,
         });
     }
-    Ok(())
+    json(&snapshot.state, TextField::SnapshotState, None)
 }
 
-fn non_empty(value: &str, field: NameField, index: Option<usize>) -> Result<()> {
+/// Checks a name: not empty, not longer than its limit, no NUL.
+pub(crate) fn name(value: &str, field: NameField, index: Option<usize>) -> Result<()> {
     if value.is_empty() {
         return Err(Error::EmptyName { field, index });
     }
+    storable_name(value, field, index)
+}
+
+/// Checks a name that may be empty: not longer than its limit, no NUL.
+fn storable_name(value: &str, field: NameField, index: Option<usize>) -> Result<()> {
+    let max = field.max_bytes();
+    if value.len() > max {
+        return Err(Error::NameTooLong {
+            field,
+            index,
+            len: value.len(),
+            max,
+        });
+    }
+    // A Rust string is UTF-8: it cannot hold a lone surrogate, only NUL.
+    if let Some(offset) = memchr::memchr(0, value.as_bytes()) {
+        return Err(Error::UnstorableText {
+            field: TextField::Name(field),
+            index,
+            offset,
+            reason: UnstorableTextReason::Nul,
+        });
+    }
     Ok(())
+}
+
+/// Checks JSON text for what PostgreSQL's `jsonb` refuses.
+fn json(value: &RawValue, field: TextField, index: Option<usize>) -> Result<()> {
+    match unstorable_in_json(value.get()) {
+        Some((offset, reason)) => Err(Error::UnstorableText {
+            field,
+            index,
+            offset,
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Finds, in JSON text, the first escape `\u0000` or escaped surrogate
+/// that is not half of a high-low pair (or a raw NUL, which valid JSON
+/// cannot hold), with its byte offset.
+///
+/// Escapes are found with `memchr` and then read one by one, so that an
+/// escaped backslash followed by `u0000` (the text `\\u0000`) is not taken
+/// for one: most payloads hold no backslash, and are passed over at
+/// `memchr`'s speed. Anything that is not a well-formed escape is left to
+/// the JSON parser that made the text.
+fn unstorable_in_json(text: &str) -> Option<(usize, UnstorableTextReason)> {
+    let bytes = text.as_bytes();
+    let mut from = 0;
+    while let Some(found) = memchr::memchr2(b'\\', 0, bytes.get(from..)?) {
+        let at = from + found;
+        if bytes[at] == 0 {
+            return Some((at, UnstorableTextReason::Nul));
+        }
+        // `at` starts an escape: a backslash and one character, or `\u`
+        // and four hex digits.
+        if bytes.get(at + 1) != Some(&b'u') {
+            from = at + 2;
+            continue;
+        }
+        let Some(unit) = hex4(bytes, at + 2) else {
+            from = at + 2;
+            continue;
+        };
+        match unit {
+            0 => return Some((at, UnstorableTextReason::Nul)),
+            0xD800..=0xDBFF => {
+                let low = (bytes.get(at + 6..at + 8) == Some(&b"\\u"[..]))
+                    .then(|| hex4(bytes, at + 8))
+                    .flatten();
+                if !matches!(low, Some(0xDC00..=0xDFFF)) {
+                    return Some((at, UnstorableTextReason::LoneSurrogate));
+                }
+                from = at + 12;
+            }
+            0xDC00..=0xDFFF => return Some((at, UnstorableTextReason::LoneSurrogate)),
+            _ => from = at + 6,
+        }
+    }
+    None
+}
+
+/// The value of the four hex digits at `at`, if there are four.
+fn hex4(bytes: &[u8], at: usize) -> Option<u32> {
+    let digits = bytes.get(at..at + 4)?;
+    digits.iter().try_fold(0u32, |value, &digit| {
+        Some(value << 4 | char::from(digit).to_digit(16)?)
+    })
 }
 
 #[cfg(test)]
@@ -182,6 +279,110 @@ mod tests {
                 "{err:?}"
             );
         }
+    }
+
+    fn found(text: &str) -> Option<(usize, UnstorableTextReason)> {
+        unstorable_in_json(text)
+    }
+
+    #[test]
+    fn json_text_is_scanned_for_nul_and_lone_surrogates() {
+        use UnstorableTextReason::{LoneSurrogate, Nul};
+        assert_eq!(found(r#"{"a":"plain text, no escapes"}"#), None);
+        assert_eq!(found(r#"{"a":"\u0000"}"#), Some((6, Nul)));
+        assert_eq!(found(r#"{"\u0000":1}"#), Some((2, Nul)));
+        // an escaped backslash, then the letters u0000
+        assert_eq!(found(r#"{"a":"\\u0000"}"#), None);
+        // an escaped backslash, then the escape \u0000
+        assert_eq!(found(r#"{"a":"\\\u0000"}"#), Some((8, Nul)));
+        assert_eq!(found(r#"["\n\t\"\/\u0041\u00e9"]"#), None);
+        assert_eq!(found(r#"["\u0001", "\u0000"]"#), Some((12, Nul)));
+        // surrogates: a pair is a character, half of one is not
+        assert_eq!(found(r#"["\ud83d\ude00", "\uD83D\uDE00"]"#), None);
+        assert_eq!(found(r#"["\ud800"]"#), Some((2, LoneSurrogate)));
+        assert_eq!(found(r#"["\uDBFF", 1]"#), Some((2, LoneSurrogate)));
+        assert_eq!(found(r#"["\udc00"]"#), Some((2, LoneSurrogate)));
+        assert_eq!(found(r#"["\ud800\u0041"]"#), Some((2, LoneSurrogate)));
+        assert_eq!(found(r#"["\ud800\ud800\udc00"]"#), Some((2, LoneSurrogate)));
+        assert_eq!(found(r#"["x\ud800x"]"#), Some((3, LoneSurrogate)));
+        assert_eq!(found(r#"["\\ud800"]"#), None);
+        // a low surrogate right after a pair is unpaired
+        assert_eq!(
+            found(r#"["\ud83d\ude00\ude00"]"#),
+            Some((14, LoneSurrogate))
+        );
+        // raw NUL (not valid JSON, but never let through)
+        assert_eq!(found("[\"a\0\"]"), Some((3, Nul)));
+        // cut-off escapes do not panic
+        for text in [r"\", r"\u", r"\u00", "\"\\u12"] {
+            assert_eq!(found(text), None, "{text}");
+        }
+        for text in [r"\ud800\u", r"\ud800\", r"\ud800\udc"] {
+            assert_eq!(found(text), Some((0, LoneSurrogate)), "{text}");
+        }
+        assert_eq!(found(r"\u0000"), Some((0, Nul)));
+    }
+
+    #[test]
+    fn serde_json_hands_nul_and_lone_surrogates_through() {
+        // What the scanner is for: serde_json writes NUL as `\u0000` and
+        // keeps raw text with unpaired surrogate escapes as it is.
+        let payload = crate::event::to_raw(&serde_json::json!({"a": "x\0y"})).unwrap();
+        assert_eq!(payload.get(), r#"{"a":"x\u0000y"}"#);
+        assert!(matches!(
+            json(&payload, TextField::Payload, Some(3)),
+            Err(Error::UnstorableText {
+                field: TextField::Payload,
+                index: Some(3),
+                offset: 7,
+                reason: UnstorableTextReason::Nul
+            })
+        ));
+        let lone = RawValue::from_string(r#"["\ud800"]"#.to_owned()).unwrap();
+        assert!(matches!(
+            json(&lone, TextField::Metadata, None),
+            Err(Error::UnstorableText {
+                reason: UnstorableTextReason::LoneSurrogate,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn names_are_checked_for_length_and_nul() {
+        let at_limit = "é".repeat(NameField::AggregateId.max_bytes() / 2);
+        assert!(name(&at_limit, NameField::AggregateId, None).is_ok());
+        let over = format!("{at_limit}x");
+        assert!(matches!(
+            name(&over, NameField::AggregateId, Some(0)),
+            Err(Error::NameTooLong {
+                field: NameField::AggregateId,
+                index: Some(0),
+                len: 501,
+                max: 500
+            })
+        ));
+        assert!(matches!(
+            name("a\0b", NameField::EventType, Some(2)),
+            Err(Error::UnstorableText {
+                field: TextField::Name(NameField::EventType),
+                index: Some(2),
+                offset: 1,
+                reason: UnstorableTextReason::Nul
+            })
+        ));
+        // an empty trace id is allowed, a long one is not
+        let mut events = vec![event("a").with_trace_id("")];
+        assert!(append(ExpectedVersion::Any, &mut events).is_ok());
+        let mut events = vec![event("a"), event("a").with_trace_id("t".repeat(256))];
+        assert!(matches!(
+            append(ExpectedVersion::Any, &mut events),
+            Err(Error::NameTooLong {
+                field: NameField::TraceId,
+                index: Some(1),
+                ..
+            })
+        ));
     }
 
     #[test]

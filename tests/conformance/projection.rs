@@ -32,9 +32,42 @@ pub struct Behaviour {
     pub batches_fail: std::sync::atomic::AtomicBool,
     /// Handler calls, failed ones included.
     pub calls: AtomicU64,
+    /// Stop in the middle of a handler call until the test says to go on.
+    pub pause: Mutex<Option<Pause>>,
+}
+
+/// Where a handler stops, and how it tells the test and hears back from it.
+pub struct Pause {
+    /// The handler call (1 for the first) that stops, before it writes.
+    pub at_call: u64,
+    /// Told when that call has stopped, holding its transaction.
+    pub reached: tokio::sync::oneshot::Sender<()>,
+    /// Waited for before the call goes on.
+    pub resume: tokio::sync::oneshot::Receiver<()>,
 }
 
 impl Behaviour {
+    /// Makes handler call `at_call` stop before it writes: the first
+    /// receiver completes when it has stopped (inside its batch's
+    /// transaction), and it goes on when the returned sender is used or
+    /// dropped.
+    pub fn pause_at(
+        &self,
+        at_call: u64,
+    ) -> (
+        tokio::sync::oneshot::Receiver<()>,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
+        let (reached, reached_rx) = tokio::sync::oneshot::channel();
+        let (resume_tx, resume) = tokio::sync::oneshot::channel();
+        *self.pause.lock().unwrap() = Some(Pause {
+            at_call,
+            reached,
+            resume,
+        });
+        (reached_rx, resume_tx)
+    }
+
     pub fn fail(&self, event: uuid::Uuid, times: u32) {
         *self.fail_on.lock().unwrap() = Some(event);
         self.failures_left.store(times, Ordering::SeqCst);
@@ -66,7 +99,21 @@ impl<F: Fixture> Recorder<F> {
         tx: &mut <F::Db as sqlx::Database>::Connection,
         event: &PersistedEvent,
     ) -> Result<(), HandlerError> {
-        self.behaviour.calls.fetch_add(1, Ordering::SeqCst);
+        let call = self.behaviour.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let pause = {
+            let mut pause = self.behaviour.pause.lock().unwrap();
+            match pause.as_ref() {
+                Some(p) if p.at_call == call => pause.take(),
+                _ => None,
+            }
+        };
+        if let Some(Pause {
+            reached, resume, ..
+        }) = pause
+        {
+            reached.send(()).ok();
+            resume.await.ok();
+        }
         let slow = *self.behaviour.slow.lock().unwrap();
         if !slow.is_zero() {
             tokio::time::sleep(slow).await;

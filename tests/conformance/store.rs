@@ -6,7 +6,7 @@ use std::sync::Arc;
 use es::store::{
     AggregateStreamReader, CheckpointStore, Error, Event, EventFilter, EventIdConflictReason,
     EventReader, EventStore, ExpectedVersion, NameField, Partition, ProjectionStore, Snapshot,
-    SnapshotStore,
+    SnapshotStore, TextField, UnstorableTextReason, limits,
 };
 use serde_json::json;
 use tokio::sync::Barrier;
@@ -1397,4 +1397,518 @@ pub async fn concurrent_readers_never_skip_an_event<F: Fixture>() {
         assert_eq!(seen, committed);
     }
     Arc::into_inner(db).unwrap().finish().await;
+}
+
+fn raw(json: &str) -> Box<serde_json::value::RawValue> {
+    serde_json::value::RawValue::from_string(json.to_owned()).unwrap()
+}
+
+fn as_value(raw: &serde_json::value::RawValue) -> serde_json::Value {
+    serde_json::from_str(raw.get()).unwrap()
+}
+
+/// Whether `error` is [`Error::UnstorableText`] for this field, event and
+/// reason.
+fn is_unstorable(
+    error: &Error,
+    field: TextField,
+    index: Option<usize>,
+    reason: UnstorableTextReason,
+) -> bool {
+    matches!(error, Error::UnstorableText { field: f, index: i, reason: r, .. }
+        if *f == field && *i == index && *r == reason)
+}
+
+/// NUL (raw in a name, `\u0000` in JSON text) and unpaired surrogate
+/// escapes are refused before they are sent: PostgreSQL would refuse them
+/// and abort the caller's transaction, losing the valid append made in it
+/// before. Each case runs in one transaction: a valid append, the refused
+/// one, another valid append, commit.
+pub async fn unstorable_text_is_refused_and_the_transaction_stays_usable<F: Fixture>() {
+    use UnstorableTextReason::{LoneSurrogate, Nul};
+    let db = F::create().await;
+    let bad = |f: &dyn Fn(&mut Event)| {
+        let mut e = event("bad", "Opened", 0);
+        f(&mut e);
+        e
+    };
+    let cases: Vec<(Vec<Event>, TextField, Option<usize>, UnstorableTextReason)> = vec![
+        (
+            vec![bad(&|e| e.payload = raw(r#"{"name":"a\u0000b"}"#))],
+            TextField::Payload,
+            Some(0),
+            Nul,
+        ),
+        (
+            // serde_json writes a NUL in a string as `\u0000`
+            vec![
+                event("bad", "Opened", 0),
+                Event::new(
+                    "Billing",
+                    "Account",
+                    "bad",
+                    "Renamed",
+                    &json!({"name": "a\0b"}),
+                )
+                .unwrap(),
+            ],
+            TextField::Payload,
+            Some(1),
+            Nul,
+        ),
+        (
+            vec![
+                event("bad", "Opened", 0),
+                event("bad", "Renamed", 1),
+                bad(&|e| e.metadata = raw(r#"{"user":"\\\u0000"}"#)),
+            ],
+            TextField::Metadata,
+            Some(2),
+            Nul,
+        ),
+        (
+            vec![bad(&|e| e.aggregate_id = "acc\0-1".into())],
+            TextField::Name(NameField::AggregateId),
+            Some(0),
+            Nul,
+        ),
+        (
+            vec![bad(&|e| e.bounded_context = "\0".into())],
+            TextField::Name(NameField::BoundedContext),
+            Some(0),
+            Nul,
+        ),
+        (
+            vec![bad(&|e| e.aggregate_type = "Acc\0ount".into())],
+            TextField::Name(NameField::AggregateType),
+            Some(0),
+            Nul,
+        ),
+        (
+            vec![
+                event("bad", "Opened", 0),
+                bad(&|e| e.event_type = "Ren\0amed".into()),
+            ],
+            TextField::Name(NameField::EventType),
+            Some(1),
+            Nul,
+        ),
+        (
+            vec![bad(&|e| e.trace_id = Some("trace\0".into()))],
+            TextField::Name(NameField::TraceId),
+            Some(0),
+            Nul,
+        ),
+        (
+            vec![bad(&|e| e.payload = raw(r#"{"emoji":"\ud83d"}"#))],
+            TextField::Payload,
+            Some(0),
+            LoneSurrogate,
+        ),
+        (
+            vec![bad(&|e| e.payload = raw(r#"["\ud83d\ude00", "\ude00"]"#))],
+            TextField::Payload,
+            Some(0),
+            LoneSurrogate,
+        ),
+        (
+            vec![bad(&|e| e.metadata = raw(r#"{"\udfff":1}"#))],
+            TextField::Metadata,
+            Some(0),
+            LoneSurrogate,
+        ),
+    ];
+    let cases_count = cases.len();
+    for (i, (batch, field, index, reason)) in cases.into_iter().enumerate() {
+        let id = format!("ok-{i}");
+        let mut tx = db.pool().begin().await.unwrap();
+        db.store()
+            .append(&mut *tx, ExpectedVersion::NoStream, events(&id, 1))
+            .await
+            .unwrap();
+        let error = db
+            .store()
+            .append(&mut *tx, ExpectedVersion::Any, batch)
+            .await
+            .unwrap_err();
+        assert!(
+            is_unstorable(&error, field, index, reason),
+            "case {i}: unexpected error: {error:?}"
+        );
+        assert!(!error.to_string().is_empty());
+        db.store()
+            .append(&mut *tx, ExpectedVersion::Exact(1), events(&id, 1))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(stream(&db, &id).await.version(), 2, "case {i}");
+    }
+    assert_eq!(db.event_rows().await, 2 * cases_count as i64);
+    assert!(stream(&db, "bad").await.is_empty());
+
+    // What only looks like them is text like any other: an escaped
+    // backslash before `u0000`, surrogate pairs, other escapes.
+    let fine = raw(r#"{"path":"C:\\u0000","emoji":"\ud83d\ude00","ctl":"\u0001\t\"\\"}"#);
+    let event = Event::from_raw("Billing", "Account", "fine", "Noted", fine.clone())
+        .with_raw_metadata(raw(r#"{"note":"\\ud800"}"#));
+    append(&db, ExpectedVersion::NoStream, vec![event])
+        .await
+        .unwrap();
+    let stored = stream(&db, "fine").await;
+    assert_eq!(as_value(&stored.events[0].payload), as_value(&fine));
+    assert_eq!(
+        as_value(&stored.events[0].payload)["path"],
+        json!("C:\\u0000")
+    );
+    assert_eq!(
+        as_value(&stored.events[0].metadata),
+        json!({"note": "\\ud800"})
+    );
+    db.finish().await;
+}
+
+/// Reads, checkpoints, snapshots and filters refuse names holding NUL
+/// (and snapshot states holding `\u0000` or an unpaired surrogate escape)
+/// before anything is sent: the caller's transaction stays usable.
+pub async fn unstorable_names_are_refused_by_every_call_that_takes_them<F: Fixture>() {
+    let db = F::create().await;
+    let store = db.store();
+    let name = |field| TextField::Name(field);
+    let nul = UnstorableTextReason::Nul;
+    let mut tx = db.pool().begin().await.unwrap();
+    store
+        .append(&mut *tx, ExpectedVersion::NoStream, events("a", 1))
+        .await
+        .unwrap();
+    let refused: Vec<(Error, TextField, UnstorableTextReason)> = vec![
+        (
+            store
+                .read_aggregate_stream(&mut *tx, "Billing", "Account", "a\0", None, None)
+                .await
+                .unwrap_err(),
+            name(NameField::AggregateId),
+            nul,
+        ),
+        (
+            store
+                .lock_aggregate(&mut *tx, "Billing", "Acc\0", "a")
+                .await
+                .unwrap_err(),
+            name(NameField::AggregateType),
+            nul,
+        ),
+        (
+            store
+                .read_filtered(
+                    &mut *tx,
+                    0,
+                    10,
+                    &EventFilter::all()
+                        .bounded_context("Billing")
+                        .bounded_context("\0"),
+                )
+                .await
+                .unwrap_err(),
+            name(NameField::BoundedContext),
+            nul,
+        ),
+        (
+            store
+                .read_filtered(&mut *tx, 0, 10, &EventFilter::all().aggregate_type("A\0"))
+                .await
+                .unwrap_err(),
+            name(NameField::AggregateType),
+            nul,
+        ),
+        (
+            store.get_checkpoint(&mut *tx, "p\0").await.unwrap_err(),
+            name(NameField::ProjectionName),
+            nul,
+        ),
+        (
+            store
+                .update_checkpoint(&mut *tx, "p\0", 1)
+                .await
+                .unwrap_err(),
+            name(NameField::ProjectionName),
+            nul,
+        ),
+        (
+            store.claim_checkpoint(&mut *tx, "\0p").await.unwrap_err(),
+            name(NameField::ProjectionName),
+            nul,
+        ),
+        (
+            store.failures(&mut *tx, "\0").await.unwrap_err(),
+            name(NameField::ProjectionName),
+            nul,
+        ),
+        (
+            store
+                .load_snapshot(&mut *tx, "Billing", "Account", "a\0", None)
+                .await
+                .unwrap_err(),
+            name(NameField::AggregateId),
+            nul,
+        ),
+        (
+            store
+                .save_snapshot(
+                    &mut *tx,
+                    &Snapshot::new("Bill\0ing", "Account", "a", 1, 1, &json!({})).unwrap(),
+                )
+                .await
+                .unwrap_err(),
+            name(NameField::BoundedContext),
+            nul,
+        ),
+        (
+            store
+                .save_snapshot(
+                    &mut *tx,
+                    &Snapshot::new("Billing", "Account", "a", 1, 1, &json!({"s": "\0"})).unwrap(),
+                )
+                .await
+                .unwrap_err(),
+            TextField::SnapshotState,
+            nul,
+        ),
+        (
+            store
+                .save_snapshot(
+                    &mut *tx,
+                    &Snapshot::from_raw("Billing", "Account", "a", 1, 1, raw(r#"["\udbff"]"#)),
+                )
+                .await
+                .unwrap_err(),
+            TextField::SnapshotState,
+            UnstorableTextReason::LoneSurrogate,
+        ),
+    ];
+    for (i, (error, field, reason)) in refused.iter().enumerate() {
+        assert!(
+            is_unstorable(error, *field, None, *reason),
+            "call {i}: unexpected error: {error:?}"
+        );
+    }
+    // the transaction is still usable: more work, then commit
+    store.update_checkpoint(&mut *tx, "p", 1).await.unwrap();
+    store
+        .save_snapshot(
+            &mut *tx,
+            &Snapshot::new("Billing", "Account", "a", 1, 1, &json!({})).unwrap(),
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(stream(&db, "a").await.version(), 1);
+    let mut conn = db.pool().acquire().await.unwrap();
+    assert_eq!(store.get_checkpoint(&mut *conn, "p").await.unwrap(), 1);
+    assert!(
+        store
+            .load_snapshot(&mut *conn, "Billing", "Account", "a", None)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    drop(conn);
+    db.finish().await;
+}
+
+/// A string of exactly `bytes` bytes of UTF-8 made of multibyte
+/// characters (2, 3 and 4 bytes wide) where they fit.
+fn wide_name(bytes: usize) -> String {
+    let mut name = String::new();
+    for c in ['😀', '€', 'é'].into_iter().cycle() {
+        if name.len() + c.len_utf8() > bytes {
+            break;
+        }
+        name.push(c);
+    }
+    while name.len() < bytes {
+        name.push('x');
+    }
+    assert_eq!(name.len(), bytes);
+    name
+}
+
+/// Names as long as [`limits`] allows, in multibyte characters, are
+/// stored and read back on every backend; one byte more is refused with
+/// [`Error::NameTooLong`] and writes nothing.
+pub async fn names_at_the_limit_are_stored_and_longer_ones_refused<F: Fixture>() {
+    let db = F::create().await;
+    let store = db.store();
+    let bc = wide_name(limits::MAX_BOUNDED_CONTEXT_BYTES);
+    let at = wide_name(limits::MAX_AGGREGATE_TYPE_BYTES);
+    let id = wide_name(limits::MAX_AGGREGATE_ID_BYTES);
+    let et = wide_name(limits::MAX_EVENT_TYPE_BYTES);
+    let trace = wide_name(limits::MAX_TRACE_ID_BYTES);
+    let projection = wide_name(limits::MAX_PROJECTION_NAME_BYTES);
+    assert!(id.chars().count() < id.len(), "multibyte characters");
+    let long = |name: &str| format!("{name}x");
+
+    let event = Event::new(&bc, &at, &id, &et, &json!({"n": 1}))
+        .unwrap()
+        .with_trace_id(&trace);
+    append(&db, ExpectedVersion::NoStream, vec![event])
+        .await
+        .unwrap();
+    let mut conn = db.pool().acquire().await.unwrap();
+    let read = store
+        .read_aggregate_stream(&mut *conn, &bc, &at, &id, None, None)
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 1);
+    let stored = &read.events[0];
+    assert_eq!(
+        (
+            &stored.bounded_context,
+            &stored.aggregate_type,
+            &stored.aggregate_id,
+            &stored.event_type,
+            stored.trace_id.as_ref()
+        ),
+        (&bc, &at, &id, &et, Some(&trace))
+    );
+    let page = store
+        .read_filtered(
+            &mut *conn,
+            0,
+            10,
+            &EventFilter::all().bounded_context(&bc).aggregate_type(&at),
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.events.len(), 1);
+    store
+        .update_checkpoint(&mut *conn, &projection, 7)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_checkpoint(&mut *conn, &projection).await.unwrap(),
+        7
+    );
+    store
+        .save_snapshot(
+            &mut *conn,
+            &Snapshot::new(&bc, &at, &id, 1, 1, &json!({})).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .load_snapshot(&mut *conn, &bc, &at, &id, None)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    drop(conn);
+
+    // one byte over, in one transaction after a valid append
+    let too_long = |error: &Error, field: NameField, index: Option<usize>| {
+        let max = field.max_bytes();
+        matches!(error, Error::NameTooLong { field: f, index: i, len, max: m }
+            if *f == field && *i == index && *len == max + 1 && *m == max)
+    };
+    let over = |f: &dyn Fn(&mut Event)| {
+        let mut e = Event::new(&bc, &at, &id, &et, &json!({})).unwrap();
+        f(&mut e);
+        e
+    };
+    let cases: Vec<(Vec<Event>, NameField, usize)> = vec![
+        (
+            vec![over(&|e| e.bounded_context = long(&bc))],
+            NameField::BoundedContext,
+            0,
+        ),
+        (
+            vec![over(&|e| e.aggregate_type = long(&at))],
+            NameField::AggregateType,
+            0,
+        ),
+        (
+            vec![over(&|e| e.aggregate_id = long(&id))],
+            NameField::AggregateId,
+            0,
+        ),
+        (
+            vec![over(&|_| ()), over(&|e| e.event_type = long(&et))],
+            NameField::EventType,
+            1,
+        ),
+        (
+            vec![
+                over(&|_| ()),
+                over(&|_| ()),
+                over(&|e| e.trace_id = Some(long(&trace))),
+            ],
+            NameField::TraceId,
+            2,
+        ),
+    ];
+    let mut tx = db.pool().begin().await.unwrap();
+    store
+        .append(&mut *tx, ExpectedVersion::NoStream, events("valid", 1))
+        .await
+        .unwrap();
+    for (batch, field, index) in cases {
+        let error = store
+            .append(&mut *tx, ExpectedVersion::Any, batch)
+            .await
+            .unwrap_err();
+        assert!(
+            too_long(&error, field, Some(index)),
+            "{field}: unexpected error: {error:?}"
+        );
+    }
+    let refused = [
+        (
+            store
+                .read_aggregate_stream(&mut *tx, &bc, &at, &long(&id), None, None)
+                .await
+                .unwrap_err(),
+            NameField::AggregateId,
+        ),
+        (
+            store
+                .read_filtered(
+                    &mut *tx,
+                    0,
+                    10,
+                    &EventFilter::all().bounded_context(long(&bc)),
+                )
+                .await
+                .unwrap_err(),
+            NameField::BoundedContext,
+        ),
+        (
+            store
+                .update_checkpoint(&mut *tx, &long(&projection), 1)
+                .await
+                .unwrap_err(),
+            NameField::ProjectionName,
+        ),
+        (
+            store
+                .save_snapshot(
+                    &mut *tx,
+                    &Snapshot::new(&bc, long(&at), &id, 1, 1, &json!({})).unwrap(),
+                )
+                .await
+                .unwrap_err(),
+            NameField::AggregateType,
+        ),
+    ];
+    for (error, field) in &refused {
+        assert!(
+            too_long(error, *field, None),
+            "{field}: unexpected error: {error:?}"
+        );
+    }
+    tx.commit().await.unwrap();
+    // the valid event and the first one, nothing else
+    assert_eq!(db.event_rows().await, 2);
+    assert_eq!(db.head_rows().await, 2);
+    assert_eq!(stream(&db, "valid").await.version(), 1);
+    db.finish().await;
 }
