@@ -152,16 +152,13 @@ pub(crate) fn in_batch_order(
 ) -> Result<Vec<(PersistedEvent, bool)>> {
     let mut ordered = Vec::with_capacity(found.len());
     for stored in found {
-        let Some(given) = events.iter().find(|e| e.event_id == stored.event_id) else {
+        let Some(index) = events.iter().position(|e| e.event_id == stored.event_id) else {
             continue;
         };
+        let given = &events[index];
         let same = stored.event_type == given.event_type
             && stored.event_version == given.event_version
             && same_json(&stored.payload, &given.payload)?;
-        let index = events
-            .iter()
-            .position(|e| e.event_id == stored.event_id)
-            .unwrap_or(usize::MAX);
         ordered.push((index, stored, same));
     }
     ordered.sort_by_key(|(index, _, _)| *index);
