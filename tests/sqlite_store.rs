@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 
 use conformance::store::{append_in, event, events, read_all};
 use es::store::{
-    AggregateStreamReader, Error, EventReader, EventStore, ExpectedVersion, ProjectionStore,
-    SqliteStore,
+    AggregateStreamReader, Error, EventStore, ExpectedVersion, ProjectionStore, SqliteStore,
 };
 use sqlx::{Connection, SqliteConnection};
 
@@ -416,46 +415,4 @@ async fn concurrent_migrations_are_safe() {
     assert_eq!(applied, 1);
     conn.close().await.unwrap();
     remove_database(&path);
-}
-
-/// Two stores in one database file (different table names) each migrate,
-/// track their own migrations and keep their events apart.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_stores_in_one_file_each_migrate() {
-    let db = SqliteDb::new().await;
-    let other = SqliteStore::builder()
-        .events_table("other_events")
-        .heads_table("other_heads")
-        .checkpoints_table("other_checkpoints")
-        .snapshots_table("other_snapshots")
-        .failures_table("other_failures")
-        .build()
-        .unwrap();
-    other.migrate(&db.pool).await.unwrap();
-    other.migrate(&db.pool).await.unwrap();
-    db.store.migrate(&db.pool).await.unwrap();
-    let mut conn = db.pool.acquire().await.unwrap();
-    other
-        .append(
-            &mut *conn,
-            ExpectedVersion::NoStream,
-            vec![event("a", "Opened", 1)],
-        )
-        .await
-        .unwrap();
-    assert!(
-        db.store
-            .read_events(&mut *conn, 0, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    assert_eq!(other.read_events(&mut *conn, 0, 10).await.unwrap().len(), 1);
-    drop(conn);
-    assert_eq!(
-        db.count("SELECT count(*) FROM \"_es_migrations_other_events\"")
-            .await,
-        1
-    );
-    db.drop().await;
 }

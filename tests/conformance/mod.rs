@@ -44,6 +44,7 @@ macro_rules! store_conformance_tests {
             store::snapshots_keep_the_latest,
             store::checkpoint_claims_are_exclusive,
             store::failures_and_head_position,
+            store::two_stores_in_one_schema_each_migrate,
             store::concurrent_exact_appends_have_one_winner_per_version,
             store::concurrent_creations_have_one_winner,
             store::concurrent_any_appends_all_succeed,

@@ -1912,3 +1912,33 @@ pub async fn names_at_the_limit_are_stored_and_longer_ones_refused<F: Fixture>()
     assert_eq!(stream(&db, "valid").await.version(), 1);
     db.finish().await;
 }
+
+/// Two stores in one schema or file (different table names) each migrate,
+/// track their own migrations and keep their events apart.
+pub async fn two_stores_in_one_schema_each_migrate<F: Fixture>() {
+    let db = F::create().await;
+    let other = db.second_store().await;
+    let mut conn = db.pool().acquire().await.unwrap();
+    other
+        .append(
+            &mut *conn,
+            ExpectedVersion::NoStream,
+            vec![event("a", "Opened", 1)],
+        )
+        .await
+        .unwrap();
+    assert!(
+        db.store()
+            .read_events(&mut *conn, 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(other.read_events(&mut *conn, 0, 10).await.unwrap().len(), 1);
+    drop(conn);
+    // each store recorded every migration once, in its own table
+    let own = db.rows_in("_es_migrations").await;
+    assert!(own > 0);
+    assert_eq!(db.rows_in("_es_migrations_other_events").await, own);
+    db.finish().await;
+}

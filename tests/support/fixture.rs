@@ -37,6 +37,12 @@ pub trait Fixture: Sized + Send + Sync + 'static {
     fn finish(self) -> impl Future<Output = ()> + Send;
     /// Another pool on the same database, as a second worker would have.
     fn another_pool(&self) -> impl Future<Output = sqlx::Pool<Self::Db>> + Send;
+    /// A second store in the same schema or file, on the tables
+    /// `other_events`, `other_heads`, ..., migrated twice; the fixture's
+    /// own store is migrated again after it.
+    fn second_store(&self) -> impl Future<Output = Self::Store> + Send;
+    /// Rows in the table `name` of the fixture's schema or file.
+    fn rows_in(&self, name: &str) -> impl Future<Output = i64> + Send;
 
     /// Creates the test read model: table `handled` with one row per
     /// handled event, in handling order.
@@ -90,6 +96,25 @@ impl Fixture for super::TestDb {
     }
     async fn another_pool(&self) -> sqlx::PgPool {
         super::TestDb::another_pool(self, 8).await
+    }
+    async fn second_store(&self) -> Self::Store {
+        let other = es::store::PostgresStore::builder()
+            .schema(&self.schema)
+            .events_table("other_events")
+            .heads_table("other_heads")
+            .checkpoints_table("other_checkpoints")
+            .snapshots_table("other_snapshots")
+            .failures_table("other_failures")
+            .build()
+            .unwrap();
+        other.migrate(&self.pool).await.unwrap();
+        other.migrate(&self.pool).await.unwrap();
+        self.store.migrate(&self.pool).await.unwrap();
+        other
+    }
+    async fn rows_in(&self, name: &str) -> i64 {
+        self.count(&format!("SELECT count(*) FROM {{schema}}.\"{name}\""))
+            .await
     }
     async fn create_read_model(&self) {
         self.execute(

@@ -136,6 +136,24 @@ impl Fixture for SqliteDb {
     async fn finish(self) {
         self.drop().await
     }
+    async fn second_store(&self) -> Self::Store {
+        let other = SqliteStore::builder()
+            .events_table("other_events")
+            .heads_table("other_heads")
+            .checkpoints_table("other_checkpoints")
+            .snapshots_table("other_snapshots")
+            .failures_table("other_failures")
+            .build()
+            .unwrap();
+        other.migrate(&self.pool).await.unwrap();
+        other.migrate(&self.pool).await.unwrap();
+        self.store.migrate(&self.pool).await.unwrap();
+        other
+    }
+    async fn rows_in(&self, name: &str) -> i64 {
+        self.count(&format!("SELECT count(*) FROM \"{name}\""))
+            .await
+    }
     async fn another_pool(&self) -> SqlitePool {
         Self::connect(&self.path, 8).await
     }
