@@ -16,6 +16,12 @@ mod sqlite {
     crate::repository_conformance_tests!(crate::support::sqlite::SqliteDb);
 }
 
+/// Against MySQL / MariaDB.
+#[cfg(feature = "mysql")]
+mod mysql {
+    crate::repository_conformance_tests!(crate::support::mysql::MySqlDb);
+}
+
 use conformance::repository::bank::{Account, AccountCommand, AccountError, AccountEvent};
 
 fn deposit(amount: i64) -> AccountCommand {

@@ -1,4 +1,5 @@
-//! Event store types, traits, and the stores on PostgreSQL and SQLite.
+//! Event store types, traits, and the stores on PostgreSQL, SQLite and
+//! MySQL / MariaDB.
 //!
 //! This crate implements the store API of the seed package: append with
 //! optimistic concurrency, read one aggregate's stream, read the global feed
@@ -9,6 +10,7 @@
 //! |---|---|
 //! | `postgres` (default) | `PostgresStore`, on PostgreSQL 13 or later |
 //! | `sqlite` | `SqliteStore`, an embedded backend with the same traits and behaviour (SQLite is compiled in; see `SqliteStore` for how its single writer is handled) |
+//! | `mysql` | `MySqlStore`, on MySQL 8.0.16+ or MariaDB 10.6+ (InnoDB; see `MySqlStore` for its gap-safe positions) |
 //!
 //! Every backend is the same [`SqlStore`] over a [`Dialect`]: each capability
 //! is written once, and a backend supplies only what really differs (its
@@ -36,10 +38,10 @@
 //! # }
 //! ```
 
-#[cfg(not(any(feature = "postgres", feature = "sqlite")))]
+#[cfg(not(any(feature = "postgres", feature = "sqlite", feature = "mysql")))]
 compile_error!(
     "es-store needs a database backend: enable at least one of its features \
-     `postgres` or `sqlite` (for example `es = { features = [\"postgres\"] }`)"
+     `postgres`, `sqlite` or `mysql` (for example `es = { features = [\"postgres\"] }`)"
 );
 
 mod core;
@@ -48,6 +50,8 @@ mod error;
 mod event;
 mod filter;
 pub mod limits;
+#[cfg(feature = "mysql")]
+mod mysql;
 mod names;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -61,6 +65,8 @@ mod validate;
 /// The backends' dialects: the type parameter of [`SqlStore`], each behind
 /// the cargo feature of its name.
 pub mod dialect {
+    #[cfg(feature = "mysql")]
+    pub use crate::mysql::MySql;
     #[cfg(feature = "postgres")]
     pub use crate::postgres::Postgres;
     #[cfg(feature = "sqlite")]
@@ -76,6 +82,8 @@ pub use event::{
     Snapshot, Stream,
 };
 pub use filter::{EventFilter, EventPage, Partition, stream_hash};
+#[cfg(feature = "mysql")]
+pub use mysql::{MySqlStore, MySqlStoreBuilder};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "sqlite")]
@@ -86,9 +94,9 @@ pub use traits::{
     ProjectionFailure, ProjectionStore, SnapshotStore, StoredEvent,
 };
 
-/// The store generic code names when it is not told: [`PostgresStore`]
-/// when the `postgres` feature is on, else [`SqliteStore`] (the default
-/// of `Repository`'s store parameter, say).
+/// The store generic code names when it is not told: `PostgresStore`
+/// when the `postgres` feature is on, else `SqliteStore` when `sqlite` is,
+/// else `MySqlStore` (the default of `Repository`'s store parameter, say).
 ///
 /// ```
 /// let store = es_store::DefaultStore::new();
@@ -99,6 +107,9 @@ pub type DefaultStore = PostgresStore;
 /// The store generic code names when it is not told.
 #[cfg(all(not(feature = "postgres"), feature = "sqlite"))]
 pub type DefaultStore = SqliteStore;
+/// The store generic code names when it is not told.
+#[cfg(all(not(feature = "postgres"), not(feature = "sqlite"), feature = "mysql"))]
+pub type DefaultStore = MySqlStore;
 
 /// The store's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

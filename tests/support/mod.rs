@@ -9,6 +9,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
 pub mod fixture;
+#[cfg(feature = "mysql")]
+pub mod mysql;
 pub mod round_trips;
 pub mod server;
 #[cfg(feature = "sqlite")]

@@ -57,7 +57,8 @@ pub(crate) struct Statements {
     /// payload), by version.
     pub(crate) fold_stream: Arc<str>,
     /// (from, bounded contexts, aggregate types, partition count, partition
-    /// index, limit, safe position) -> event columns, by position.
+    /// index, safe position, limit) -> event columns, by position. The
+    /// limit comes last for MySQL, whose `LIMIT ?` ends the text.
     pub(crate) read_events: Arc<str>,
     /// () -> the highest stored position, 0 when empty.
     pub(crate) head_position: Arc<str>,
@@ -100,6 +101,9 @@ pub(crate) struct AppendStatements {
     /// Inserts the batch after the head check, where it is a statement of
     /// its own.
     pub(crate) insert: Option<Arc<str>>,
+    /// Draws the batch's positions, where that is a statement of its own
+    /// (MySQL).
+    pub(crate) positions: Option<Arc<str>>,
 }
 
 impl AppendStatements {
@@ -169,10 +173,10 @@ pub(crate) fn in_batch_order(
 }
 
 /// One event of an append as a backend's insert statement reads it from a
-/// JSON array (SQLite's `json_each`): a positional
+/// JSON array (SQLite's `json_each`, MySQL's `JSON_TABLE`): a positional
 /// array, compact, in which JSON text such as the payload travels as a
 /// string, so it is stored exactly as given.
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
 type BatchRow<'a> = (
     uuid::fmt::Hyphenated,
     &'a str,
@@ -187,7 +191,7 @@ type BatchRow<'a> = (
 
 /// The batch as a JSON array of [`BatchRow`]s, with timestamps as the
 /// backend writes them.
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
 pub(crate) fn batch_json(
     events: &[Event],
     time: impl Fn(chrono::DateTime<chrono::Utc>) -> String,

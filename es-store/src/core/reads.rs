@@ -205,8 +205,8 @@ macro_rules! impl_reads {
                     .bind(codec::name_list(filter.aggregate_types())?)
                     .bind(count)
                     .bind(index)
-                    .bind(limit)
                     .bind(safe)
+                    .bind(limit)
                     .fetch_all(&mut *conn)
                     .await?;
                 let events: Vec<$crate::PersistedEvent> =

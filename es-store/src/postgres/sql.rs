@@ -229,6 +229,7 @@ pub(crate) fn statements(n: &Names) -> Statements {
             any: append(n, HeadCheck::Any).into(),
             exact: append(n, HeadCheck::Exact).into(),
             insert: None,
+            positions: None,
         },
         stored_ids: format!("SELECT {EVENT_COLUMNS} FROM {events} WHERE event_id = ANY($1)").into(),
         head_version: format!("SELECT version FROM {heads} WHERE {aggregate}").into(),
@@ -265,8 +266,8 @@ pub(crate) fn statements(n: &Names) -> Statements {
                    AND (cardinality($2::text[]) = 0 OR bounded_context = ANY($2)) \
                    AND (cardinality($3::text[]) = 0 OR aggregate_type = ANY($3)) \
                    AND ($4::bigint = 1 OR stream_hash % $4 = $5) \
-                 ORDER BY global_position LIMIT $6 \
-             ) page WHERE global_position <= $7"
+                 ORDER BY global_position LIMIT $7 \
+             ) page WHERE global_position <= $6"
         )
         .into(),
         head_position: format!("SELECT coalesce(max(global_position), 0) FROM {events}").into(),

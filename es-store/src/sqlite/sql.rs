@@ -161,6 +161,7 @@ pub(crate) fn statements(n: &Names) -> Statements {
                  RETURNING aggregate_version, global_position"
             )
             .into()),
+            positions: None,
             },
             // ?1 the batch's event ids as a JSON array; the first column is
             // the index in the batch.
@@ -194,11 +195,11 @@ pub(crate) fn statements(n: &Names) -> Statements {
             // types as JSON arrays (NULL: all).
             read_events: format!(
                 "SELECT {EVENT_COLUMNS} FROM {events} \
-                 WHERE global_position > ?1 AND global_position <= ?7 \
+                 WHERE global_position > ?1 AND global_position <= ?6 \
                    AND (?2 IS NULL OR bounded_context IN (SELECT value FROM json_each(?2))) \
                    AND (?3 IS NULL OR aggregate_type IN (SELECT value FROM json_each(?3))) \
                    AND (?4 = 1 OR stream_hash % ?4 = ?5) \
-                 ORDER BY global_position LIMIT ?6"
+                 ORDER BY global_position LIMIT ?7"
             )
             .into(),
             get_checkpoint: format!(

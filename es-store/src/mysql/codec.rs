@@ -1,0 +1,171 @@
+//! What the core needs from MySQL: ids as 16 bytes, timestamps as
+//! `DATETIME(6)` in UTC, JSON as text, lists as JSON arrays for
+//! `JSON_CONTAINS` and `JSON_TABLE`, the head as the horizon and
+//! `SKIP LOCKED` row locks as claims.
+
+use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
+use sqlx::mysql::MySqlRow;
+use sqlx::{AssertSqlSafe, MySqlConnection, Row};
+use uuid::Uuid;
+use uuid::fmt::Hyphenated;
+
+use super::MySqlStore;
+use crate::{Error, Event, ProjectionStore, Result};
+
+pub(super) use super::append::append;
+
+/// `ER_DUP_ENTRY`: a unique key refused a row.
+pub(super) const DUPLICATE_KEY: u16 = 1062;
+/// `ER_LOCK_WAIT_TIMEOUT`: a lock was not granted in time; only the
+/// statement is rolled back.
+pub(super) const LOCK_WAIT_TIMEOUT: u16 = 1205;
+/// `ER_LOCK_DEADLOCK`: InnoDB broke a deadlock by rolling back this
+/// transaction, all of it.
+pub(super) const DEADLOCK: u16 = 1213;
+
+/// The server's error number, when the error is one.
+pub(super) fn error_number(error: &sqlx::Error) -> Option<u16> {
+    error
+        .as_database_error()?
+        .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+        .map(|e| e.number())
+}
+
+pub(super) fn uuid(id: Uuid) -> Uuid {
+    id
+}
+
+/// Bound as `DATETIME(6)`: sqlx sends the UTC wall-clock time, and the
+/// column keeps it as is, whatever the session's time zone.
+pub(super) fn time(at: DateTime<Utc>) -> DateTime<Utc> {
+    at
+}
+
+/// A timestamp as `JSON_TABLE` reads it into a `DATETIME(6)` column.
+pub(super) fn time_text(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
+}
+
+pub(super) fn json(raw: &RawValue) -> &str {
+    raw.get()
+}
+
+/// A filter list as a JSON array for `JSON_CONTAINS`, or `None` (no
+/// restriction) when it is empty.
+pub(super) fn name_list(names: &[String]) -> Result<Option<String>> {
+    if names.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(names)
+        .map(Some)
+        .map_err(Error::Serialization)
+}
+
+/// A JSON array of the batch's ids, hyphenated, for `JSON_TABLE`.
+pub(super) fn id_list(events: &[Event]) -> Result<String> {
+    let ids: Vec<Hyphenated> = events.iter().map(|e| e.event_id.hyphenated()).collect();
+    serde_json::to_string(&ids).map_err(Error::Serialization)
+}
+
+pub(super) fn get_uuid(row: &MySqlRow, index: usize) -> Result<Uuid> {
+    Ok(row.try_get(index)?)
+}
+
+pub(super) fn get_opt_uuid(row: &MySqlRow, index: usize) -> Result<Option<Uuid>> {
+    Ok(row.try_get(index)?)
+}
+
+pub(super) fn get_time(row: &MySqlRow, index: usize) -> Result<DateTime<Utc>> {
+    Ok(row.try_get(index)?)
+}
+
+pub(super) fn get_json(row: &MySqlRow, index: usize) -> Result<Box<RawValue>> {
+    RawValue::from_string(json_text(row, index)?.to_owned()).map_err(Error::Serialization)
+}
+
+/// The JSON text of a column, borrowed from the row (the table's
+/// `json_valid` check vouches for it).
+pub(super) fn json_text(row: &MySqlRow, index: usize) -> Result<&str> {
+    Ok(row.try_get_unchecked(index)?)
+}
+
+/// Positions are drawn under a lock held until commit, so they commit in
+/// order and the head is safe: see "Gap-safe global reads" on
+/// [`MySqlStore`].
+pub(super) async fn safe_position(store: &MySqlStore, conn: &mut MySqlConnection) -> Result<i64> {
+    store.head_position(conn).await
+}
+
+/// Claims an existing checkpoint with `FOR UPDATE SKIP LOCKED`, and
+/// creates a missing one (which this transaction then holds).
+///
+/// Two InnoDB behaviours shape it. Under `REPEATABLE READ` (the default)
+/// a locking read that finds no row locks the gap where the row would be,
+/// and two claimants that each locked the gap and then inserted would
+/// deadlock: so existence is checked with a plain read, which locks
+/// nothing, and only a row found is locked. And an insert that meets a
+/// row another transaction is inserting waits for it; if that transaction
+/// rolls back while two claimants wait, both get the gap and deadlock. So
+/// the insert does not wait (`innodb_lock_wait_timeout = 0`, MariaDB; MySQL
+/// waits at least a second): a checkpoint being created by someone else is
+/// held by them, and the claim is `None`.
+pub(super) async fn claim_checkpoint(
+    store: &MySqlStore,
+    conn: &mut MySqlConnection,
+    projection_name: &str,
+) -> Result<Option<i64>> {
+    let sql = store.sql();
+    let exists: bool = sqlx::query_scalar(AssertSqlSafe(sql.checkpoint_exists.clone()))
+        .bind(projection_name)
+        .fetch_one(&mut *conn)
+        .await?;
+    if exists {
+        return Ok(
+            sqlx::query_scalar(AssertSqlSafe(sql.claim_checkpoint.clone()))
+                .bind(projection_name)
+                .fetch_optional(&mut *conn)
+                .await?,
+        );
+    }
+    sqlx::raw_sql(
+        "SET @es_lock_wait_timeout = @@SESSION.innodb_lock_wait_timeout, \
+             SESSION innodb_lock_wait_timeout = 0",
+    )
+    .execute(&mut *conn)
+    .await?;
+    let created = sqlx::query(AssertSqlSafe(sql.create_checkpoint.clone()))
+        .bind(projection_name)
+        .bind(crate::event::now())
+        .execute(&mut *conn)
+        .await;
+    sqlx::raw_sql("SET SESSION innodb_lock_wait_timeout = @es_lock_wait_timeout")
+        .execute(&mut *conn)
+        .await?;
+    match created {
+        Ok(_) => Ok(Some(0)),
+        // Created first by another transaction, which holds it.
+        Err(error)
+            if matches!(
+                error_number(&error),
+                Some(DUPLICATE_KEY | LOCK_WAIT_TIMEOUT)
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_written_with_six_fractional_digits() {
+        let at = DateTime::parse_from_rfc3339("2024-05-01T12:00:00.5Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(time_text(at), "2024-05-01 12:00:00.500000");
+    }
+}

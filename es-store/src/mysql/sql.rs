@@ -1,0 +1,333 @@
+//! Every SQL text the MySQL store runs, rendered once per store from
+//! validated names.
+//!
+//! MySQL's `?` placeholders are consumed once each, in text order, so a
+//! statement that uses a parameter twice reads it from a one-row derived
+//! table (`(SELECT ? AS a, ? AS b) p`), which the optimizer treats as a
+//! constant.
+
+use crate::core::{AppendStatements, Statements};
+use crate::names::{EVENT_ID_KEY, Names, POSITION, STREAM_VERSION_KEY};
+
+/// The migrations, oldest first: (version, description, SQL).
+pub(crate) fn migrations(names: &Names) -> Vec<(i64, &'static str, String)> {
+    vec![(1, "event store", migration_1(names))]
+}
+
+/// Names are stored as bytes (`VARBINARY`), so that they compare exactly as
+/// on PostgreSQL and SQLite: MySQL's text collations pad with spaces
+/// (`'acc-1' = 'acc-1 '`) or fold case, which would make two aggregates
+/// one. Reads convert them back to text (they were checked to be UTF-8).
+fn text(column: &str) -> String {
+    format!("CONVERT({column} USING utf8mb4)")
+}
+
+/// The event columns every read selects, in the order of
+/// [`EVENT_COLUMNS`](crate::core::EVENT_COLUMNS).
+fn event_columns(table: &str) -> String {
+    let t = |c: &str| format!("{table}.{c}");
+    [
+        t("global_position"),
+        t("aggregate_version"),
+        t("event_id"),
+        text(&t("bounded_context")),
+        text(&t("aggregate_type")),
+        text(&t("aggregate_id")),
+        text(&t("event_type")),
+        t("event_version"),
+        t("payload"),
+        t("metadata"),
+        t("correlation_id"),
+        t("causation_id"),
+        t("trace_id"),
+        t("created_at"),
+    ]
+    .join(", ")
+}
+
+/// Rows written around the store get the same UTC timestamps as the
+/// store's own.
+const NOW: &str = "(UTC_TIMESTAMP(6))";
+
+/// Text columns: UTF-8 (all four bytes), compared byte by byte.
+const UTF8: &str = "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin";
+
+fn migration_1(n: &Names) -> String {
+    let events = n.events();
+    let heads = n.heads();
+    let checkpoints = n.checkpoints();
+    let snapshots = n.snapshots();
+    let failures = n.failures();
+    let positions = n.derived_qualified(POSITION);
+    let event_id_key = n.derived(EVENT_ID_KEY);
+    let stream_version_key = n.derived(STREAM_VERSION_KEY);
+    let q = n.quote;
+    format!(
+        r#"-- The event store on MySQL / MariaDB (InnoDB): events, the position
+-- counter, aggregate heads, projection checkpoints, snapshots and the events
+-- projections skipped. Names are byte strings (see the store's docs), ids
+-- 16 bytes, JSON text checked with json_valid, timestamps UTC.
+
+CREATE TABLE {events} (
+    -- Drawn from {positions} by the append, under a lock held until
+    -- commit: see "Gap-safe global reads".
+    global_position   BIGINT          NOT NULL PRIMARY KEY CHECK (global_position > 0),
+    event_id          BINARY(16)      NOT NULL,
+    bounded_context   VARBINARY(128)  NOT NULL CHECK (bounded_context <> ''),
+    aggregate_type    VARBINARY(128)  NOT NULL CHECK (aggregate_type <> ''),
+    aggregate_id      VARBINARY(500)  NOT NULL CHECK (aggregate_id <> ''),
+    aggregate_version BIGINT          NOT NULL CHECK (aggregate_version > 0),
+    event_type        VARBINARY(255)  NOT NULL CHECK (event_type <> ''),
+    event_version     INT             NOT NULL CHECK (event_version > 0),
+    payload           LONGTEXT {UTF8} NOT NULL CHECK (json_valid(payload)),
+    metadata          LONGTEXT {UTF8} NOT NULL DEFAULT '{{}}' CHECK (json_valid(metadata)),
+    correlation_id    BINARY(16),
+    causation_id      BINARY(16),
+    trace_id          VARCHAR(255) {UTF8},
+    created_at        DATETIME(6)     NOT NULL DEFAULT {NOW},
+    -- A stable hash of (bounded_context, aggregate_type, aggregate_id),
+    -- computed by the store (FNV-1a): projections partition on it.
+    stream_hash       BIGINT          NOT NULL DEFAULT 0 CHECK (stream_hash >= 0),
+    UNIQUE KEY {q}{event_id_key}{q} (event_id),
+    -- The last safety net of optimistic concurrency, and the index of
+    -- stream reads.
+    UNIQUE KEY {q}{stream_version_key}{q}
+        (bounded_context, aggregate_type, aggregate_id, aggregate_version)
+) ENGINE = InnoDB;
+
+-- One row: the last position handed out. Appends move it in their
+-- transaction, so it is locked from the moment positions are drawn until
+-- commit.
+CREATE TABLE {positions} (
+    id   TINYINT NOT NULL PRIMARY KEY CHECK (id = 1),
+    last BIGINT  NOT NULL CHECK (last >= 0)
+) ENGINE = InnoDB;
+
+INSERT INTO {positions} (id, last) VALUES (1, 0);
+
+-- One row per aggregate: its current version, read and moved by every
+-- append (O(1) instead of max(aggregate_version)).
+CREATE TABLE {heads} (
+    bounded_context VARBINARY(128) NOT NULL,
+    aggregate_type  VARBINARY(128) NOT NULL,
+    aggregate_id    VARBINARY(500) NOT NULL,
+    version         BIGINT         NOT NULL CHECK (version > 0),
+    PRIMARY KEY (bounded_context, aggregate_type, aggregate_id)
+) ENGINE = InnoDB;
+
+CREATE TABLE {checkpoints} (
+    projection_name VARBINARY(255) NOT NULL PRIMARY KEY CHECK (projection_name <> ''),
+    position        BIGINT         NOT NULL CHECK (position >= 0),
+    updated_at      DATETIME(6)    NOT NULL DEFAULT {NOW}
+) ENGINE = InnoDB;
+
+-- The latest snapshot of each aggregate that has one.
+CREATE TABLE {snapshots} (
+    bounded_context VARBINARY(128)  NOT NULL,
+    aggregate_type  VARBINARY(128)  NOT NULL,
+    aggregate_id    VARBINARY(500)  NOT NULL,
+    version         BIGINT          NOT NULL CHECK (version >= 0),
+    schema_version  INT             NOT NULL,
+    state           LONGTEXT {UTF8} NOT NULL CHECK (json_valid(state)),
+    created_at      DATETIME(6)     NOT NULL DEFAULT {NOW},
+    PRIMARY KEY (bounded_context, aggregate_type, aggregate_id)
+) ENGINE = InnoDB;
+
+-- Events a projection skipped because its handler failed on them.
+CREATE TABLE {failures} (
+    projection_name VARBINARY(255)  NOT NULL,
+    global_position BIGINT          NOT NULL,
+    event_id        BINARY(16)      NOT NULL,
+    event_type      VARBINARY(255)  NOT NULL,
+    error           LONGTEXT {UTF8} NOT NULL,
+    failed_at       DATETIME(6)     NOT NULL DEFAULT {NOW},
+    PRIMARY KEY (projection_name, global_position)
+) ENGINE = InnoDB;
+"#
+    )
+}
+
+/// A hyphenated uuid (text) as the 16 bytes the tables store.
+fn uuid_bytes(text: &str) -> String {
+    format!("UNHEX(REPLACE({text}, '-', ''))")
+}
+
+/// Every statement of a MySQL store.
+pub(crate) fn statements(n: &Names) -> Statements {
+    let events = n.events();
+    let heads = n.heads();
+    let checkpoints = n.checkpoints();
+    let snapshots = n.snapshots();
+    let failures = n.failures();
+    let positions = n.derived_qualified(POSITION);
+    let columns = event_columns(&events);
+    let aggregate = "bounded_context = ? AND aggregate_type = ? AND aggregate_id = ?";
+    let event_id = uuid_bytes("j.event_id");
+    let correlation_id = uuid_bytes("j.correlation_id");
+    let causation_id = uuid_bytes("j.causation_id");
+    Statements {
+        append: AppendStatements {
+            // The head checks (see `append.rs`), each moving the head by
+            // the batch's length. (bounded context, aggregate type,
+            // aggregate id, number of events); a duplicate key is a
+            // conflict.
+            no_stream: format!(
+                "INSERT INTO {heads} (bounded_context, aggregate_type, aggregate_id, version) \
+                 VALUES (?, ?, ?, ?)"
+            )
+            .into(),
+            // Same parameters. The new version comes back as the
+            // statement's insert id.
+            any: format!(
+                "INSERT INTO {heads} (bounded_context, aggregate_type, aggregate_id, version) \
+                 VALUES (?, ?, ?, LAST_INSERT_ID(?)) \
+                 ON DUPLICATE KEY UPDATE version = LAST_INSERT_ID(version + VALUES(version))"
+            )
+            .into(),
+            // (number of events, bounded context, aggregate type, aggregate
+            // id, expected version): one row changed, or none.
+            exact: format!(
+                "UPDATE {heads} SET version = version + ? WHERE {aggregate} AND version = ?"
+            )
+            .into(),
+            // (bounded context, aggregate type, aggregate id, version
+            // before the batch, position before the batch, stream hash,
+            // the batch as a JSON array of event arrays (see
+            // `core::BatchRow`)).
+            insert: Some(
+                format!(
+                    "INSERT INTO {events} (global_position, event_id, bounded_context, \
+                         aggregate_type, aggregate_id, aggregate_version, event_type, \
+                         event_version, payload, metadata, correlation_id, causation_id, \
+                         trace_id, created_at, stream_hash) \
+                     SELECT p.position + j.n, {event_id}, p.bc, p.at, p.id, p.version + j.n, \
+                         j.event_type, j.event_version, j.payload, j.metadata, \
+                         {correlation_id}, {causation_id}, j.trace_id, j.created_at, p.hash \
+                     FROM (SELECT ? AS bc, ? AS at, ? AS id, ? AS version, ? AS position, \
+                               ? AS hash) p, \
+                         JSON_TABLE(?, '$[*]' COLUMNS ( \
+                             n FOR ORDINALITY, \
+                             event_id CHAR(36) PATH '$[0]', \
+                             event_type VARCHAR(255) {UTF8} PATH '$[1]', \
+                             event_version INT PATH '$[2]', \
+                             payload LONGTEXT {UTF8} PATH '$[3]', \
+                             metadata LONGTEXT {UTF8} PATH '$[4]', \
+                             correlation_id CHAR(36) PATH '$[5]', \
+                             causation_id CHAR(36) PATH '$[6]', \
+                             trace_id VARCHAR(255) {UTF8} PATH '$[7]', \
+                             created_at DATETIME(6) PATH '$[8]')) j"
+                )
+                .into(),
+            ),
+            // (number of events): the last position drawn comes back as
+            // the statement's insert id.
+            positions: Some(
+                format!("UPDATE {positions} SET last = LAST_INSERT_ID(last + ?) WHERE id = 1")
+                    .into(),
+            ),
+        },
+        // (the batch's event ids as a JSON array of hyphenated ids).
+        stored_ids: format!(
+            "SELECT {columns} FROM {events} \
+             WHERE event_id IN (SELECT {id} FROM JSON_TABLE(?, '$[*]' \
+                 COLUMNS (event_id CHAR(36) PATH '$')) j)",
+            id = uuid_bytes("j.event_id"),
+        )
+        .into(),
+        head_version: format!("SELECT version FROM {heads} WHERE {aggregate}").into(),
+        lock_head: format!("SELECT version FROM {heads} WHERE {aggregate} FOR UPDATE").into(),
+        locked_tail: None,
+        read_stream: format!(
+            "SELECT {columns} FROM {events} \
+             WHERE {aggregate} AND aggregate_version BETWEEN ? AND ? \
+             ORDER BY aggregate_version"
+        )
+        .into(),
+        fold_stream: format!(
+            "SELECT aggregate_version, {event_type}, event_version, payload FROM {events} \
+             WHERE {aggregate} AND aggregate_version BETWEEN ? AND ? \
+             ORDER BY aggregate_version",
+            event_type = text("event_type"),
+        )
+        .into(),
+        head_position: format!(
+            "SELECT CAST(COALESCE(MAX(global_position), 0) AS SIGNED) FROM {events}"
+        )
+        .into(),
+        // The accepted bounded contexts and aggregate types come as JSON
+        // arrays (NULL: all).
+        read_events: format!(
+            "SELECT {columns} FROM {events}, \
+                 (SELECT ? AS p_from, ? AS p_contexts, ? AS p_types, ? AS p_count, \
+                         ? AS p_index, ? AS p_safe) p \
+             WHERE {events}.global_position > p.p_from AND {events}.global_position <= p.p_safe \
+               AND (p.p_contexts IS NULL \
+                    OR JSON_CONTAINS(p.p_contexts, JSON_QUOTE({context}))) \
+               AND (p.p_types IS NULL OR JSON_CONTAINS(p.p_types, JSON_QUOTE({kind}))) \
+               AND (p.p_count = 1 OR {events}.stream_hash % p.p_count = p.p_index) \
+             ORDER BY {events}.global_position LIMIT ?",
+            context = text(&format!("{events}.bounded_context")),
+            kind = text(&format!("{events}.aggregate_type")),
+        )
+        .into(),
+        get_checkpoint: format!("SELECT position FROM {checkpoints} WHERE projection_name = ?")
+            .into(),
+        update_checkpoint: format!(
+            "INSERT INTO {checkpoints} (projection_name, position, updated_at) \
+             VALUES (?, ?, ?) \
+             ON DUPLICATE KEY UPDATE position = VALUES(position), \
+                 updated_at = VALUES(updated_at)"
+        )
+        .into(),
+        claim_checkpoint: format!(
+            "SELECT position FROM {checkpoints} WHERE projection_name = ? \
+             FOR UPDATE SKIP LOCKED"
+        )
+        .into(),
+        checkpoint_exists: format!(
+            "SELECT EXISTS (SELECT 1 FROM {checkpoints} WHERE projection_name = ?)"
+        )
+        .into(),
+        // A plain insert: a duplicate key means another transaction
+        // created it first (see `codec::claim_checkpoint`).
+        create_checkpoint: format!(
+            "INSERT INTO {checkpoints} (projection_name, position, updated_at) VALUES (?, 0, ?)"
+        )
+        .into(),
+        load_snapshot: format!(
+            "SELECT version, schema_version, state, created_at FROM {snapshots} \
+             WHERE {aggregate} AND version <= ?"
+        )
+        .into(),
+        // Assignments run left to right, each seeing the ones before: the
+        // version moves last, after the columns it guards.
+        save_snapshot: format!(
+            "INSERT INTO {snapshots} (bounded_context, aggregate_type, aggregate_id, \
+                 version, schema_version, state, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) \
+             ON DUPLICATE KEY UPDATE \
+                 schema_version = IF(version <= VALUES(version), VALUES(schema_version), \
+                     schema_version), \
+                 state = IF(version <= VALUES(version), VALUES(state), state), \
+                 created_at = IF(version <= VALUES(version), VALUES(created_at), created_at), \
+                 version = IF(version <= VALUES(version), VALUES(version), version)"
+        )
+        .into(),
+        record_failure: format!(
+            "INSERT INTO {failures} (projection_name, global_position, event_id, event_type, \
+                 error, failed_at) \
+             VALUES (?, ?, ?, ?, ?, ?) \
+             ON DUPLICATE KEY UPDATE error = VALUES(error), failed_at = VALUES(failed_at)"
+        )
+        .into(),
+        list_failures: format!(
+            "SELECT global_position, event_id, {event_type}, error, failed_at FROM {failures} \
+             WHERE projection_name = ? ORDER BY global_position",
+            event_type = text("event_type"),
+        )
+        .into(),
+        relax_durability: None,
+        horizon: None,
+        register_listener: None,
+    }
+}
