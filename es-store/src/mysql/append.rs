@@ -1,5 +1,5 @@
 //! The append on MySQL, in a savepoint of the caller's transaction or a
-//! transaction of its own: the head check, the positions, then the batch
+//! transaction of its own: the positions, the head check, then the batch
 //! (see "Appending" on [`MySqlStore`]).
 
 use sqlx::mysql::MySqlQueryResult;
@@ -79,8 +79,11 @@ pub(crate) async fn append(
     }
 }
 
-/// The statements, in lock order: the aggregate's head row, then the
-/// position counter (held until commit), then the batch.
+/// The statements, in lock order: the position counter (held until
+/// commit), the aggregate's head row, then the batch. Taking the counter
+/// first means that a transaction holding head locks from an append is
+/// the one holding the counter, so appends never deadlock with each
+/// other (see "Claims and deadlocks").
 async fn attempt(
     store: &MySqlStore,
     conn: &mut MySqlConnection,
@@ -90,6 +93,13 @@ async fn attempt(
     let first = &events[0];
     let count = events.len() as i64;
     let statements = &store.sql().append;
+    let drawn = sqlx::query(AssertSqlSafe(
+        statements.positions.clone().expect("rendered for MySQL"),
+    ))
+    .bind(count)
+    .execute(&mut *conn)
+    .await?;
+    let base_position = inserted_id(&drawn)? - count;
     let head = AssertSqlSafe(statements.for_expected(expected).clone());
     let moved = match expected {
         ExpectedVersion::Exact(version) => sqlx::query(head)
@@ -116,13 +126,6 @@ async fn attempt(
         }
         (_, Err(error)) => return Err(error),
     };
-    let drawn = sqlx::query(AssertSqlSafe(
-        statements.positions.clone().expect("rendered for MySQL"),
-    ))
-    .bind(count)
-    .execute(&mut *conn)
-    .await?;
-    let base_position = inserted_id(&drawn)? - count;
     let insert = AssertSqlSafe(statements.insert.clone().expect("rendered for MySQL"));
     let inserted = sqlx::query(insert)
         .bind(first.bounded_context.as_str())

@@ -142,18 +142,19 @@ pub(super) async fn claim_checkpoint(
     sqlx::raw_sql("SET SESSION innodb_lock_wait_timeout = @es_lock_wait_timeout")
         .execute(&mut *conn)
         .await?;
-    match created {
+    match created.as_ref().map_err(error_number) {
         Ok(_) => Ok(Some(0)),
-        // Created first by another transaction, which holds it.
-        Err(error)
-            if matches!(
-                error_number(&error),
-                Some(DUPLICATE_KEY | LOCK_WAIT_TIMEOUT)
-            ) =>
-        {
-            Ok(None)
-        }
-        Err(error) => Err(error.into()),
+        // Being created by another transaction, which holds it.
+        Err(Some(LOCK_WAIT_TIMEOUT)) => Ok(None),
+        // Created and committed since this transaction's snapshot: claim
+        // it (a locking read sees the latest row).
+        Err(Some(DUPLICATE_KEY)) => Ok(sqlx::query_scalar(AssertSqlSafe(
+            sql.claim_checkpoint.clone(),
+        ))
+        .bind(projection_name)
+        .fetch_optional(&mut *conn)
+        .await?),
+        Err(_) => Err(created.unwrap_err().into()),
     }
 }
 

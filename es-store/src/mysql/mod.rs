@@ -84,12 +84,12 @@ impl Dialect for MySql {
 /// append leaves it usable, as everywhere), or in a transaction of its own
 /// on a connection with none. It is three statements:
 ///
-/// 1. the head check, which moves the aggregate's head row and locks it:
+/// 1. drawing positions from the counter, whose lock is held until
+///    commit (see below);
+/// 2. the head check, which moves the aggregate's head row and locks it:
 ///    `UPDATE .. WHERE version = expected` for `Exact`, a plain `INSERT`
 ///    for `NoStream` (a duplicate key is the conflict), and an upsert for
 ///    `Any`;
-/// 2. drawing positions from the counter, whose lock is held until
-///    commit (see below);
 /// 3. the insert of the whole batch, read from one JSON array with
 ///    `JSON_TABLE`: one statement and one parameter whatever the batch
 ///    size.
@@ -142,8 +142,9 @@ pub type MySqlStoreBuilder = StoreBuilder<MySql>;
 impl SqlStore<MySql> {
     /// Creates or upgrades the store's tables (and its database, if a
     /// schema is configured). Safe to call on every start and from several
-    /// processes at once: sqlx's migrator takes a named lock (`GET_LOCK`)
-    /// for the run. MySQL commits each DDL statement by itself, so a
+    /// processes at once: runs take turns on a named lock (`GET_LOCK`, one
+    /// per store; sqlx's own lock is not taken on MariaDB, which refuses its
+    /// infinite timeout). MySQL commits each DDL statement by itself, so a
     /// migration is not atomic; one interrupted half-way is reported as
     /// dirty by the next run.
     ///
@@ -157,8 +158,46 @@ impl SqlStore<MySql> {
     where
         A: Acquire<'a, Database = sqlx::MySql>,
     {
-        self.migrator().run(conn).await.map_err(Error::Migration)
+        let mut conn = conn.acquire().await?;
+        let schema = self.names().schema.as_ref().map(|s| s.as_str().to_owned());
+        let events = self.names().events.as_str().to_owned();
+        // Lock names are limited to 64 characters; a shortened one only
+        // makes unrelated stores take turns.
+        let locked: Option<i64> = sqlx::query_scalar(
+            "SELECT GET_LOCK(LEFT(CONCAT('es_migrate:', COALESCE(?, DATABASE()), '.', ?), 64), \
+                 ?)",
+        )
+        .bind(&schema)
+        .bind(&events)
+        .bind(MIGRATION_LOCK_TIMEOUT_SECS)
+        .fetch_one(&mut *conn)
+        .await?;
+        if locked != Some(1) {
+            return Err(Error::Database(sqlx::Error::Protocol(format!(
+                "could not take the migration lock of {} in {MIGRATION_LOCK_TIMEOUT_SECS} s",
+                self.events_table()
+            ))));
+        }
+        let mut migrator = self.migrator();
+        migrator.set_locking(false);
+        let ran = migrator
+            .run_direct(None, &mut *conn, false)
+            .await
+            .map_err(Error::Migration);
+        let released = sqlx::query(
+            "SELECT RELEASE_LOCK(LEFT(CONCAT('es_migrate:', COALESCE(?, DATABASE()), '.', ?), 64))",
+        )
+        .bind(&schema)
+        .bind(&events)
+        .execute(&mut *conn)
+        .await;
+        ran?;
+        released?;
+        Ok(())
     }
 }
+
+/// How long a migration waits for another process's to finish.
+const MIGRATION_LOCK_TIMEOUT_SECS: i64 = 3600;
 
 crate::core::impl_store!(MySql, MySqlConnection, sqlx::mysql::MySqlRow);
