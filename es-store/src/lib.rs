@@ -78,8 +78,8 @@ pub use domain::__private;
 pub use domain::{DecodeError, DomainEvent, EventTypeInfo};
 pub use error::{Error, EventIdConflictReason, NameField, TextField, UnstorableTextReason};
 pub use event::{
-    AggregateKey, AggregateRef, AppendResult, Event, ExpectedVersion, Metadata, PersistedEvent,
-    Snapshot, Stream,
+    AggregateKey, AggregateRef, AppendResult, AsAggregateRef, Event, ExpectedVersion, Metadata,
+    PersistedEvent, Snapshot, Stream,
 };
 pub use filter::{EventFilter, EventPage, Partition, stream_hash};
 #[cfg(feature = "mysql")]
