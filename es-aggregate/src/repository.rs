@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use es_store::{
-    AggregateKey, AggregateStreamReader, Connection, DecodeError, DomainEvent, Error as StoreError,
-    EventStore, ExpectedVersion, Metadata, Snapshot, SnapshotStore, StoredEvent,
+    AggregateKey, AggregateRef, AggregateStreamReader, Connection, DecodeError, DomainEvent,
+    Error as StoreError, EventStore, ExpectedVersion, Metadata, Snapshot, SnapshotStore,
+    StoredEvent,
 };
 use serde_json::value::RawValue;
 use tracing::Instrument;
@@ -314,13 +315,7 @@ where
         };
         let snapshot = self
             .store
-            .load_snapshot(
-                conn,
-                A::Event::BOUNDED_CONTEXT,
-                A::Event::AGGREGATE_TYPE,
-                id,
-                to_version,
-            )
+            .load_snapshot(conn, Self::aggregate(id), to_version)
             .await?;
         let Some(snapshot) = snapshot else {
             return Ok(loaded);
@@ -344,6 +339,11 @@ where
             }
         }
         Ok(loaded)
+    }
+
+    /// The store's name for the aggregate `id` of this repository.
+    fn aggregate(id: &str) -> AggregateRef<'_> {
+        AggregateRef::new(A::Event::BOUNDED_CONTEXT, A::Event::AGGREGATE_TYPE, id)
     }
 
     /// Applies the events after `loaded.version`, up to `to_version`.
@@ -370,15 +370,14 @@ where
         loaded: &mut Loaded<A>,
         tail: Tail,
     ) -> Result<(), A> {
-        let (bounded_context, aggregate_type) =
-            (A::Event::BOUNDED_CONTEXT, A::Event::AGGREGATE_TYPE);
+        let aggregate = Self::aggregate(id);
         let Loaded { state, version } = loaded;
-        let from = Some(*version + 1);
+        let from = *version + 1;
         let visit = |event: StoredEvent<'_>| {
             let decoded =
                 A::Event::decode_json(event.event_type, event.event_version, event.payload)
                     .map_err(|source| RepositoryError::Decode {
-                        aggregate: AggregateKey::new(bounded_context, aggregate_type, id),
+                        aggregate: aggregate.to_owned(),
                         source: Box::new(source),
                     })?;
             state.apply(&decoded);
@@ -386,29 +385,19 @@ where
             Ok::<_, RepositoryError<A::Error>>(())
         };
         match tail {
-            Tail::UpTo(to_version) => {
+            Tail::UpTo(Some(to)) => {
                 self.store
-                    .fold_aggregate_stream(
-                        conn,
-                        bounded_context,
-                        aggregate_type,
-                        id,
-                        from,
-                        to_version,
-                        visit,
-                    )
+                    .fold_aggregate_stream(conn, aggregate, from..=to, visit)
+                    .await?
+            }
+            Tail::UpTo(None) => {
+                self.store
+                    .fold_aggregate_stream(conn, aggregate, from.., visit)
                     .await?
             }
             Tail::Locked => {
                 self.store
-                    .lock_and_fold_aggregate_stream(
-                        conn,
-                        bounded_context,
-                        aggregate_type,
-                        id,
-                        from,
-                        visit,
-                    )
+                    .lock_and_fold_aggregate_stream(conn, aggregate, from.., visit)
                     .await?
             }
         };

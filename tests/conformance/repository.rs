@@ -37,7 +37,7 @@ fn deposit(amount: i64) -> AccountCommand {
 async fn stored_events<F: Fixture>(db: &F, id: &str) -> Vec<es::store::PersistedEvent> {
     let mut conn = db.pool().acquire().await.unwrap();
     db.store()
-        .read_aggregate_stream(&mut *conn, "Billing", "Account", id, None, None)
+        .read_aggregate_stream(&mut *conn, ("Billing", "Account", id), ..)
         .await
         .unwrap()
         .events
@@ -296,7 +296,7 @@ async fn against_a_holder<F: Fixture>(
     let mut holder = db.pool().begin().await.unwrap();
     let version = db
         .store()
-        .lock_aggregate(&mut *holder, "Billing", "Account", "hot")
+        .lock_aggregate(&mut *holder, ("Billing", "Account", "hot"))
         .await
         .unwrap();
     let event = Event::new(
@@ -638,7 +638,7 @@ pub async fn snapshots_give_the_same_state_as_full_folds<F: Fixture>() {
     let mut conn = db.pool().acquire().await.unwrap();
     let snapshot = db
         .store()
-        .load_snapshot(&mut *conn, "Billing", "Account", "a", None)
+        .load_snapshot(&mut *conn, ("Billing", "Account", "a"), None)
         .await
         .unwrap()
         .expect("a snapshot every 10 events");
