@@ -91,7 +91,7 @@ where
 
     let mut conn = pool.acquire().await?;
     let stream = store
-        .read_aggregate_stream(&mut *conn, "Billing", "Account", &account, None, None)
+        .read_aggregate_stream(&mut *conn, ("Billing", "Account", &account), ..)
         .await?;
     println!("{account} is at version {}:", stream.version());
     for e in &stream.events {

@@ -105,7 +105,7 @@ async fn append(db: &TestDb, events: Vec<Event>) {
 async fn load(db: &TestDb, id: &str) -> Vec<PersistedEvent> {
     let mut conn = db.pool.acquire().await.unwrap();
     db.store
-        .read_aggregate_stream(&mut conn, "Billing", "Account", id, None, None)
+        .read_aggregate_stream(&mut conn, ("Billing", "Account", id), ..)
         .await
         .unwrap()
         .events

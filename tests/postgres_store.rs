@@ -300,7 +300,7 @@ async fn names_are_configurable_and_validated() {
             .is_empty()
     );
     let s = custom
-        .read_aggregate_stream(&mut conn, "Billing", "Account", "a", None, None)
+        .read_aggregate_stream(&mut conn, ("Billing", "Account", "a"), ..)
         .await
         .unwrap();
     assert_eq!(s.version(), 1);

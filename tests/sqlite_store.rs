@@ -23,7 +23,7 @@ use sqlx::{Connection, SqliteConnection};
 async fn version(db: &SqliteDb, id: &str) -> i64 {
     let mut conn = db.pool.acquire().await.unwrap();
     db.store
-        .read_aggregate_stream(&mut conn, "Billing", "Account", id, None, None)
+        .read_aggregate_stream(&mut conn, ("Billing", "Account", id), ..)
         .await
         .unwrap()
         .version()
@@ -82,7 +82,7 @@ async fn a_write_after_a_read_is_a_conflict_when_another_writer_came_first() {
     let read_then_append = async |tx: &mut SqliteConnection| {
         let seen = db
             .store
-            .read_aggregate_stream(tx, "Billing", "Account", "a", None, None)
+            .read_aggregate_stream(tx, ("Billing", "Account", "a"), ..)
             .await
             .unwrap()
             .version();
@@ -111,7 +111,7 @@ async fn a_write_after_a_read_is_a_conflict_when_another_writer_came_first() {
     // Another writer committed after our read.
     let mut reader = db.pool.begin().await.unwrap();
     db.store
-        .read_aggregate_stream(&mut reader, "Billing", "Account", "a", None, None)
+        .read_aggregate_stream(&mut reader, ("Billing", "Account", "a"), ..)
         .await
         .unwrap();
     let mut other = db.pool.acquire().await.unwrap();
@@ -343,7 +343,7 @@ async fn names_are_configurable_and_validated() {
         ]
     );
     let s = custom
-        .read_aggregate_stream(&mut conn, "Billing", "Account", "a", None, None)
+        .read_aggregate_stream(&mut conn, ("Billing", "Account", "a"), ..)
         .await
         .unwrap();
     assert_eq!(s.version(), 1);

@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use es_store::{
-    AggregateKey, AggregateStreamReader, Connection, DecodeError, DomainEvent, Error as StoreError,
-    EventStore, ExpectedVersion, Metadata, Snapshot, SnapshotStore, StoredEvent,
+    AggregateKey, AggregateRef, AggregateStreamReader, Connection, DecodeError, DomainEvent,
+    Error as StoreError, EventStore, ExpectedVersion, Metadata, Snapshot, SnapshotStore,
+    StoredEvent,
 };
 use serde_json::value::RawValue;
 use tracing::Instrument;
@@ -279,6 +280,54 @@ where
         Ok(loaded)
     }
 
+    /// The aggregate's latest snapshot, decoded: the state and version that
+    /// loading it starts from. `None` when snapshots are off (see
+    /// [`Repository::with_snapshots`]), when the aggregate has no snapshot
+    /// yet, or when the stored one is ignored because it was written with
+    /// another schema version or does not decode (read it as it is stored
+    /// with [`SnapshotStore::load_snapshot`]).
+    ///
+    /// ```no_run
+    /// # use es_aggregate::{Aggregate, Repository};
+    /// # async fn demo<A: Aggregate + serde::Serialize + serde::de::DeserializeOwned>(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+    /// let repository = Repository::<A>::new(es_store::PostgresStore::new(), pool).with_snapshots(100, 1);
+    /// match repository.snapshot("acc-1").await? {
+    ///     Some(snapshot) => println!("acc-1 loads from its snapshot at version {}", snapshot.version),
+    ///     None => println!("acc-1 loads from its first event"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn snapshot(&self, id: &str) -> Result<Option<Loaded<A>>, A> {
+        let Some(snapshots) = &self.snapshots else {
+            return Ok(None);
+        };
+        let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
+        self.usable_snapshot(&mut conn, snapshots, id, None).await
+    }
+
+    /// Locks the aggregate `id` in the caller's transaction and returns its
+    /// version (0 if it has no events yet), as
+    /// [`EventStore::lock_aggregate`] does: until the transaction ends,
+    /// every other append to the aggregate waits, so what the transaction
+    /// decides on the version it read cannot conflict. Call it first in the
+    /// transaction. An aggregate that has no events yet cannot be locked:
+    /// its creation stays optimistic.
+    ///
+    /// ```no_run
+    /// # use es_aggregate::{Aggregate, Repository};
+    /// # async fn demo<A: Aggregate>(repository: Repository<A>, command: A::Command) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut tx = repository.pool().begin().await?;
+    /// let version = repository.lock_in(&mut *tx, "acc-1").await?;
+    /// // nobody else appends to acc-1 until tx ends
+    /// let executed = repository.execute_in(&mut *tx, "acc-1", &command, &es_store::Metadata::default()).await?;
+    /// assert!(executed.version >= version);
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn lock_in(&self, conn: &mut Connection<S>, id: &str) -> Result<i64, A> {
+        Ok(self.store.lock_aggregate(conn, Self::aggregate(id)).await?)
+    }
+
     /// Where folding starts: the latest usable snapshot at or below
     /// `to_version` when snapshots are on, else the default state.
     async fn starting_point(
@@ -308,22 +357,30 @@ where
         id: &str,
         to_version: Option<i64>,
     ) -> Result<Loaded<A>, A> {
-        let mut loaded = Loaded {
+        let usable = self
+            .usable_snapshot(conn, snapshots, id, to_version)
+            .await?;
+        Ok(usable.unwrap_or_else(|| Loaded {
             state: A::default(),
             version: 0,
-        };
+        }))
+    }
+
+    /// The aggregate's latest snapshot at or below `to_version`, decoded,
+    /// if there is one of the repository's schema version that decodes.
+    async fn usable_snapshot(
+        &self,
+        conn: &mut Connection<S>,
+        snapshots: &Snapshots<A>,
+        id: &str,
+        to_version: Option<i64>,
+    ) -> Result<Option<Loaded<A>>, A> {
         let snapshot = self
             .store
-            .load_snapshot(
-                conn,
-                A::Event::BOUNDED_CONTEXT,
-                A::Event::AGGREGATE_TYPE,
-                id,
-                to_version,
-            )
+            .load_snapshot(conn, Self::aggregate(id), to_version)
             .await?;
         let Some(snapshot) = snapshot else {
-            return Ok(loaded);
+            return Ok(None);
         };
         if snapshot.schema_version != snapshots.schema_version {
             tracing::debug!(
@@ -332,18 +389,23 @@ where
                 expected = snapshots.schema_version,
                 "ignoring a snapshot of another schema version"
             );
-            return Ok(loaded);
+            return Ok(None);
         }
         match (snapshots.decode)(snapshot.state.get()) {
-            Ok(state) => {
-                loaded.state = state;
-                loaded.version = snapshot.version;
-            }
+            Ok(state) => Ok(Some(Loaded {
+                state,
+                version: snapshot.version,
+            })),
             Err(error) => {
-                tracing::warn!(aggregate_id = id, %error, "ignoring a snapshot that does not decode")
+                tracing::warn!(aggregate_id = id, %error, "ignoring a snapshot that does not decode");
+                Ok(None)
             }
         }
-        Ok(loaded)
+    }
+
+    /// The store's name for the aggregate `id` of this repository.
+    fn aggregate(id: &str) -> AggregateRef<'_> {
+        AggregateRef::new(A::Event::BOUNDED_CONTEXT, A::Event::AGGREGATE_TYPE, id)
     }
 
     /// Applies the events after `loaded.version`, up to `to_version`.
@@ -370,15 +432,14 @@ where
         loaded: &mut Loaded<A>,
         tail: Tail,
     ) -> Result<(), A> {
-        let (bounded_context, aggregate_type) =
-            (A::Event::BOUNDED_CONTEXT, A::Event::AGGREGATE_TYPE);
+        let aggregate = Self::aggregate(id);
         let Loaded { state, version } = loaded;
-        let from = Some(*version + 1);
+        let from = *version + 1;
         let visit = |event: StoredEvent<'_>| {
             let decoded =
                 A::Event::decode_json(event.event_type, event.event_version, event.payload)
                     .map_err(|source| RepositoryError::Decode {
-                        aggregate: AggregateKey::new(bounded_context, aggregate_type, id),
+                        aggregate: aggregate.to_owned(),
                         source: Box::new(source),
                     })?;
             state.apply(&decoded);
@@ -386,29 +447,19 @@ where
             Ok::<_, RepositoryError<A::Error>>(())
         };
         match tail {
-            Tail::UpTo(to_version) => {
+            Tail::UpTo(Some(to)) => {
                 self.store
-                    .fold_aggregate_stream(
-                        conn,
-                        bounded_context,
-                        aggregate_type,
-                        id,
-                        from,
-                        to_version,
-                        visit,
-                    )
+                    .fold_aggregate_stream(conn, aggregate, from..=to, visit)
+                    .await?
+            }
+            Tail::UpTo(None) => {
+                self.store
+                    .fold_aggregate_stream(conn, aggregate, from.., visit)
                     .await?
             }
             Tail::Locked => {
                 self.store
-                    .lock_and_fold_aggregate_stream(
-                        conn,
-                        bounded_context,
-                        aggregate_type,
-                        id,
-                        from,
-                        visit,
-                    )
+                    .lock_and_fold_aggregate_stream(conn, aggregate, from.., visit)
                     .await?
             }
         };

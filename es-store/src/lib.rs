@@ -32,7 +32,7 @@
 //! tx.commit().await?;
 //!
 //! let mut conn = pool.acquire().await?;
-//! let stream = store.read_aggregate_stream(&mut *conn, "Billing", "Account", "acc-1", None, None).await?;
+//! let stream = store.read_aggregate_stream(&mut *conn, ("Billing", "Account", "acc-1"), ..).await?;
 //! assert_eq!(stream.version(), 1);
 //! # Ok(()) }
 //! # }
@@ -78,8 +78,8 @@ pub use domain::__private;
 pub use domain::{DecodeError, DomainEvent, EventTypeInfo};
 pub use error::{Error, EventIdConflictReason, NameField, TextField, UnstorableTextReason};
 pub use event::{
-    AggregateKey, AggregateRef, AppendResult, Event, ExpectedVersion, Metadata, PersistedEvent,
-    Snapshot, Stream,
+    AggregateKey, AggregateRef, AppendResult, AsAggregateRef, Event, ExpectedVersion, Metadata,
+    PersistedEvent, Snapshot, Stream,
 };
 pub use filter::{EventFilter, EventPage, Partition, stream_hash};
 #[cfg(feature = "mysql")]

@@ -5,10 +5,11 @@
 //! for a pooled connection.
 
 use std::future::Future;
+use std::ops::{RangeBounds, RangeFrom};
 
 use crate::{
-    AppendResult, Event, EventFilter, EventPage, ExpectedVersion, PersistedEvent, Result, Snapshot,
-    Stream,
+    AppendResult, AsAggregateRef, Event, EventFilter, EventPage, ExpectedVersion, PersistedEvent,
+    Result, Snapshot, Stream,
 };
 
 /// What every backend names: the sqlx database it runs on.
@@ -80,12 +81,16 @@ pub trait EventStore: Backend {
     /// again. (An aggregate that does not exist yet cannot be locked; its
     /// creation stays optimistic.)
     ///
+    /// `aggregate` names the aggregate instance: a tuple of its bounded
+    /// context, type and id, an [`AggregateKey`](crate::AggregateKey) or an
+    /// [`AggregateRef`](crate::AggregateRef) (see [`AsAggregateRef`]).
+    ///
     /// ```no_run
     /// use es_store::{EventStore, PostgresStore};
     /// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_store::Error> {
     /// let store = PostgresStore::new();
     /// let mut tx = pool.begin().await?;
-    /// let version = store.lock_aggregate(&mut *tx, "Billing", "Account", "acc-1").await?;
+    /// let version = store.lock_aggregate(&mut *tx, ("Billing", "Account", "acc-1")).await?;
     /// // ... read, decide and append with ExpectedVersion::Exact(version) ...
     /// tx.commit().await?;
     /// # Ok(()) }
@@ -93,13 +98,25 @@ pub trait EventStore: Backend {
     fn lock_aggregate(
         &self,
         conn: &mut Connection<Self>,
-        bounded_context: &str,
-        aggregate_type: &str,
-        aggregate_id: &str,
+        aggregate: impl AsAggregateRef + Send,
     ) -> impl Future<Output = Result<i64>> + Send;
 }
 
 /// Reads one aggregate instance's events.
+///
+/// The aggregate is named by one value, any [`AsAggregateRef`]: a tuple
+/// `(bounded_context, aggregate_type, aggregate_id)`, an
+/// [`AggregateKey`](crate::AggregateKey) or an
+/// [`AggregateRef`](crate::AggregateRef). The versions to read
+/// are a range: `..` for all of them, `5..` from version 5 on, `5..=10` or
+/// `5..11` for 5 to 10.
+///
+/// A range bound below 0 is
+/// [`Error::NegativeVersion`](crate::Error::NegativeVersion), and a range
+/// with no version in it, empty (`3..3`) or inverted (`5..=3`), is
+/// [`Error::InvalidVersionRange`](crate::Error::InvalidVersionRange) with
+/// its inclusive bounds (`3..3` is from 3 to 2); both are refused before
+/// anything is sent.
 ///
 /// ```no_run
 /// use es_store::{AggregateStreamReader, PostgresStore};
@@ -107,42 +124,39 @@ pub trait EventStore: Backend {
 /// let store = PostgresStore::new();
 /// let mut conn = pool.acquire().await?;
 /// // versions 5 to 10, both included
-/// let stream = store.read_aggregate_stream(&mut *conn, "Billing", "Account", "acc-1", Some(5), Some(10)).await?;
+/// let stream = store.read_aggregate_stream(&mut *conn, ("Billing", "Account", "acc-1"), 5..=10).await?;
 /// for event in &stream.events {
 ///     println!("{} {}", event.aggregate_version, event.event_type);
 /// }
 /// # Ok(()) }
 /// ```
 pub trait AggregateStreamReader: Backend {
-    /// Reads the events of one aggregate with `from_version <= version <=
-    /// to_version` (each bound optional), in version order. No match is an
-    /// empty stream, not an error.
+    /// Reads the events of `aggregate` whose versions are in `versions`, in
+    /// version order. No match is an empty stream, not an error.
     fn read_aggregate_stream(
         &self,
         conn: &mut Connection<Self>,
-        bounded_context: &str,
-        aggregate_type: &str,
-        aggregate_id: &str,
-        from_version: Option<i64>,
-        to_version: Option<i64>,
+        aggregate: impl AsAggregateRef + Send,
+        versions: impl RangeBounds<i64> + Send,
     ) -> impl Future<Output = Result<Stream>> + Send;
 
-    /// Calls `visit` for each event of one aggregate with `from_version <=
-    /// version <= to_version`, in version order, with the event's fields
-    /// borrowed from the row being read: the fast path for folding, which
-    /// builds no [`PersistedEvent`](crate::PersistedEvent). Stops at the
-    /// first error `visit` returns. Returns how many events were visited.
+    /// Calls `visit` for each event of `aggregate` whose version is in
+    /// `versions`, in version order, with the event's fields borrowed from
+    /// the row being read: the fast path for folding, which builds no
+    /// [`PersistedEvent`](crate::PersistedEvent). Stops at the first error
+    /// `visit` returns. Returns how many events were visited.
     ///
     /// The default reads the [`Stream`] and visits its events; backends
     /// override it to read only the columns a fold needs.
     ///
     /// ```no_run
-    /// use es_store::{AggregateStreamReader, PostgresStore};
+    /// use es_store::{AggregateKey, AggregateStreamReader, PostgresStore};
     /// # async fn demo(mut conn: sqlx::PgConnection) -> Result<(), es_store::Error> {
     /// let store = PostgresStore::new();
+    /// let account = AggregateKey::new("Billing", "Account", "acc-1");
     /// let mut deposited = 0;
     /// store
-    ///     .fold_aggregate_stream(&mut conn, "Billing", "Account", "acc-1", None, None, |event| {
+    ///     .fold_aggregate_stream(&mut conn, &account, .., |event| {
     ///         if event.event_type == "Deposited" {
     ///             deposited += 1;
     ///         }
@@ -151,15 +165,11 @@ pub trait AggregateStreamReader: Backend {
     ///     .await?;
     /// # Ok(()) }
     /// ```
-    #[allow(clippy::too_many_arguments)]
     fn fold_aggregate_stream<F, E>(
         &self,
         conn: &mut Connection<Self>,
-        bounded_context: &str,
-        aggregate_type: &str,
-        aggregate_id: &str,
-        from_version: Option<i64>,
-        to_version: Option<i64>,
+        aggregate: impl AsAggregateRef + Send,
+        versions: impl RangeBounds<i64> + Send,
         mut visit: F,
     ) -> impl Future<Output = std::result::Result<u64, E>> + Send
     where
@@ -169,14 +179,7 @@ pub trait AggregateStreamReader: Backend {
     {
         async move {
             let stream = self
-                .read_aggregate_stream(
-                    conn,
-                    bounded_context,
-                    aggregate_type,
-                    aggregate_id,
-                    from_version,
-                    to_version,
-                )
+                .read_aggregate_stream(conn, aggregate, versions)
                 .await?;
             for event in &stream.events {
                 visit(StoredEvent {
@@ -191,9 +194,10 @@ pub trait AggregateStreamReader: Backend {
     }
 
     /// Locks the aggregate until the caller's transaction ends, as
-    /// [`EventStore::lock_aggregate`] does, then visits its events from
-    /// `from_version` on, as [`fold_aggregate_stream`](Self::fold_aggregate_stream)
-    /// does: the retry of a command that lost a race. The read sees every
+    /// [`EventStore::lock_aggregate`] does, then visits its events from the
+    /// start of `versions` on (`1..` for all of them), as
+    /// [`fold_aggregate_stream`](Self::fold_aggregate_stream) does: the
+    /// retry of a command that lost a race. The read sees every
     /// event committed before the lock was granted, including those of the
     /// transaction it waited for.
     ///
@@ -213,7 +217,7 @@ pub trait AggregateStreamReader: Backend {
     /// let mut tx = pool.begin().await?;
     /// let mut version = 0;
     /// store
-    ///     .lock_and_fold_aggregate_stream(&mut *tx, "Billing", "Account", "acc-1", None, |event| {
+    ///     .lock_and_fold_aggregate_stream(&mut *tx, ("Billing", "Account", "acc-1"), 1.., |event| {
     ///         version = event.aggregate_version;
     ///         Ok::<(), es_store::Error>(())
     ///     })
@@ -224,10 +228,8 @@ pub trait AggregateStreamReader: Backend {
     fn lock_and_fold_aggregate_stream<F, E>(
         &self,
         conn: &mut Connection<Self>,
-        bounded_context: &str,
-        aggregate_type: &str,
-        aggregate_id: &str,
-        from_version: Option<i64>,
+        aggregate: impl AsAggregateRef + Send,
+        versions: RangeFrom<i64>,
         visit: F,
     ) -> impl Future<Output = std::result::Result<u64, E>> + Send
     where
@@ -236,18 +238,10 @@ pub trait AggregateStreamReader: Backend {
         Self: EventStore + Sized,
     {
         async move {
-            self.lock_aggregate(conn, bounded_context, aggregate_type, aggregate_id)
-                .await?;
-            self.fold_aggregate_stream(
-                conn,
-                bounded_context,
-                aggregate_type,
-                aggregate_id,
-                from_version,
-                None,
-                visit,
-            )
-            .await
+            let aggregate = aggregate.as_aggregate_ref();
+            self.lock_aggregate(conn, aggregate).await?;
+            self.fold_aggregate_stream(conn, aggregate, versions, visit)
+                .await
         }
     }
 }
@@ -362,20 +356,20 @@ pub trait CheckpointStore: Backend {
 /// let mut tx = pool.begin().await?;
 /// let snapshot = Snapshot::new("Billing", "Account", "acc-1", 100, 1, &serde_json::json!({"balance": 5}))?;
 /// store.save_snapshot(&mut *tx, &snapshot).await?;
-/// let latest = store.load_snapshot(&mut *tx, "Billing", "Account", "acc-1", None).await?;
+/// let latest = store.load_snapshot(&mut *tx, ("Billing", "Account", "acc-1"), None).await?;
 /// assert_eq!(latest.map(|s| s.version), Some(100));
 /// tx.commit().await?;
 /// # Ok(()) }
 /// ```
 pub trait SnapshotStore: Backend {
-    /// The aggregate's latest snapshot, if it has one at or below
-    /// `max_version` (no bound when `None`).
+    /// The latest snapshot of `aggregate` (named as for
+    /// [`AggregateStreamReader`]), if it has one at or below `max_version`
+    /// (no bound when `None`; a negative bound is
+    /// [`Error::NegativeVersion`](crate::Error::NegativeVersion)).
     fn load_snapshot(
         &self,
         conn: &mut Connection<Self>,
-        bounded_context: &str,
-        aggregate_type: &str,
-        aggregate_id: &str,
+        aggregate: impl AsAggregateRef + Send,
         max_version: Option<i64>,
     ) -> impl Future<Output = Result<Option<Snapshot>>> + Send;
 

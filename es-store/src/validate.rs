@@ -2,6 +2,7 @@
 //! database so that refused input writes nothing.
 
 use std::collections::HashMap;
+use std::ops::{Bound, RangeBounds};
 
 use chrono::SubsecRound;
 
@@ -97,15 +98,46 @@ pub(crate) fn aggregate(
     name(aggregate_id, NameField::AggregateId, None)
 }
 
-/// Checks optional inclusive version bounds; returns them with the open ends
-/// filled in.
-pub(crate) fn version_range(from: Option<i64>, to: Option<i64>) -> Result<(i64, i64)> {
-    for (what, value) in [("from_version", from), ("to_version", to)] {
-        if let Some(value) = value.filter(|v| *v < 0) {
+/// Checks a range of versions; returns its inclusive bounds, the open ends
+/// filled in (`..` is `(0, i64::MAX)`).
+///
+/// A bound below 0 is [`Error::NegativeVersion`], naming the start
+/// `from_version` and the end `to_version`, with the value as given. A
+/// range with no version in it, empty (`3..3`) or inverted (`5..=3`), is
+/// [`Error::InvalidVersionRange`] with its inclusive bounds (`3..3` is
+/// from 3 to 2), as the same bounds given as `Option`s were.
+pub(crate) fn versions(range: &impl RangeBounds<i64>) -> Result<(i64, i64)> {
+    for (what, bound) in [
+        ("from_version", range.start_bound()),
+        ("to_version", range.end_bound()),
+    ] {
+        if let Bound::Included(&value) | Bound::Excluded(&value) = bound
+            && value < 0
+        {
             return Err(Error::NegativeVersion { what, value });
         }
     }
-    let (from, to) = (from.unwrap_or(0), to.unwrap_or(i64::MAX));
+    // Both bounds are 0 or more: an excluded end cannot underflow.
+    let to = match range.end_bound() {
+        Bound::Included(&to) => to,
+        Bound::Excluded(&end) => end - 1,
+        Bound::Unbounded => i64::MAX,
+    };
+    let from = match range.start_bound() {
+        Bound::Included(&from) => from,
+        Bound::Excluded(&start) => match start.checked_add(1) {
+            Some(from) => from,
+            // No version follows i64::MAX: the range is as empty as
+            // `i64::MAX..i64::MAX`, and refused as that one is.
+            None => {
+                return Err(Error::InvalidVersionRange {
+                    from: i64::MAX,
+                    to: to.min(i64::MAX - 1),
+                });
+            }
+        },
+        Bound::Unbounded => 0,
+    };
     if from > to {
         return Err(Error::InvalidVersionRange { from, to });
     }
@@ -386,19 +418,70 @@ mod tests {
     }
 
     #[test]
+    // Empty and inverted ranges are given on purpose, to see them refused.
+    #[allow(clippy::reversed_empty_ranges)]
     fn ranges() {
-        assert_eq!(version_range(None, None).unwrap(), (0, i64::MAX));
-        assert_eq!(version_range(Some(3), Some(3)).unwrap(), (3, 3));
-        assert!(matches!(
-            version_range(Some(4), Some(3)),
-            Err(Error::InvalidVersionRange { from: 4, to: 3 })
-        ));
-        assert!(matches!(
-            version_range(None, Some(-1)),
-            Err(Error::NegativeVersion {
-                what: "to_version",
-                value: -1
-            })
-        ));
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        const MAX: i64 = i64::MAX;
+        assert_eq!(versions(&..).unwrap(), (0, MAX));
+        assert_eq!(versions(&(3..=3)).unwrap(), (3, 3));
+        assert_eq!(versions(&(3..4)).unwrap(), (3, 3));
+        assert_eq!(versions(&(5..)).unwrap(), (5, MAX));
+        assert_eq!(versions(&(..=3)).unwrap(), (0, 3));
+        assert_eq!(versions(&(..3)).unwrap(), (0, 2));
+        assert_eq!(versions(&(0..=0)).unwrap(), (0, 0));
+        assert_eq!(versions(&(0..=MAX)).unwrap(), (0, MAX));
+        assert_eq!(versions(&(0..MAX)).unwrap(), (0, MAX - 1));
+        assert_eq!(versions(&(MAX..)).unwrap(), (MAX, MAX));
+        assert_eq!(versions(&(Excluded(2), Included(3))).unwrap(), (3, 3));
+        assert_eq!(versions(&(Excluded(0), Unbounded)).unwrap(), (1, MAX));
+        assert_eq!(
+            versions(&(Excluded(MAX - 1), Unbounded)).unwrap(),
+            (MAX, MAX)
+        );
+        assert_eq!(
+            versions(&(Bound::<i64>::Unbounded, Unbounded)).unwrap(),
+            (0, MAX)
+        );
+        // inverted and empty ranges, with their inclusive bounds
+        fn invalid(range: impl RangeBounds<i64>) -> Option<(i64, i64)> {
+            match versions(&range) {
+                Err(Error::InvalidVersionRange { from, to }) => Some((from, to)),
+                _ => None,
+            }
+        }
+        assert_eq!(invalid(4..=3), Some((4, 3)));
+        assert_eq!(invalid(4..3), Some((4, 2)));
+        assert_eq!(invalid(3..3), Some((3, 2)));
+        assert_eq!(invalid(0..0), Some((0, -1)));
+        assert_eq!(invalid(..0), Some((0, -1)));
+        assert_eq!(invalid(MAX..MAX), Some((MAX, MAX - 1)));
+        assert_eq!(invalid((Excluded(3), Included(3))), Some((4, 3)));
+        assert_eq!(invalid((Excluded(3), Excluded(4))), Some((4, 3)));
+        // nothing follows i64::MAX
+        assert_eq!(invalid((Excluded(MAX), Unbounded)), Some((MAX, MAX - 1)));
+        assert_eq!(
+            invalid((Excluded(MAX), Included(MAX))),
+            Some((MAX, MAX - 1))
+        );
+        assert_eq!(invalid((Excluded(MAX), Included(5))), Some((MAX, 5)));
+        // negative bounds, as given, the start first
+        fn negative(range: impl RangeBounds<i64>) -> Option<(&'static str, i64)> {
+            match versions(&range) {
+                Err(Error::NegativeVersion { what, value }) => Some((what, value)),
+                _ => None,
+            }
+        }
+        assert_eq!(negative(..=-1), Some(("to_version", -1)));
+        assert_eq!(negative(..-1), Some(("to_version", -1)));
+        assert_eq!(negative(..i64::MIN), Some(("to_version", i64::MIN)));
+        assert_eq!(negative(-1..), Some(("from_version", -1)));
+        assert_eq!(
+            negative((Excluded(-1), Unbounded)),
+            Some(("from_version", -1))
+        );
+        assert_eq!(negative(-2..=-5), Some(("from_version", -2)));
+        assert_eq!(negative(i64::MIN..=-5), Some(("from_version", i64::MIN)));
+        assert_eq!(negative(5..=-5), Some(("to_version", -5)));
     }
 }

@@ -92,6 +92,8 @@ macro_rules! repository_conformance_tests {
             repository::execute_in_commits_and_rolls_back_with_the_caller,
             repository::snapshots_give_the_same_state_as_full_folds,
             repository::loading_starts_from_the_snapshot_and_ignores_unusable_ones,
+            repository::snapshot_is_the_state_loading_starts_from,
+            repository::lock_in_holds_other_writers_off_until_the_transaction_ends,
             repository::an_undecodable_stored_event_is_a_typed_error,
         );
     };

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use bank::{Account, AccountCommand, AccountError, AccountEvent};
 use es::aggregate::Jitter;
 use es::store::{
-    AggregateStreamReader, Event, EventStore, ExpectedVersion, Metadata, Snapshot, SnapshotStore,
+    AggregateStreamReader, Error, Event, EventStore, ExpectedVersion, Metadata, Snapshot,
+    SnapshotStore,
 };
 use es::{Aggregate, Repository, RepositoryError, RetryPolicy};
 
@@ -37,7 +38,7 @@ fn deposit(amount: i64) -> AccountCommand {
 async fn stored_events<F: Fixture>(db: &F, id: &str) -> Vec<es::store::PersistedEvent> {
     let mut conn = db.pool().acquire().await.unwrap();
     db.store()
-        .read_aggregate_stream(&mut *conn, "Billing", "Account", id, None, None)
+        .read_aggregate_stream(&mut *conn, ("Billing", "Account", id), ..)
         .await
         .unwrap()
         .events
@@ -296,7 +297,7 @@ async fn against_a_holder<F: Fixture>(
     let mut holder = db.pool().begin().await.unwrap();
     let version = db
         .store()
-        .lock_aggregate(&mut *holder, "Billing", "Account", "hot")
+        .lock_aggregate(&mut *holder, ("Billing", "Account", "hot"))
         .await
         .unwrap();
     let event = Event::new(
@@ -638,7 +639,7 @@ pub async fn snapshots_give_the_same_state_as_full_folds<F: Fixture>() {
     let mut conn = db.pool().acquire().await.unwrap();
     let snapshot = db
         .store()
-        .load_snapshot(&mut *conn, "Billing", "Account", "a", None)
+        .load_snapshot(&mut *conn, ("Billing", "Account", "a"), None)
         .await
         .unwrap()
         .expect("a snapshot every 10 events");
@@ -711,6 +712,111 @@ pub async fn loading_starts_from_the_snapshot_and_ignores_unusable_ones<F: Fixtu
     .await;
     assert_eq!(snapshotting.load("a").await.unwrap(), truth);
     db.finish().await;
+}
+
+pub async fn snapshot_is_the_state_loading_starts_from<F: Fixture>() {
+    let db = F::create().await;
+    let plain = repository(&db);
+    let snapshotting = repository(&db).with_snapshots(10, 1);
+    assert_eq!(snapshotting.snapshot("a").await.unwrap(), None);
+    snapshotting.execute("a", &open("Alice")).await.unwrap();
+    for amount in 1..=13 {
+        snapshotting.execute("a", &deposit(amount)).await.unwrap();
+    }
+    // the one the repository took when the aggregate crossed version 10
+    let taken = snapshotting
+        .snapshot("a")
+        .await
+        .unwrap()
+        .expect("a snapshot every 10 events");
+    assert_eq!(taken.version, 10);
+    assert_eq!(taken, plain.load_at("a", 10).await.unwrap());
+    // a repository without snapshots starts from none
+    assert_eq!(plain.snapshot("a").await.unwrap(), None);
+    assert_eq!(snapshotting.snapshot("b").await.unwrap(), None);
+
+    // the stored ones that loading ignores are not given
+    let save = async |snapshot: Snapshot| {
+        let mut conn = db.pool().acquire().await.unwrap();
+        db.store()
+            .save_snapshot(&mut *conn, &snapshot)
+            .await
+            .unwrap();
+    };
+    let at_11 = plain.load_at("a", 11).await.unwrap();
+    save(Snapshot::new("Billing", "Account", "a", 11, 2, &at_11.state).unwrap()).await;
+    assert_eq!(snapshotting.snapshot("a").await.unwrap(), None, "schema 2");
+    let undecodable = serde_json::json!({"balance": "many"});
+    save(Snapshot::new("Billing", "Account", "a", 12, 1, &undecodable).unwrap()).await;
+    assert_eq!(
+        snapshotting.snapshot("a").await.unwrap(),
+        None,
+        "no Account"
+    );
+    let at_13 = plain.load_at("a", 13).await.unwrap();
+    save(Snapshot::new("Billing", "Account", "a", 13, 1, &at_13.state).unwrap()).await;
+    assert_eq!(snapshotting.snapshot("a").await.unwrap(), Some(at_13));
+    assert_eq!(
+        snapshotting.load("a").await.unwrap(),
+        plain.load("a").await.unwrap()
+    );
+
+    assert!(matches!(
+        snapshotting.snapshot("").await,
+        Err(RepositoryError::Store(Error::EmptyName { .. }))
+    ));
+    db.finish().await;
+}
+
+pub async fn lock_in_holds_other_writers_off_until_the_transaction_ends<F: Fixture>() {
+    let db = Arc::new(F::create().await);
+    let repo = observed(&*db);
+    let none = Metadata::default();
+    let (ours, _our_decisions) = tokio::sync::mpsc::unbounded_channel();
+    let observe = Observe { decided: ours };
+
+    // an aggregate without events is at version 0 (and cannot be locked)
+    let mut tx = db.pool().begin().await.unwrap();
+    assert_eq!(repo.lock_in(&mut *tx, "hot").await.unwrap(), 0);
+    tx.rollback().await.unwrap();
+    for _ in 0..2 {
+        repo.execute("hot", &observe).await.unwrap();
+    }
+
+    let mut tx = db.pool().begin().await.unwrap();
+    assert_eq!(repo.lock_in(&mut *tx, "hot").await.unwrap(), 2);
+    // another writer decides on version 2; its append waits for the lock
+    let (decided, mut decisions) = tokio::sync::mpsc::unbounded_channel();
+    let other = {
+        let repo = observed(&*db);
+        tokio::spawn(async move { repo.execute("hot", &Observe { decided }).await })
+    };
+    assert_eq!(decisions.recv().await, Some(2));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !other.is_finished(),
+        "another writer appended while the aggregate was locked"
+    );
+    // so what the holder decides on the version it locked cannot conflict
+    let executed = repo
+        .execute_in(&mut *tx, "hot", &observe, &none)
+        .await
+        .unwrap();
+    assert_eq!((executed.version, executed.attempts), (3, 1));
+    tx.commit().await.unwrap();
+    // the other writer lost the race it waited in, and decided again
+    assert_eq!(decisions.recv().await, Some(3));
+    let done = other.await.unwrap().unwrap();
+    assert_eq!((done.version, done.attempts), (4, 2));
+    assert_eq!(decisions.recv().await, None, "no other decision");
+
+    let mut conn = db.pool().acquire().await.unwrap();
+    assert!(matches!(
+        repo.lock_in(&mut *conn, "").await,
+        Err(RepositoryError::Store(Error::EmptyName { .. }))
+    ));
+    drop((conn, repo, observe));
+    Arc::into_inner(db).unwrap().finish().await;
 }
 
 pub async fn an_undecodable_stored_event_is_a_typed_error<F: Fixture>() {

@@ -1,12 +1,13 @@
 //! The store API's behaviour, written once for every backend.
 
 use std::collections::HashSet;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use es::store::{
-    AggregateStreamReader, CheckpointStore, Error, Event, EventFilter, EventIdConflictReason,
-    EventReader, EventStore, ExpectedVersion, NameField, Partition, ProjectionStore, Snapshot,
-    SnapshotStore, TextField, UnstorableTextReason, limits,
+    AggregateKey, AggregateStreamReader, CheckpointStore, Error, Event, EventFilter,
+    EventIdConflictReason, EventReader, EventStore, ExpectedVersion, NameField, Partition,
+    ProjectionStore, Snapshot, SnapshotStore, TextField, UnstorableTextReason, limits,
 };
 use serde_json::json;
 use tokio::sync::Barrier;
@@ -50,7 +51,7 @@ async fn append_unscoped<F: Fixture>(
 async fn stream<F: Fixture>(db: &F, id: &str) -> es::store::Stream {
     let mut conn = db.pool().acquire().await.unwrap();
     db.store()
-        .read_aggregate_stream(&mut *conn, "Billing", "Account", id, None, None)
+        .read_aggregate_stream(&mut *conn, ("Billing", "Account", id), ..)
         .await
         .unwrap()
 }
@@ -517,6 +518,8 @@ pub async fn bad_input_is_refused_and_nothing_written<F: Fixture>() {
     db.finish().await;
 }
 
+// Empty and inverted ranges are given on purpose, to see them refused.
+#[allow(clippy::reversed_empty_ranges)]
 pub async fn stream_reads_honour_inclusive_bounds<F: Fixture>() {
     let db = F::create().await;
     append(&db, ExpectedVersion::NoStream, events("a", 10))
@@ -533,62 +536,102 @@ pub async fn stream_reads_honour_inclusive_bounds<F: Fixture>() {
             .map(|e| e.aggregate_version)
             .collect::<Vec<_>>()
     };
-    let read = async |conn: &mut _, from, to| {
-        store
-            .read_aggregate_stream(conn, "Billing", "Account", "a", from, to)
-            .await
-    };
+    // aggregate a's events with versions in a range
+    macro_rules! read {
+        ($versions:expr) => {
+            store
+                .read_aggregate_stream(&mut *conn, ("Billing", "Account", "a"), $versions)
+                .await
+        };
+    }
+    assert_eq!(versions(&read!(5..).unwrap()), (5..=10).collect::<Vec<_>>());
+    assert_eq!(versions(&read!(..=3).unwrap()), vec![1, 2, 3]);
+    assert_eq!(versions(&read!(..4).unwrap()), vec![1, 2, 3]);
+    assert_eq!(versions(&read!(4..=6).unwrap()), vec![4, 5, 6]);
+    assert_eq!(versions(&read!(4..7).unwrap()), vec![4, 5, 6]);
+    assert_eq!(versions(&read!(7..=7).unwrap()), vec![7]);
+    assert_eq!(versions(&read!(0..=1).unwrap()), vec![1]);
     assert_eq!(
-        versions(&read(&mut *conn, Some(5), None).await.unwrap()),
-        (5..=10).collect::<Vec<_>>()
+        versions(&read!((Bound::Excluded(3), Bound::Included(5))).unwrap()),
+        vec![4, 5]
     );
     assert_eq!(
-        versions(&read(&mut *conn, None, Some(3)).await.unwrap()),
-        vec![1, 2, 3]
+        versions(&read!((Bound::Excluded(8), Bound::Unbounded)).unwrap()),
+        vec![9, 10]
     );
-    assert_eq!(
-        versions(&read(&mut *conn, Some(4), Some(6)).await.unwrap()),
-        vec![4, 5, 6]
-    );
-    assert_eq!(
-        versions(&read(&mut *conn, Some(7), Some(7)).await.unwrap()),
-        vec![7]
-    );
-    let s = read(&mut *conn, Some(4), Some(6)).await.unwrap();
+    let s = read!(4..=6).unwrap();
     assert_eq!((s.version(), s.len(), s.is_empty()), (6, 3, false));
     // no match: empty, not an error
-    let empty = read(&mut *conn, Some(11), None).await.unwrap();
+    let empty = read!(11..).unwrap();
     assert!(empty.is_empty());
     assert_eq!(empty.version(), 0);
     let missing = store
-        .read_aggregate_stream(&mut *conn, "Billing", "Account", "nobody", None, None)
+        .read_aggregate_stream(&mut *conn, ("Billing", "Account", "nobody"), ..)
         .await
         .unwrap();
     assert!(missing.is_empty());
     // only this aggregate's events
     assert!(
-        read(&mut *conn, None, None)
-            .await
+        read!(..)
             .unwrap()
             .events
             .iter()
             .all(|e| e.aggregate_id == "a")
     );
-    // bad bounds
+    // the aggregate named by a key, or by owned strings
+    let key = AggregateKey::new("Billing", "Account", "b");
+    let by_key = store
+        .read_aggregate_stream(&mut *conn, &key, 2..)
+        .await
+        .unwrap();
+    assert_eq!(versions(&by_key), vec![2, 3]);
+    assert_eq!(
+        (
+            by_key.bounded_context.as_str(),
+            by_key.aggregate_type.as_str(),
+            by_key.aggregate_id.as_str()
+        ),
+        ("Billing", "Account", "b")
+    );
+    let (bounded_context, id) = (String::from("Billing"), String::from("b"));
+    let by_strings = store
+        .read_aggregate_stream(&mut *conn, (&bounded_context, "Account", &id), ..=1)
+        .await
+        .unwrap();
+    assert_eq!(versions(&by_strings), vec![1]);
+    // bad bounds: inverted or empty ranges, negative bounds
     assert!(matches!(
-        read(&mut *conn, Some(5), Some(4)).await,
+        read!(5..=4),
         Err(Error::InvalidVersionRange { from: 5, to: 4 })
     ));
     assert!(matches!(
-        read(&mut *conn, Some(-1), None).await,
+        read!(5..5),
+        Err(Error::InvalidVersionRange { from: 5, to: 4 })
+    ));
+    assert!(matches!(
+        read!((Bound::Excluded(i64::MAX), Bound::Unbounded)),
+        Err(Error::InvalidVersionRange {
+            from: i64::MAX,
+            to: _
+        })
+    ));
+    assert!(matches!(
+        read!(-1..),
         Err(Error::NegativeVersion {
             what: "from_version",
             value: -1
         })
     ));
     assert!(matches!(
+        read!(..=-1),
+        Err(Error::NegativeVersion {
+            what: "to_version",
+            value: -1
+        })
+    ));
+    assert!(matches!(
         store
-            .read_aggregate_stream(&mut *conn, "", "Account", "a", None, None)
+            .read_aggregate_stream(&mut *conn, ("", "Account", "a"), ..)
             .await,
         Err(Error::EmptyName {
             field: NameField::BoundedContext,
@@ -597,12 +640,28 @@ pub async fn stream_reads_honour_inclusive_bounds<F: Fixture>() {
     ));
     assert!(matches!(
         store
-            .read_aggregate_stream(&mut *conn, "Billing", "Account", "", None, None)
+            .read_aggregate_stream(&mut *conn, ("Billing", "Account", ""), ..)
             .await,
         Err(Error::EmptyName {
             field: NameField::AggregateId,
             ..
         })
+    ));
+    // folds take the same ranges and check them the same way
+    let mut folded = Vec::new();
+    let visited = store
+        .fold_aggregate_stream(&mut *conn, ("Billing", "Account", "a"), 3..5, |event| {
+            folded.push(event.aggregate_version);
+            Ok::<(), Error>(())
+        })
+        .await
+        .unwrap();
+    assert_eq!((visited, folded), (2, vec![3, 4]));
+    assert!(matches!(
+        store
+            .fold_aggregate_stream(&mut *conn, &key, 3..3, |_| Ok::<(), Error>(()))
+            .await,
+        Err(Error::InvalidVersionRange { from: 3, to: 2 })
     ));
     drop(conn);
     db.finish().await;
@@ -848,7 +907,7 @@ pub async fn snapshots_keep_the_latest<F: Fixture>() {
     let mut conn = db.pool().acquire().await.unwrap();
     let load = async |conn: &mut _, max| {
         store
-            .load_snapshot(conn, "Billing", "Account", "a", max)
+            .load_snapshot(conn, ("Billing", "Account", "a"), max)
             .await
             .unwrap()
     };
@@ -890,7 +949,7 @@ pub async fn snapshots_keep_the_latest<F: Fixture>() {
     // other aggregates are separate
     assert!(
         store
-            .load_snapshot(&mut *conn, "Billing", "Account", "b", None)
+            .load_snapshot(&mut *conn, ("Billing", "Account", "b"), None)
             .await
             .unwrap()
             .is_none()
@@ -911,7 +970,7 @@ pub async fn snapshots_keep_the_latest<F: Fixture>() {
     ));
     assert!(matches!(
         store
-            .load_snapshot(&mut *conn, "Billing", "", "a", None)
+            .load_snapshot(&mut *conn, ("Billing", "", "a"), None)
             .await,
         Err(Error::EmptyName {
             field: NameField::AggregateType,
@@ -920,7 +979,7 @@ pub async fn snapshots_keep_the_latest<F: Fixture>() {
     ));
     assert!(matches!(
         store
-            .load_snapshot(&mut *conn, "Billing", "Account", "a", Some(-2))
+            .load_snapshot(&mut *conn, ("Billing", "Account", "a"), Some(-2))
             .await,
         Err(Error::NegativeVersion { value: -2, .. })
     ));
@@ -1199,7 +1258,7 @@ pub async fn the_next_locker_sees_what_the_holder_committed<F: Fixture>() {
     let mut holder = db.pool().begin().await.unwrap();
     let version = db
         .store()
-        .lock_aggregate(&mut *holder, "Billing", "Account", "locked")
+        .lock_aggregate(&mut *holder, ("Billing", "Account", "locked"))
         .await
         .unwrap();
     assert_eq!(version, 2);
@@ -1217,10 +1276,8 @@ pub async fn the_next_locker_sees_what_the_holder_committed<F: Fixture>() {
             db.store()
                 .lock_and_fold_aggregate_stream(
                     &mut *tx,
-                    "Billing",
-                    "Account",
-                    "locked",
-                    Some(2),
+                    ("Billing", "Account", "locked"),
+                    2..,
                     |event| {
                         seen.push((event.aggregate_version, event.payload.to_owned()));
                         Ok::<(), Error>(())
@@ -1260,18 +1317,37 @@ pub async fn the_next_locker_sees_what_the_holder_committed<F: Fixture>() {
     let mut tx = db.pool().begin().await.unwrap();
     let visited = db
         .store()
-        .lock_and_fold_aggregate_stream(&mut *tx, "Billing", "Account", "nobody", None, |_| {
+        .lock_and_fold_aggregate_stream(&mut *tx, ("Billing", "Account", "nobody"), 1.., |_| {
             Ok::<(), Error>(())
         })
         .await
         .unwrap();
     assert_eq!(visited, 0);
+    let err =
+        db.store()
+            .lock_and_fold_aggregate_stream(&mut *tx, ("Billing", "", "x"), 1.., |_| {
+                Ok::<(), Error>(())
+            })
+            .await
+            .unwrap_err();
+    assert!(matches!(err, Error::EmptyName { .. }), "{err:?}");
     let err = db
         .store()
-        .lock_and_fold_aggregate_stream(&mut *tx, "Billing", "", "x", None, |_| Ok::<(), Error>(()))
+        .lock_and_fold_aggregate_stream(&mut *tx, ("Billing", "Account", "x"), -1.., |_| {
+            Ok::<(), Error>(())
+        })
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::EmptyName { .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::NegativeVersion {
+                what: "from_version",
+                value: -1
+            }
+        ),
+        "{err:?}"
+    );
     tx.rollback().await.unwrap();
     Arc::into_inner(db).unwrap().finish().await;
 }
@@ -1583,7 +1659,7 @@ pub async fn unstorable_names_are_refused_by_every_call_that_takes_them<F: Fixtu
     let refused: Vec<(Error, TextField, UnstorableTextReason)> = vec![
         (
             store
-                .read_aggregate_stream(&mut *tx, "Billing", "Account", "a\0", None, None)
+                .read_aggregate_stream(&mut *tx, ("Billing", "Account", "a\0"), ..)
                 .await
                 .unwrap_err(),
             name(NameField::AggregateId),
@@ -1591,7 +1667,7 @@ pub async fn unstorable_names_are_refused_by_every_call_that_takes_them<F: Fixtu
         ),
         (
             store
-                .lock_aggregate(&mut *tx, "Billing", "Acc\0", "a")
+                .lock_aggregate(&mut *tx, ("Billing", "Acc\0", "a"))
                 .await
                 .unwrap_err(),
             name(NameField::AggregateType),
@@ -1645,7 +1721,7 @@ pub async fn unstorable_names_are_refused_by_every_call_that_takes_them<F: Fixtu
         ),
         (
             store
-                .load_snapshot(&mut *tx, "Billing", "Account", "a\0", None)
+                .load_snapshot(&mut *tx, ("Billing", "Account", "a\0"), None)
                 .await
                 .unwrap_err(),
             name(NameField::AggregateId),
@@ -1706,7 +1782,7 @@ pub async fn unstorable_names_are_refused_by_every_call_that_takes_them<F: Fixtu
     assert_eq!(store.get_checkpoint(&mut *conn, "p").await.unwrap(), 1);
     assert!(
         store
-            .load_snapshot(&mut *conn, "Billing", "Account", "a", None)
+            .load_snapshot(&mut *conn, ("Billing", "Account", "a"), None)
             .await
             .unwrap()
             .is_some()
@@ -1755,7 +1831,7 @@ pub async fn names_at_the_limit_are_stored_and_longer_ones_refused<F: Fixture>()
         .unwrap();
     let mut conn = db.pool().acquire().await.unwrap();
     let read = store
-        .read_aggregate_stream(&mut *conn, &bc, &at, &id, None, None)
+        .read_aggregate_stream(&mut *conn, (&bc, &at, &id), ..)
         .await
         .unwrap();
     assert_eq!(read.len(), 1);
@@ -1797,7 +1873,7 @@ pub async fn names_at_the_limit_are_stored_and_longer_ones_refused<F: Fixture>()
         .unwrap();
     assert!(
         store
-            .load_snapshot(&mut *conn, &bc, &at, &id, None)
+            .load_snapshot(&mut *conn, (&bc, &at, &id), None)
             .await
             .unwrap()
             .is_some()
@@ -1864,7 +1940,7 @@ pub async fn names_at_the_limit_are_stored_and_longer_ones_refused<F: Fixture>()
     let refused = [
         (
             store
-                .read_aggregate_stream(&mut *tx, &bc, &at, &long(&id), None, None)
+                .read_aggregate_stream(&mut *tx, (&bc, &at, &long(&id)), ..)
                 .await
                 .unwrap_err(),
             NameField::AggregateId,

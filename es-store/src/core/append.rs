@@ -21,10 +21,13 @@ macro_rules! impl_append {
             async fn lock_aggregate(
                 &self,
                 conn: &mut $conn,
-                bounded_context: &str,
-                aggregate_type: &str,
-                aggregate_id: &str,
+                aggregate: impl $crate::AsAggregateRef + Send,
             ) -> $crate::Result<i64> {
+                let $crate::AggregateRef {
+                    bounded_context,
+                    aggregate_type,
+                    aggregate_id,
+                } = aggregate.as_aggregate_ref();
                 $crate::validate::aggregate(bounded_context, aggregate_type, aggregate_id)?;
                 let version: Option<i64> =
                     sqlx::query_scalar(sqlx::AssertSqlSafe(self.sql().lock_head.clone()))

@@ -100,9 +100,11 @@ pub(crate) struct AppendStatements {
     pub(crate) exact: Arc<str>,
     /// Inserts the batch after the head check, where it is a statement of
     /// its own.
+    #[cfg_attr(not(any(feature = "sqlite", feature = "mysql")), allow(dead_code))]
     pub(crate) insert: Option<Arc<str>>,
     /// Draws the batch's positions, where that is a statement of its own
     /// (MySQL).
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
     pub(crate) positions: Option<Arc<str>>,
 }
 

@@ -44,14 +44,19 @@ macro_rules! impl_projection {
             async fn load_snapshot(
                 &self,
                 conn: &mut $conn,
-                bounded_context: &str,
-                aggregate_type: &str,
-                aggregate_id: &str,
+                aggregate: impl $crate::AsAggregateRef + Send,
                 max_version: Option<i64>,
             ) -> $crate::Result<Option<$crate::Snapshot>> {
                 use sqlx::Row as _;
+                use std::ops::Bound;
+                let $crate::AggregateRef {
+                    bounded_context,
+                    aggregate_type,
+                    aggregate_id,
+                } = aggregate.as_aggregate_ref();
                 $crate::validate::aggregate(bounded_context, aggregate_type, aggregate_id)?;
-                let (_, max) = $crate::validate::version_range(None, max_version)?;
+                let up_to = max_version.map_or(Bound::Unbounded, Bound::Included);
+                let (_, max) = $crate::validate::versions(&(Bound::Unbounded, up_to))?;
                 let row = sqlx::query(sqlx::AssertSqlSafe(self.sql().load_snapshot.clone()))
                     .bind(bounded_context)
                     .bind(aggregate_type)

@@ -62,14 +62,17 @@ macro_rules! impl_reads {
             async fn read_aggregate_stream(
                 &self,
                 conn: &mut $conn,
-                bounded_context: &str,
-                aggregate_type: &str,
-                aggregate_id: &str,
-                from_version: Option<i64>,
-                to_version: Option<i64>,
+                aggregate: impl $crate::AsAggregateRef + Send,
+                versions: impl std::ops::RangeBounds<i64> + Send,
             ) -> $crate::Result<$crate::Stream> {
+                let aggregate = aggregate.as_aggregate_ref();
+                let $crate::AggregateRef {
+                    bounded_context,
+                    aggregate_type,
+                    aggregate_id,
+                } = aggregate;
                 $crate::validate::aggregate(bounded_context, aggregate_type, aggregate_id)?;
-                let (from, to) = $crate::validate::version_range(from_version, to_version)?;
+                let (from, to) = $crate::validate::versions(&versions)?;
                 let rows = sqlx::query(sqlx::AssertSqlSafe(self.sql().read_stream.clone()))
                     .bind(bounded_context)
                     .bind(aggregate_type)
@@ -93,19 +96,21 @@ macro_rules! impl_reads {
             async fn fold_aggregate_stream<F, E>(
                 &self,
                 conn: &mut $conn,
-                bounded_context: &str,
-                aggregate_type: &str,
-                aggregate_id: &str,
-                from_version: Option<i64>,
-                to_version: Option<i64>,
+                aggregate: impl $crate::AsAggregateRef + Send,
+                versions: impl std::ops::RangeBounds<i64> + Send,
                 visit: F,
             ) -> Result<u64, E>
             where
                 F: FnMut($crate::StoredEvent<'_>) -> Result<(), E> + Send,
                 E: From<$crate::Error> + Send,
             {
+                let $crate::AggregateRef {
+                    bounded_context,
+                    aggregate_type,
+                    aggregate_id,
+                } = aggregate.as_aggregate_ref();
                 $crate::validate::aggregate(bounded_context, aggregate_type, aggregate_id)?;
-                let (from, to) = $crate::validate::version_range(from_version, to_version)?;
+                let (from, to) = $crate::validate::versions(&versions)?;
                 let query = sqlx::query(sqlx::AssertSqlSafe(self.sql().fold_stream.clone()))
                     .bind(bounded_context)
                     .bind(aggregate_type)
@@ -123,37 +128,26 @@ macro_rules! impl_reads {
             async fn lock_and_fold_aggregate_stream<F, E>(
                 &self,
                 conn: &mut $conn,
-                bounded_context: &str,
-                aggregate_type: &str,
-                aggregate_id: &str,
-                from_version: Option<i64>,
+                aggregate: impl $crate::AsAggregateRef + Send,
+                versions: std::ops::RangeFrom<i64>,
                 visit: F,
             ) -> Result<u64, E>
             where
                 F: FnMut($crate::StoredEvent<'_>) -> Result<(), E> + Send,
                 E: From<$crate::Error> + Send,
             {
+                let aggregate = aggregate.as_aggregate_ref();
+                let $crate::AggregateRef {
+                    bounded_context,
+                    aggregate_type,
+                    aggregate_id,
+                } = aggregate;
                 $crate::validate::aggregate(bounded_context, aggregate_type, aggregate_id)?;
-                let (from, _) = $crate::validate::version_range(from_version, None)?;
+                let (from, _) = $crate::validate::versions(&versions)?;
                 let Some(locked_tail) = &self.sql().locked_tail else {
-                    $crate::EventStore::lock_aggregate(
-                        self,
-                        conn,
-                        bounded_context,
-                        aggregate_type,
-                        aggregate_id,
-                    )
-                    .await?;
+                    $crate::EventStore::lock_aggregate(self, conn, aggregate).await?;
                     return self
-                        .fold_aggregate_stream(
-                            conn,
-                            bounded_context,
-                            aggregate_type,
-                            aggregate_id,
-                            from_version,
-                            None,
-                            visit,
-                        )
+                        .fold_aggregate_stream(conn, aggregate, versions, visit)
                         .await;
                 };
                 let query = sqlx::query(sqlx::AssertSqlSafe(locked_tail.clone()))

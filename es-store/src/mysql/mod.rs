@@ -59,7 +59,7 @@ impl Dialect for MySql {
 /// tx.commit().await?;
 ///
 /// let mut conn = pool.acquire().await?;
-/// let stream = store.read_aggregate_stream(&mut *conn, "Billing", "Account", "acc-1", None, None).await?;
+/// let stream = store.read_aggregate_stream(&mut *conn, ("Billing", "Account", "acc-1"), ..).await?;
 /// assert_eq!(stream.version(), 1);
 /// # Ok(()) }
 /// ```

@@ -66,7 +66,7 @@ impl Dialect for Sqlite {
 /// let mut conn = pool.acquire().await?;
 /// let opened = Event::new("Billing", "Account", "acc-1", "Opened", &serde_json::json!({"owner": "alice"}))?;
 /// store.append(&mut *conn, ExpectedVersion::NoStream, vec![opened]).await?;
-/// let stream = store.read_aggregate_stream(&mut *conn, "Billing", "Account", "acc-1", None, None).await?;
+/// let stream = store.read_aggregate_stream(&mut *conn, ("Billing", "Account", "acc-1"), ..).await?;
 /// assert_eq!(stream.version(), 1);
 /// # Ok(()) }
 /// ```
