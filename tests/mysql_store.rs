@@ -127,7 +127,7 @@ async fn names_that_differ_only_in_trailing_spaces_or_case_are_different_aggrega
     for id in ids {
         let stream = db
             .store
-            .read_aggregate_stream(&mut *conn, "Billing", "Account", id, None, None)
+            .read_aggregate_stream(&mut *conn, ("Billing", "Account", id), ..)
             .await
             .unwrap();
         assert_eq!(stream.version(), 1, "{id:?}");
@@ -151,7 +151,7 @@ async fn a_deadlock_victim_gets_a_conflict() {
     for tx in [&mut *first, &mut *second] {
         assert_eq!(
             db.store
-                .lock_aggregate(tx, "Billing", "Account", "new")
+                .lock_aggregate(tx, ("Billing", "Account", "new"))
                 .await
                 .unwrap(),
             0
