@@ -111,6 +111,7 @@ pub(crate) struct Names {
     pub(crate) snapshots: Ident,
     pub(crate) failures: Ident,
     /// Whether appends send a notification (PostgreSQL).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) notify: bool,
 }
 
@@ -197,6 +198,7 @@ impl Names {
 
     /// The LISTEN/NOTIFY channel of this store's appends: derived from the
     /// qualified events table name, so every process agrees on it.
+    #[cfg(feature = "postgres")]
     pub(crate) fn channel(&self) -> String {
         format!("es_appended_{:x}", fnv1a(self.events().as_bytes()))
     }
@@ -238,6 +240,7 @@ pub(crate) const IDS_STORED: &str = "_ids_stored";
 pub(crate) const LOCKED_TAIL: &str = "_locked_tail";
 pub(crate) const POSITION: &str = "_position";
 
+#[cfg(feature = "postgres")]
 fn fnv1a(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in bytes {

@@ -69,6 +69,7 @@ pub(crate) struct Statements {
     /// (name) -> position, skipping a checkpoint another transaction holds.
     pub(crate) claim_checkpoint: Arc<str>,
     /// (name) -> whether it exists.
+    #[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
     pub(crate) checkpoint_exists: Arc<str>,
     /// (name, now): creates a missing checkpoint at 0.
     pub(crate) create_checkpoint: Arc<str>,
@@ -86,7 +87,9 @@ pub(crate) struct Statements {
     /// the backend can.
     pub(crate) relax_durability: Option<Arc<str>>,
     /// PostgreSQL: the gap-safe horizon and the listener registration.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) horizon: Option<Arc<str>>,
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) register_listener: Option<Arc<str>>,
 }
 

@@ -6,7 +6,7 @@
 //! table (`(SELECT ? AS a, ? AS b) p`), which the optimizer treats as a
 //! constant.
 
-use crate::core::{AppendStatements, Statements};
+use crate::core::{AppendStatements, EVENT_COLUMNS, Statements};
 use crate::names::{EVENT_ID_KEY, Names, POSITION, STREAM_VERSION_KEY};
 
 /// The migrations, oldest first: (version, description, SQL).
@@ -23,26 +23,26 @@ fn text(column: &str) -> String {
 }
 
 /// The event columns every read selects, in the order of
-/// [`EVENT_COLUMNS`](crate::core::EVENT_COLUMNS).
+/// [`EVENT_COLUMNS`], qualified with `table`, names converted to text.
 fn event_columns(table: &str) -> String {
-    let t = |c: &str| format!("{table}.{c}");
-    [
-        t("global_position"),
-        t("aggregate_version"),
-        t("event_id"),
-        text(&t("bounded_context")),
-        text(&t("aggregate_type")),
-        text(&t("aggregate_id")),
-        text(&t("event_type")),
-        t("event_version"),
-        t("payload"),
-        t("metadata"),
-        t("correlation_id"),
-        t("causation_id"),
-        t("trace_id"),
-        t("created_at"),
-    ]
-    .join(", ")
+    const NAMES: [&str; 4] = [
+        "bounded_context",
+        "aggregate_type",
+        "aggregate_id",
+        "event_type",
+    ];
+    EVENT_COLUMNS
+        .split(", ")
+        .map(|column| {
+            let qualified = format!("{table}.{column}");
+            if NAMES.contains(&column) {
+                text(&qualified)
+            } else {
+                qualified
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Rows written around the store get the same UTC timestamps as the

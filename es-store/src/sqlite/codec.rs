@@ -106,7 +106,7 @@ pub(super) async fn claim_checkpoint(
         Err(error) if is_busy(&error) => return Ok(None),
         Err(error) => return Err(error.into()),
     }
-    let position: i64 = sqlx::query_scalar(AssertSqlSafe(store.sql().get_checkpoint.clone()))
+    let position: i64 = sqlx::query_scalar(AssertSqlSafe(store.sql().claim_checkpoint.clone()))
         .bind(projection_name)
         .fetch_one(&mut *conn)
         .await?;
