@@ -1,6 +1,6 @@
 //! The store API against MySQL / MariaDB: the conformance suite, plus what
 //! only MySQL has: positions drawn under a lock held to commit, names
-//! compared as bytes, deadlock victims reported as conflicts.
+//! compared as bytes, aggregate locks that always exist.
 #![cfg(feature = "mysql")]
 
 mod conformance;
@@ -138,70 +138,61 @@ async fn names_that_differ_only_in_trailing_spaces_or_case_are_different_aggrega
     db.drop().await;
 }
 
-/// Two transactions lock the same new aggregate, then both create it: the
-/// locks of a missing row deadlock their inserts, InnoDB rolls one back
-/// whole, and that append reports a conflict, the signal to run the
-/// transaction again. The other append goes through.
+/// Locking a new aggregate holds its other writers off (they queue on the
+/// aggregate's lock row), and creators of other new aggregates, whose
+/// head rows would share a gap of the heads table, neither wait nor
+/// deadlock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_deadlock_victim_gets_a_conflict() {
+async fn locking_a_new_aggregate_excludes_its_writers_and_no_one_else() {
     let db = std::sync::Arc::new(MySqlDb::new().await);
-    let mut first = db.pool.begin().await.unwrap();
-    let first_id = connection_id(&mut first).await;
-    let mut second = db.pool.begin().await.unwrap();
-    for tx in [&mut *first, &mut *second] {
-        assert_eq!(
-            db.store
-                .lock_aggregate(tx, ("Billing", "Account", "new"))
-                .await
-                .unwrap(),
-            0
-        );
+    let mut holder = db.pool.begin().await.unwrap();
+    let mut neighbour = db.pool.begin().await.unwrap();
+    for (tx, id) in [(&mut *holder, "new-a"), (&mut *neighbour, "new-b")] {
+        let version = db
+            .store
+            .lock_aggregate(tx, ("Billing", "Account", id))
+            .await
+            .unwrap();
+        assert_eq!(version, 0);
     }
-    // `first` appends (and waits for `second`'s lock of the gap), then
-    // `second` appends: a deadlock, detected at once.
-    let first = tokio::spawn({
-        let db = db.clone();
-        async move {
-            let result = db
-                .store
-                .append(&mut *first, ExpectedVersion::NoStream, events("new", 1))
-                .await;
-            if result.is_ok() {
-                first.commit().await.unwrap();
-            }
-            result
-        }
+    let mut writer = db.pool.acquire().await.unwrap().detach();
+    let writer_id = connection_id(&mut writer).await;
+    let other = tokio::spawn(async move {
+        let mut writer = writer;
+        let db = MySqlStore::new();
+        db.append(&mut writer, ExpectedVersion::NoStream, events("new-a", 1))
+            .await
     });
-    until_waiting_for_a_lock(&db, first_id).await;
-    let second_result = db
-        .store
-        .append(&mut *second, ExpectedVersion::NoStream, events("new", 1))
-        .await;
-    if second_result.is_ok() {
-        second.commit().await.unwrap();
-    } else {
-        second.rollback().await.ok();
-    }
-    let first_result = first.await.unwrap();
-    let results = [first_result, second_result];
-    assert_eq!(
-        results.iter().filter(|r| r.is_ok()).count(),
-        1,
-        "{results:?}"
-    );
-    let refused = results.iter().find_map(|r| r.as_ref().err()).unwrap();
+    until_waiting_for_a_lock(&db, writer_id).await;
+    // The neighbour creates its aggregate (in the gap of the heads table
+    // where the holder's will go), then the holder.
+    db.store
+        .append(
+            &mut *neighbour,
+            ExpectedVersion::NoStream,
+            events("new-b", 2),
+        )
+        .await
+        .unwrap();
+    neighbour.commit().await.unwrap();
+    db.store
+        .append(&mut *holder, ExpectedVersion::NoStream, events("new-a", 2))
+        .await
+        .unwrap();
+    holder.commit().await.unwrap();
+    let refused = other.await.unwrap().unwrap_err();
     assert!(
         matches!(
             refused,
             Error::OptimisticConcurrency {
                 expected: ExpectedVersion::NoStream,
-                actual: None,
+                actual: Some(2),
                 ..
             }
         ),
         "{refused:?}"
     );
-    assert_eq!(db.count("SELECT count(*) FROM {events}").await, 1);
+    assert_eq!(db.count("SELECT count(*) FROM {events}").await, 4);
     std::sync::Arc::into_inner(db).unwrap().drop().await;
 }
 

@@ -222,7 +222,7 @@ impl Names {
 /// Every suffix the backends append to the events table's name for what
 /// they derive from it: PostgreSQL's sequence, unique indexes, listeners
 /// table and functions, SQLite's indexes, and future backends'.
-pub(crate) const DERIVED_SUFFIXES: [&str; 7] = [
+pub(crate) const DERIVED_SUFFIXES: [&str; 8] = [
     SEQUENCE,
     EVENT_ID_KEY,
     STREAM_VERSION_KEY,
@@ -230,6 +230,7 @@ pub(crate) const DERIVED_SUFFIXES: [&str; 7] = [
     IDS_STORED,
     LOCKED_TAIL,
     POSITION,
+    LOCKS,
 ];
 
 pub(crate) const SEQUENCE: &str = "_global_position_seq";
@@ -239,6 +240,7 @@ pub(crate) const LISTENERS: &str = "_listeners";
 pub(crate) const IDS_STORED: &str = "_ids_stored";
 pub(crate) const LOCKED_TAIL: &str = "_locked_tail";
 pub(crate) const POSITION: &str = "_position";
+pub(crate) const LOCKS: &str = "_locks";
 
 #[cfg(feature = "postgres")]
 fn fnv1a(bytes: &[u8]) -> u64 {

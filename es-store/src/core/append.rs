@@ -29,6 +29,16 @@ macro_rules! impl_append {
                     aggregate_id,
                 } = aggregate.as_aggregate_ref();
                 $crate::validate::aggregate(bounded_context, aggregate_type, aggregate_id)?;
+                // The aggregate's own lock, where appends take one first
+                // (MySQL); then the head, read (and locked, elsewhere).
+                if let Some(lock) = &self.sql().append.lock {
+                    sqlx::query(sqlx::AssertSqlSafe(lock.clone()))
+                        .bind(bounded_context)
+                        .bind(aggregate_type)
+                        .bind(aggregate_id)
+                        .execute(&mut *conn)
+                        .await?;
+                }
                 let version: Option<i64> =
                     sqlx::query_scalar(sqlx::AssertSqlSafe(self.sql().lock_head.clone()))
                         .bind(bounded_context)

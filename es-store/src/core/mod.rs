@@ -105,6 +105,10 @@ pub(crate) struct AppendStatements {
     /// its own.
     #[cfg_attr(not(any(feature = "sqlite", feature = "mysql")), allow(dead_code))]
     pub(crate) insert: Option<Arc<str>>,
+    /// Locks the aggregate before its head is checked, where that is a
+    /// statement of its own (MySQL).
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    pub(crate) lock: Option<Arc<str>>,
     /// Draws the batch's positions, where that is a statement of its own
     /// (MySQL).
     #[cfg_attr(not(feature = "mysql"), allow(dead_code))]

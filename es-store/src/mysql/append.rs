@@ -1,5 +1,6 @@
 //! The append on MySQL, in a savepoint of the caller's transaction or a
-//! transaction of its own: the positions, the head check, then the batch
+//! transaction of its own: the aggregate's lock, the head check, the
+//! positions, then the batch
 //! (see "Appending" on [`MySqlStore`]).
 
 use sqlx::mysql::MySqlQueryResult;
@@ -79,11 +80,16 @@ pub(crate) async fn append(
     }
 }
 
-/// The statements, in lock order: the position counter (held until
-/// commit), the aggregate's head row, then the batch. Taking the counter
-/// first means that a transaction holding head locks from an append is
-/// the one holding the counter, so appends never deadlock with each
-/// other (see "Claims and deadlocks").
+/// The statements, in lock order: the aggregate's lock row, its head
+/// (checked and moved), the positions (the counter, held until commit),
+/// then the batch.
+///
+/// Every append and [`lock_aggregate`](crate::EventStore::lock_aggregate)
+/// takes the aggregate's lock row first, a row that always exists, so
+/// writers of one aggregate queue there. They never wait for each other's
+/// uncommitted head row: InnoDB turns such waits into gap locks when the
+/// creator rolls back, and two waiters then deadlock. And the counter is
+/// taken last, so its holder never waits for an aggregate.
 async fn attempt(
     store: &MySqlStore,
     conn: &mut MySqlConnection,
@@ -92,40 +98,67 @@ async fn attempt(
 ) -> std::result::Result<Attempt, sqlx::Error> {
     let first = &events[0];
     let count = events.len() as i64;
-    let statements = &store.sql().append;
-    let drawn = sqlx::query(AssertSqlSafe(
-        statements.positions.clone().expect("rendered for MySQL"),
+    let sql = store.sql();
+    let statements = &sql.append;
+    let aggregate = (
+        first.bounded_context.as_str(),
+        first.aggregate_type.as_str(),
+        first.aggregate_id.as_str(),
+    );
+    sqlx::query(AssertSqlSafe(
+        statements.lock.clone().expect("rendered for MySQL"),
     ))
-    .bind(count)
+    .bind(aggregate.0)
+    .bind(aggregate.1)
+    .bind(aggregate.2)
     .execute(&mut *conn)
     .await?;
-    let base_position = inserted_id(&drawn)? - count;
-    let head = AssertSqlSafe(statements.for_expected(expected).clone());
-    let moved = match expected {
-        ExpectedVersion::Exact(version) => sqlx::query(head)
-            .bind(count)
-            .bind(first.bounded_context.as_str())
-            .bind(first.aggregate_type.as_str())
-            .bind(first.aggregate_id.as_str())
-            .bind(version),
-        ExpectedVersion::NoStream | ExpectedVersion::Any => sqlx::query(head)
-            .bind(first.bounded_context.as_str())
-            .bind(first.aggregate_type.as_str())
-            .bind(first.aggregate_id.as_str())
-            .bind(count),
-    }
-    .execute(&mut *conn)
-    .await;
-    let base_version = match (expected, moved) {
-        (ExpectedVersion::Exact(version), Ok(done)) if done.rows_affected() == 1 => version,
-        (ExpectedVersion::Exact(_), Ok(_)) => return Ok(Attempt::Refused),
-        (ExpectedVersion::NoStream, Ok(_)) => 0,
-        (ExpectedVersion::Any, Ok(done)) => inserted_id(&done)? - count,
-        (_, Err(error)) if error_number(&error) == Some(DUPLICATE_KEY) => {
-            return Ok(Attempt::Refused);
+    // `Any` creates the head or moves it. Which one is decided with a plain
+    // read: moving a missing row would lock the gap where it would be, and
+    // creators of two aggregates in one gap would then deadlock. Committed
+    // head rows are never deleted, so one the snapshot holds exists; one it
+    // does not hold is created, and a duplicate key means it was committed
+    // since.
+    let create = match expected {
+        ExpectedVersion::NoStream => true,
+        ExpectedVersion::Exact(_) => false,
+        ExpectedVersion::Any => {
+            sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql.head_version.clone()))
+                .bind(aggregate.0)
+                .bind(aggregate.1)
+                .bind(aggregate.2)
+                .fetch_optional(&mut *conn)
+                .await?
+                .is_none()
         }
-        (_, Err(error)) => return Err(error),
     };
+    let mut base_version = None;
+    if create {
+        let created = sqlx::query(AssertSqlSafe(statements.no_stream.clone()))
+            .bind(aggregate.0)
+            .bind(aggregate.1)
+            .bind(aggregate.2)
+            .bind(count)
+            .execute(&mut *conn)
+            .await;
+        match created {
+            Ok(_) => base_version = Some(0),
+            Err(error) if error_number(&error) == Some(DUPLICATE_KEY) => {
+                if expected != ExpectedVersion::Any {
+                    return Ok(Attempt::Refused);
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    let base_version = match base_version {
+        Some(version) => version,
+        None => match move_head(store, conn, expected, aggregate, count).await? {
+            Some(version) => version,
+            None => return Ok(Attempt::Refused),
+        },
+    };
+    let base_position = draw(store, conn, count).await?;
     let insert = AssertSqlSafe(statements.insert.clone().expect("rendered for MySQL"));
     let inserted = sqlx::query(insert)
         .bind(first.bounded_context.as_str())
@@ -153,6 +186,58 @@ async fn attempt(
         ))),
         Err(error) if is_duplicate_on(store, &error, EVENT_ID_KEY) => Ok(Attempt::ReusedId),
         Err(error) => Err(error),
+    }
+}
+
+/// Draws `count` positions from the counter, locking it until commit;
+/// returns the position before them.
+async fn draw(
+    store: &MySqlStore,
+    conn: &mut MySqlConnection,
+    count: i64,
+) -> std::result::Result<i64, sqlx::Error> {
+    let sql = store
+        .sql()
+        .append
+        .positions
+        .clone()
+        .expect("rendered for MySQL");
+    let drawn = sqlx::query(AssertSqlSafe(sql))
+        .bind(count)
+        .execute(&mut *conn)
+        .await?;
+    Ok(inserted_id(&drawn)? - count)
+}
+
+/// Moves an existing head by `count`: for `Exact`, only from the expected
+/// version. Returns the version before the batch, or `None` when the head
+/// is not where the append expects it.
+async fn move_head(
+    store: &MySqlStore,
+    conn: &mut MySqlConnection,
+    expected: ExpectedVersion,
+    (bounded_context, aggregate_type, aggregate_id): (&str, &str, &str),
+    count: i64,
+) -> std::result::Result<Option<i64>, sqlx::Error> {
+    let statements = &store.sql().append;
+    let head = sqlx::query(AssertSqlSafe(statements.for_expected(expected).clone()))
+        .bind(count)
+        .bind(bounded_context)
+        .bind(aggregate_type)
+        .bind(aggregate_id);
+    match expected {
+        ExpectedVersion::Exact(version) => {
+            let moved = head.bind(version).execute(&mut *conn).await?;
+            Ok((moved.rows_affected() == 1).then_some(version))
+        }
+        _ => {
+            let moved = head.execute(&mut *conn).await?;
+            if moved.rows_affected() == 1 {
+                Ok(Some(inserted_id(&moved)? - count))
+            } else {
+                Ok(None)
+            }
+        }
     }
 }
 

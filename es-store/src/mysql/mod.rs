@@ -68,7 +68,8 @@ impl Dialect for MySql {
 ///
 /// The same five tables as on PostgreSQL (names configurable, see
 /// [`StoreBuilder`]; a schema is a MySQL database), plus a one-row
-/// position counter, `<events>_position`. Names (bounded context,
+/// position counter, `<events>_position`, and 1024 aggregate lock rows,
+/// `<events>_locks`. Names (bounded context,
 /// aggregate type and id, event type, projection name) are stored as
 /// bytes, `VARBINARY`, so that they compare exactly, as on the other
 /// backends: MySQL's text collations pad with spaces (`'a' = 'a '`) or
@@ -82,15 +83,16 @@ impl Dialect for MySql {
 ///
 /// An append runs in a savepoint of the caller's transaction (so a refused
 /// append leaves it usable, as everywhere), or in a transaction of its own
-/// on a connection with none. It is three statements:
+/// on a connection with none. It is four statements:
 ///
-/// 1. drawing positions from the counter, whose lock is held until
-///    commit (see below);
-/// 2. the head check, which moves the aggregate's head row and locks it:
+/// 1. the aggregate's lock, a row of `<events>_locks` that always exists
+///    (see below);
+/// 2. the head check, which moves the aggregate's head row:
 ///    `UPDATE .. WHERE version = expected` for `Exact`, a plain `INSERT`
-///    for `NoStream` (a duplicate key is the conflict), and an upsert for
-///    `Any`;
-/// 3. the insert of the whole batch, read from one JSON array with
+///    for `NoStream` (a duplicate key is the conflict), either for `Any`;
+/// 3. drawing positions from the counter, whose lock is held until
+///    commit (see below);
+/// 4. the insert of the whole batch, read from one JSON array with
 ///    `JSON_TABLE`: one statement and one parameter whatever the batch
 ///    size.
 ///

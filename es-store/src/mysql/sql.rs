@@ -7,7 +7,7 @@
 //! constant.
 
 use crate::core::{AppendStatements, EVENT_COLUMNS, Statements};
-use crate::names::{EVENT_ID_KEY, Names, POSITION, STREAM_VERSION_KEY};
+use crate::names::{EVENT_ID_KEY, LOCKS, Names, POSITION, STREAM_VERSION_KEY};
 
 /// The migrations, oldest first: (version, description, SQL).
 pub(crate) fn migrations(names: &Names) -> Vec<(i64, &'static str, String)> {
@@ -45,6 +45,21 @@ fn event_columns(table: &str) -> String {
         .join(", ")
 }
 
+/// The number of aggregate lock rows: aggregates that share a slot take
+/// turns, which is rare (one in 1024) and short.
+const SLOTS: u32 = 1024;
+// The migration seeds 32 × 32 slots.
+const _: () = assert!(SLOTS == 32 * 32);
+
+/// An aggregate's lock slot, from its bounded context, type and id
+/// (which hold no NUL, so the concatenation is unambiguous).
+fn slot(bounded_context: &str, aggregate_type: &str, aggregate_id: &str) -> String {
+    format!(
+        "CRC32(CONCAT({bounded_context}, CHAR(0), {aggregate_type}, CHAR(0), {aggregate_id})) \
+         % {SLOTS}"
+    )
+}
+
 /// Rows written around the store get the same UTC timestamps as the
 /// store's own.
 const NOW: &str = "(UTC_TIMESTAMP(6))";
@@ -59,6 +74,7 @@ fn migration_1(n: &Names) -> String {
     let snapshots = n.snapshots();
     let failures = n.failures();
     let positions = n.derived_qualified(POSITION);
+    let locks = n.derived_qualified(LOCKS);
     let event_id_key = n.derived(EVENT_ID_KEY);
     let stream_version_key = n.derived(STREAM_VERSION_KEY);
     let q = n.quote;
@@ -104,6 +120,18 @@ CREATE TABLE {positions} (
 ) ENGINE = InnoDB;
 
 INSERT INTO {positions} (id, last) VALUES (1, 0);
+
+-- {SLOTS} rows that always exist, one of which every append to an aggregate
+-- locks first (the slot is a hash of the aggregate, see `SLOT`): appends
+-- to one aggregate queue here, on a row, and never on each other's
+-- uncommitted head row or on the gaps of the heads table.
+CREATE TABLE {locks} (
+    slot SMALLINT NOT NULL PRIMARY KEY
+) ENGINE = InnoDB;
+
+INSERT INTO {locks} (slot)
+    WITH RECURSIVE s (n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM s WHERE n < 31)
+    SELECT a.n * 32 + b.n FROM s a, s b;
 
 -- One row per aggregate: its current version, read and moved by every
 -- append (O(1) instead of max(aggregate_version)).
@@ -160,6 +188,7 @@ pub(crate) fn statements(n: &Names) -> Statements {
     let snapshots = n.snapshots();
     let failures = n.failures();
     let positions = n.derived_qualified(POSITION);
+    let locks = n.derived_qualified(LOCKS);
     let columns = event_columns(&events);
     let aggregate = "bounded_context = ? AND aggregate_type = ? AND aggregate_id = ?";
     let event_id = uuid_bytes("j.event_id");
@@ -167,25 +196,22 @@ pub(crate) fn statements(n: &Names) -> Statements {
     let causation_id = uuid_bytes("j.causation_id");
     Statements {
         append: AppendStatements {
-            // The head checks (see `append.rs`), each moving the head by
-            // the batch's length. (bounded context, aggregate type,
-            // aggregate id, number of events); a duplicate key is a
-            // conflict.
+            // The head statements (see `append.rs`). Creates a head:
+            // (bounded context, aggregate type, aggregate id, number of
+            // events); a duplicate key means it exists.
             no_stream: format!(
                 "INSERT INTO {heads} (bounded_context, aggregate_type, aggregate_id, version) \
                  VALUES (?, ?, ?, ?)"
             )
             .into(),
-            // Same parameters. The new version comes back as the
-            // statement's insert id.
+            // Moves an existing head: (number of events, bounded context,
+            // aggregate type, aggregate id); the new version comes back as
+            // the statement's insert id.
             any: format!(
-                "INSERT INTO {heads} (bounded_context, aggregate_type, aggregate_id, version) \
-                 VALUES (?, ?, ?, LAST_INSERT_ID(?)) \
-                 ON DUPLICATE KEY UPDATE version = LAST_INSERT_ID(version + VALUES(version))"
+                "UPDATE {heads} SET version = LAST_INSERT_ID(version + ?) WHERE {aggregate}"
             )
             .into(),
-            // (number of events, bounded context, aggregate type, aggregate
-            // id, expected version): one row changed, or none.
+            // Same, then the expected version: one row changed, or none.
             exact: format!(
                 "UPDATE {heads} SET version = version + ? WHERE {aggregate} AND version = ?"
             )
@@ -219,6 +245,15 @@ pub(crate) fn statements(n: &Names) -> Statements {
                 )
                 .into(),
             ),
+            // (bounded context, aggregate type, aggregate id): the
+            // aggregate's lock, taken first by every append.
+            lock: Some(
+                format!(
+                    "SELECT slot FROM {locks} WHERE slot = {slot} FOR UPDATE",
+                    slot = slot("?", "?", "?")
+                )
+                .into(),
+            ),
             // (number of events): the last position drawn comes back as
             // the statement's insert id.
             positions: Some(
@@ -235,7 +270,13 @@ pub(crate) fn statements(n: &Names) -> Statements {
         )
         .into(),
         head_version: format!("SELECT version FROM {heads} WHERE {aggregate}").into(),
-        lock_head: format!("SELECT version FROM {heads} WHERE {aggregate} FOR UPDATE").into(),
+        // Run after the aggregate's lock (`append.lock`), which is what
+        // excludes other writers: a plain read, because a locking read of
+        // a missing head would lock the gap where it would be, and two
+        // holders creating new aggregates in one gap would deadlock. After
+        // the lock, no writer of the aggregate is in flight, so the read is
+        // current unless the transaction's snapshot was taken earlier.
+        lock_head: format!("SELECT version FROM {heads} WHERE {aggregate}").into(),
         locked_tail: None,
         read_stream: format!(
             "SELECT {columns} FROM {events} \

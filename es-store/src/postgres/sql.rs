@@ -229,6 +229,7 @@ pub(crate) fn statements(n: &Names) -> Statements {
             any: append(n, HeadCheck::Any).into(),
             exact: append(n, HeadCheck::Exact).into(),
             insert: None,
+            lock: None,
             positions: None,
         },
         stored_ids: format!("SELECT {EVENT_COLUMNS} FROM {events} WHERE event_id = ANY($1)").into(),

@@ -161,6 +161,7 @@ pub(crate) fn statements(n: &Names) -> Statements {
                  RETURNING aggregate_version, global_position"
             )
             .into()),
+            lock: None,
             positions: None,
             },
             // ?1 the batch's event ids as a JSON array; the first column is
