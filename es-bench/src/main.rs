@@ -1,7 +1,7 @@
-//! Run with: `cargo run --release -p es-bench -- [workload ...] [--quick] [--json]`
+//! Run with: `cargo run --release -p es-bench -- [workload ...] [--backend postgres|sqlite|mysql] [--quick] [--json]`
 //!
 //! Benchmarks the framework's hot paths against plain sqlx doing the same
-//! work, in the same run, on the same PostgreSQL, and prints for each side
+//! work, in the same run, on the same backend, and prints for each side
 //! throughput and p50/p99 latency, and the ratio framework ÷ plain (above 1:
 //! the framework is faster).
 //!
@@ -10,6 +10,8 @@
 //! `catchup_1m` (all when none is named).
 //!
 //! Options:
+//! - `--backend postgres|sqlite|mysql`: where both sides run (default
+//!   `postgres`); see `backend/` for each one's plain SQL;
 //! - `--quick`: short runs and a smaller catch-up (the whole suite in
 //!   under a minute);
 //! - `--seconds N`: how long each side of a workload runs (default 10,
@@ -19,30 +21,36 @@
 //! - `--json`: one JSON object per workload on stdout (the table goes to
 //!   stderr);
 //! - `--no-notify`: the store sends no LISTEN/NOTIFY notification on
-//!   append.
+//!   append (PostgreSQL only).
 //!
-//! `DATABASE_URL` selects the server (default
+//! PostgreSQL: `DATABASE_URL` selects the server (default
 //! `postgres://postgres@127.0.0.1:5432/test`); everything is written in a
-//! fresh schema that is dropped at the end.
+//! fresh schema that is dropped at the end. SQLite: a temporary database
+//! file, removed at the end. MySQL / MariaDB: `MYSQL_URL` (default
+//! `mysql://root@127.0.0.1:3306/test`), a fresh database `es_bench_<random>`
+//! dropped at the end.
+//!
+//! What is PostgreSQL's alone does not apply elsewhere: LISTEN/NOTIFY
+//! (`--no-notify`), and commits that do not wait for the disk
+//! (`catchup_1m_async_commit` is run on PostgreSQL only).
 
+mod backend;
 #[path = "../../examples/bank/domain.rs"]
 #[allow(dead_code)]
 mod domain;
 mod plain;
 mod stats;
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use backend::{Conn, Opened, Pool, Target};
 use domain::{Account, AccountCommand, AccountError};
 use es::aggregate::projection::{BatchFailure, HandlerError, Projection, ProjectionProcessor};
-use es::store::{
-    Event, EventStore, ExpectedVersion, PersistedEvent, PostgresStore, Snapshot, SnapshotStore,
-};
+use es::store::{Event, EventStore, ExpectedVersion, PersistedEvent, Snapshot, SnapshotStore};
 use es::{Repository, RepositoryError, RetryPolicy};
 use plain::Plain;
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 use stats::{Outcome, Stats, run_for};
 
 const ALL: &[&str] = &[
@@ -59,7 +67,10 @@ const ALL: &[&str] = &[
 /// Events per batch of the catch-up, and per page of the plain read.
 const CATCHUP_BATCH: i64 = 5000;
 
+const BACKENDS: &[&str] = &["postgres", "sqlite", "mysql"];
+
 struct Config {
+    backend: String,
     workloads: Vec<String>,
     seconds: f64,
     catchup_events: u64,
@@ -69,6 +80,7 @@ struct Config {
 
 fn parse_args() -> Result<Config, String> {
     let mut config = Config {
+        backend: "postgres".to_owned(),
         workloads: Vec::new(),
         seconds: 10.0,
         catchup_events: 1_000_000,
@@ -88,11 +100,15 @@ fn parse_args() -> Result<Config, String> {
             "--quick" => quick = true,
             "--json" => config.json = true,
             "--no-notify" => config.notify = false,
+            "--backend" => match args.next() {
+                Some(b) if BACKENDS.contains(&b.as_str()) => config.backend = b,
+                _ => return Err(format!("--backend needs one of {}", BACKENDS.join(", "))),
+            },
             "--seconds" => seconds = Some(number("--seconds")?),
             "--catchup-events" => catchup = Some(number("--catchup-events")? as u64),
             "-h" | "--help" => {
                 return Err(format!(
-                    "usage: es-bench [workload ...] [--quick] [--seconds N] [--catchup-events N] [--json] [--no-notify]\nworkloads: {}",
+                    "usage: es-bench [workload ...] [--backend postgres|sqlite|mysql] [--quick] [--seconds N] [--catchup-events N] [--json] [--no-notify]\nworkloads: {}",
                     ALL.join(", ")
                 ));
             }
@@ -126,10 +142,10 @@ struct Comparison {
     note: String,
 }
 
-struct Bench {
-    pool: PgPool,
-    store: PostgresStore,
-    plain: Plain,
+struct Bench<T: Target> {
+    pool: Pool<T>,
+    store: T::Store,
+    plain: Plain<T>,
     side_duration: Duration,
     catchup_events: u64,
 }
@@ -143,42 +159,38 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let pool = match PgPoolOptions::new().max_connections(20).connect(&url).await {
-        Ok(pool) => pool,
-        Err(e) => {
-            eprintln!("cannot reach PostgreSQL at {url}: {e}\nstart it or set DATABASE_URL");
+    match config.backend.as_str() {
+        "postgres" => run::<backend::postgres::Postgres>(&config).await,
+        "sqlite" => run::<backend::sqlite::Sqlite>(&config).await,
+        "mysql" => run::<backend::mysql::MySql>(&config).await,
+        _ => unreachable!("checked when parsing"),
+    }
+}
+
+/// Runs the workloads on one backend, in a fresh place that is removed at
+/// the end.
+async fn run<T: Target>(config: &Config) {
+    let opened: Opened<T> = match T::open(config.notify).await {
+        Ok(opened) => opened,
+        Err(message) => {
+            eprintln!("{message}");
             std::process::exit(1);
         }
     };
-    let schema = format!(
-        "es_bench_{}_{}",
-        std::process::id(),
-        uuid::Uuid::new_v4().simple()
-    );
-    let store = PostgresStore::builder()
-        .schema(&schema)
-        .notify_on_append(config.notify)
-        .build()
-        .expect("valid names");
-    store.migrate(&pool).await.expect("migrations");
-    let server: String = sqlx::query_scalar("SHOW server_version")
-        .fetch_one(&pool)
-        .await
-        .expect("version");
     eprintln!(
-        "es-bench: PostgreSQL {server}, {} s per side, notify on append: {}, schema {schema}",
-        config.seconds, config.notify
+        "es-bench: {}, {} s per side, {}",
+        opened.server, config.seconds, opened.place
     );
-    let bench = Bench {
-        plain: Plain::new(pool.clone(), &store),
-        pool: pool.clone(),
-        store,
+    if !config.notify && !T::POSTGRES_FEATURES {
+        eprintln!("  --no-notify does not apply: only PostgreSQL notifies on append");
+    }
+    let bench = Bench::<T> {
+        plain: Plain::new(opened.pool.clone(), &opened.store),
+        pool: opened.pool.clone(),
+        store: opened.store.clone(),
         side_duration: Duration::from_secs_f64(config.seconds),
         catchup_events: config.catchup_events,
     };
-    let mut results = Vec::new();
     for workload in &config.workloads {
         eprintln!("running {workload} ...");
         let comparisons = match workload.as_str() {
@@ -193,14 +205,10 @@ async fn main() {
             _ => unreachable!("checked when parsing"),
         };
         for c in comparisons {
-            report(&c, config.json);
-            results.push(c);
+            report(T::NAME, &c, config.json);
         }
     }
-    sqlx::query(AssertSqlSafe(format!("DROP SCHEMA \"{schema}\" CASCADE")))
-        .execute(&pool)
-        .await
-        .expect("drop schema");
+    T::close(&opened).await;
 }
 
 fn ms(d: Option<Duration>) -> Option<f64> {
@@ -215,7 +223,7 @@ fn column(d: Option<Duration>) -> String {
     }
 }
 
-fn report(c: &Comparison, json: bool) {
+fn report(backend: &str, c: &Comparison, json: bool) {
     let ratio = c.framework.ops_per_sec() / c.plain.ops_per_sec().max(1e-9);
     let line = format!(
         "{:<24} framework {:>10.1} {}/s  p50 {}  p99 {} | plain {:>10.1} {}/s  p50 {}  p99 {} | ratio {:.2}{}",
@@ -253,6 +261,7 @@ fn report(c: &Comparison, json: bool) {
         println!(
             "{}",
             serde_json::json!({
+                "backend": backend,
                 "workload": c.workload,
                 "unit": c.unit,
                 "framework": side(&c.framework),
@@ -280,11 +289,11 @@ fn account_events(id: &str, deposits: usize) -> Vec<Event> {
         .collect()
 }
 
-async fn conn(pool: &PgPool) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
+async fn conn<T: Target>(pool: &Pool<T>) -> sqlx::pool::PoolConnection<T::Db> {
     pool.acquire().await.expect("acquire")
 }
 
-impl Bench {
+impl<T: Target> Bench<T> {
     /// Runs both sides, alternating in four rounds each to even out drift
     /// (the machine, the disk's flush latency, autovacuum).
     async fn compare<Fw, FwFut, Pl, PlFut>(
@@ -317,7 +326,7 @@ impl Bench {
     async fn append(&self, concurrency: usize) -> Comparison {
         const AGGREGATES: usize = 1000;
         let prefix = format!("append{concurrency}");
-        let mut c = conn(&self.pool).await;
+        let mut c = conn::<T>(&self.pool).await;
         for side in ["fw", "plain"] {
             for k in 0..AGGREGATES {
                 let id = format!("{prefix}-{side}-{k}");
@@ -328,11 +337,11 @@ impl Bench {
             }
         }
         drop(c);
-        let repository = Arc::new(Repository::<Account>::new(
+        let repository = Arc::new(Repository::<Account, T::Store>::new(
             self.store.clone(),
             self.pool.clone(),
         ));
-        let plain = Arc::new(Plain::new(self.pool.clone(), &self.store));
+        let plain = Arc::new(Plain::<T>::new(self.pool.clone(), &self.store));
         let (p1, p2) = (prefix.clone(), prefix.clone());
         // Task t takes aggregates t, t + c, t + 2c, ...: no two tasks share one.
         let pick = move |t: usize, i: u64| (t + concurrency * i as usize) % AGGREGATES;
@@ -371,7 +380,7 @@ impl Bench {
         const PER_TASK: u64 = 50;
         let store = self.store.clone();
         let pool = self.pool.clone();
-        let plain = Arc::new(Plain::new(self.pool.clone(), &self.store));
+        let plain = Arc::new(Plain::<T>::new(self.pool.clone(), &self.store));
         let name = if batch == 1 {
             format!("store_append_c{concurrency}")
         } else {
@@ -399,7 +408,7 @@ impl Bench {
                                 .expect("json")
                             })
                             .collect();
-                        let mut c = conn(&pool).await;
+                        let mut c = conn::<T>(&pool).await;
                         store
                             .append(&mut c, ExpectedVersion::at(version), events)
                             .await
@@ -444,10 +453,10 @@ impl Bench {
     async fn contended(&self, concurrency: usize) -> Comparison {
         let policy = RetryPolicy::default();
         let repository = Arc::new(
-            Repository::<Account>::new(self.store.clone(), self.pool.clone())
+            Repository::<Account, T::Store>::new(self.store.clone(), self.pool.clone())
                 .with_retry_policy(policy),
         );
-        let plain = Arc::new(Plain::new(self.pool.clone(), &self.store));
+        let plain = Arc::new(Plain::<T>::new(self.pool.clone(), &self.store));
         let slot = || {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -548,7 +557,7 @@ impl Bench {
     /// with a snapshot.
     async fn load(&self, events: usize) -> Vec<Comparison> {
         let id = "big";
-        let mut c = conn(&self.pool).await;
+        let mut c = conn::<T>(&self.pool).await;
         let mut all = account_events(id, events - 1);
         let mut version = 0;
         while !all.is_empty() {
@@ -561,8 +570,8 @@ impl Bench {
                 .expect("populate")
                 .to_version();
         }
-        let plain = Arc::new(Plain::new(self.pool.clone(), &self.store));
-        let full = Repository::<Account>::new(self.store.clone(), self.pool.clone());
+        let plain = Arc::new(Plain::<T>::new(self.pool.clone(), &self.store));
+        let full = Repository::<Account, T::Store>::new(self.store.clone(), self.pool.clone());
         let state = full.load(id).await.expect("load");
         self.store
             .save_snapshot(
@@ -599,7 +608,7 @@ impl Bench {
                     move |_, _, _| {
                         let (plain, pool) = (plain.clone(), pool.clone());
                         async move {
-                            let mut c = conn(&pool).await;
+                            let mut c = conn::<T>(&pool).await;
                             let (_, version) = plain.load(&mut c, id).await;
                             assert_eq!(version, events as i64);
                             Outcome::default()
@@ -626,7 +635,7 @@ impl Bench {
     /// table, against a plain paged read of the same events; with durable
     /// commits (the default) and without.
     async fn catchup(&self) -> Vec<Comparison> {
-        let mut c = conn(&self.pool).await;
+        let mut c = conn::<T>(&self.pool).await;
         let per_batch = 1000usize;
         let batches = (self.catchup_events as usize).div_ceil(per_batch);
         let started = Instant::now();
@@ -646,22 +655,9 @@ impl Bench {
             batches * per_batch,
             started.elapsed().as_secs_f64()
         );
-        sqlx::query(AssertSqlSafe(format!(
-            "CREATE TABLE \"{}\".bench_readmodel (global_position bigint PRIMARY KEY, \
-             aggregate_id text NOT NULL, event_type text NOT NULL)",
-            self.store.schema().expect("schema")
-        )))
-        .execute(&mut *c)
-        .await
-        .expect("read model");
         drop(c);
-        let total: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT count(*) FROM {}",
-            self.store.events_table()
-        )))
-        .fetch_one(&self.pool)
-        .await
-        .expect("count");
+        let table = T::create_read_model(&self.store, &self.pool).await;
+        let total = self.plain.count_events().await;
 
         let started = Instant::now();
         let read = self.plain.read_all(0, CATCHUP_BATCH).await;
@@ -673,17 +669,24 @@ impl Bench {
             failed: 0,
             units_per_op: 1,
         };
-        let table = format!(
-            "\"{}\".bench_readmodel",
-            self.store.schema().expect("schema")
-        );
         let mut comparisons = Vec::new();
-        for durable in [true, false] {
+        // committing without waiting for the disk is PostgreSQL's alone
+        let durabilities: &[bool] = if T::POSTGRES_FEATURES {
+            &[true, false]
+        } else {
+            eprintln!(
+                "  catchup_1m_async_commit does not apply: only PostgreSQL commits without \
+                 waiting for the disk"
+            );
+            &[true]
+        };
+        for &durable in durabilities {
             let processor = ProjectionProcessor::new(
                 self.store.clone(),
                 self.pool.clone(),
-                Copy {
+                Copy::<T> {
                     table: table.clone(),
+                    target: PhantomData,
                 },
             )
             .with_batch_size(CATCHUP_BATCH as u32)
@@ -726,27 +729,22 @@ impl Bench {
 
 /// Copies each event's position, aggregate and type into a table, one
 /// statement per batch.
-struct Copy {
+struct Copy<T> {
     table: String,
+    target: PhantomData<fn() -> T>,
 }
 
-impl Projection for Copy {
+impl<T: Target> Projection<T::Db> for Copy<T> {
     fn name(&self) -> &str {
         "bench_copy"
     }
 
-    async fn reset(&self, tx: &mut PgConnection) -> Result<(), HandlerError> {
-        sqlx::query(AssertSqlSafe(format!("TRUNCATE {}", self.table)))
-            .execute(&mut *tx)
-            .await?;
+    async fn reset(&self, tx: &mut Conn<T>) -> Result<(), HandlerError> {
+        T::clear_read_model(tx, &self.table).await?;
         Ok(())
     }
 
-    async fn handle(
-        &self,
-        tx: &mut PgConnection,
-        event: &PersistedEvent,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, tx: &mut Conn<T>, event: &PersistedEvent) -> Result<(), HandlerError> {
         self.handle_batch(tx, std::slice::from_ref(event))
             .await
             .map_err(|f| f.error)
@@ -754,22 +752,11 @@ impl Projection for Copy {
 
     async fn handle_batch(
         &self,
-        tx: &mut PgConnection,
+        tx: &mut Conn<T>,
         events: &[PersistedEvent],
     ) -> Result<(), BatchFailure> {
-        let positions: Vec<i64> = events.iter().map(|e| e.global_position).collect();
-        let ids: Vec<&str> = events.iter().map(|e| e.aggregate_id.as_str()).collect();
-        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {} SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[])",
-            self.table
-        )))
-        .bind(&positions)
-        .bind(&ids)
-        .bind(&types)
-        .execute(&mut *tx)
-        .await
-        .map_err(BatchFailure::whole_batch)?;
-        Ok(())
+        T::copy_rows(tx, &self.table, events)
+            .await
+            .map_err(BatchFailure::whole_batch)
     }
 }
