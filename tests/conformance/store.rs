@@ -1090,6 +1090,14 @@ pub async fn failures_and_head_position<F: Fixture>() {
     assert_eq!(failures[0].event_id, appended.events[1].event_id);
     assert_eq!(failures[0].event_type, "Deposited");
     assert_eq!(failures[0].error, "boom");
+    // an error text with a NUL (which PostgreSQL cannot store) is kept,
+    // with U+FFFD in its place, instead of failing the batch
+    store
+        .record_failure(&mut *conn, "p", &appended.events[1], "bad\0byte")
+        .await
+        .unwrap();
+    let failures = store.failures(&mut *conn, "p").await.unwrap();
+    assert_eq!(failures[0].error, "bad\u{fffd}byte");
     drop(conn);
     db.finish().await;
 }

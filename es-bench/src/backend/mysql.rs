@@ -6,10 +6,10 @@
 //! one-row counter, `<events>_position`, moved by each append in its
 //! transaction, so its row lock is held until commit and positions commit
 //! in order (what makes global reads gap-safe). The plain side does the
-//! same work in the same order as the store: it draws positions from the
-//! counter first (`LAST_INSERT_ID(last + n)`, read back from the
-//! statement's result), then checks and moves the head, then inserts the
-//! batch with a multi-row `VALUES`. Names are `VARBINARY`, ids
+//! same gap-safe work, without the store's aggregate lock rows: it checks
+//! and moves the head, then draws positions from the counter
+//! (`LAST_INSERT_ID(last + n)`, read back from the statement's result),
+//! then inserts the batch with a multi-row `VALUES`. Names are `VARBINARY`, ids
 //! `BINARY(16)`, payloads JSON text.
 
 use serde_json::value::RawValue;
@@ -150,15 +150,6 @@ impl Target for MySql {
         events: &[NewEvent<'_>],
     ) -> Result<Vec<i64>, Conflict> {
         let count = events.len() as i64;
-        // Positions first, as the store does: whoever holds a head lock
-        // then holds the counter too, so appends never deadlock on the
-        // gap locks of new head rows.
-        let drawn = sqlx::query(AssertSqlSafe(self.draw_positions.as_str()))
-            .bind(count)
-            .execute(&mut *conn)
-            .await
-            .expect("positions");
-        let base_position = drawn.last_insert_id() as i64 - count;
         let moved = if version == 0 {
             sqlx::query(AssertSqlSafe(self.create_head.as_str()))
                 .bind("Billing")
@@ -183,6 +174,14 @@ impl Target for MySql {
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Err(Conflict),
             Err(e) => panic!("head: {e}"),
         }
+        // Positions after the head check, as the store does, so that the
+        // counter (held until commit) is held for the insert alone.
+        let drawn = sqlx::query(AssertSqlSafe(self.draw_positions.as_str()))
+            .bind(count)
+            .execute(&mut *conn)
+            .await
+            .expect("positions");
+        let base_position = drawn.last_insert_id() as i64 - count;
         let mut insert = QueryBuilder::<sqlx::MySql>::new(&self.insert_events);
         insert.push_values(
             events.iter().zip(1..),

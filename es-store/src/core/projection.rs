@@ -115,12 +115,19 @@ macro_rules! impl_projection {
                 error: &str,
             ) -> $crate::Result<()> {
                 $crate::validate::projection_name(projection_name)?;
+                // A diagnostic, not data: a NUL (which PostgreSQL cannot
+                // store) becomes U+FFFD rather than failing the batch.
+                let error = if error.contains('\0') {
+                    std::borrow::Cow::Owned(error.replace('\0', "\u{fffd}"))
+                } else {
+                    std::borrow::Cow::Borrowed(error)
+                };
                 sqlx::query(sqlx::AssertSqlSafe(self.sql().record_failure.clone()))
                     .bind(projection_name)
                     .bind(event.global_position)
                     .bind(codec::uuid(event.event_id))
                     .bind(&event.event_type)
-                    .bind(error)
+                    .bind(error.as_ref())
                     .bind(codec::time($crate::event::now()))
                     .execute(&mut *conn)
                     .await?;
