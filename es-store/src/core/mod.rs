@@ -182,10 +182,10 @@ pub(crate) fn in_batch_order(
 }
 
 /// One event of an append as a backend's insert statement reads it from a
-/// JSON array (SQLite's `json_each`, MySQL's `JSON_TABLE`): a positional
+/// JSON array (SQLite's `json_each`): a positional
 /// array, compact, in which JSON text such as the payload travels as a
 /// string, so it is stored exactly as given.
-#[cfg(any(feature = "sqlite", feature = "mysql"))]
+#[cfg(feature = "sqlite")]
 type BatchRow<'a> = (
     uuid::fmt::Hyphenated,
     &'a str,
@@ -200,7 +200,7 @@ type BatchRow<'a> = (
 
 /// The batch as a JSON array of [`BatchRow`]s, with timestamps as the
 /// backend writes them.
-#[cfg(any(feature = "sqlite", feature = "mysql"))]
+#[cfg(feature = "sqlite")]
 pub(crate) fn batch_json(
     events: &[Event],
     time: impl Fn(chrono::DateTime<chrono::Utc>) -> String,

@@ -7,7 +7,7 @@ use sqlx::mysql::MySqlQueryResult;
 use sqlx::{AssertSqlSafe, Connection as _, MySqlConnection};
 
 use super::MySqlStore;
-use super::codec::{DEADLOCK, DUPLICATE_KEY, error_number, time_text};
+use super::codec::{DEADLOCK, DUPLICATE_KEY, error_number};
 use crate::names::EVENT_ID_KEY;
 use crate::{AppendResult, Error, Event, EventIdConflictReason, ExpectedVersion, Result};
 
@@ -159,34 +159,80 @@ async fn attempt(
         },
     };
     let base_position = draw(store, conn, count).await?;
-    let insert = AssertSqlSafe(statements.insert.clone().expect("rendered for MySQL"));
-    let inserted = sqlx::query(insert)
-        .bind(first.bounded_context.as_str())
-        .bind(first.aggregate_type.as_str())
-        .bind(first.aggregate_id.as_str())
-        .bind(base_version)
-        .bind(base_position)
-        .bind(crate::stream_hash(
-            &first.bounded_context,
-            &first.aggregate_type,
-            &first.aggregate_id,
-        ))
-        .bind(crate::core::batch_json(events, time_text).map_err(into_sqlx)?)
-        .execute(&mut *conn)
-        .await;
+    let inserted = insert(store, conn, events, base_version, base_position).await;
     match inserted {
-        Ok(done) if done.rows_affected() == count as u64 => Ok(Attempt::Stored(
+        Ok(rows) if rows == count as u64 => Ok(Attempt::Stored(
             (1..=count)
                 .map(|n| (base_version + n, base_position + n))
                 .collect(),
         )),
-        Ok(done) => Err(sqlx::Error::Protocol(format!(
-            "append stored {} rows for {count} events",
-            done.rows_affected()
+        Ok(rows) => Err(sqlx::Error::Protocol(format!(
+            "append stored {rows} rows for {count} events"
         ))),
         Err(error) if is_duplicate_on(store, &error, EVENT_ID_KEY) => Ok(Attempt::ReusedId),
         Err(error) => Err(error),
     }
+}
+
+/// Events per insert statement: 15 parameters each, well under MySQL's
+/// 65,535 per statement.
+const ROWS_PER_INSERT: usize = 1000;
+
+/// Inserts the batch with multi-row `VALUES`, in statements of up to
+/// [`ROWS_PER_INSERT`] rows; returns the rows stored.
+async fn insert(
+    store: &MySqlStore,
+    conn: &mut MySqlConnection,
+    events: &[Event],
+    base_version: i64,
+    base_position: i64,
+) -> std::result::Result<u64, sqlx::Error> {
+    let first = &events[0];
+    let prefix = store
+        .sql()
+        .append
+        .insert
+        .clone()
+        .expect("rendered for MySQL");
+    let hash = crate::stream_hash(
+        &first.bounded_context,
+        &first.aggregate_type,
+        &first.aggregate_id,
+    );
+    let mut stored = 0;
+    for (chunk, batch) in events.chunks(ROWS_PER_INSERT).enumerate() {
+        const ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+        let mut sql = String::with_capacity(prefix.len() + batch.len() * (ROW.len() + 2));
+        sql.push_str(&prefix);
+        for i in 0..batch.len() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(ROW);
+        }
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for (i, event) in batch.iter().enumerate() {
+            let n = (chunk * ROWS_PER_INSERT + i + 1) as i64;
+            query = query
+                .bind(base_position + n)
+                .bind(event.event_id)
+                .bind(first.bounded_context.as_str())
+                .bind(first.aggregate_type.as_str())
+                .bind(first.aggregate_id.as_str())
+                .bind(base_version + n)
+                .bind(event.event_type.as_str())
+                .bind(event.event_version)
+                .bind(event.payload.get())
+                .bind(event.metadata.get())
+                .bind(event.correlation_id)
+                .bind(event.causation_id)
+                .bind(event.trace_id.as_deref())
+                .bind(event.created_at)
+                .bind(hash);
+        }
+        stored += query.execute(&mut *conn).await?.rows_affected();
+    }
+    Ok(stored)
 }
 
 /// Draws `count` positions from the counter, locking it until commit;
@@ -265,10 +311,4 @@ fn is_duplicate_on(store: &MySqlStore, error: &sqlx::Error, suffix: &str) -> boo
         let message = db.message();
         message.ends_with(&format!("'{key}'")) || message.ends_with(&format!(".{key}'"))
     })
-}
-
-/// Serializing the batch cannot fail for validated events; if it did, it
-/// is reported like any other failed statement.
-fn into_sqlx(error: Error) -> sqlx::Error {
-    sqlx::Error::Encode(Box::new(error))
 }

@@ -42,11 +42,6 @@ pub(super) fn time(at: DateTime<Utc>) -> DateTime<Utc> {
     at
 }
 
-/// A timestamp as `JSON_TABLE` reads it into a `DATETIME(6)` column.
-pub(super) fn time_text(at: DateTime<Utc>) -> String {
-    at.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
-}
-
 pub(super) fn json(raw: &RawValue) -> &str {
     raw.get()
 }
@@ -155,18 +150,5 @@ pub(super) async fn claim_checkpoint(
         .fetch_optional(&mut *conn)
         .await?),
         Err(_) => Err(created.unwrap_err().into()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_are_written_with_six_fractional_digits() {
-        let at = DateTime::parse_from_rfc3339("2024-05-01T12:00:00.5Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        assert_eq!(time_text(at), "2024-05-01 12:00:00.500000");
     }
 }

@@ -92,9 +92,8 @@ impl Dialect for MySql {
 ///    for `NoStream` (a duplicate key is the conflict), either for `Any`;
 /// 3. drawing positions from the counter, whose lock is held until
 ///    commit (see below);
-/// 4. the insert of the whole batch, read from one JSON array with
-///    `JSON_TABLE`: one statement and one parameter whatever the batch
-///    size.
+/// 4. the insert of the batch, as multi-row `VALUES` (one statement per
+///    1,000 events).
 ///
 /// A reused event id is caught by its unique key; the savepoint is rolled
 /// back and what is stored decides, as on the other backends, between

@@ -191,9 +191,6 @@ pub(crate) fn statements(n: &Names) -> Statements {
     let locks = n.derived_qualified(LOCKS);
     let columns = event_columns(&events);
     let aggregate = "bounded_context = ? AND aggregate_type = ? AND aggregate_id = ?";
-    let event_id = uuid_bytes("j.event_id");
-    let correlation_id = uuid_bytes("j.correlation_id");
-    let causation_id = uuid_bytes("j.causation_id");
     Statements {
         append: AppendStatements {
             // The head statements (see `append.rs`). Creates a head:
@@ -216,32 +213,14 @@ pub(crate) fn statements(n: &Names) -> Statements {
                 "UPDATE {heads} SET version = version + ? WHERE {aggregate} AND version = ?"
             )
             .into(),
-            // (bounded context, aggregate type, aggregate id, version
-            // before the batch, position before the batch, stream hash,
-            // the batch as a JSON array of event arrays (see
-            // `core::BatchRow`)).
+            // Followed by one row of the 15 values per event, in this
+            // order (see `append.rs`).
             insert: Some(
                 format!(
                     "INSERT INTO {events} (global_position, event_id, bounded_context, \
                          aggregate_type, aggregate_id, aggregate_version, event_type, \
                          event_version, payload, metadata, correlation_id, causation_id, \
-                         trace_id, created_at, stream_hash) \
-                     SELECT p.position + j.n, {event_id}, p.bc, p.at, p.id, p.version + j.n, \
-                         j.event_type, j.event_version, j.payload, j.metadata, \
-                         {correlation_id}, {causation_id}, j.trace_id, j.created_at, p.hash \
-                     FROM (SELECT ? AS bc, ? AS at, ? AS id, ? AS version, ? AS position, \
-                               ? AS hash) p, \
-                         JSON_TABLE(?, '$[*]' COLUMNS ( \
-                             n FOR ORDINALITY, \
-                             event_id CHAR(36) PATH '$[0]', \
-                             event_type VARCHAR(255) {UTF8} PATH '$[1]', \
-                             event_version INT PATH '$[2]', \
-                             payload LONGTEXT {UTF8} PATH '$[3]', \
-                             metadata LONGTEXT {UTF8} PATH '$[4]', \
-                             correlation_id CHAR(36) PATH '$[5]', \
-                             causation_id CHAR(36) PATH '$[6]', \
-                             trace_id VARCHAR(255) {UTF8} PATH '$[7]', \
-                             created_at DATETIME(6) PATH '$[8]')) j"
+                         trace_id, created_at, stream_hash) VALUES "
                 )
                 .into(),
             ),
