@@ -39,13 +39,22 @@ macro_rules! impl_append {
                         .execute(&mut *conn)
                         .await?;
                 }
-                let version: Option<i64> =
+                let mut version: Option<i64> =
                     sqlx::query_scalar(sqlx::AssertSqlSafe(self.sql().lock_head.clone()))
                         .bind(bounded_context)
                         .bind(aggregate_type)
                         .bind(aggregate_id)
                         .fetch_optional(&mut *conn)
                         .await?;
+                // A head found by a plain read is then locked (MySQL).
+                if let (Some(_), Some(relock)) = (version, &self.sql().lock_found_head) {
+                    version = sqlx::query_scalar(sqlx::AssertSqlSafe(relock.clone()))
+                        .bind(bounded_context)
+                        .bind(aggregate_type)
+                        .bind(aggregate_id)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                }
                 Ok(version.unwrap_or(0))
             }
         }

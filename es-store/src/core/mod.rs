@@ -47,6 +47,11 @@ pub(crate) struct Statements {
     /// (bounded context, aggregate type, aggregate id) -> version, locking
     /// the aggregate until the transaction ends.
     pub(crate) lock_head: Arc<str>,
+    /// Locks a head that `lock_head` found, where `lock_head` is a plain
+    /// read (MySQL): (bounded context, aggregate type, aggregate id) ->
+    /// version.
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    pub(crate) lock_found_head: Option<Arc<str>>,
     /// Locks and reads the tail in one round trip, where the backend can:
     /// (bounded context, aggregate type, aggregate id, from) -> fold columns.
     pub(crate) locked_tail: Option<Arc<str>>,

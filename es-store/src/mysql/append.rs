@@ -84,11 +84,13 @@ pub(crate) async fn append(
 /// (checked and moved), the positions (the counter, held until commit),
 /// then the batch.
 ///
-/// Every append and [`lock_aggregate`](crate::EventStore::lock_aggregate)
-/// takes the aggregate's lock row first, a row that always exists, so
-/// writers of one aggregate queue there. They never wait for each other's
-/// uncommitted head row: InnoDB turns such waits into gap locks when the
-/// creator rolls back, and two waiters then deadlock. And the counter is
+/// Every append that may create a head, and
+/// [`lock_aggregate`](crate::EventStore::lock_aggregate), takes the
+/// aggregate's lock row first, a row that always exists, so creators of
+/// one aggregate queue there. They never wait for each other's uncommitted
+/// head row: InnoDB turns such waits into gap locks when the creator rolls
+/// back, and two waiters then deadlock. `Exact` appends move an existing
+/// head, whose row lock `lock_aggregate` also takes. And the counter is
 /// taken last, so its holder never waits for an aggregate.
 async fn attempt(
     store: &MySqlStore,
@@ -105,14 +107,19 @@ async fn attempt(
         first.aggregate_type.as_str(),
         first.aggregate_id.as_str(),
     );
-    sqlx::query(AssertSqlSafe(
-        statements.lock.clone().expect("rendered for MySQL"),
-    ))
-    .bind(aggregate.0)
-    .bind(aggregate.1)
-    .bind(aggregate.2)
-    .execute(&mut *conn)
-    .await?;
+    // `Exact` moves a head that exists (a missing one fails the check
+    // without creating anything), and the row lock of that head is the
+    // aggregate's lock: `lock_aggregate` takes it too.
+    if !matches!(expected, ExpectedVersion::Exact(_)) {
+        sqlx::query(AssertSqlSafe(
+            statements.lock.clone().expect("rendered for MySQL"),
+        ))
+        .bind(aggregate.0)
+        .bind(aggregate.1)
+        .bind(aggregate.2)
+        .execute(&mut *conn)
+        .await?;
+    }
     // `Any` creates the head or moves it. Which one is decided with a plain
     // read: moving a missing row would lock the gap where it would be, and
     // creators of two aggregates in one gap would then deadlock. Committed

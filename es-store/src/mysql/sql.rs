@@ -225,7 +225,8 @@ pub(crate) fn statements(n: &Names) -> Statements {
                 .into(),
             ),
             // (bounded context, aggregate type, aggregate id): the
-            // aggregate's lock, taken first by every append.
+            // aggregate's lock, taken first by appends that may create its
+            // head, and by `lock_aggregate`.
             lock: Some(
                 format!(
                     "SELECT slot FROM {locks} WHERE slot = {slot} FOR UPDATE",
@@ -249,13 +250,17 @@ pub(crate) fn statements(n: &Names) -> Statements {
         )
         .into(),
         head_version: format!("SELECT version FROM {heads} WHERE {aggregate}").into(),
-        // Run after the aggregate's lock (`append.lock`), which is what
-        // excludes other writers: a plain read, because a locking read of
-        // a missing head would lock the gap where it would be, and two
-        // holders creating new aggregates in one gap would deadlock. After
-        // the lock, no writer of the aggregate is in flight, so the read is
-        // current unless the transaction's snapshot was taken earlier.
+        // Run after the aggregate's lock (`append.lock`): a plain read,
+        // because a locking read of a missing head would lock the gap where
+        // it would be, and two holders creating new aggregates in one gap
+        // would deadlock. After the lock, no creator of the aggregate is in
+        // flight, so the read is current unless the transaction's snapshot
+        // was taken earlier. A head found is then locked (`Exact` appends
+        // move it without taking the aggregate's lock).
         lock_head: format!("SELECT version FROM {heads} WHERE {aggregate}").into(),
+        lock_found_head: Some(
+            format!("SELECT version FROM {heads} WHERE {aggregate} FOR UPDATE").into(),
+        ),
         locked_tail: None,
         read_stream: format!(
             "SELECT {columns} FROM {events} \

@@ -235,6 +235,7 @@ pub(crate) fn statements(n: &Names) -> Statements {
         stored_ids: format!("SELECT {EVENT_COLUMNS} FROM {events} WHERE event_id = ANY($1)").into(),
         head_version: format!("SELECT version FROM {heads} WHERE {aggregate}").into(),
         lock_head: format!("SELECT version FROM {heads} WHERE {aggregate} FOR UPDATE").into(),
+        lock_found_head: None,
         locked_tail: Some(
             format!(
                 "SELECT aggregate_version, event_type, event_version, payload \

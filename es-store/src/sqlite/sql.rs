@@ -177,6 +177,7 @@ pub(crate) fn statements(n: &Names) -> Statements {
                 "UPDATE {heads} SET version = version WHERE {aggregate} RETURNING version"
             )
             .into(),
+            lock_found_head: None,
             locked_tail: None,
             head_version: format!("SELECT version FROM {heads} WHERE {aggregate}").into(),
             read_stream: format!(
