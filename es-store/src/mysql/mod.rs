@@ -83,10 +83,10 @@ impl Dialect for MySql {
 ///
 /// An append runs in a savepoint of the caller's transaction (so a refused
 /// append leaves it usable, as everywhere), or in a transaction of its own
-/// on a connection with none. It is four statements:
+/// on a connection with none. It is three or four statements:
 ///
-/// 1. the aggregate's lock, a row of `<events>_locks` that always exists
-///    (see below);
+/// 1. for `NoStream` and `Any`, which may create the head, the aggregate's
+///    lock, a row of `<events>_locks` that always exists (see below);
 /// 2. the head check, which moves the aggregate's head row:
 ///    `UPDATE .. WHERE version = expected` for `Exact`, a plain `INSERT`
 ///    for `NoStream` (a duplicate key is the conflict), either for `Any`;
