@@ -20,6 +20,26 @@ pub(crate) type Pool<T> = sqlx::Pool<<T as Target>::Db>;
 /// An event as the plain side writes it: its type and its JSON text.
 pub(crate) type NewEvent<'a> = (&'a str, String);
 
+/// Which tables a plain side writes, and how it checks the expected
+/// version. Each is a separate plain side of the write workloads; the
+/// ratio is taken to the fastest of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Variant {
+    /// The store's own tables, with their indexes and constraints; the head
+    /// is checked and moved by a conditional `UPDATE` (an `INSERT` for a
+    /// new aggregate), then the events are inserted.
+    StoreTables,
+}
+
+impl Variant {
+    /// The name in the table and the JSON lines.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Variant::StoreTables => "store-tables",
+        }
+    }
+}
+
 /// The plain side lost an optimistic-concurrency check.
 #[derive(Debug)]
 pub(crate) struct Conflict;
@@ -35,8 +55,8 @@ pub(crate) struct Opened<T: Target> {
     pub(crate) place: String,
 }
 
-/// One backend, with the plain side's statements rendered for the store's
-/// tables (the value of the type is those statements).
+/// One backend, with one plain side's statements rendered for its tables
+/// (the value of the type is those statements).
 pub(crate) trait Target: Sized + Send + Sync + 'static {
     /// The sqlx database.
     type Db: sqlx::Database;
@@ -54,14 +74,30 @@ pub(crate) trait Target: Sized + Send + Sync + 'static {
     /// `--no-notify`) and commit without waiting for the disk
     /// (`with_durable_commits(false)`): PostgreSQL only.
     const POSTGRES_FEATURES: bool = false;
+    /// The plain sides the write workloads run (`append_c*`,
+    /// `store_append_c*`, `batch_100`); the other workloads run the first.
+    const VARIANTS: &'static [Variant] = &[Variant::StoreTables];
 
     /// Connects and makes a fresh schema, database or file, migrated.
     fn open(notify: bool) -> impl Future<Output = Result<Opened<Self>, String>> + Send;
     /// Removes what [`open`](Target::open) made.
     fn close(opened: &Opened<Self>) -> impl Future<Output = ()> + Send;
 
-    /// The plain side's statements, on the store's tables.
-    fn plain(store: &Self::Store) -> Self;
+    /// Creates the tables `variant` writes, if they are not the store's.
+    fn create_plain_tables(
+        store: &Self::Store,
+        pool: &Pool<Self>,
+        variant: Variant,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (store, pool);
+        assert_eq!(variant, Variant::StoreTables, "not on {}", Self::NAME);
+        async {}
+    }
+    /// A plain side's statements. Its reads of the global feed
+    /// ([`read_page`](Target::read_page), [`count_events`](Target::count_events))
+    /// are on the store's tables whatever the variant: only the catch-up
+    /// uses them.
+    fn plain(store: &Self::Store, variant: Variant) -> Self;
     /// Begins the plain side's writing transaction.
     fn begin_write(
         pool: &Pool<Self>,

@@ -3,7 +3,12 @@
 //! Benchmarks the framework's hot paths against plain sqlx doing the same
 //! work, in the same run, on the same backend, and prints for each side
 //! throughput and p50/p99 latency, and the ratio framework ÷ plain (above 1:
-//! the framework is faster).
+//! the framework is faster). The write workloads (`append_c*`,
+//! `store_append_c*`, `batch_100`) have several plain sides where the
+//! backend has them (PostgreSQL: on the store's tables, and on minimal
+//! tables of their own with a locked head, a conditional upsert, or no
+//! head; see `backend::Variant`); their ratio is to the fastest plain side
+//! of the run, which the table and the JSON line name.
 //!
 //! Workloads: `append_c1`, `append_c8`, `store_append_c1`,
 //! `store_append_c8`, `batch_100`, `contended_c8`, `load_10k`,
@@ -45,8 +50,8 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backend::{Conn, Opened, Pool, Target};
-use domain::{Account, AccountCommand, AccountError};
+use backend::{Conn, NewEvent, Opened, Pool, Target, Variant};
+use domain::{Account, AccountCommand, AccountError, AccountEvent};
 use es::aggregate::projection::{BatchFailure, HandlerError, Projection, ProjectionProcessor};
 use es::store::{Event, EventStore, ExpectedVersion, PersistedEvent, Snapshot, SnapshotStore};
 use es::{Repository, RepositoryError, RetryPolicy};
@@ -132,11 +137,12 @@ fn parse_args() -> Result<Config, String> {
     Ok(config)
 }
 
-/// The two sides of one workload.
+/// The sides of one workload: the framework and one or more plain ones.
 struct Comparison {
     workload: String,
     framework: Stats,
-    plain: Stats,
+    /// Each plain side, named by its variant.
+    plain: Vec<(&'static str, Stats)>,
     /// What an op is, for the table ("commands", "events", ...).
     unit: &'static str,
     note: String,
@@ -145,7 +151,10 @@ struct Comparison {
 struct Bench<T: Target> {
     pool: Pool<T>,
     store: T::Store,
-    plain: Plain<T>,
+    /// On the store's tables: the plain side of the workloads that have one.
+    plain: Arc<Plain<T>>,
+    /// One per [`Target::VARIANTS`]: the plain sides of the write workloads.
+    plains: Vec<Arc<Plain<T>>>,
     side_duration: Duration,
     catchup_events: u64,
 }
@@ -184,8 +193,28 @@ async fn run<T: Target>(config: &Config) {
     if !config.notify && !T::POSTGRES_FEATURES {
         eprintln!("  --no-notify does not apply: only PostgreSQL notifies on append");
     }
+    if T::VARIANTS.len() == 1 {
+        eprintln!(
+            "  one plain side, on the store's tables: the plain sides on minimal tables \
+             (head-lock, upsert, no-head) are PostgreSQL's only so far"
+        );
+    }
+    let mut plains = Vec::new();
+    for &variant in T::VARIANTS {
+        T::create_plain_tables(&opened.store, &opened.pool, variant).await;
+        plains.push(Arc::new(Plain::new(
+            opened.pool.clone(),
+            &opened.store,
+            variant,
+        )));
+    }
     let bench = Bench::<T> {
-        plain: Plain::new(opened.pool.clone(), &opened.store),
+        plain: Arc::new(Plain::new(
+            opened.pool.clone(),
+            &opened.store,
+            Variant::StoreTables,
+        )),
+        plains,
         pool: opened.pool.clone(),
         store: opened.store.clone(),
         side_duration: Duration::from_secs_f64(config.seconds),
@@ -224,25 +253,48 @@ fn column(d: Option<Duration>) -> String {
 }
 
 fn report(backend: &str, c: &Comparison, json: bool) {
-    let ratio = c.framework.ops_per_sec() / c.plain.ops_per_sec().max(1e-9);
-    let line = format!(
-        "{:<24} framework {:>10.1} {}/s  p50 {}  p99 {} | plain {:>10.1} {}/s  p50 {}  p99 {} | ratio {:.2}{}",
+    let ratio_to = |s: &Stats| c.framework.ops_per_sec() / s.ops_per_sec().max(1e-9);
+    let (fastest, plain) = c
+        .plain
+        .iter()
+        .max_by(|a, b| a.1.ops_per_sec().total_cmp(&b.1.ops_per_sec()))
+        .expect("a plain side");
+    let ratio = ratio_to(plain);
+    let sides = |s: &Stats| {
+        format!(
+            "{:>10.1} {}/s  p50 {}  p99 {}",
+            s.ops_per_sec() * s.units_per_op as f64,
+            c.unit,
+            column(s.percentile(50.0)),
+            column(s.percentile(99.0)),
+        )
+    };
+    let mut line = format!(
+        "{:<24} framework {} | plain {} | ratio {:.2}{}{}",
         c.workload,
-        c.framework.ops_per_sec() * c.framework.units_per_op as f64,
-        c.unit,
-        column(c.framework.percentile(50.0)),
-        column(c.framework.percentile(99.0)),
-        c.plain.ops_per_sec() * c.plain.units_per_op as f64,
-        c.unit,
-        column(c.plain.percentile(50.0)),
-        column(c.plain.percentile(99.0)),
+        sides(&c.framework),
+        sides(plain),
         ratio,
+        if c.plain.len() > 1 {
+            format!(" to the fastest plain side, {fastest}")
+        } else {
+            String::new()
+        },
         if c.note.is_empty() {
             String::new()
         } else {
             format!("  ({})", c.note)
         }
     );
+    if c.plain.len() > 1 {
+        for (name, s) in &c.plain {
+            line.push_str(&format!(
+                "\n    plain {name:<12} {}  ratio {:.2}",
+                sides(s),
+                ratio_to(s)
+            ));
+        }
+    }
     if json {
         eprintln!("{line}");
         let side = |s: &Stats| {
@@ -265,7 +317,17 @@ fn report(backend: &str, c: &Comparison, json: bool) {
                 "workload": c.workload,
                 "unit": c.unit,
                 "framework": side(&c.framework),
-                "plain": side(&c.plain),
+                "plain": side(plain),
+                "fastest_plain": fastest,
+                "plain_sides": c
+                    .plain
+                    .iter()
+                    .map(|(name, s)| {
+                        let mut json = side(s);
+                        json["ratio"] = serde_json::json!(ratio_to(s));
+                        (name.to_string(), json)
+                    })
+                    .collect::<serde_json::Map<_, _>>(),
                 "ratio": ratio,
                 "note": c.note,
             })
@@ -294,31 +356,58 @@ async fn conn<T: Target>(pool: &Pool<T>) -> sqlx::pool::PoolConnection<T::Db> {
 }
 
 impl<T: Target> Bench<T> {
-    /// Runs both sides, alternating in four rounds each to even out drift
+    /// Runs the framework and `sides` plain sides (`plain`'s first
+    /// argument: which), alternating in four rounds each to even out drift
     /// (the machine, the disk's flush latency, autovacuum).
     async fn compare<Fw, FwFut, Pl, PlFut>(
         &self,
         concurrency: usize,
         max_ops_per_task: u64,
+        sides: usize,
         framework: Fw,
         plain: Pl,
-    ) -> (Stats, Stats)
+    ) -> (Stats, Vec<Stats>)
     where
         Fw: Fn(usize, usize, u64) -> FwFut + Send + Sync + Clone + 'static,
         FwFut: std::future::Future<Output = Outcome> + Send,
-        Pl: Fn(usize, usize, u64) -> PlFut + Send + Sync + Clone + 'static,
+        Pl: Fn(usize, usize, usize, u64) -> PlFut + Send + Sync + Clone + 'static,
         PlFut: std::future::Future<Output = Outcome> + Send,
     {
         const ROUNDS: u32 = 4;
         let round = self.side_duration / ROUNDS;
-        let (mut fw, mut pl) = (Stats::default(), Stats::default());
+        let mut fw = Stats::default();
+        let mut pl = vec![Stats::default(); sides];
         for r in 0..ROUNDS as usize {
-            let p = plain.clone();
-            pl.merge(run_for(round, concurrency, max_ops_per_task, move |t, i| p(r, t, i)).await);
+            for (side, stats) in pl.iter_mut().enumerate() {
+                let p = plain.clone();
+                stats.merge(
+                    run_for(round, concurrency, max_ops_per_task, move |t, i| {
+                        p(side, r, t, i)
+                    })
+                    .await,
+                );
+            }
             let f = framework.clone();
             fw.merge(run_for(round, concurrency, max_ops_per_task, move |t, i| f(r, t, i)).await);
         }
         (fw, pl)
+    }
+
+    /// Names each plain side's stats by its variant.
+    fn named(&self, stats: Vec<Stats>) -> Vec<(&'static str, Stats)> {
+        self.plains
+            .iter()
+            .map(|p| p.variant.name())
+            .zip(stats)
+            .collect()
+    }
+
+    /// One plain side's stats, on the store's tables.
+    fn store_tables(stats: Vec<Stats>) -> Vec<(&'static str, Stats)> {
+        vec![(
+            Variant::StoreTables.name(),
+            stats.into_iter().next().expect("one side"),
+        )]
     }
 
     /// A command (load, fold, handle, append one event) on distinct
@@ -327,21 +416,34 @@ impl<T: Target> Bench<T> {
         const AGGREGATES: usize = 1000;
         let prefix = format!("append{concurrency}");
         let mut c = conn::<T>(&self.pool).await;
-        for side in ["fw", "plain"] {
-            for k in 0..AGGREGATES {
-                let id = format!("{prefix}-{side}-{k}");
-                self.store
-                    .append(&mut c, ExpectedVersion::NoStream, account_events(&id, 4))
-                    .await
-                    .expect("populate");
-            }
+        for k in 0..AGGREGATES {
+            let id = format!("{prefix}-fw-{k}");
+            self.store
+                .append(&mut c, ExpectedVersion::NoStream, account_events(&id, 4))
+                .await
+                .expect("populate");
         }
         drop(c);
+        // Each plain side's aggregates, in its own tables, the same events.
+        let opened = AccountEvent::Opened {
+            owner: "bench".to_owned(),
+        };
+        let deposited = AccountEvent::Deposited { amount: 1 };
+        let events: Vec<NewEvent<'_>> = std::iter::once(&opened)
+            .chain(std::iter::repeat_n(&deposited, 4))
+            .map(plain::encode)
+            .collect();
+        for (side, plain) in self.plains.iter().enumerate() {
+            for k in 0..AGGREGATES {
+                let id = format!("{prefix}-plain{side}-{k}");
+                plain.append(&id, 0, &events).await.expect("populate");
+            }
+        }
         let repository = Arc::new(Repository::<Account, T::Store>::new(
             self.store.clone(),
             self.pool.clone(),
         ));
-        let plain = Arc::new(Plain::<T>::new(self.pool.clone(), &self.store));
+        let plains = self.plains.clone();
         let (p1, p2) = (prefix.clone(), prefix.clone());
         // Task t takes aggregates t, t + c, t + 2c, ...: no two tasks share one.
         let pick = move |t: usize, i: u64| (t + concurrency * i as usize) % AGGREGATES;
@@ -349,6 +451,7 @@ impl<T: Target> Bench<T> {
             .compare(
                 concurrency,
                 u64::MAX,
+                plains.len(),
                 move |_, t, i| {
                     let (repository, id) = (repository.clone(), format!("{p1}-fw-{}", pick(t, i)));
                     async move {
@@ -356,8 +459,9 @@ impl<T: Target> Bench<T> {
                         Outcome::default()
                     }
                 },
-                move |_, t, i| {
-                    let (plain, id) = (plain.clone(), format!("{p2}-plain-{}", pick(t, i)));
+                move |side, _, t, i| {
+                    let plain = plains[side].clone();
+                    let id = format!("{p2}-plain{side}-{}", pick(t, i));
                     async move {
                         plain.execute(&id, &deposit()).await.expect("no conflict");
                         Outcome::default()
@@ -368,7 +472,7 @@ impl<T: Target> Bench<T> {
         Comparison {
             workload: format!("append_c{concurrency}"),
             framework,
-            plain,
+            plain: self.named(plain),
             unit: "commands",
             note: String::new(),
         }
@@ -380,7 +484,7 @@ impl<T: Target> Bench<T> {
         const PER_TASK: u64 = 50;
         let store = self.store.clone();
         let pool = self.pool.clone();
-        let plain = Arc::new(Plain::<T>::new(self.pool.clone(), &self.store));
+        let plains = self.plains.clone();
         let name = if batch == 1 {
             format!("store_append_c{concurrency}")
         } else {
@@ -391,6 +495,7 @@ impl<T: Target> Bench<T> {
             .compare(
                 concurrency,
                 u64::MAX,
+                plains.len(),
                 move |r, t, i| {
                     let (store, pool) = (store.clone(), pool.clone());
                     let id = format!("{n1}-fw-{r}-{t}-{}", i % PER_TASK);
@@ -416,9 +521,9 @@ impl<T: Target> Bench<T> {
                         Outcome::default()
                     }
                 },
-                move |r, t, i| {
-                    let plain = plain.clone();
-                    let id = format!("{n2}-plain-{r}-{t}-{}", i % PER_TASK);
+                move |side, r, t, i| {
+                    let plain = plains[side].clone();
+                    let id = format!("{n2}-plain{side}-{r}-{t}-{}", i % PER_TASK);
                     let version = (i / PER_TASK) as i64 * batch as i64;
                     async move {
                         // serialized per op, as the framework side does
@@ -436,11 +541,13 @@ impl<T: Target> Bench<T> {
             .await;
         let (mut framework, mut plain) = (framework, plain);
         framework.units_per_op = batch as u64;
-        plain.units_per_op = batch as u64;
+        for side in &mut plain {
+            side.units_per_op = batch as u64;
+        }
         Comparison {
             workload: name,
             framework,
-            plain,
+            plain: self.named(plain),
             unit: "events",
             note: String::new(),
         }
@@ -456,7 +563,7 @@ impl<T: Target> Bench<T> {
             Repository::<Account, T::Store>::new(self.store.clone(), self.pool.clone())
                 .with_retry_policy(policy),
         );
-        let plain = Arc::new(Plain::<T>::new(self.pool.clone(), &self.store));
+        let plain = self.plain.clone();
         let slot = || {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -468,6 +575,7 @@ impl<T: Target> Bench<T> {
             .compare(
                 concurrency,
                 u64::MAX,
+                1,
                 move |_, _, _| {
                     let repository = repository.clone();
                     async move {
@@ -501,7 +609,7 @@ impl<T: Target> Bench<T> {
                         }
                     }
                 },
-                move |_, _, _| {
+                move |_, _, _, _| {
                     let plain = plain.clone();
                     async move {
                         let id = format!("hot-plain-{}", slot());
@@ -540,9 +648,10 @@ impl<T: Target> Bench<T> {
                 },
             )
             .await;
+        let plain = Self::store_tables(plain);
         let note = format!(
             "conflicts retried: framework {}, plain {}; gave up: framework {}, plain {}",
-            framework.conflicts, plain.conflicts, framework.failed, plain.failed
+            framework.conflicts, plain[0].1.conflicts, framework.failed, plain[0].1.failed
         );
         Comparison {
             workload: format!("contended_c{concurrency}"),
@@ -570,7 +679,7 @@ impl<T: Target> Bench<T> {
                 .expect("populate")
                 .to_version();
         }
-        let plain = Arc::new(Plain::<T>::new(self.pool.clone(), &self.store));
+        let plain = self.plain.clone();
         let full = Repository::<Account, T::Store>::new(self.store.clone(), self.pool.clone());
         let state = full.load(id).await.expect("load");
         self.store
@@ -597,6 +706,7 @@ impl<T: Target> Bench<T> {
                 .compare(
                     1,
                     u64::MAX,
+                    1,
                     move |_, _, _| {
                         let repository = repository.clone();
                         async move {
@@ -605,7 +715,7 @@ impl<T: Target> Bench<T> {
                             Outcome::default()
                         }
                     },
-                    move |_, _, _| {
+                    move |_, _, _, _| {
                         let (plain, pool) = (plain.clone(), pool.clone());
                         async move {
                             let mut c = conn::<T>(&pool).await;
@@ -619,7 +729,7 @@ impl<T: Target> Bench<T> {
             comparisons.push(Comparison {
                 workload: name.to_owned(),
                 framework,
-                plain,
+                plain: Self::store_tables(plain),
                 unit: "loads",
                 note: if name.ends_with("snapshot") {
                     "plain folds the whole stream".to_owned()
@@ -710,7 +820,7 @@ impl<T: Target> Bench<T> {
                     "catchup_1m_async_commit".to_owned()
                 },
                 framework,
-                plain: plain.clone(),
+                plain: vec![(Variant::StoreTables.name(), plain.clone())],
                 unit: "events",
                 note: format!(
                     "{total} events; the projection writes a row per event{}, plain only reads",

@@ -1,10 +1,11 @@
 //! The same work, hand-written with plain sqlx: what an application would
-//! write without the framework. Same tables, same domain. The logic is
-//! written once; each backend's SQL is in `backend/`.
+//! write without the framework. Same domain; the store's tables or minimal
+//! tables of its own ([`Variant`]). The logic is written once; each
+//! backend's SQL is in `backend/`.
 
 use serde::Deserialize;
 
-use crate::backend::{Conflict, Conn, NewEvent, Pool, Target};
+use crate::backend::{Conflict, Conn, NewEvent, Pool, Target, Variant};
 use crate::domain::{Account, AccountCommand, AccountEvent};
 use es::Aggregate;
 
@@ -18,9 +19,10 @@ struct Amount {
     amount: i64,
 }
 
-/// The store's tables, as plain SQL sees them.
+/// One plain side: its tables, as plain SQL sees them.
 pub(crate) struct Plain<T: Target> {
     pub(crate) pool: Pool<T>,
+    pub(crate) variant: Variant,
     sql: T,
 }
 
@@ -56,7 +58,7 @@ fn decode(event_type: &str, payload: &str) -> AccountEvent {
 }
 
 /// Encodes one event of the account.
-fn encode(event: &AccountEvent) -> NewEvent<'static> {
+pub(crate) fn encode(event: &AccountEvent) -> NewEvent<'static> {
     match event {
         AccountEvent::Opened { owner } => {
             ("Opened", serde_json::json!({ "owner": owner }).to_string())
@@ -74,10 +76,11 @@ fn encode(event: &AccountEvent) -> NewEvent<'static> {
 }
 
 impl<T: Target> Plain<T> {
-    pub(crate) fn new(pool: Pool<T>, store: &T::Store) -> Self {
+    pub(crate) fn new(pool: Pool<T>, store: &T::Store, variant: Variant) -> Self {
         Plain {
             pool,
-            sql: T::plain(store),
+            variant,
+            sql: T::plain(store, variant),
         }
     }
 

@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::{AssertSqlSafe, Connection as _, MySqlConnection, MySqlPool, QueryBuilder, Row};
 
-use super::{Conflict, NewEvent, Opened, Target};
+use super::{Conflict, NewEvent, Opened, Target, Variant};
 use es::store::{MySqlStore, PersistedEvent};
 
 /// The plain side's statements on MySQL.
@@ -84,7 +84,12 @@ impl Target for MySql {
         opened.pool.close().await;
     }
 
-    fn plain(store: &MySqlStore) -> Self {
+    fn plain(store: &MySqlStore, variant: Variant) -> Self {
+        assert_eq!(
+            variant,
+            Variant::StoreTables,
+            "minimal tables: PostgreSQL only"
+        );
         let events = store.events_table();
         let heads = store.heads_table();
         // the counter's name is derived from the events table's

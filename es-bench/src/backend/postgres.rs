@@ -8,7 +8,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
 
-use super::{Conflict, NewEvent, Opened, Target};
+use super::{Conflict, NewEvent, Opened, Target, Variant};
 use es::store::{PersistedEvent, PostgresStore};
 
 /// The plain side's statements on PostgreSQL.
@@ -68,7 +68,8 @@ impl Target for Postgres {
             .expect("drop schema");
     }
 
-    fn plain(store: &PostgresStore) -> Self {
+    fn plain(store: &PostgresStore, variant: Variant) -> Self {
+        assert_eq!(variant, Variant::StoreTables);
         let events = store.events_table();
         let heads = store.heads_table();
         Postgres {

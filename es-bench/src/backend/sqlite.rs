@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 use sqlx::sqlite::SqlitePoolOptions;
 use sqlx::{AssertSqlSafe, QueryBuilder, Row, SqliteConnection, SqlitePool};
 
-use super::{Conflict, NewEvent, Opened, Target};
+use super::{Conflict, NewEvent, Opened, Target, Variant};
 use es::store::{PersistedEvent, SqliteStore};
 
 /// The plain side's statements on SQLite.
@@ -77,7 +77,12 @@ impl Target for Sqlite {
         }
     }
 
-    fn plain(store: &SqliteStore) -> Self {
+    fn plain(store: &SqliteStore, variant: Variant) -> Self {
+        assert_eq!(
+            variant,
+            Variant::StoreTables,
+            "minimal tables: PostgreSQL only"
+        );
         let events = store.events_table();
         let heads = store.heads_table();
         Sqlite {
