@@ -29,6 +29,17 @@ pub(crate) enum Variant {
     /// is checked and moved by a conditional `UPDATE` (an `INSERT` for a
     /// new aggregate), then the events are inserted.
     StoreTables,
+    /// Tables of its own with only what is needed (events with a unique
+    /// (aggregate, version) key and a global position; heads); the head as
+    /// in [`StoreTables`](Variant::StoreTables).
+    HeadLock,
+    /// The same minimal tables; the head checked and moved by one
+    /// conditional upsert (`INSERT .. ON CONFLICT .. DO UPDATE .. WHERE`).
+    Upsert,
+    /// A minimal events table alone, no head: the events are inserted at
+    /// the expected version + 1.., and the unique (aggregate, version) key
+    /// turns a lost race into a conflict.
+    NoHead,
 }
 
 impl Variant {
@@ -36,6 +47,9 @@ impl Variant {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Variant::StoreTables => "store-tables",
+            Variant::HeadLock => "head-lock",
+            Variant::Upsert => "upsert",
+            Variant::NoHead => "no-head",
         }
     }
 }

@@ -202,11 +202,9 @@ async fn run<T: Target>(config: &Config) {
     let mut plains = Vec::new();
     for &variant in T::VARIANTS {
         T::create_plain_tables(&opened.store, &opened.pool, variant).await;
-        plains.push(Arc::new(Plain::new(
-            opened.pool.clone(),
-            &opened.store,
-            variant,
-        )));
+        let plain = Plain::new(opened.pool.clone(), &opened.store, variant);
+        check_conflicts(&plain).await;
+        plains.push(Arc::new(plain));
     }
     let bench = Bench::<T> {
         plain: Arc::new(Plain::new(
@@ -238,6 +236,22 @@ async fn run<T: Target>(config: &Config) {
         }
     }
     T::close(&opened).await;
+}
+
+/// Checks that a plain side refuses a stale expected version, for a new
+/// aggregate and an existing one: a side that did not would be measured
+/// doing less than the framework.
+async fn check_conflicts<T: Target>(plain: &Plain<T>) {
+    let id = format!("probe-{}", plain.variant.name());
+    let events = [("Deposited", r#"{"amount": 1}"#.to_owned())];
+    for version in [0, 1] {
+        plain.append(&id, version, &events).await.expect("probe");
+        assert!(
+            plain.append(&id, version, &events).await.is_err(),
+            "the plain side {} took a stale version",
+            plain.variant.name()
+        );
+    }
 }
 
 fn ms(d: Option<Duration>) -> Option<f64> {

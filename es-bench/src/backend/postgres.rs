@@ -1,7 +1,10 @@
 //! PostgreSQL (`--backend postgres`, the default): `DATABASE_URL`, a fresh
-//! schema dropped at the end. The plain side checks and moves the head
-//! with one conditional `UPDATE` (which locks the head row until commit),
-//! and inserts the batch with `unnest` arrays.
+//! schema dropped at the end. Four plain sides ([`Variant`]): on the
+//! store's tables, and on minimal tables of their own (made in the same
+//! schema), checking the version with a conditional `UPDATE` of the head
+//! (which locks the head row until commit), with a conditional upsert of
+//! the head, or with no head at all (the unique (aggregate, version) key).
+//! Each inserts the batch with `unnest` arrays.
 
 use serde_json::value::RawValue;
 use sqlx::postgres::PgPoolOptions;
@@ -11,11 +14,13 @@ use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
 use super::{Conflict, NewEvent, Opened, Target, Variant};
 use es::store::{PersistedEvent, PostgresStore};
 
-/// The plain side's statements on PostgreSQL.
+/// One plain side's statements on PostgreSQL.
 pub(crate) struct Postgres {
+    variant: Variant,
     read_stream: String,
     bump_head: String,
     create_head: String,
+    upsert_head: String,
     insert_events: String,
     read_page: String,
     count: String,
@@ -26,6 +31,12 @@ impl Target for Postgres {
     type Store = PostgresStore;
     const NAME: &'static str = "postgres";
     const POSTGRES_FEATURES: bool = true;
+    const VARIANTS: &'static [Variant] = &[
+        Variant::StoreTables,
+        Variant::HeadLock,
+        Variant::Upsert,
+        Variant::NoHead,
+    ];
 
     async fn open(notify: bool) -> Result<Opened<Self>, String> {
         let url = std::env::var("DATABASE_URL")
@@ -68,11 +79,49 @@ impl Target for Postgres {
             .expect("drop schema");
     }
 
+    async fn create_plain_tables(store: &PostgresStore, pool: &PgPool, variant: Variant) {
+        let Some((events, heads)) = minimal_tables(store, variant) else {
+            return;
+        };
+        // Only what the plain code needs: a global position, the unique
+        // (aggregate, version) key, the event's fields; a head per aggregate.
+        sqlx::query(AssertSqlSafe(format!(
+            "CREATE TABLE {events} (\
+                 global_position bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
+                 bounded_context text NOT NULL, aggregate_type text NOT NULL, \
+                 aggregate_id text NOT NULL, aggregate_version bigint NOT NULL, \
+                 event_id uuid NOT NULL, event_type text NOT NULL, payload jsonb NOT NULL, \
+                 UNIQUE (bounded_context, aggregate_type, aggregate_id, aggregate_version))"
+        )))
+        .execute(pool)
+        .await
+        .expect("plain events table");
+        if variant != Variant::NoHead {
+            sqlx::query(AssertSqlSafe(format!(
+                "CREATE TABLE {heads} (\
+                     bounded_context text NOT NULL, aggregate_type text NOT NULL, \
+                     aggregate_id text NOT NULL, version bigint NOT NULL, \
+                     PRIMARY KEY (bounded_context, aggregate_type, aggregate_id))"
+            )))
+            .execute(pool)
+            .await
+            .expect("plain heads table");
+        }
+    }
+
     fn plain(store: &PostgresStore, variant: Variant) -> Self {
-        assert_eq!(variant, Variant::StoreTables);
-        let events = store.events_table();
-        let heads = store.heads_table();
+        let (events, heads, extra_columns, extra_values) = match minimal_tables(store, variant) {
+            None => (
+                store.events_table(),
+                store.heads_table(),
+                ", event_version, metadata",
+                ", 1, '{}'",
+            ),
+            Some((events, heads)) => (events, heads, "", ""),
+        };
+        let store_events = store.events_table();
         Postgres {
+            variant,
             read_stream: format!(
                 "SELECT aggregate_version, event_type, payload FROM {events} \
                  WHERE bounded_context = $1 AND aggregate_type = $2 AND aggregate_id = $3 \
@@ -87,10 +136,18 @@ impl Target for Postgres {
                 "INSERT INTO {heads} (bounded_context, aggregate_type, aggregate_id, version) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING"
             ),
+            // one statement for a new aggregate and an existing one: the
+            // head is inserted, or moved if it is still at $5
+            upsert_head: format!(
+                "INSERT INTO {heads} AS h (bounded_context, aggregate_type, aggregate_id, version) \
+                 VALUES ($1, $2, $3, $5 + $4) \
+                 ON CONFLICT (bounded_context, aggregate_type, aggregate_id) \
+                 DO UPDATE SET version = excluded.version WHERE h.version = $5"
+            ),
             insert_events: format!(
                 "INSERT INTO {events} (event_id, bounded_context, aggregate_type, aggregate_id, \
-                     aggregate_version, event_type, event_version, payload, metadata) \
-                 SELECT e.id, $1, $2, $3, $4 + e.ord, e.event_type, 1, e.payload, '{{}}' \
+                     aggregate_version, event_type, payload{extra_columns}) \
+                 SELECT e.id, $1, $2, $3, $4 + e.ord, e.event_type, e.payload{extra_values} \
                  FROM unnest($5::uuid[], $6::text[], $7::jsonb[]) WITH ORDINALITY \
                      AS e(id, event_type, payload, ord) \
                  ORDER BY e.ord \
@@ -100,9 +157,9 @@ impl Target for Postgres {
                 "SELECT global_position, aggregate_version, event_id, bounded_context, \
                      aggregate_type, aggregate_id, event_type, event_version, payload, metadata, \
                      created_at \
-                 FROM {events} WHERE global_position > $1 ORDER BY global_position LIMIT $2"
+                 FROM {store_events} WHERE global_position > $1 ORDER BY global_position LIMIT $2"
             ),
-            count: format!("SELECT count(*) FROM {events}"),
+            count: format!("SELECT count(*) FROM {store_events}"),
         }
     }
 
@@ -135,27 +192,27 @@ impl Target for Postgres {
         events: &[NewEvent<'_>],
     ) -> Result<Vec<i64>, Conflict> {
         let count = events.len() as i64;
-        let moved = if version == 0 {
-            sqlx::query(AssertSqlSafe(self.create_head.as_str()))
+        let head = match self.variant {
+            Variant::NoHead => None,
+            Variant::Upsert => Some(self.upsert_head.as_str()),
+            Variant::StoreTables | Variant::HeadLock if version == 0 => {
+                Some(self.create_head.as_str())
+            }
+            Variant::StoreTables | Variant::HeadLock => Some(self.bump_head.as_str()),
+        };
+        if let Some(head) = head {
+            let mut query = sqlx::query(AssertSqlSafe(head))
                 .bind("Billing")
                 .bind("Account")
                 .bind(id)
-                .bind(count)
-                .execute(&mut *conn)
-                .await
-        } else {
-            sqlx::query(AssertSqlSafe(self.bump_head.as_str()))
-                .bind("Billing")
-                .bind("Account")
-                .bind(id)
-                .bind(count)
-                .bind(version)
-                .execute(&mut *conn)
-                .await
-        }
-        .expect("head");
-        if moved.rows_affected() != 1 {
-            return Err(Conflict);
+                .bind(count);
+            if head != self.create_head {
+                query = query.bind(version);
+            }
+            let moved = query.execute(&mut *conn).await.expect("head");
+            if moved.rows_affected() != 1 {
+                return Err(Conflict);
+            }
         }
         let ids: Vec<uuid::Uuid> = events.iter().map(|_| uuid::Uuid::now_v7()).collect();
         let types: Vec<&str> = events.iter().map(|(t, _)| *t).collect();
@@ -172,9 +229,13 @@ impl Target for Postgres {
             .bind(&types)
             .bind(&payloads)
             .fetch_all(&mut *conn)
-            .await
-            .expect("insert");
-        Ok(rows.iter().map(|r| r.get::<i64, _>(0)).collect())
+            .await;
+        match rows {
+            Ok(rows) => Ok(rows.iter().map(|r| r.get::<i64, _>(0)).collect()),
+            // without a head, a lost race is the unique key's
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(Conflict),
+            Err(e) => panic!("insert: {e}"),
+        }
     }
 
     async fn read_page(
@@ -255,4 +316,20 @@ impl Target for Postgres {
         .await?;
         Ok(())
     }
+}
+
+/// The events and heads tables of a plain side on minimal tables, in the
+/// store's schema; `None` for the store's own.
+fn minimal_tables(store: &PostgresStore, variant: Variant) -> Option<(String, String)> {
+    let prefix = match variant {
+        Variant::StoreTables => return None,
+        Variant::HeadLock => "plain_lock",
+        Variant::Upsert => "plain_upsert",
+        Variant::NoHead => "plain_nohead",
+    };
+    let schema = store.schema().expect("a schema of its own");
+    Some((
+        format!("\"{schema}\".{prefix}_events"),
+        format!("\"{schema}\".{prefix}_heads"),
+    ))
 }
