@@ -5,7 +5,7 @@
 //! throughput and p50/p99 latency, and the ratio framework ÷ plain (above 1:
 //! the framework is faster). The write workloads (`append_c*`,
 //! `store_append_c*`, `batch_100`) have several plain sides where the
-//! backend has them (PostgreSQL: on the store's tables, and on minimal
+//! backend has them (PostgreSQL and SQLite: on the store's tables, and on minimal
 //! tables of their own with a locked head, a conditional upsert, or no
 //! head; see `backend::Variant`); their ratio is to the fastest plain side
 //! of the run, which the table and the JSON line name.
@@ -196,7 +196,7 @@ async fn run<T: Target>(config: &Config) {
     if T::VARIANTS.len() == 1 {
         eprintln!(
             "  one plain side, on the store's tables: the plain sides on minimal tables \
-             (head-lock, upsert, no-head) are PostgreSQL's only so far"
+             (head-lock, upsert, no-head) are not written for this backend yet"
         );
     }
     let mut plains = Vec::new();

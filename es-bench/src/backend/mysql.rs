@@ -88,7 +88,7 @@ impl Target for MySql {
         assert_eq!(
             variant,
             Variant::StoreTables,
-            "minimal tables: PostgreSQL only"
+            "minimal tables: not on MySQL yet"
         );
         let events = store.events_table();
         let heads = store.heads_table();

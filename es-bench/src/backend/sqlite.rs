@@ -5,6 +5,12 @@
 //! head it checks cannot move under it, as plain code on SQLite must (a
 //! deferred transaction that read first cannot wait for the lock: it fails
 //! with `SQLITE_BUSY`).
+//!
+//! Four plain sides ([`Variant`]), as on PostgreSQL: on the store's tables,
+//! and on minimal tables of their own in the same file, checking the
+//! version with a conditional `UPDATE` of the head, with a conditional
+//! upsert of the head, or with no head (the unique (aggregate, version)
+//! key). Each inserts the batch as a multi-row `VALUES`.
 
 use std::path::PathBuf;
 
@@ -15,11 +21,13 @@ use sqlx::{AssertSqlSafe, QueryBuilder, Row, SqliteConnection, SqlitePool};
 use super::{Conflict, NewEvent, Opened, Target, Variant};
 use es::store::{PersistedEvent, SqliteStore};
 
-/// The plain side's statements on SQLite.
+/// One plain side's statements on SQLite.
 pub(crate) struct Sqlite {
+    variant: Variant,
     read_stream: String,
     bump_head: String,
     create_head: String,
+    upsert_head: String,
     /// Followed by a row of values per event.
     insert_events: String,
     read_page: String,
@@ -39,6 +47,12 @@ impl Target for Sqlite {
     type Db = sqlx::Sqlite;
     type Store = SqliteStore;
     const NAME: &'static str = "sqlite";
+    const VARIANTS: &'static [Variant] = &[
+        Variant::StoreTables,
+        Variant::HeadLock,
+        Variant::Upsert,
+        Variant::NoHead,
+    ];
 
     async fn open(_notify: bool) -> Result<Opened<Self>, String> {
         let path = std::env::temp_dir().join(format!(
@@ -77,15 +91,45 @@ impl Target for Sqlite {
         }
     }
 
+    async fn create_plain_tables(_store: &SqliteStore, pool: &SqlitePool, variant: Variant) {
+        let Some((events, heads)) = minimal_tables(variant) else {
+            return;
+        };
+        // Only what the plain code needs: a global position (the rowid),
+        // the unique (aggregate, version) key, the event's fields; a head
+        // per aggregate.
+        sqlx::query(AssertSqlSafe(format!(
+            "CREATE TABLE {events} (\
+                 global_position INTEGER PRIMARY KEY, \
+                 bounded_context TEXT NOT NULL, aggregate_type TEXT NOT NULL, \
+                 aggregate_id TEXT NOT NULL, aggregate_version INTEGER NOT NULL, \
+                 event_id TEXT NOT NULL, event_type TEXT NOT NULL, payload TEXT NOT NULL, \
+                 UNIQUE (bounded_context, aggregate_type, aggregate_id, aggregate_version))"
+        )))
+        .execute(pool)
+        .await
+        .expect("plain events table");
+        if variant != Variant::NoHead {
+            sqlx::query(AssertSqlSafe(format!(
+                "CREATE TABLE {heads} (\
+                     bounded_context TEXT NOT NULL, aggregate_type TEXT NOT NULL, \
+                     aggregate_id TEXT NOT NULL, version INTEGER NOT NULL, \
+                     PRIMARY KEY (bounded_context, aggregate_type, aggregate_id))"
+            )))
+            .execute(pool)
+            .await
+            .expect("plain heads table");
+        }
+    }
+
     fn plain(store: &SqliteStore, variant: Variant) -> Self {
-        assert_eq!(
-            variant,
-            Variant::StoreTables,
-            "minimal tables: PostgreSQL only"
-        );
-        let events = store.events_table();
-        let heads = store.heads_table();
+        let (events, heads, extra_column) = match minimal_tables(variant) {
+            None => (store.events_table(), store.heads_table(), ", event_version"),
+            Some((events, heads)) => (events, heads, ""),
+        };
+        let store_events = store.events_table();
         Sqlite {
+            variant,
             read_stream: format!(
                 "SELECT aggregate_version, event_type, payload FROM {events} \
                  WHERE bounded_context = ?1 AND aggregate_type = ?2 AND aggregate_id = ?3 \
@@ -100,17 +144,25 @@ impl Target for Sqlite {
                 "INSERT INTO {heads} (bounded_context, aggregate_type, aggregate_id, version) \
                  VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING"
             ),
+            // one statement for a new aggregate and an existing one: the
+            // head is inserted, or moved if it is still at ?5
+            upsert_head: format!(
+                "INSERT INTO {heads} AS h (bounded_context, aggregate_type, aggregate_id, version) \
+                 VALUES (?1, ?2, ?3, ?5 + ?4) \
+                 ON CONFLICT (bounded_context, aggregate_type, aggregate_id) \
+                 DO UPDATE SET version = excluded.version WHERE h.version = ?5"
+            ),
             insert_events: format!(
                 "INSERT INTO {events} (event_id, bounded_context, aggregate_type, aggregate_id, \
-                     aggregate_version, event_type, event_version, payload) "
+                     aggregate_version, event_type, payload{extra_column}) "
             ),
             read_page: format!(
                 "SELECT global_position, aggregate_version, event_id, bounded_context, \
                      aggregate_type, aggregate_id, event_type, event_version, payload, metadata, \
                      created_at \
-                 FROM {events} WHERE global_position > ?1 ORDER BY global_position LIMIT ?2"
+                 FROM {store_events} WHERE global_position > ?1 ORDER BY global_position LIMIT ?2"
             ),
-            count: format!("SELECT count(*) FROM {events}"),
+            count: format!("SELECT count(*) FROM {store_events}"),
         }
     }
 
@@ -142,28 +194,29 @@ impl Target for Sqlite {
         events: &[NewEvent<'_>],
     ) -> Result<Vec<i64>, Conflict> {
         let count = events.len() as i64;
-        let moved = if version == 0 {
-            sqlx::query(AssertSqlSafe(self.create_head.as_str()))
+        let head = match self.variant {
+            Variant::NoHead => None,
+            Variant::Upsert => Some(self.upsert_head.as_str()),
+            Variant::StoreTables | Variant::HeadLock if version == 0 => {
+                Some(self.create_head.as_str())
+            }
+            Variant::StoreTables | Variant::HeadLock => Some(self.bump_head.as_str()),
+        };
+        if let Some(head) = head {
+            let mut query = sqlx::query(AssertSqlSafe(head))
                 .bind("Billing")
                 .bind("Account")
                 .bind(id)
-                .bind(count)
-                .execute(&mut *conn)
-                .await
-        } else {
-            sqlx::query(AssertSqlSafe(self.bump_head.as_str()))
-                .bind("Billing")
-                .bind("Account")
-                .bind(id)
-                .bind(count)
-                .bind(version)
-                .execute(&mut *conn)
-                .await
+                .bind(count);
+            if head != self.create_head {
+                query = query.bind(version);
+            }
+            let moved = query.execute(&mut *conn).await.expect("head");
+            if moved.rows_affected() != 1 {
+                return Err(Conflict);
+            }
         }
-        .expect("head");
-        if moved.rows_affected() != 1 {
-            return Err(Conflict);
-        }
+        let store_tables = self.variant == Variant::StoreTables;
         let mut insert = QueryBuilder::<sqlx::Sqlite>::new(&self.insert_events);
         insert.push_values(
             events.iter().zip(1..),
@@ -174,13 +227,19 @@ impl Target for Sqlite {
                     .push_bind(id)
                     .push_bind(version + n)
                     .push_bind(*event_type)
-                    .push_bind(1)
                     .push_bind(payload.as_str());
+                if store_tables {
+                    row.push_bind(1);
+                }
             },
         );
         insert.push(" RETURNING global_position");
-        let rows = insert.build().fetch_all(&mut *conn).await.expect("insert");
-        Ok(rows.iter().map(|r| r.get::<i64, _>(0)).collect())
+        match insert.build().fetch_all(&mut *conn).await {
+            Ok(rows) => Ok(rows.iter().map(|r| r.get::<i64, _>(0)).collect()),
+            // without a head, a lost race is the unique key's
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(Conflict),
+            Err(e) => panic!("insert: {e}"),
+        }
     }
 
     async fn read_page(
@@ -254,4 +313,16 @@ impl Target for Sqlite {
         insert.build().execute(&mut *conn).await?;
         Ok(())
     }
+}
+
+/// The events and heads tables of a plain side on minimal tables, in the
+/// benchmark's database file; `None` for the store's own.
+fn minimal_tables(variant: Variant) -> Option<(String, String)> {
+    let prefix = match variant {
+        Variant::StoreTables => return None,
+        Variant::HeadLock => "plain_lock",
+        Variant::Upsert => "plain_upsert",
+        Variant::NoHead => "plain_nohead",
+    };
+    Some((format!("{prefix}_events"), format!("{prefix}_heads")))
 }
