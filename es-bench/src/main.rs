@@ -5,7 +5,7 @@
 //! throughput and p50/p99 latency, and the ratio framework ÷ plain (above 1:
 //! the framework is faster). The write workloads (`append_c*`,
 //! `store_append_c*`, `batch_100`) have several plain sides where the
-//! backend has them (PostgreSQL and SQLite: on the store's tables, and on minimal
+//! backend has them (on every backend: on the store's tables, and on minimal
 //! tables of their own with a locked head, a conditional upsert, or no
 //! head; see `backend::Variant`); their ratio is to the fastest plain side
 //! of the run, which the table and the JSON line name.

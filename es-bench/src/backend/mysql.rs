@@ -11,6 +11,15 @@
 //! (`LAST_INSERT_ID(last + n)`, read back from the statement's result),
 //! then inserts the batch with a multi-row `VALUES`. Names are `VARBINARY`, ids
 //! `BINARY(16)`, payloads JSON text.
+//!
+//! Three more plain sides ([`Variant`]) on minimal tables of their own, in
+//! the same database, with the same column types, an `AUTO_INCREMENT`
+//! position and no counter: checking the version with a conditional
+//! `UPDATE` of the head, with an upsert of the head (`ON DUPLICATE KEY
+//! UPDATE version = IF(version = ?, VALUES(version), NULL)`: the `NULL`
+//! fails the `NOT NULL` column, the only way one statement can refuse a
+//! stale version, since the connection counts found rows, not changed
+//! ones), or with no head (the unique (aggregate, version) key).
 
 use serde_json::value::RawValue;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
@@ -19,12 +28,14 @@ use sqlx::{AssertSqlSafe, Connection as _, MySqlConnection, MySqlPool, QueryBuil
 use super::{Conflict, NewEvent, Opened, Target, Variant};
 use es::store::{MySqlStore, PersistedEvent};
 
-/// The plain side's statements on MySQL.
+/// One plain side's statements on MySQL.
 pub(crate) struct MySql {
+    variant: Variant,
     read_stream: String,
     draw_positions: String,
     bump_head: String,
     create_head: String,
+    upsert_head: String,
     /// Followed by a row of values per event.
     insert_events: String,
     read_page: String,
@@ -40,6 +51,12 @@ impl Target for MySql {
     type Db = sqlx::MySql;
     type Store = MySqlStore;
     const NAME: &'static str = "mysql";
+    const VARIANTS: &'static [Variant] = &[
+        Variant::StoreTables,
+        Variant::HeadLock,
+        Variant::Upsert,
+        Variant::NoHead,
+    ];
 
     async fn open(_notify: bool) -> Result<Opened<Self>, String> {
         let url = std::env::var("MYSQL_URL")
@@ -84,17 +101,57 @@ impl Target for MySql {
         opened.pool.close().await;
     }
 
+    async fn create_plain_tables(_store: &MySqlStore, pool: &MySqlPool, variant: Variant) {
+        let Some((events, heads)) = minimal_tables(variant) else {
+            return;
+        };
+        // Only what the plain code needs, in the store's column types: a
+        // global position, the unique (aggregate, version) key, the event's
+        // fields; a head per aggregate.
+        sqlx::query(AssertSqlSafe(format!(
+            "CREATE TABLE {events} (\
+                 global_position BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, \
+                 bounded_context VARBINARY(128) NOT NULL, \
+                 aggregate_type VARBINARY(128) NOT NULL, \
+                 aggregate_id VARBINARY(500) NOT NULL, aggregate_version BIGINT NOT NULL, \
+                 event_id BINARY(16) NOT NULL, event_type VARBINARY(255) NOT NULL, \
+                 payload LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
+                 UNIQUE KEY (bounded_context, aggregate_type, aggregate_id, aggregate_version)\
+             ) ENGINE = InnoDB"
+        )))
+        .execute(pool)
+        .await
+        .expect("plain events table");
+        if variant != Variant::NoHead {
+            sqlx::query(AssertSqlSafe(format!(
+                "CREATE TABLE {heads} (\
+                     bounded_context VARBINARY(128) NOT NULL, \
+                     aggregate_type VARBINARY(128) NOT NULL, \
+                     aggregate_id VARBINARY(500) NOT NULL, version BIGINT NOT NULL, \
+                     PRIMARY KEY (bounded_context, aggregate_type, aggregate_id)\
+                 ) ENGINE = InnoDB"
+            )))
+            .execute(pool)
+            .await
+            .expect("plain heads table");
+        }
+    }
+
     fn plain(store: &MySqlStore, variant: Variant) -> Self {
-        assert_eq!(
-            variant,
-            Variant::StoreTables,
-            "minimal tables: not on MySQL yet"
-        );
-        let events = store.events_table();
-        let heads = store.heads_table();
+        let store_events = store.events_table();
+        let (events, heads, position_column, extra_column) = match minimal_tables(variant) {
+            None => (
+                store.events_table(),
+                store.heads_table(),
+                "global_position, ",
+                ", event_version",
+            ),
+            Some((events, heads)) => (events, heads, "", ""),
+        };
         // the counter's name is derived from the events table's
-        let positions = format!("{}_position`", events.trim_end_matches('`'));
+        let positions = format!("{}_position`", store_events.trim_end_matches('`'));
         Self {
+            variant,
             read_stream: format!(
                 "SELECT aggregate_version, event_type, payload FROM {events} \
                  WHERE bounded_context = ? AND aggregate_type = ? AND aggregate_id = ? \
@@ -112,18 +169,26 @@ impl Target for MySql {
                 "INSERT INTO {heads} (bounded_context, aggregate_type, aggregate_id, version) \
                  VALUES (?, ?, ?, ?)"
             ),
+            // one statement for a new aggregate and an existing one: the
+            // head is inserted, or moved if it is at the expected version;
+            // else the NULL fails the NOT NULL column
+            upsert_head: format!(
+                "INSERT INTO {heads} (bounded_context, aggregate_type, aggregate_id, version) \
+                 VALUES (?, ?, ?, ?) \
+                 ON DUPLICATE KEY UPDATE version = IF(version = ?, VALUES(version), NULL)"
+            ),
             insert_events: format!(
-                "INSERT INTO {events} (global_position, event_id, bounded_context, \
-                     aggregate_type, aggregate_id, aggregate_version, event_type, event_version, \
-                     payload) "
+                "INSERT INTO {events} ({position_column}event_id, bounded_context, \
+                     aggregate_type, aggregate_id, aggregate_version, event_type, \
+                     payload{extra_column}) "
             ),
             read_page: format!(
                 "SELECT global_position, aggregate_version, event_id, bounded_context, \
                      aggregate_type, aggregate_id, event_type, event_version, payload, metadata, \
                      created_at \
-                 FROM {events} WHERE global_position > ? ORDER BY global_position LIMIT ?"
+                 FROM {store_events} WHERE global_position > ? ORDER BY global_position LIMIT ?"
             ),
-            count: format!("SELECT COUNT(*) FROM {events}"),
+            count: format!("SELECT COUNT(*) FROM {store_events}"),
         }
     }
 
@@ -155,7 +220,18 @@ impl Target for MySql {
         events: &[NewEvent<'_>],
     ) -> Result<Vec<i64>, Conflict> {
         let count = events.len() as i64;
-        let moved = if version == 0 {
+        let moved = if self.variant == Variant::NoHead {
+            Ok(Default::default())
+        } else if self.variant == Variant::Upsert {
+            sqlx::query(AssertSqlSafe(self.upsert_head.as_str()))
+                .bind("Billing")
+                .bind("Account")
+                .bind(id)
+                .bind(version + count)
+                .bind(version)
+                .execute(&mut *conn)
+                .await
+        } else if version == 0 {
             sqlx::query(AssertSqlSafe(self.create_head.as_str()))
                 .bind("Billing")
                 .bind("Account")
@@ -174,36 +250,64 @@ impl Target for MySql {
                 .await
         };
         match moved {
+            Ok(_) if self.variant == Variant::NoHead => {}
+            // the upsert counts 1 for an inserted head, 2 for a moved one
+            Ok(done) if self.variant == Variant::Upsert && done.rows_affected() >= 1 => {}
             Ok(done) if done.rows_affected() == 1 => {}
             Ok(_) => return Err(Conflict),
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Err(Conflict),
+            // the upsert's NULL: the head is not at the expected version
+            Err(sqlx::Error::Database(e))
+                if e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                    .is_some_and(|e| e.number() == 1048) =>
+            {
+                return Err(Conflict);
+            }
             Err(e) => panic!("head: {e}"),
         }
+        let store_tables = self.variant == Variant::StoreTables;
         // Positions after the head check, as the store does, so that the
-        // counter (held until commit) is held for the insert alone.
-        let drawn = sqlx::query(AssertSqlSafe(self.draw_positions.as_str()))
-            .bind(count)
-            .execute(&mut *conn)
-            .await
-            .expect("positions");
-        let base_position = drawn.last_insert_id() as i64 - count;
+        // counter (held until commit) is held for the insert alone. The
+        // minimal tables take theirs from AUTO_INCREMENT.
+        let base_position = if store_tables {
+            let drawn = sqlx::query(AssertSqlSafe(self.draw_positions.as_str()))
+                .bind(count)
+                .execute(&mut *conn)
+                .await
+                .expect("positions");
+            Some(drawn.last_insert_id() as i64 - count)
+        } else {
+            None
+        };
         let mut insert = QueryBuilder::<sqlx::MySql>::new(&self.insert_events);
         insert.push_values(
             events.iter().zip(1..),
             |mut row, ((event_type, payload), n)| {
-                row.push_bind(base_position + n)
-                    .push_bind(uuid::Uuid::now_v7())
+                if let Some(base) = base_position {
+                    row.push_bind(base + n);
+                }
+                row.push_bind(uuid::Uuid::now_v7())
                     .push_bind("Billing")
                     .push_bind("Account")
                     .push_bind(id)
                     .push_bind(version + n)
                     .push_bind(*event_type)
-                    .push_bind(1)
                     .push_bind(payload.as_str());
+                if store_tables {
+                    row.push_bind(1);
+                }
             },
         );
-        insert.build().execute(&mut *conn).await.expect("insert");
-        Ok((1..=count).map(|n| base_position + n).collect())
+        let inserted = match insert.build().execute(&mut *conn).await {
+            Ok(done) => done,
+            // without a head, a lost race is the unique key's
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Err(Conflict),
+            Err(e) => panic!("insert: {e}"),
+        };
+        // AUTO_INCREMENT reports the first of the statement's positions,
+        // consecutive for a multi-row VALUES
+        let base = base_position.unwrap_or(inserted.last_insert_id() as i64 - 1);
+        Ok((1..=count).map(|n| base + n).collect())
     }
 
     async fn read_page(
@@ -280,4 +384,16 @@ impl Target for MySql {
         insert.build().execute(&mut *conn).await?;
         Ok(())
     }
+}
+
+/// The events and heads tables of a plain side on minimal tables, in the
+/// benchmark's database; `None` for the store's own.
+fn minimal_tables(variant: Variant) -> Option<(String, String)> {
+    let prefix = match variant {
+        Variant::StoreTables => return None,
+        Variant::HeadLock => "plain_lock",
+        Variant::Upsert => "plain_upsert",
+        Variant::NoHead => "plain_nohead",
+    };
+    Some((format!("`{prefix}_events`"), format!("`{prefix}_heads`")))
 }
