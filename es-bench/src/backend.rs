@@ -89,7 +89,8 @@ pub(crate) trait Target: Sized + Send + Sync + 'static {
     /// (`with_durable_commits(false)`): PostgreSQL only.
     const POSTGRES_FEATURES: bool = false;
     /// The plain sides the write workloads run (`append_c*`,
-    /// `store_append_c*`, `batch_100`); the other workloads run the first.
+    /// `store_append_c*`, `batch_100`); the other workloads run the one on
+    /// the store's tables alone.
     const VARIANTS: &'static [Variant] = &[Variant::StoreTables];
 
     /// Connects and makes a fresh schema, database or file, migrated.
