@@ -231,3 +231,30 @@ async fn a_failed_snapshot_neither_fails_the_command_nor_aborts_the_transaction(
     drop(accounts);
     db.drop().await;
 }
+
+/// With the state cache, a command on a cached aggregate is one statement
+/// on PostgreSQL (the append), where it is two without (the fold, then the
+/// append).
+#[test]
+fn a_cached_aggregate_takes_one_statement_per_command() {
+    use support::round_trips::count_statements;
+    let (db, _) = count_statements(support::TestDb::with_pool_size(1));
+    for (cache, expected) in [(false, 2), (true, 1)] {
+        let id = format!("cached-{cache}");
+        let mut accounts = es::Repository::<Account, _>::new(db.store.clone(), db.pool.clone());
+        if cache {
+            accounts = accounts.with_state_cache(8);
+        }
+        let ((), _) = count_statements(async {
+            let open = AccountCommand::Open {
+                owner: "Alice".into(),
+            };
+            accounts.execute(&id, &open).await.unwrap();
+            accounts.execute(&id, &deposit(1)).await.unwrap();
+        });
+        let (executed, statements) = count_statements(accounts.execute(&id, &deposit(1)));
+        assert_eq!(executed.unwrap().state.balance, 2);
+        assert_eq!(statements.len(), expected, "{statements:#?}");
+    }
+    count_statements(db.drop());
+}

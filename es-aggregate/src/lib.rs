@@ -8,6 +8,7 @@
 //! aggregates without a database.
 
 mod aggregate;
+mod cache;
 pub mod projection;
 mod repository;
 mod retry;

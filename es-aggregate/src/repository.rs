@@ -13,6 +13,7 @@ use es_store::{
 use serde_json::value::RawValue;
 use tracing::Instrument;
 
+use crate::cache::StateCache;
 use crate::{Aggregate, RetryPolicy};
 
 /// An aggregate's state and the version it was folded up to.
@@ -165,6 +166,7 @@ pub struct Repository<A: Aggregate, S: es_store::Backend = es_store::DefaultStor
     retry: RetryPolicy,
     snapshots: Option<Snapshots<A>>,
     contended: Arc<Contended>,
+    cache: Option<Arc<StateCache<A>>>,
 }
 
 impl<A: Aggregate, S: es_store::Backend + Clone> Clone for Repository<A, S> {
@@ -175,6 +177,7 @@ impl<A: Aggregate, S: es_store::Backend + Clone> Clone for Repository<A, S> {
             retry: self.retry,
             snapshots: self.snapshots.clone(),
             contended: self.contended.clone(),
+            cache: self.cache.clone(),
         }
     }
 }
@@ -185,6 +188,7 @@ impl<A: Aggregate, S: es_store::Backend> fmt::Debug for Repository<A, S> {
             .field("aggregate", &std::any::type_name::<A>())
             .field("retry", &self.retry)
             .field("snapshot_every", &self.snapshots.as_ref().map(|s| s.every))
+            .field("state_cache", &self.cache.as_ref().map(|c| c.capacity()))
             .finish_non_exhaustive()
     }
 }
@@ -203,6 +207,7 @@ where
             retry: RetryPolicy::default(),
             snapshots: None,
             contended: Arc::default(),
+            cache: None,
         }
     }
 
@@ -234,6 +239,38 @@ where
             encode: |state| serde_json::value::to_raw_value(state),
             decode: |json| serde_json::from_str(json),
         });
+        self
+    }
+
+    /// Turns on a cache of the latest state of up to `capacity` aggregates
+    /// (the least recently used are forgotten first), shared by the
+    /// repository's clones. [`Repository::execute`] on a cached aggregate
+    /// skips the load: it handles the command on the cached state and
+    /// appends with `Exact(cached version)`, one round trip fewer.
+    ///
+    /// Correctness never depends on the cache. If another writer (another
+    /// process, or a repository without this cache) moved the aggregate,
+    /// the append is a conflict and the command runs the normal way, from
+    /// the cached state plus the events since. A command the cached state
+    /// rejects, or that produces no events, is decided again on the
+    /// current state before the answer is given, so a stale cache never
+    /// refuses a command the store would accept. (That first, cached
+    /// attempt is not counted in [`Executed::attempts`].) Commands through
+    /// [`Repository::execute_in`] neither use nor fill the cache.
+    /// `capacity` below 1 is taken as 1.
+    ///
+    /// ```no_run
+    /// # use es_aggregate::{Aggregate, Repository};
+    /// # fn demo<A: Aggregate + Clone>(pool: sqlx::PgPool) {
+    /// let repository = Repository::<A>::new(es_store::PostgresStore::new(), pool)
+    ///     .with_state_cache(10_000);
+    /// # }
+    /// ```
+    pub fn with_state_cache(mut self, capacity: usize) -> Self
+    where
+        A: Clone,
+    {
+        self.cache = Some(Arc::new(StateCache::new(capacity, A::clone)));
         self
     }
 
@@ -496,6 +533,36 @@ where
             // A conflict leaves the loaded state valid up to its version:
             // the next attempt only folds the events that came since.
             let mut loaded = None;
+            if let Some(cache) = &self.cache
+                && let Some(cached) = cache.get(id)
+            {
+                let mut unverified = Some(cached);
+                match self
+                    .decide_and_append(&mut conn, id, command, metadata, &mut unverified)
+                    .await
+                {
+                    Ok(executed) if !executed.events.is_empty() => {
+                        cache.put(id, executed.version, &executed.state);
+                        return Ok(executed);
+                    }
+                    // Decided on a state that may be stale (a conflict says
+                    // it was): decide again the normal way, from the cached
+                    // state and the events since.
+                    Ok(_)
+                    | Err(StoreAttempt::Other(RepositoryError::Rejected(_)))
+                    | Err(StoreAttempt::Store(StoreError::OptimisticConcurrency { .. })) => {
+                        loaded = cache.get(id);
+                    }
+                    Err(StoreAttempt::Store(error)) => {
+                        cache.evict(id);
+                        return Err(RepositoryError::from_store(error, 1));
+                    }
+                    Err(StoreAttempt::Other(error)) => {
+                        cache.evict(id);
+                        return Err(error);
+                    }
+                }
+            }
             let mut attempt = 1;
             let window = self.retry.contention_window();
             let lock = self.retry.lock_on_retry();
@@ -531,10 +598,21 @@ where
                         attempt += 1;
                     }
                     Err(StoreAttempt::Store(error)) => {
+                        if let Some(cache) = &self.cache {
+                            cache.evict(id);
+                        }
                         return Err(RepositoryError::from_store(error, attempt));
                     }
-                    Err(StoreAttempt::Other(error)) => return Err(error),
+                    Err(StoreAttempt::Other(error)) => {
+                        if let Some(cache) = &self.cache {
+                            cache.evict(id);
+                        }
+                        return Err(error);
+                    }
                     Ok(mut executed) => {
+                        if let Some(cache) = &self.cache {
+                            cache.put(id, executed.version, &executed.state);
+                        }
                         executed.attempts = attempt;
                         return Ok(executed);
                     }

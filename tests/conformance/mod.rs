@@ -95,6 +95,7 @@ macro_rules! repository_conformance_tests {
             repository::snapshot_is_the_state_loading_starts_from,
             repository::lock_in_holds_other_writers_off_until_the_transaction_ends,
             repository::an_undecodable_stored_event_is_a_typed_error,
+            repository::a_state_cache_never_decides_on_stale_state,
         );
     };
 }

@@ -854,3 +854,55 @@ pub async fn an_undecodable_stored_event_is_a_typed_error<F: Fixture>() {
     drop(accounts);
     db.finish().await;
 }
+
+pub async fn a_state_cache_never_decides_on_stale_state<F: Fixture>() {
+    let db = F::create().await;
+    let cached = repository(&db).with_state_cache(16);
+    let other = repository(&db);
+    cached.execute("a", &open("Alice")).await.unwrap();
+    let hit = cached.execute("a", &deposit(10)).await.unwrap();
+    assert_eq!((hit.version, hit.state.balance, hit.attempts), (2, 10, 1));
+
+    // Another writer moves the aggregate: the cache is stale. A command
+    // the stale state rejects is decided again on the current state.
+    other.execute("a", &deposit(100)).await.unwrap();
+    let withdrawn = cached
+        .execute("a", &AccountCommand::Withdraw { amount: 105 })
+        .await
+        .unwrap();
+    assert_eq!((withdrawn.version, withdrawn.state.balance), (4, 5));
+
+    // A command the stale state accepts conflicts, and runs again on the
+    // current state.
+    other.execute("a", &deposit(1)).await.unwrap();
+    let deposited = cached.execute("a", &deposit(1)).await.unwrap();
+    assert_eq!((deposited.version, deposited.state.balance), (6, 7));
+
+    // A rejection stands once confirmed, and writes nothing.
+    let refused = cached
+        .execute("a", &AccountCommand::Withdraw { amount: 8 })
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(RepositoryError::Rejected(AccountError::InsufficientFunds {
+                balance: 7,
+                asked: 8
+            }))
+        ),
+        "{refused:?}"
+    );
+    let loaded = other.load("a").await.unwrap();
+    assert_eq!((loaded.version, loaded.state.balance), (6, 7));
+
+    // Capacity 1: the least recently used aggregate is forgotten, and
+    // commands on it load as usual.
+    let small = repository(&db).with_state_cache(1);
+    for id in ["b", "c", "b"] {
+        small.execute(id, &open(id)).await.ok();
+        small.execute(id, &deposit(1)).await.unwrap();
+    }
+    assert_eq!(other.load("b").await.unwrap().state.balance, 2);
+    assert_eq!(other.load("c").await.unwrap().state.balance, 1);
+    db.finish().await;
+}
