@@ -10,7 +10,8 @@
 //! head; see `backend::Variant`); their ratio is to the fastest plain side
 //! of the run, which the table and the JSON line name.
 //!
-//! Workloads: `append_c1`, `append_c8`, `store_append_c1`,
+//! Workloads: `append_c1`, `append_c1_cached` (the repository's state
+//! cache on), `append_c8`, `store_append_c1`,
 //! `store_append_c8`, `batch_100`, `contended_c8`, `load_10k`,
 //! `catchup_1m` (all when none is named).
 //!
@@ -60,6 +61,7 @@ use stats::{Outcome, Stats, run_for};
 
 const ALL: &[&str] = &[
     "append_c1",
+    "append_c1_cached",
     "append_c8",
     "store_append_c1",
     "store_append_c8",
@@ -221,8 +223,9 @@ async fn run<T: Target>(config: &Config) {
     for workload in &config.workloads {
         eprintln!("running {workload} ...");
         let comparisons = match workload.as_str() {
-            "append_c1" => vec![bench.append(1).await],
-            "append_c8" => vec![bench.append(8).await],
+            "append_c1" => vec![bench.append(1, false).await],
+            "append_c1_cached" => vec![bench.append(1, true).await],
+            "append_c8" => vec![bench.append(8, false).await],
             "store_append_c1" => vec![bench.store_append(1, 1).await],
             "store_append_c8" => vec![bench.store_append(8, 1).await],
             "batch_100" => vec![bench.store_append(1, 100).await],
@@ -426,9 +429,13 @@ impl<T: Target> Bench<T> {
 
     /// A command (load, fold, handle, append one event) on distinct
     /// aggregates that already hold a few events.
-    async fn append(&self, concurrency: usize) -> Comparison {
+    async fn append(&self, concurrency: usize, cached: bool) -> Comparison {
         const AGGREGATES: usize = 1000;
-        let prefix = format!("append{concurrency}");
+        let workload = format!(
+            "append_c{concurrency}{}",
+            if cached { "_cached" } else { "" }
+        );
+        let prefix = workload.replace('_', "");
         let mut c = conn::<T>(&self.pool).await;
         for k in 0..AGGREGATES {
             let id = format!("{prefix}-fw-{k}");
@@ -453,10 +460,14 @@ impl<T: Target> Bench<T> {
                 plain.append(&id, 0, &events).await.expect("populate");
             }
         }
-        let repository = Arc::new(Repository::<Account, T::Store>::new(
-            self.store.clone(),
-            self.pool.clone(),
-        ));
+        let mut repository =
+            Repository::<Account, T::Store>::new(self.store.clone(), self.pool.clone());
+        if cached {
+            // The working set fits: after the first round every command
+            // finds its aggregate cached (the plain side reads it).
+            repository = repository.with_state_cache(AGGREGATES);
+        }
+        let repository = Arc::new(repository);
         let plains = self.plains.clone();
         let (p1, p2) = (prefix.clone(), prefix.clone());
         // Task t takes aggregates t, t + c, t + 2c, ...: no two tasks share one.
@@ -484,7 +495,7 @@ impl<T: Target> Bench<T> {
             )
             .await;
         Comparison {
-            workload: format!("append_c{concurrency}"),
+            workload,
             framework,
             plain: self.named(plain),
             unit: "commands",
