@@ -229,6 +229,26 @@ pub(crate) fn batch_json(
     serde_json::to_string(&rows).map_err(Error::Serialization)
 }
 
+/// A filter list as a JSON array (SQLite's `json_each`, MySQL's
+/// `JSON_CONTAINS`), or `None` (no restriction) when it is empty.
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+pub(crate) fn json_name_list(names: &[String]) -> Result<Option<String>> {
+    if names.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(names)
+        .map(Some)
+        .map_err(Error::Serialization)
+}
+
+/// A JSON array of the batch's ids, hyphenated (SQLite's `json_each`,
+/// MySQL's `JSON_TABLE`).
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+pub(crate) fn json_id_list(events: &[Event]) -> Result<String> {
+    let ids: Vec<uuid::fmt::Hyphenated> = events.iter().map(|e| e.event_id.hyphenated()).collect();
+    serde_json::to_string(&ids).map_err(Error::Serialization)
+}
+
 /// Whether two JSON texts hold the same value (key order and whitespace
 /// do not matter), as PostgreSQL's `jsonb` equality.
 pub(crate) fn same_json(a: &RawValue, b: &RawValue) -> Result<bool> {

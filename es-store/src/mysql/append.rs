@@ -139,31 +139,31 @@ async fn attempt(
                 .is_none()
         }
     };
-    let mut base_version = None;
-    if create {
-        let created = sqlx::query(AssertSqlSafe(statements.no_stream.clone()))
+    let created = create && {
+        let inserted = sqlx::query(AssertSqlSafe(statements.no_stream.clone()))
             .bind(aggregate.0)
             .bind(aggregate.1)
             .bind(aggregate.2)
             .bind(count)
             .execute(&mut *conn)
             .await;
-        match created {
-            Ok(_) => base_version = Some(0),
-            Err(error) if error_number(&error) == Some(DUPLICATE_KEY) => {
-                if expected != ExpectedVersion::Any {
-                    return Ok(Attempt::Refused);
-                }
-            }
+        match inserted {
+            Ok(_) => true,
+            Err(error) if error_number(&error) == Some(DUPLICATE_KEY) => false,
             Err(error) => return Err(error),
         }
+    };
+    // A head that exists already refuses `NoStream`; `Any` moves it.
+    if create && !created && expected != ExpectedVersion::Any {
+        return Ok(Attempt::Refused);
     }
-    let base_version = match base_version {
-        Some(version) => version,
-        None => match move_head(store, conn, expected, aggregate, count).await? {
-            Some(version) => version,
-            None => return Ok(Attempt::Refused),
-        },
+    let base_version = if created {
+        0
+    } else {
+        let Some(version) = move_head(store, conn, expected, aggregate, count).await? else {
+            return Ok(Attempt::Refused);
+        };
+        version
     };
     let base_position = draw(store, conn, count).await?;
     let inserted = insert(store, conn, events, base_version, base_position).await;

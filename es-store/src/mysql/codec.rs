@@ -8,12 +8,12 @@ use serde_json::value::RawValue;
 use sqlx::mysql::MySqlRow;
 use sqlx::{AssertSqlSafe, MySqlConnection, Row};
 use uuid::Uuid;
-use uuid::fmt::Hyphenated;
 
 use super::MySqlStore;
-use crate::{Error, Event, ProjectionStore, Result};
+use crate::{Error, ProjectionStore, Result};
 
 pub(super) use super::append::append;
+pub(super) use crate::core::{json_id_list as id_list, json_name_list as name_list};
 
 /// `ER_DUP_ENTRY`: a unique key refused a row.
 pub(super) const DUPLICATE_KEY: u16 = 1062;
@@ -44,23 +44,6 @@ pub(super) fn time(at: DateTime<Utc>) -> DateTime<Utc> {
 
 pub(super) fn json(raw: &RawValue) -> &str {
     raw.get()
-}
-
-/// A filter list as a JSON array for `JSON_CONTAINS`, or `None` (no
-/// restriction) when it is empty.
-pub(super) fn name_list(names: &[String]) -> Result<Option<String>> {
-    if names.is_empty() {
-        return Ok(None);
-    }
-    serde_json::to_string(names)
-        .map(Some)
-        .map_err(Error::Serialization)
-}
-
-/// A JSON array of the batch's ids, hyphenated, for `JSON_TABLE`.
-pub(super) fn id_list(events: &[Event]) -> Result<String> {
-    let ids: Vec<Hyphenated> = events.iter().map(|e| e.event_id.hyphenated()).collect();
-    serde_json::to_string(&ids).map_err(Error::Serialization)
 }
 
 pub(super) fn get_uuid(row: &MySqlRow, index: usize) -> Result<Uuid> {

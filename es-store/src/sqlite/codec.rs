@@ -10,9 +10,10 @@ use uuid::Uuid;
 use uuid::fmt::Hyphenated;
 
 use super::SqliteStore;
-use crate::{Error, Event, ProjectionStore, Result};
+use crate::{Error, ProjectionStore, Result};
 
 pub(super) use super::append::append;
+pub(super) use crate::core::{json_id_list as id_list, json_name_list as name_list};
 
 /// SQLite's primary result code for "the database is locked"; its extended
 /// codes (`SQLITE_BUSY_SNAPSHOT`, `SQLITE_BUSY_TIMEOUT`, ..) share the low
@@ -40,23 +41,6 @@ pub(super) fn time(at: DateTime<Utc>) -> String {
 
 pub(super) fn json(raw: &RawValue) -> &str {
     raw.get()
-}
-
-/// A filter list as a JSON array for `json_each`, or `None` (no
-/// restriction) when it is empty.
-pub(super) fn name_list(names: &[String]) -> Result<Option<String>> {
-    if names.is_empty() {
-        return Ok(None);
-    }
-    serde_json::to_string(names)
-        .map(Some)
-        .map_err(Error::Serialization)
-}
-
-/// A JSON array of the batch's ids, for `json_each`.
-pub(super) fn id_list(events: &[Event]) -> Result<String> {
-    let ids: Vec<Hyphenated> = events.iter().map(|e| e.event_id.hyphenated()).collect();
-    serde_json::to_string(&ids).map_err(Error::Serialization)
 }
 
 pub(super) fn get_uuid(row: &SqliteRow, index: usize) -> Result<Uuid> {
