@@ -61,6 +61,38 @@ pub trait Fixture: Sized + Send + Sync + 'static {
     fn handled(&self) -> impl Future<Output = Vec<Handled>> + Send;
 }
 
+/// The second store's table names (see [`Fixture::second_store`]), on
+/// any backend's builder.
+pub fn other_tables<D: es::store::Dialect>(
+    builder: es::store::StoreBuilder<D>,
+) -> es::store::StoreBuilder<D> {
+    builder
+        .events_table("other_events")
+        .heads_table("other_heads")
+        .checkpoints_table("other_checkpoints")
+        .snapshots_table("other_snapshots")
+        .failures_table("other_failures")
+}
+
+/// The read model's rows in handling order, as [`Handled`]s.
+pub const HANDLED_ROWS: &str = "SELECT event_id, global_position, aggregate_id, \
+    aggregate_version, worker FROM handled ORDER BY seq";
+
+/// Rows selected with [`HANDLED_ROWS`], the event id decoded by the caller.
+pub fn handled_rows(rows: Vec<(uuid::Uuid, i64, String, i64, String)>) -> Vec<Handled> {
+    rows.into_iter()
+        .map(
+            |(event_id, global_position, aggregate_id, aggregate_version, worker)| Handled {
+                event_id,
+                global_position,
+                aggregate_id,
+                aggregate_version,
+                worker,
+            },
+        )
+        .collect()
+}
+
 /// One row of the test read model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Handled {
@@ -98,13 +130,7 @@ impl Fixture for super::TestDb {
         super::TestDb::another_pool(self, 8).await
     }
     async fn second_store(&self) -> Self::Store {
-        let other = es::store::PostgresStore::builder()
-            .schema(&self.schema)
-            .events_table("other_events")
-            .heads_table("other_heads")
-            .checkpoints_table("other_checkpoints")
-            .snapshots_table("other_snapshots")
-            .failures_table("other_failures")
+        let other = other_tables(es::store::PostgresStore::builder().schema(&self.schema))
             .build()
             .unwrap();
         other.migrate(&self.pool).await.unwrap();
@@ -148,23 +174,10 @@ impl Fixture for super::TestDb {
             .map(drop)
     }
     async fn handled(&self) -> Vec<Handled> {
-        let rows: Vec<(uuid::Uuid, i64, String, i64, String)> = sqlx::query_as(
-            "SELECT event_id, global_position, aggregate_id, aggregate_version, worker \
-             FROM handled ORDER BY seq",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .unwrap();
-        rows.into_iter()
-            .map(
-                |(event_id, global_position, aggregate_id, aggregate_version, worker)| Handled {
-                    event_id,
-                    global_position,
-                    aggregate_id,
-                    aggregate_version,
-                    worker,
-                },
-            )
-            .collect()
+        let rows: Vec<(uuid::Uuid, i64, String, i64, String)> = sqlx::query_as(HANDLED_ROWS)
+            .fetch_all(&self.pool)
+            .await
+            .unwrap();
+        handled_rows(rows)
     }
 }

@@ -7,7 +7,7 @@ use es::store::MySqlStore;
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions};
 use sqlx::{Connection, MySql};
 
-use super::fixture::{Fixture, Handled};
+use super::fixture::{Fixture, HANDLED_ROWS, Handled, handled_rows, other_tables};
 use super::server::{self, Backend};
 
 /// A database of its own for one test.
@@ -162,14 +162,7 @@ impl Fixture for MySqlDb {
         self.drop().await
     }
     async fn second_store(&self) -> Self::Store {
-        let other = MySqlStore::builder()
-            .events_table("other_events")
-            .heads_table("other_heads")
-            .checkpoints_table("other_checkpoints")
-            .snapshots_table("other_snapshots")
-            .failures_table("other_failures")
-            .build()
-            .unwrap();
+        let other = other_tables(MySqlStore::builder()).build().unwrap();
         other.migrate(&self.pool).await.unwrap();
         other.migrate(&self.pool).await.unwrap();
         self.store.migrate(&self.pool).await.unwrap();
@@ -214,23 +207,10 @@ impl Fixture for MySqlDb {
             .map(drop)
     }
     async fn handled(&self) -> Vec<Handled> {
-        let rows: Vec<(uuid::Uuid, i64, String, i64, String)> = sqlx::query_as(
-            "SELECT event_id, global_position, aggregate_id, aggregate_version, worker \
-             FROM handled ORDER BY seq",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .unwrap();
-        rows.into_iter()
-            .map(
-                |(event_id, global_position, aggregate_id, aggregate_version, worker)| Handled {
-                    event_id,
-                    global_position,
-                    aggregate_id,
-                    aggregate_version,
-                    worker,
-                },
-            )
-            .collect()
+        let rows: Vec<(uuid::Uuid, i64, String, i64, String)> = sqlx::query_as(HANDLED_ROWS)
+            .fetch_all(&self.pool)
+            .await
+            .unwrap();
+        handled_rows(rows)
     }
 }

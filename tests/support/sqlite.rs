@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use es::store::SqliteStore;
 use sqlx::sqlite::{SqliteConnection, SqlitePool, SqlitePoolOptions};
 
-use super::fixture::{Fixture, Handled};
+use super::fixture::{Fixture, HANDLED_ROWS, Handled, handled_rows, other_tables};
 
 /// A database file of its own for one test.
 pub struct SqliteDb {
@@ -137,14 +137,7 @@ impl Fixture for SqliteDb {
         self.drop().await
     }
     async fn second_store(&self) -> Self::Store {
-        let other = SqliteStore::builder()
-            .events_table("other_events")
-            .heads_table("other_heads")
-            .checkpoints_table("other_checkpoints")
-            .snapshots_table("other_snapshots")
-            .failures_table("other_failures")
-            .build()
-            .unwrap();
+        let other = other_tables(SqliteStore::builder()).build().unwrap();
         other.migrate(&self.pool).await.unwrap();
         other.migrate(&self.pool).await.unwrap();
         self.store.migrate(&self.pool).await.unwrap();
@@ -190,23 +183,15 @@ impl Fixture for SqliteDb {
             .map(drop)
     }
     async fn handled(&self) -> Vec<Handled> {
-        let rows: Vec<(uuid::fmt::Hyphenated, i64, String, i64, String)> = sqlx::query_as(
-            "SELECT event_id, global_position, aggregate_id, aggregate_version, worker \
-             FROM handled ORDER BY seq",
+        let rows: Vec<(uuid::fmt::Hyphenated, i64, String, i64, String)> =
+            sqlx::query_as(HANDLED_ROWS)
+                .fetch_all(&self.pool)
+                .await
+                .unwrap();
+        handled_rows(
+            rows.into_iter()
+                .map(|(id, p, a, v, w)| (id.into_uuid(), p, a, v, w))
+                .collect(),
         )
-        .fetch_all(&self.pool)
-        .await
-        .unwrap();
-        rows.into_iter()
-            .map(
-                |(event_id, global_position, aggregate_id, aggregate_version, worker)| Handled {
-                    event_id: event_id.into_uuid(),
-                    global_position,
-                    aggregate_id,
-                    aggregate_version,
-                    worker,
-                },
-            )
-            .collect()
     }
 }
