@@ -52,6 +52,30 @@ impl Variant {
             Variant::NoHead => "no-head",
         }
     }
+
+    /// The head statement an append at `version` runs, if the variant
+    /// keeps heads.
+    pub(crate) fn head(self, version: i64) -> Option<Head> {
+        match self {
+            Variant::NoHead => None,
+            Variant::Upsert => Some(Head::Upsert),
+            Variant::StoreTables | Variant::HeadLock if version == 0 => Some(Head::Create),
+            Variant::StoreTables | Variant::HeadLock => Some(Head::Bump),
+        }
+    }
+}
+
+/// A plain side's head statements: (bounded context, aggregate type,
+/// aggregate id, number of events), then the expected version for all but
+/// [`Head::Create`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Head {
+    /// Inserts a new head.
+    Create,
+    /// Moves an existing head from the expected version.
+    Bump,
+    /// Creates, or moves from the expected version, in one statement.
+    Upsert,
 }
 
 /// The plain side lost an optimistic-concurrency check.

@@ -25,7 +25,7 @@ use serde_json::value::RawValue;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::{AssertSqlSafe, Connection as _, MySqlConnection, MySqlPool, QueryBuilder, Row};
 
-use super::{Conflict, NewEvent, Opened, Target, Variant};
+use super::{Conflict, Head, NewEvent, Opened, Target, Variant};
 use es::store::{MySqlStore, PersistedEvent};
 
 /// One plain side's statements on MySQL.
@@ -220,34 +220,37 @@ impl Target for MySql {
         events: &[NewEvent<'_>],
     ) -> Result<Vec<i64>, Conflict> {
         let count = events.len() as i64;
-        let moved = if self.variant == Variant::NoHead {
-            Ok(Default::default())
-        } else if self.variant == Variant::Upsert {
-            sqlx::query(AssertSqlSafe(self.upsert_head.as_str()))
-                .bind("Billing")
-                .bind("Account")
-                .bind(id)
-                .bind(version + count)
-                .bind(version)
-                .execute(&mut *conn)
-                .await
-        } else if version == 0 {
-            sqlx::query(AssertSqlSafe(self.create_head.as_str()))
-                .bind("Billing")
-                .bind("Account")
-                .bind(id)
-                .bind(count)
-                .execute(&mut *conn)
-                .await
-        } else {
-            sqlx::query(AssertSqlSafe(self.bump_head.as_str()))
-                .bind(count)
-                .bind("Billing")
-                .bind("Account")
-                .bind(id)
-                .bind(version)
-                .execute(&mut *conn)
-                .await
+        let moved = match self.variant.head(version) {
+            None => Ok(Default::default()),
+            Some(Head::Upsert) => {
+                sqlx::query(AssertSqlSafe(self.upsert_head.as_str()))
+                    .bind("Billing")
+                    .bind("Account")
+                    .bind(id)
+                    .bind(version + count)
+                    .bind(version)
+                    .execute(&mut *conn)
+                    .await
+            }
+            Some(Head::Create) => {
+                sqlx::query(AssertSqlSafe(self.create_head.as_str()))
+                    .bind("Billing")
+                    .bind("Account")
+                    .bind(id)
+                    .bind(count)
+                    .execute(&mut *conn)
+                    .await
+            }
+            Some(Head::Bump) => {
+                sqlx::query(AssertSqlSafe(self.bump_head.as_str()))
+                    .bind(count)
+                    .bind("Billing")
+                    .bind("Account")
+                    .bind(id)
+                    .bind(version)
+                    .execute(&mut *conn)
+                    .await
+            }
         };
         match moved {
             Ok(_) if self.variant == Variant::NoHead => {}

@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 use sqlx::sqlite::SqlitePoolOptions;
 use sqlx::{AssertSqlSafe, QueryBuilder, Row, SqliteConnection, SqlitePool};
 
-use super::{Conflict, NewEvent, Opened, Target, Variant};
+use super::{Conflict, Head, NewEvent, Opened, Target, Variant};
 use es::store::{PersistedEvent, SqliteStore};
 
 /// One plain side's statements on SQLite.
@@ -194,21 +194,18 @@ impl Target for Sqlite {
         events: &[NewEvent<'_>],
     ) -> Result<Vec<i64>, Conflict> {
         let count = events.len() as i64;
-        let head = match self.variant {
-            Variant::NoHead => None,
-            Variant::Upsert => Some(self.upsert_head.as_str()),
-            Variant::StoreTables | Variant::HeadLock if version == 0 => {
-                Some(self.create_head.as_str())
-            }
-            Variant::StoreTables | Variant::HeadLock => Some(self.bump_head.as_str()),
-        };
-        if let Some(head) = head {
-            let mut query = sqlx::query(AssertSqlSafe(head))
+        if let Some(head) = self.variant.head(version) {
+            let sql = match head {
+                Head::Create => &self.create_head,
+                Head::Bump => &self.bump_head,
+                Head::Upsert => &self.upsert_head,
+            };
+            let mut query = sqlx::query(AssertSqlSafe(sql.as_str()))
                 .bind("Billing")
                 .bind("Account")
                 .bind(id)
                 .bind(count);
-            if head != self.create_head {
+            if head != Head::Create {
                 query = query.bind(version);
             }
             let moved = query.execute(&mut *conn).await.expect("head");
