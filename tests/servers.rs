@@ -43,83 +43,62 @@ fn recoveries(server: &TestServer, line: &str) -> usize {
     server.log().matches(line).count()
 }
 
-async fn pg_count(url: &str) -> i64 {
-    let mut conn = PgConnection::connect(url).await.expect("reconnect");
-    let n = sqlx::query_scalar("SELECT count(*) FROM kept WHERE x = 42")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    conn.close().await.ok();
-    n
+/// Stamps out, for one backend, the test that a private server keeps
+/// committed rows across an immediate stop, a kill and a fast stop, and
+/// leaves nothing behind when dropped.
+macro_rules! keeps_committed_rows_across_a_crash {
+    ($name:ident, $server:expr, $conn:ty, $create:expr, $recovery:expr) => {
+        #[tokio::test]
+        async fn $name() {
+            async fn count(url: &str) -> i64 {
+                let mut conn = <$conn>::connect(url).await.expect("reconnect");
+                let n = sqlx::query_scalar("SELECT count(*) FROM kept WHERE x = 42")
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+                conn.close().await.ok();
+                n
+            }
+            let mut server = $server;
+            let url = server.url();
+            let mut conn = <$conn>::connect(&url).await.expect("connect");
+            sqlx::raw_sql($create).execute(&mut conn).await.unwrap();
+
+            server.stop_immediate();
+            // The old connection is gone with the server.
+            assert!(sqlx::query("SELECT 1").execute(&mut conn).await.is_err());
+            server.start();
+            assert_eq!(recoveries(&server, $recovery), 1, "{}", server.log());
+            assert_eq!(count(&url).await, 1);
+
+            server.kill();
+            server.start();
+            assert_eq!(recoveries(&server, $recovery), 2, "{}", server.log());
+            assert_eq!(count(&url).await, 1);
+
+            server.stop_fast();
+            server.start();
+            assert_eq!(count(&url).await, 1);
+
+            let dir = server.dir().to_owned();
+            drop(server);
+            assert!(!dir.exists(), "{} is removed on drop", dir.display());
+        }
+    };
 }
 
-#[tokio::test]
-async fn a_private_postgres_server_keeps_committed_rows_across_a_crash() {
-    let mut server = TestServer::postgres();
-    let url = server.url();
-    let mut conn = PgConnection::connect(&url).await.expect("connect");
-    sqlx::raw_sql("CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+keeps_committed_rows_across_a_crash!(
+    a_private_postgres_server_keeps_committed_rows_across_a_crash,
+    TestServer::postgres(),
+    PgConnection,
+    "CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)",
+    PG_RECOVERY
+);
 
-    server.stop_immediate();
-    // The old connection is gone with the server.
-    assert!(sqlx::query("SELECT 1").execute(&mut conn).await.is_err());
-    server.start();
-    assert_eq!(recoveries(&server, PG_RECOVERY), 1, "{}", server.log());
-    assert_eq!(pg_count(&url).await, 1);
-
-    server.kill();
-    server.start();
-    assert_eq!(recoveries(&server, PG_RECOVERY), 2, "{}", server.log());
-    assert_eq!(pg_count(&url).await, 1);
-
-    server.stop_fast();
-    server.start();
-    assert_eq!(pg_count(&url).await, 1);
-
-    let dir = server.dir().to_owned();
-    drop(server);
-    assert!(!dir.exists(), "{} is removed on drop", dir.display());
-}
-
-async fn mysql_count(url: &str) -> i64 {
-    let mut conn = MySqlConnection::connect(url).await.expect("reconnect");
-    let n = sqlx::query_scalar("SELECT count(*) FROM kept WHERE x = 42")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    conn.close().await.ok();
-    n
-}
-
-#[tokio::test]
-async fn a_private_mysql_server_keeps_committed_rows_across_a_crash() {
-    let mut server = TestServer::mysql();
-    let url = server.url();
-    let mut conn = MySqlConnection::connect(&url).await.expect("connect");
-    sqlx::raw_sql("CREATE TABLE kept (x int) ENGINE = InnoDB; INSERT INTO kept VALUES (42)")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-
-    server.stop_immediate();
-    assert!(sqlx::query("SELECT 1").execute(&mut conn).await.is_err());
-    server.start();
-    assert_eq!(recoveries(&server, INNODB_RECOVERY), 1, "{}", server.log());
-    assert_eq!(mysql_count(&url).await, 1);
-
-    server.kill();
-    server.start();
-    assert_eq!(recoveries(&server, INNODB_RECOVERY), 2, "{}", server.log());
-    assert_eq!(mysql_count(&url).await, 1);
-
-    server.stop_fast();
-    server.start();
-    assert_eq!(mysql_count(&url).await, 1);
-
-    let dir = server.dir().to_owned();
-    drop(server);
-    assert!(!dir.exists(), "{} is removed on drop", dir.display());
-}
+keeps_committed_rows_across_a_crash!(
+    a_private_mysql_server_keeps_committed_rows_across_a_crash,
+    TestServer::mysql(),
+    MySqlConnection,
+    "CREATE TABLE kept (x int) ENGINE = InnoDB; INSERT INTO kept VALUES (42)",
+    INNODB_RECOVERY
+);
