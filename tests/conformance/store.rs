@@ -284,9 +284,58 @@ pub async fn optional_columns_round_trip_per_event<F: Fixture>() {
         plain(4),
     ];
     let none = vec![plain(5), plain(6)];
-    let sent: Vec<Event> = mixed.iter().chain(&none).cloned().collect();
+    // batches of one event (PostgreSQL sends them without arrays), with
+    // every optional column and with none, under each expected version
+    let full = plain(7)
+        .with_metadata(&json!({"user": "bob"}))
+        .unwrap()
+        .with_correlation_id(uuid::Uuid::now_v7())
+        .with_causation_id(uuid::Uuid::now_v7())
+        .with_trace_id("trace-7");
+    let (single_exact, single_any) = (full.clone(), plain(8));
+    let sent: Vec<Event> = mixed
+        .iter()
+        .chain(&none)
+        .chain([&single_exact, &single_any])
+        .cloned()
+        .collect();
     append(&db, ExpectedVersion::NoStream, mixed).await.unwrap();
     append(&db, ExpectedVersion::Exact(5), none).await.unwrap();
+    let stored = append(&db, ExpectedVersion::Exact(7), vec![single_exact])
+        .await
+        .unwrap();
+    assert_eq!((stored.from_version(), stored.to_version()), (8, 8));
+    let stored = append(&db, ExpectedVersion::Any, vec![single_any])
+        .await
+        .unwrap();
+    assert_eq!(stored.to_version(), 9);
+    let mut alone = full.clone();
+    alone.aggregate_id = "alone".into();
+    alone.event_id = uuid::Uuid::now_v7();
+    append(&db, ExpectedVersion::NoStream, vec![alone.clone()])
+        .await
+        .unwrap();
+    let read_alone = stream(&db, "alone").await;
+    assert_eq!(read_alone.len(), 1);
+    let got = &read_alone.events[0];
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(got.metadata.get()).unwrap(),
+        json!({"user": "bob"})
+    );
+    assert_eq!(
+        (
+            got.event_id,
+            got.correlation_id,
+            got.causation_id,
+            got.trace_id.as_deref()
+        ),
+        (
+            alone.event_id,
+            alone.correlation_id,
+            alone.causation_id,
+            Some("trace-7")
+        )
+    );
     let read = stream(&db, "mixed").await;
     assert_eq!(read.len(), sent.len());
     for (read, sent) in read.events.iter().zip(&sent) {

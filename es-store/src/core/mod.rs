@@ -118,6 +118,10 @@ pub(crate) struct AppendStatements {
     /// (MySQL).
     #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
     pub(crate) positions: Option<Arc<str>>,
+    /// The append of a batch of one event, where it has a statement of its
+    /// own (PostgreSQL): for `NoStream`, `Any`, `Exact`.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) single_event: Option<[Arc<str>; 3]>,
 }
 
 impl AppendStatements {
@@ -126,6 +130,20 @@ impl AppendStatements {
             crate::ExpectedVersion::NoStream => &self.no_stream,
             crate::ExpectedVersion::Any => &self.any,
             crate::ExpectedVersion::Exact(_) => &self.exact,
+        }
+    }
+
+    /// The statement that appends a batch of `events` events under
+    /// `expected`.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn for_batch(&self, expected: crate::ExpectedVersion, events: usize) -> &Arc<str> {
+        match (&self.single_event, events) {
+            (Some([no_stream, any, exact]), 1) => match expected {
+                crate::ExpectedVersion::NoStream => no_stream,
+                crate::ExpectedVersion::Any => any,
+                crate::ExpectedVersion::Exact(_) => exact,
+            },
+            _ => self.for_expected(expected),
         }
     }
 }

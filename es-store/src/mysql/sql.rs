@@ -240,6 +240,7 @@ pub(crate) fn statements(n: &Names) -> Statements {
                 format!("UPDATE {positions} SET last = LAST_INSERT_ID(last + ?) WHERE id = 1")
                     .into(),
             ),
+            single_event: None,
         },
         // (the batch's event ids as a JSON array of hyphenated ids).
         stored_ids: format!(

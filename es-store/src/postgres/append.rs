@@ -66,27 +66,43 @@ pub(crate) async fn append(
 ) -> Result<AppendResult> {
     let rows = {
         let first = &events[0];
-        let columns = Columns::new(&events);
-        let sql = store.sql().append.for_expected(expected);
-        let mut query = sqlx::query(AssertSqlSafe(sql.clone()))
+        let sql = store.sql().append.for_batch(expected, events.len());
+        let query = sqlx::query(AssertSqlSafe(sql.clone()))
             .bind(first.bounded_context.as_str())
             .bind(first.aggregate_type.as_str())
             .bind(first.aggregate_id.as_str())
-            .bind(events.len() as i64)
-            .bind(&columns.ids)
-            .bind(&columns.types)
-            .bind(&columns.versions)
-            .bind(&columns.payloads)
-            .bind(&columns.metadata)
-            .bind(&columns.correlation_ids)
-            .bind(&columns.causation_ids)
-            .bind(&columns.trace_ids)
-            .bind(&columns.created_at)
-            .bind(crate::stream_hash(
-                &first.bounded_context,
-                &first.aggregate_type,
-                &first.aggregate_id,
-            ));
+            .bind(events.len() as i64);
+        let columns;
+        let query = if let [event] = &events[..] {
+            // the statement of a batch of one (see `sql::Batch::One`)
+            query
+                .bind(event.event_id)
+                .bind(event.event_type.as_str())
+                .bind(event.event_version)
+                .bind(Json(&*event.payload))
+                .bind((event.metadata.get() != "{}").then_some(Json(&*event.metadata)))
+                .bind(event.correlation_id)
+                .bind(event.causation_id)
+                .bind(event.trace_id.as_deref())
+                .bind(event.created_at)
+        } else {
+            columns = Columns::new(&events);
+            query
+                .bind(&columns.ids)
+                .bind(&columns.types)
+                .bind(&columns.versions)
+                .bind(&columns.payloads)
+                .bind(&columns.metadata)
+                .bind(&columns.correlation_ids)
+                .bind(&columns.causation_ids)
+                .bind(&columns.trace_ids)
+                .bind(&columns.created_at)
+        };
+        let mut query = query.bind(crate::stream_hash(
+            &first.bounded_context,
+            &first.aggregate_type,
+            &first.aggregate_id,
+        ));
         if let ExpectedVersion::Exact(version) = expected {
             query = query.bind(version);
         }

@@ -163,6 +163,7 @@ pub(crate) fn statements(n: &Names) -> Statements {
             .into()),
             lock: None,
             positions: None,
+            single_event: None,
             },
             // ?1 the batch's event ids as a JSON array; the first column is
             // the index in the batch.
