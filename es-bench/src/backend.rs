@@ -172,7 +172,7 @@ pub(crate) trait Target: Sized + Send + Sync + 'static {
     /// Rows in the events table.
     fn count_events(&self, pool: &Pool<Self>) -> impl Future<Output = i64> + Send;
 
-    /// Creates the catch-up's read model, a table of (position, aggregate
+    /// Creates the catch-up's read model unless it exists, a table of (position, aggregate
     /// id, event type); returns its name.
     fn create_read_model(
         store: &Self::Store,

@@ -13,7 +13,7 @@
 //! Workloads: `append_c1`, `append_c1_cached` (the repository's state
 //! cache on), `append_c8`, `store_append_c1`,
 //! `store_append_c8`, `batch_100`, `contended_c8`, `load_10k`,
-//! `catchup_1m` (all when none is named).
+//! `catchup_1m`, `growth` (all when none is named).
 //!
 //! Options:
 //! - `--backend postgres|sqlite|mysql`: where both sides run (default
@@ -24,6 +24,9 @@
 //!   2 with `--quick`);
 //! - `--catchup-events N`: events for `catchup_1m` (default 1,000,000,
 //!   50,000 with `--quick`);
+//! - `--growth-events N`: events the store holds when `growth` measures
+//!   again (default 10,000,000, 1,000,000 with `--quick`; see
+//!   `growth.rs`);
 //! - `--json`: one JSON object per workload on stdout (the table goes to
 //!   stderr);
 //! - `--no-notify`: the store sends no LISTEN/NOTIFY notification on
@@ -44,6 +47,7 @@ mod backend;
 #[path = "../../examples/bank/domain.rs"]
 #[allow(dead_code)]
 mod domain;
+mod growth;
 mod plain;
 mod stats;
 
@@ -69,6 +73,7 @@ const ALL: &[&str] = &[
     "contended_c8",
     "load_10k",
     "catchup_1m",
+    "growth",
 ];
 
 /// Events per batch of the catch-up, and per page of the plain read.
@@ -81,6 +86,7 @@ struct Config {
     workloads: Vec<String>,
     seconds: f64,
     catchup_events: u64,
+    growth_events: u64,
     json: bool,
     notify: bool,
 }
@@ -91,11 +97,12 @@ fn parse_args() -> Result<Config, String> {
         workloads: Vec::new(),
         seconds: 10.0,
         catchup_events: 1_000_000,
+        growth_events: 10_000_000,
         json: false,
         notify: true,
     };
     let mut quick = false;
-    let (mut seconds, mut catchup) = (None, None);
+    let (mut seconds, mut catchup, mut growth) = (None, None, None);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut number = |name: &str| -> Result<f64, String> {
@@ -113,9 +120,10 @@ fn parse_args() -> Result<Config, String> {
             },
             "--seconds" => seconds = Some(number("--seconds")?),
             "--catchup-events" => catchup = Some(number("--catchup-events")? as u64),
+            "--growth-events" => growth = Some(number("--growth-events")? as u64),
             "-h" | "--help" => {
                 return Err(format!(
-                    "usage: es-bench [workload ...] [--backend postgres|sqlite|mysql] [--quick] [--seconds N] [--catchup-events N] [--json] [--no-notify]\nworkloads: {}",
+                    "usage: es-bench [workload ...] [--backend postgres|sqlite|mysql] [--quick] [--seconds N] [--catchup-events N] [--growth-events N] [--json] [--no-notify]\nworkloads: {}",
                     ALL.join(", ")
                 ));
             }
@@ -126,12 +134,16 @@ fn parse_args() -> Result<Config, String> {
     if quick {
         config.seconds = 2.0;
         config.catchup_events = 50_000;
+        config.growth_events = 1_000_000;
     }
     if let Some(s) = seconds {
         config.seconds = s;
     }
     if let Some(c) = catchup {
         config.catchup_events = c;
+    }
+    if let Some(g) = growth {
+        config.growth_events = g;
     }
     if config.workloads.is_empty() {
         config.workloads = ALL.iter().map(|w| (*w).to_owned()).collect();
@@ -232,6 +244,13 @@ async fn run<T: Target>(config: &Config) {
             "contended_c8" => vec![bench.contended(8).await],
             "load_10k" => bench.load(10_000).await,
             "catchup_1m" => bench.catchup().await,
+            "growth" => {
+                let (measured, catchup, fill) = bench.growth(config.growth_events).await;
+                for g in &measured {
+                    growth::report(T::NAME, g, config.growth_events, fill, config.json);
+                }
+                catchup
+            }
             _ => unreachable!("checked when parsing"),
         };
         for c in comparisons {
@@ -351,6 +370,15 @@ fn report(backend: &str, c: &Comparison, json: bool) {
         );
     } else {
         println!("{line}");
+    }
+}
+
+/// A count for a workload's name: `1m`, `10m`, `50k`, `999`.
+fn count(n: i64) -> String {
+    match n {
+        n if n >= 1_000_000 => format!("{}m", (n as f64 / 1e6).round()),
+        n if n >= 1_000 => format!("{}k", (n as f64 / 1e3).round()),
+        n => n.to_string(),
     }
 }
 
@@ -791,8 +819,14 @@ impl<T: Target> Bench<T> {
             started.elapsed().as_secs_f64()
         );
         drop(c);
-        let table = T::create_read_model(&self.store, &self.pool).await;
         let total = self.plain.count_events().await;
+        self.catch_up_over(total, "catchup_1m").await
+    }
+
+    /// The catch-up of `catchup` over the `total` events the store holds,
+    /// as workload `name` (and `name` + `_async_commit`).
+    async fn catch_up_over(&self, total: i64, name: &str) -> Vec<Comparison> {
+        let table = T::create_read_model(&self.store, &self.pool).await;
 
         let started = Instant::now();
         let read = self.plain.read_all(0, CATCHUP_BATCH).await;
@@ -840,9 +874,9 @@ impl<T: Target> Bench<T> {
             assert_eq!(done.events as i64, total);
             comparisons.push(Comparison {
                 workload: if durable {
-                    "catchup_1m".to_owned()
+                    name.to_owned()
                 } else {
-                    "catchup_1m_async_commit".to_owned()
+                    format!("{name}_async_commit")
                 },
                 framework,
                 plain: vec![(Variant::StoreTables.name(), plain.clone())],

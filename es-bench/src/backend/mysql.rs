@@ -355,7 +355,7 @@ impl Target for MySql {
 
     async fn create_read_model(_store: &MySqlStore, pool: &MySqlPool) -> String {
         sqlx::query(
-            "CREATE TABLE bench_readmodel (global_position BIGINT PRIMARY KEY, \
+            "CREATE TABLE IF NOT EXISTS bench_readmodel (global_position BIGINT PRIMARY KEY, \
              aggregate_id VARCHAR(500) NOT NULL, event_type VARCHAR(255) NOT NULL) \
              ENGINE = InnoDB",
         )

@@ -279,7 +279,7 @@ impl Target for Postgres {
             store.schema().expect("a schema of its own")
         );
         sqlx::query(AssertSqlSafe(format!(
-            "CREATE TABLE {table} (global_position bigint PRIMARY KEY, \
+            "CREATE TABLE IF NOT EXISTS {table} (global_position bigint PRIMARY KEY, \
              aggregate_id text NOT NULL, event_type text NOT NULL)"
         )))
         .execute(pool)

@@ -280,7 +280,7 @@ impl Target for Sqlite {
 
     async fn create_read_model(_store: &SqliteStore, pool: &SqlitePool) -> String {
         sqlx::query(
-            "CREATE TABLE bench_readmodel (global_position INTEGER PRIMARY KEY, \
+            "CREATE TABLE IF NOT EXISTS bench_readmodel (global_position INTEGER PRIMARY KEY, \
              aggregate_id TEXT NOT NULL, event_type TEXT NOT NULL) STRICT",
         )
         .execute(pool)
