@@ -14,6 +14,13 @@
 //! the filler's, not gathered at one end of the indexes. The filler is
 //! aggregates of 100 events appended through the store, ten appends per
 //! transaction, from two tasks.
+//!
+//! The empty store is a second store (its own schema, database or file)
+//! holding only the probes' aggregates, measured after the fill in
+//! alternating rounds with the grown one, so that both see the same
+//! machine: drift (other work, the disk's flush time) does not count as
+//! growth. The growth is the ratio of the median latencies (and, for
+//! information, of the means).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +28,7 @@ use std::time::{Duration, Instant};
 use es::store::{EventStore, ExpectedVersion};
 use es::{Repository, RetryPolicy};
 
-use crate::backend::Target;
+use crate::backend::{Opened, Pool, Target};
 use crate::domain::Account;
 use crate::stats::{Outcome, Stats, run_for};
 use crate::{Bench, account_events, conn, deposit};
@@ -37,6 +44,12 @@ const APPENDS_PER_TX: usize = 10;
 /// Filler tasks.
 const FILLERS: usize = 2;
 
+/// Rounds of the alternation between the empty and the grown store.
+const ROUNDS: u32 = 4;
+
+/// The operations, in the order [`Bench::growth_probes`] runs them.
+const MEASURES: [&str; 3] = ["append_new_aggregate", "command_existing", "load_100"];
+
 /// One operation measured at both sizes.
 pub(crate) struct Growth {
     /// What was measured.
@@ -46,9 +59,15 @@ pub(crate) struct Growth {
 }
 
 impl Growth {
-    /// Mean latency at the grown size ÷ at the empty one (one task, so
-    /// the inverse of the throughputs' ratio).
+    /// Median latency at the grown size ÷ at the empty one.
     pub(crate) fn factor(&self) -> f64 {
+        let p50 = |s: &Stats| s.percentile(50.0).unwrap_or_default().as_secs_f64();
+        p50(&self.grown) / p50(&self.empty).max(1e-12)
+    }
+
+    /// Mean latency at the grown size ÷ at the empty one (one task: the
+    /// inverse of the throughputs' ratio).
+    pub(crate) fn mean_factor(&self) -> f64 {
         self.empty.ops_per_sec() / self.grown.ops_per_sec().max(1e-9)
     }
 }
@@ -70,104 +89,47 @@ impl<T: Target> Bench<T> {
     pub(crate) async fn growth(
         &self,
         events: u64,
+        notify: bool,
     ) -> (Vec<Growth>, Vec<crate::Comparison>, Duration) {
-        let probes = Probes {
+        let probes = Arc::new(Probes {
             accounts: (0..ACCOUNTS).map(|_| random_id()).collect(),
             loaded: (0..LOADED).map(|_| random_id()).collect(),
-        };
-        let mut c = conn::<T>(&self.pool).await;
-        for id in &probes.accounts {
-            self.store
-                .append(&mut c, ExpectedVersion::NoStream, account_events(id, 4))
-                .await
-                .expect("populate");
+        });
+        let empty: Opened<T> = T::open(notify).await.expect("a second store");
+        eprintln!("  the empty store: {}", empty.place);
+        for (store, pool) in [(&self.store, &self.pool), (&empty.store, &empty.pool)] {
+            populate::<T>(store, pool, &probes).await;
         }
-        for id in &probes.loaded {
-            self.store
-                .append(
-                    &mut c,
-                    ExpectedVersion::NoStream,
-                    account_events(id, STREAM - 1),
-                )
-                .await
-                .expect("populate");
-        }
-        drop(c);
-        let probes = Arc::new(probes);
-        let empty = self.growth_probes(&probes).await;
         let stored = self.plain.count_events().await.max(0) as u64;
         let fill = self.fill(events.saturating_sub(stored)).await;
-        let grown = self.growth_probes(&probes).await;
-        let measured = empty
-            .into_iter()
-            .zip(grown)
-            .map(|((measure, empty), (_, grown))| Growth {
+        let mut measured: Vec<Growth> = MEASURES
+            .iter()
+            .map(|&measure| Growth {
                 measure,
-                empty,
-                grown,
+                empty: Stats::default(),
+                grown: Stats::default(),
             })
             .collect();
+        let round = self.side_duration / ROUNDS;
+        for _ in 0..ROUNDS {
+            let sides = [(&empty.store, &empty.pool, true), (&self.store, &self.pool, false)];
+            for (store, pool, is_empty) in sides {
+                let stats = growth_probes::<T>(store, pool, &probes, round).await;
+                for (growth, stats) in measured.iter_mut().zip(stats) {
+                    if is_empty {
+                        growth.empty.merge(stats);
+                    } else {
+                        growth.grown.merge(stats);
+                    }
+                }
+            }
+        }
+        T::close(&empty).await;
         let total = self.plain.count_events().await;
         let catchup = self
             .catch_up_over(total, &format!("growth_catchup_{}", crate::count(total)))
             .await;
         (measured, catchup, fill)
-    }
-
-    /// The three operations, each for a side's duration.
-    async fn growth_probes(&self, probes: &Arc<Probes>) -> Vec<(&'static str, Stats)> {
-        let mut measured = Vec::new();
-        // new aggregates: ids made outside the timed call
-        let (store, pool) = (self.store.clone(), self.pool.clone());
-        measured.push((
-            "append_new_aggregate",
-            run_for(self.side_duration, 1, u64::MAX, move |_, _| {
-                let (store, pool) = (store.clone(), pool.clone());
-                let events = account_events(&random_id(), 0);
-                async move {
-                    let mut c = conn::<T>(&pool).await;
-                    store
-                        .append(&mut c, ExpectedVersion::NoStream, events)
-                        .await
-                        .expect("append");
-                    Outcome::default()
-                }
-            })
-            .await,
-        ));
-        let repository = Arc::new(
-            Repository::<Account, T::Store>::new(self.store.clone(), self.pool.clone())
-                .with_retry_policy(RetryPolicy::none()),
-        );
-        let (r, p) = (repository.clone(), probes.clone());
-        measured.push((
-            "command_existing",
-            run_for(self.side_duration, 1, u64::MAX, move |_, i| {
-                let (repository, probes) = (r.clone(), p.clone());
-                async move {
-                    let id = &probes.accounts[i as usize % ACCOUNTS];
-                    repository.execute(id, &deposit()).await.expect("execute");
-                    Outcome::default()
-                }
-            })
-            .await,
-        ));
-        let (r, p) = (repository, probes.clone());
-        measured.push((
-            "load_100",
-            run_for(self.side_duration, 1, u64::MAX, move |_, i| {
-                let (repository, probes) = (r.clone(), p.clone());
-                async move {
-                    // a stride coprime with 100 visits every aggregate
-                    let id = &probes.loaded[(i as usize * 37) % LOADED];
-                    let loaded = repository.load(id).await.expect("load");
-                    assert_eq!(loaded.version, STREAM as i64);
-                    Outcome::default()
-                }
-            })
-            .await,
-        ));
-        measured
     }
 
     /// Appends `events` more events (rounded up to whole filler
@@ -213,6 +175,85 @@ impl<T: Target> Bench<T> {
     }
 }
 
+/// The probes' aggregates, in one store.
+async fn populate<T: Target>(store: &T::Store, pool: &Pool<T>, probes: &Probes) {
+    let mut c = conn::<T>(pool).await;
+    for id in &probes.accounts {
+        store
+            .append(&mut c, ExpectedVersion::NoStream, account_events(id, 4))
+            .await
+            .expect("populate");
+    }
+    for id in &probes.loaded {
+        store
+            .append(
+                &mut c,
+                ExpectedVersion::NoStream,
+                account_events(id, STREAM - 1),
+            )
+            .await
+            .expect("populate");
+    }
+}
+
+/// The three operations of [`MEASURES`] on one store, each for `duration`.
+async fn growth_probes<T: Target>(
+    store: &T::Store,
+    pool: &Pool<T>,
+    probes: &Arc<Probes>,
+    duration: Duration,
+) -> Vec<Stats> {
+    let mut measured = Vec::new();
+    // new aggregates: ids made outside the timed call
+    let (s, p) = (store.clone(), pool.clone());
+    measured.push(
+        run_for(duration, 1, u64::MAX, move |_, _| {
+            let (store, pool) = (s.clone(), p.clone());
+            let events = account_events(&random_id(), 0);
+            async move {
+                let mut c = conn::<T>(&pool).await;
+                store
+                    .append(&mut c, ExpectedVersion::NoStream, events)
+                    .await
+                    .expect("append");
+                Outcome::default()
+            }
+        })
+        .await,
+    );
+    let repository = Arc::new(
+        Repository::<Account, T::Store>::new(store.clone(), pool.clone())
+            .with_retry_policy(RetryPolicy::none()),
+    );
+    let (r, p) = (repository.clone(), probes.clone());
+    measured.push(
+        run_for(duration, 1, u64::MAX, move |_, i| {
+            let (repository, probes) = (r.clone(), p.clone());
+            async move {
+                let id = &probes.accounts[i as usize % ACCOUNTS];
+                repository.execute(id, &deposit()).await.expect("execute");
+                Outcome::default()
+            }
+        })
+        .await,
+    );
+    let (r, p) = (repository, probes.clone());
+    measured.push(
+        run_for(duration, 1, u64::MAX, move |_, i| {
+            let (repository, probes) = (r.clone(), p.clone());
+            async move {
+                // a stride coprime with 100 visits every aggregate
+                let id = &probes.loaded[(i as usize * 37) % LOADED];
+                let loaded = repository.load(id).await.expect("load");
+                assert_eq!(loaded.version, STREAM as i64);
+                Outcome::default()
+            }
+        })
+        .await,
+    );
+    measured
+}
+
 /// Prints one measured operation: both sizes and the growth factor (a
 /// JSON line with `--json`, the table line then going to stderr).
 pub(crate) fn report(backend: &str, g: &Growth, events: u64, fill: Duration, json: bool) {
@@ -225,12 +266,13 @@ pub(crate) fn report(backend: &str, g: &Growth, events: u64, fill: Duration, jso
         )
     };
     let line = format!(
-        "growth {:<22} empty {} | at {} events {} | {:.2}x the empty store's mean latency",
+        "growth {:<22} empty {} | at {} events {} | median latency {:.2}x the empty store's (mean {:.2}x)",
         g.measure,
         side(&g.empty),
         crate::count(events as i64),
         side(&g.grown),
         g.factor(),
+        g.mean_factor(),
     );
     if json {
         eprintln!("{line}");
@@ -253,6 +295,7 @@ pub(crate) fn report(backend: &str, g: &Growth, events: u64, fill: Duration, jso
                 "empty": side(&g.empty),
                 "grown": side(&g.grown),
                 "growth": g.factor(),
+                "mean_growth": g.mean_factor(),
             })
         );
     } else {

@@ -245,7 +245,7 @@ async fn run<T: Target>(config: &Config) {
             "load_10k" => bench.load(10_000).await,
             "catchup_1m" => bench.catchup().await,
             "growth" => {
-                let (measured, catchup, fill) = bench.growth(config.growth_events).await;
+                let (measured, catchup, fill) = bench.growth(config.growth_events, config.notify).await;
                 for g in &measured {
                     growth::report(T::NAME, g, config.growth_events, fill, config.json);
                 }
