@@ -750,10 +750,12 @@ where
             loop {
                 let error = match self.run_call(&mut call, id, command, metadata).await {
                     Ok(mut executed) => {
+                        executed.attempts = call.attempt;
                         executed.transient_retries = call.retries;
                         return Ok(executed);
                     }
                     Err(Failure::Replayed(mut executed)) => {
+                        executed.attempts = call.attempt;
                         executed.transient_retries = call.retries;
                         return Ok(*executed);
                     }
