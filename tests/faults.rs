@@ -473,3 +473,81 @@ async fn a_lost_reply_to_commit_returns_the_original_result() {
     pool.close().await;
     direct.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn when_retries_run_out_the_error_says_whether_the_outcome_is_known() {
+    use es::store::Metadata;
+
+    let server = TestServer::postgres();
+    let proxy = Proxy::start(([127, 0, 0, 1], server.port()).into()).await;
+    let pool = pool(proxy.port(), "es-proxy", 2).await;
+    let store = PostgresStore::new();
+    store.migrate(&pool).await.unwrap();
+    let brief = RetryPolicy::default().with_transient_retries(
+        3,
+        Duration::from_millis(1),
+        Duration::from_millis(5),
+    );
+    let repository = Repository::<Account, _>::new(store, pool.clone()).with_retry_policy(brief);
+    repository
+        .execute("a", &AccountCommand::Open { owner: "A".into() })
+        .await
+        .unwrap();
+    let direct = self::pool(server.port(), "es-check", 1).await;
+
+    // The server looks down from the start (to a pool with no connection
+    // yet): nothing was sent, nothing stored.
+    pool.close().await;
+    proxy.set_refusing(true);
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_lazy_with(options(proxy.port(), "es-proxy"));
+    let repository =
+        Repository::<Account, _>::new(PostgresStore::new(), pool.clone()).with_retry_policy(brief);
+    let down = repository
+        .execute("a", &AccountCommand::Deposit { amount: 5 })
+        .await
+        .unwrap_err();
+    assert!(down.outcome_known() && down.is_transient(), "{down:?}");
+    assert!(
+        matches!(down, RepositoryError::Unavailable { retries: 3, .. }),
+        "{down:?}"
+    );
+    assert!(deposits_of(&direct, "a", 5).await.is_empty());
+    proxy.set_refusing(false);
+
+    // The reply to the commit is lost and the server then looks down:
+    // the outcome is unknown, and the error names the command id to ask
+    // with.
+    proxy.lose_commit_reply_after(LOST.to_string().as_bytes());
+    proxy.refuse_after_loss();
+    let command = AccountCommand::Deposit { amount: LOST };
+    let unknown = repository.execute("a", &command).await.unwrap_err();
+    assert!(!unknown.outcome_known(), "{unknown:?}");
+    let RepositoryError::OutcomeUnknown {
+        command_id,
+        retries: 3,
+        ..
+    } = unknown
+    else {
+        panic!("expected OutcomeUnknown, got {unknown:?}");
+    };
+    proxy.set_refusing(false);
+    // Asking again with the command id finds it stored: once.
+    let metadata = Metadata::new().with_command_id(command_id);
+    let found = repository
+        .execute_with("a", &command, &metadata)
+        .await
+        .unwrap();
+    assert!(found.replayed);
+    assert_eq!(found.version, 2);
+    assert_eq!(found.command_id, command_id);
+    assert_eq!(
+        deposits_of(&direct, "a", LOST).await,
+        [(2, command_id.event_id(0))],
+        "stored once"
+    );
+    pool.close().await;
+    direct.close().await;
+}

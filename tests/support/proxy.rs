@@ -26,6 +26,10 @@ struct Shared {
     /// and whether only the reply to an explicit `COMMIT` is lost.
     marker: Mutex<Option<(Vec<u8>, bool)>>,
     dropped: watch::Sender<Option<DroppedReply>>,
+    /// Whether new connections are closed as soon as they are accepted.
+    refusing: AtomicBool,
+    /// Whether to start refusing when a reply is lost.
+    refuse_after_loss: AtomicBool,
 }
 
 /// A proxy listening on a free port of 127.0.0.1.
@@ -46,10 +50,16 @@ impl Proxy {
             upstream,
             marker: Mutex::new(None),
             dropped: watch::channel(None).0,
+            refusing: AtomicBool::new(false),
+            refuse_after_loss: AtomicBool::new(false),
         });
         let accepting = shared.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                if accepting.refusing.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
                 tokio::spawn(relay(client, accepting.clone()));
             }
         });
@@ -72,6 +82,16 @@ impl Proxy {
     /// statements that commit on their own are relayed). Once.
     pub fn lose_explicit_commit_reply_after(&self, marker: &[u8]) {
         *self.shared.marker.lock().unwrap() = Some((marker.to_vec(), true));
+    }
+
+    /// Whether new connections are closed at once (the server looks down).
+    pub fn set_refusing(&self, refusing: bool) {
+        self.shared.refusing.store(refusing, Ordering::SeqCst);
+    }
+
+    /// Starts refusing new connections at the moment a reply is lost.
+    pub fn refuse_after_loss(&self) {
+        self.shared.refuse_after_loss.store(true, Ordering::SeqCst);
     }
 
     /// Waits until a commit's reply was lost; what it was.
@@ -169,6 +189,9 @@ async fn relay(mut client: TcpStream, shared: Arc<Shared>) {
                     if status == b'I' && (explicit_commit || !explicit_only.load(Ordering::SeqCst))
                     {
                         // Committed, and the client will never hear of it.
+                        if shared.refuse_after_loss.swap(false, Ordering::SeqCst) {
+                            shared.refusing.store(true, Ordering::SeqCst);
+                        }
                         shared
                             .dropped
                             .send_replace(Some(DroppedReply { explicit_commit }));
