@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use bank::{Account, AccountCommand, AccountError, AccountEvent};
 use es::aggregate::Executed;
-use es::store::{AggregateStreamReader, Event, EventStore, ExpectedVersion, PostgresStore};
+use es::store::{
+    AggregateStreamReader, Event, EventStore, ExpectedVersion, PostgresStore, SnapshotStore,
+};
 use es::{Aggregate, Repository, RepositoryError, RetryPolicy};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
@@ -58,11 +60,24 @@ async fn pool(port: u16, application: &str, size: u32) -> PgPool {
         .expect("connect to the private server")
 }
 
-/// A migrated store on `pool`, with the accounts the tasks use opened.
+/// The store's capabilities the tests need, on any backend.
+trait Store: EventStore + AggregateStreamReader + SnapshotStore + Clone {}
+impl<S: EventStore + AggregateStreamReader + SnapshotStore + Clone> Store for S {}
+
+/// A migrated PostgreSQL store on `pool`, with the accounts the tasks use
+/// opened.
 async fn accounts(pool: &PgPool) -> Repository<Account, PostgresStore> {
     let store = PostgresStore::new();
     store.migrate(pool).await.expect("migrations apply");
-    let repository = Repository::new(store, pool.clone()).with_retry_policy(patient());
+    open_accounts(store, pool.clone()).await
+}
+
+/// A repository with the accounts the tasks use opened.
+async fn open_accounts<S: Store>(
+    store: S,
+    pool: sqlx::Pool<S::Database>,
+) -> Repository<Account, S> {
+    let repository = Repository::new(store, pool).with_retry_policy(patient());
     let owned = (0..TASKS).map(|t| format!("own-{t}"));
     for id in owned.chain(SHARED.iter().map(|s| s.to_string())) {
         repository
@@ -84,8 +99,8 @@ struct Outcome {
 /// Runs the tasks until `stop`, each alternating between its own account
 /// and a shared one, every deposit of a distinct amount; `progress` counts
 /// the commands done.
-async fn run_tasks(
-    repository: &Repository<Account, PostgresStore>,
+async fn run_tasks<S: Store>(
+    repository: &Repository<Account, S>,
     stop: Arc<AtomicBool>,
     progress: Arc<watch::Sender<usize>>,
 ) -> Vec<Outcome> {
@@ -136,9 +151,9 @@ async fn commands_done(progress: &watch::Sender<usize>, more: usize) {
 }
 
 /// Checks every outcome against what is stored, and reports.
-async fn check(name: &str, pool: &PgPool, outcomes: &[Outcome]) {
-    let store = PostgresStore::new();
-    let mut conn = pool.acquire().await.unwrap();
+async fn check<S: Store>(name: &str, repository: &Repository<Account, S>, outcomes: &[Outcome]) {
+    let store = repository.store();
+    let mut conn = repository.pool().acquire().await.unwrap();
     // amount -> (aggregate, version, event id) of each stored deposit
     let mut stored: HashMap<i64, Vec<(String, i64, uuid::Uuid)>> = HashMap::new();
     let owned = (0..TASKS).map(|t| format!("own-{t}"));
@@ -223,12 +238,61 @@ async fn check(name: &str, pool: &PgPool, outcomes: &[Outcome]) {
     assert!(retries > 0, "the faults were felt");
 }
 
-/// Restarts the server `rounds` times while the tasks run.
+/// Restarts the PostgreSQL server three times while the tasks run.
 async fn commands_across_restarts(name: &str, immediate: bool) {
-    let mut server = TestServer::postgres();
-    let port = server.port();
-    let pool = pool(port, "es-faults", 8).await;
+    let server = TestServer::postgres();
+    let pool = pool(server.port(), "es-faults", 8).await;
     let repository = accounts(&pool).await;
+    let server = under_restarts(name, server, &repository, immediate).await;
+    let recoveries = server
+        .log()
+        .matches("not properly shut down; automatic recovery in progress")
+        .count();
+    assert_eq!(
+        recoveries,
+        if immediate { 3 } else { 0 },
+        "crash recoveries"
+    );
+    pool.close().await;
+    drop(server);
+}
+
+/// Restarts the MariaDB server three times while the tasks run.
+#[cfg(feature = "mysql")]
+async fn mysql_commands_across_restarts(name: &str, immediate: bool) {
+    let server = TestServer::mysql();
+    let pool = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect(&server.url())
+        .await
+        .expect("connect to the private server");
+    let store = es::store::MySqlStore::new();
+    store.migrate(&pool).await.expect("migrations apply");
+    let repository = open_accounts(store, pool.clone()).await;
+    let server = under_restarts(name, server, &repository, immediate).await;
+    let recoveries = server
+        .log()
+        .matches("InnoDB: Starting crash recovery")
+        .count();
+    assert_eq!(
+        recoveries,
+        if immediate { 3 } else { 0 },
+        "crash recoveries"
+    );
+    pool.close().await;
+    drop(server);
+}
+
+/// Runs the tasks while `server` is restarted three times (after 30
+/// commands each time), and checks what they were told against what is
+/// stored. Gives the server back.
+async fn under_restarts<S: Store>(
+    name: &str,
+    mut server: TestServer,
+    repository: &Repository<Account, S>,
+    immediate: bool,
+) -> TestServer {
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(watch::channel(0).0);
     let controller = {
@@ -253,17 +317,9 @@ async fn commands_across_restarts(name: &str, immediate: bool) {
             server
         }
     };
-    let (outcomes, server) = tokio::join!(run_tasks(&repository, stop, progress), controller);
-    if immediate {
-        let recoveries = server
-            .log()
-            .matches("not properly shut down; automatic recovery in progress")
-            .count();
-        assert_eq!(recoveries, 3, "every immediate stop was recovered from");
-    }
-    check(name, &pool, &outcomes).await;
-    pool.close().await;
-    drop(server);
+    let (outcomes, server) = tokio::join!(run_tasks(repository, stop, progress), controller);
+    check(name, repository, &outcomes).await;
+    server
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -274,6 +330,18 @@ async fn commands_survive_fast_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn commands_survive_immediate_restarts_with_crash_recovery() {
     commands_across_restarts("immediate restarts", true).await;
+}
+
+#[cfg(feature = "mysql")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mysql_commands_survive_fast_restarts() {
+    mysql_commands_across_restarts("MariaDB fast restarts", false).await;
+}
+
+#[cfg(feature = "mysql")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mysql_commands_survive_immediate_restarts_with_crash_recovery() {
+    mysql_commands_across_restarts("MariaDB immediate restarts", true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -312,7 +380,7 @@ async fn commands_survive_backends_terminated_every_100ms() {
     let (outcomes, terminated) = tokio::join!(run_tasks(&repository, stop, progress), controller);
     eprintln!("terminated {terminated} backends");
     assert!(terminated > 0);
-    check("terminated backends", &pool, &outcomes).await;
+    check("terminated backends", &repository, &outcomes).await;
     pool.close().await;
     drop(server);
 }
