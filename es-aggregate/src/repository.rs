@@ -297,7 +297,10 @@ impl<A> Clone for Snapshots<A> {
 /// snapshots are on, and the events after it), folding, handling the
 /// command and appending the events with `Exact(version)` (`NoStream` for a
 /// new aggregate). On an optimistic-concurrency conflict the whole cycle
-/// runs again under the [`RetryPolicy`].
+/// runs again under the [`RetryPolicy`], and so does a transient failure
+/// (a lost connection, a server restart, ...), with the same event ids, so
+/// that an attempt committed before its reply was lost is found instead
+/// of stored twice (see [`Repository::execute_with`]).
 ///
 /// With [`Repository::execute`] the load runs on a pooled connection and the
 /// append is a single statement, atomic on its own: the version check
@@ -366,7 +369,8 @@ where
         }
     }
 
-    /// Sets the retry policy of [`Repository::execute`].
+    /// Sets the retry policy of [`Repository::execute`]: conflicts and
+    /// transient failures.
     pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self
