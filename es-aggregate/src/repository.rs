@@ -176,6 +176,16 @@ pub enum RepositoryError<E: std::error::Error + 'static> {
 
 /// What a reused command id was used for before
 /// ([`RepositoryError::CommandIdReused`]).
+///
+/// ```
+/// use es_aggregate::CommandIdReuse;
+/// use es_store::AggregateKey;
+///
+/// let other = CommandIdReuse::OtherAggregate(Box::new(AggregateKey::new("Billing", "Account", "acc-2")));
+/// assert_eq!(other.to_string(), "for aggregate Billing/Account/acc-2");
+/// let different = CommandIdReuse::DifferentCommand { version: 7 };
+/// assert_eq!(different.to_string(), "by a different command (stored at version 7)");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CommandIdReuse {
@@ -235,6 +245,23 @@ impl<E: std::error::Error + 'static> RepositoryError<E> {
     /// Whether the failure is passing: trying again later may succeed
     /// ([`RepositoryError::Unavailable`], [`RepositoryError::OutcomeUnknown`],
     /// or a store error that [`StoreError::is_transient`]).
+    ///
+    /// ```
+    /// use es_aggregate::RepositoryError;
+    /// use es_store::{AggregateKey, Error as StoreError, ExpectedVersion};
+    ///
+    /// type E = RepositoryError<std::io::Error>;
+    /// let conflict = E::Conflict {
+    ///     aggregate: AggregateKey::new("Billing", "Account", "acc-1"),
+    ///     attempts: 20,
+    ///     expected: ExpectedVersion::Exact(3),
+    ///     actual: Some(4),
+    /// };
+    /// assert!(conflict.is_conflict() && !conflict.is_transient() && conflict.outcome_known());
+    /// let refused = E::Rejected(std::io::Error::other("insufficient funds"));
+    /// assert!(refused.is_rejected() && !refused.is_conflict());
+    /// assert!(E::from(StoreError::from(sqlx::Error::PoolTimedOut)).is_transient());
+    /// ```
     pub fn is_transient(&self) -> bool {
         match self {
             RepositoryError::Unavailable { .. } | RepositoryError::OutcomeUnknown { .. } => true,

@@ -54,6 +54,13 @@ impl CommandId {
     }
 
     /// The command id `id`, as given (for example one the client sent).
+    ///
+    /// ```
+    /// # use es_store::CommandId;
+    /// let sent = uuid::Uuid::now_v7();
+    /// assert_eq!(CommandId::from_uuid(sent).as_uuid(), sent);
+    /// assert_eq!(CommandId::from(sent), CommandId::from_uuid(sent));
+    /// ```
     pub const fn from_uuid(id: Uuid) -> Self {
         Self(id)
     }
@@ -104,4 +111,28 @@ impl std::fmt::Display for CommandId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The derivations are part of the stored data: a command id given
+    /// today must find the events it stored years ago. These values must
+    /// never change.
+    #[test]
+    fn derived_ids_are_pinned() {
+        let key = CommandId::from_key("order-17");
+        assert_eq!(key.as_uuid().get_version_num(), 5);
+        assert_eq!(key.to_string(), PINNED_KEY);
+        let command = CommandId::from_uuid("01a237ea-b95e-7000-8000-000000000001".parse().unwrap());
+        assert_eq!(command.event_id(0).to_string(), PINNED_EVENT_0);
+        assert_eq!(command.event_id(1).to_string(), PINNED_EVENT_1);
+    }
+
+    // Computed independently (Python's uuid.uuid5, and hashlib.sha1 over
+    // the command id's bytes and the index as 8 big-endian bytes).
+    const PINNED_KEY: &str = "0b36e088-a664-5287-b15d-d6a598e90aa7";
+    const PINNED_EVENT_0: &str = "01a237ea-b95e-875d-9684-7a1284c8fc06";
+    const PINNED_EVENT_1: &str = "01a237ea-b95e-8b5e-950e-eda16ff43adf";
 }
