@@ -56,8 +56,8 @@ struct TransientRetries {
 
 impl TransientRetries {
     /// 10 retries, waiting 10 ms, 20 ms, 40 ms ... up to 2 s (equal
-    /// jitter): about 4 to 8 s in all, enough to ride out a server's
-    /// restart.
+    /// jitter): 3.3 to 6.6 s of waiting in all, enough to ride out a
+    /// server's restart.
     const DEFAULT: Self = Self {
         max_retries: 10,
         initial_backoff: Duration::from_millis(10),
@@ -256,10 +256,10 @@ impl RetryPolicy {
     /// How transient failures are retried: up to `max_retries` times per
     /// command (0 returns the first one), the n-th retry after a wait of
     /// `initial * 2^(n-1)`, capped at `max`, with equal jitter (half of it
-    /// fixed, half random). Default: 10 retries from 10 ms up to 2 s, about
-    /// 4 to 8 s in all, which rides out a server's fast restart or crash
-    /// recovery; the pool's own acquire timeout comes on top of each try
-    /// that cannot connect.
+    /// fixed, half random). Default: 10 retries from 10 ms up to 2 s, 3.3
+    /// to 6.6 s of waiting in all, which rides out a server's fast restart
+    /// or crash recovery; the pool's own acquire timeout (sqlx's default is
+    /// 30 s) comes on top of each try that cannot connect.
     ///
     /// A transient failure is one [`es_store::Error::is_transient`] says
     /// is: conflicts are counted by [`max_attempts`](Self::max_attempts)
