@@ -265,27 +265,25 @@ pub enum Error {
     /// No connection came from the pool before its acquire timeout.
     ///
     /// `cause` is what a connection attempt met when the pool could not
-    /// open one (made by [`acquire`](crate::acquire) once the pool gave
-    /// up): for example PostgreSQL's `53300` (too many connections), `57P03`
-    /// (the server is starting up) or a refused TCP connection. `None` when
-    /// a new connection could be opened: then every connection of the pool
-    /// was in use for the whole timeout. (sqlx's pool itself retries such
-    /// errors silently until its timeout and reports only
-    /// [`sqlx::Error::PoolTimedOut`].)
+    /// open one, found by [`acquire`](crate::acquire) once the pool gave up:
+    /// for example PostgreSQL's `53300` (too many connections), `57P03`
+    /// (the server is starting up) or a refused TCP connection. (sqlx's
+    /// pool retries such errors silently until its timeout and reports only
+    /// [`sqlx::Error::PoolTimedOut`].) `None` when no cause is known: from
+    /// [`acquire`](crate::acquire), a new connection could be opened, so the
+    /// pool's connections were all in use for the whole timeout; from a
+    /// plain conversion of [`sqlx::Error::PoolTimedOut`], nobody looked.
     ///
     /// ```
     /// use es_store::Error;
     ///
     /// let busy = Error::PoolTimedOut { cause: None };
     /// assert!(busy.is_transient());
-    /// assert_eq!(
-    ///     busy.to_string(),
-    ///     "timed out waiting for a database connection (every pooled connection was in use)",
-    /// );
+    /// assert_eq!(busy.to_string(), "timed out waiting for a connection from the pool");
     /// ```
-    #[error("timed out waiting for a database connection{}", match .cause {
+    #[error("timed out waiting for a connection from the pool{}", match .cause {
         Some(cause) => format!(": {cause}"),
-        None => " (every pooled connection was in use)".to_owned(),
+        None => String::new(),
     })]
     PoolTimedOut {
         /// What opening a connection met, when it failed.

@@ -13,8 +13,8 @@ const DIAGNOSIS_TIMEOUT: Duration = Duration::from_secs(5);
 /// timeout says why: once the pool gives up, one connection is opened with
 /// the pool's options, and what it meets (for example PostgreSQL's
 /// `53300`, too many connections) is the `cause` of
-/// [`Error::PoolTimedOut`]. `cause` is `None` when that connection opens:
-/// the pool's connections were all in use.
+/// [`Error::PoolTimedOut`]. `cause` is `None` when that connection opens
+/// (it is closed again): the pool's connections were all in use.
 ///
 /// ```no_run
 /// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_store::Error> {
