@@ -16,5 +16,5 @@ pub mod testing;
 
 pub use aggregate::Aggregate;
 pub use projection::{ErrorPolicy, Projection, ProjectionError, ProjectionProcessor};
-pub use repository::{Executed, Loaded, Repository, RepositoryError, Result};
+pub use repository::{CommandIdReuse, Executed, Loaded, Repository, RepositoryError, Result};
 pub use retry::{Jitter, RetryPolicy};

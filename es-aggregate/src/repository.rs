@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use es_store::{
-    AggregateKey, AggregateRef, AggregateStreamReader, Connection, DecodeError, DomainEvent,
-    Error as StoreError, EventStore, ExpectedVersion, Metadata, Snapshot, SnapshotStore,
-    StoredEvent,
+    AggregateKey, AggregateRef, AggregateStreamReader, CommandId, Connection, DecodeError,
+    DomainEvent, Error as StoreError, EventStore, ExpectedVersion, Metadata, PersistedEvent,
+    Snapshot, SnapshotStore, StoredEvent,
 };
 use serde_json::value::RawValue;
 use tracing::Instrument;
@@ -52,6 +52,21 @@ pub struct Executed<A: Aggregate> {
     /// How many times the command was handled: 1, plus one per conflict
     /// retried.
     pub attempts: u32,
+    /// How many times the command was tried again after a transient
+    /// failure (a lost connection, a server restart, ...): see
+    /// [`RetryPolicy::with_transient_retries`].
+    pub transient_retries: u32,
+    /// The command's id: the one given in [`Metadata::command_id`], or the
+    /// one the repository made for this call. Running the command again
+    /// with it ([`Metadata::with_command_id`]) returns this outcome again
+    /// and writes nothing.
+    pub command_id: CommandId,
+    /// Whether the events were found stored instead of appended: the
+    /// command id had been applied before (by an earlier call, or by an
+    /// attempt of this call whose reply was lost). `version`,
+    /// `global_positions` and `events` are then the original ones, and
+    /// `state` is the state right after them.
+    pub replayed: bool,
 }
 
 /// Why a command or a load failed.
@@ -88,9 +103,112 @@ pub enum RepositoryError<E: std::error::Error + 'static> {
         source: Box<DecodeError>,
     },
 
+    /// A transient failure ([`StoreError::is_transient`]: a lost
+    /// connection, a server restarting, a deadlock, a busy database, a pool
+    /// timeout) lasted through every retry the policy allowed
+    /// ([`RetryPolicy::with_transient_retries`]), and nothing of the
+    /// command was stored: running it again later is safe.
+    #[error("command {command_id} on {aggregate} failed after {retries} transient retr{}: {source}",
+        if *.retries == 1 { "y" } else { "ies" })]
+    Unavailable {
+        /// The aggregate.
+        aggregate: AggregateKey,
+        /// The command's id.
+        command_id: CommandId,
+        /// How many times the command was tried again after a failure.
+        retries: u32,
+        /// The last failure.
+        #[source]
+        source: Box<StoreError>,
+    },
+
+    /// The command may or may not have been stored: the last failure
+    /// (after every retry the policy allowed) came after its events were
+    /// sent, and whether they were committed could not be found out. Run
+    /// the command again with the same id ([`Metadata::with_command_id`]
+    /// with `command_id`): if it was stored, that returns its original
+    /// outcome ([`Executed::replayed`]) and writes nothing; if not, it runs.
+    ///
+    /// ```no_run
+    /// # use es_aggregate::{Aggregate, Repository, RepositoryError};
+    /// # async fn demo<A: Aggregate>(repository: Repository<A>, command: A::Command) -> Result<(), Box<dyn std::error::Error>> {
+    /// match repository.execute("acc-1", &command).await {
+    ///     Err(RepositoryError::OutcomeUnknown { command_id, .. }) => {
+    ///         // later, when the database is back:
+    ///         let metadata = es_store::Metadata::new().with_command_id(command_id);
+    ///         let executed = repository.execute_with("acc-1", &command, &metadata).await?;
+    ///         println!("applied once, at version {}", executed.version);
+    ///     }
+    ///     other => { other?; }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    #[error("the outcome of command {command_id} on {aggregate} is unknown after {retries} transient retr{}: {source}",
+        if *.retries == 1 { "y" } else { "ies" })]
+    OutcomeUnknown {
+        /// The aggregate.
+        aggregate: AggregateKey,
+        /// The command's id: run the command again with it to find out.
+        command_id: CommandId,
+        /// How many times the command was tried again after a failure.
+        retries: u32,
+        /// The last failure.
+        #[source]
+        source: Box<StoreError>,
+    },
+
+    /// The command id was applied before, but to another aggregate or as
+    /// a different command; nothing was written.
+    #[error("command id {command_id} given for {aggregate} was already used {reason}")]
+    CommandIdReused {
+        /// The command id.
+        command_id: CommandId,
+        /// The aggregate the command was run on now.
+        aggregate: AggregateKey,
+        /// What the id was used for.
+        reason: CommandIdReuse,
+    },
+
     /// The store failed (or refused the input, for example an empty id).
     #[error(transparent)]
     Store(StoreError),
+}
+
+/// What a reused command id was used for before
+/// ([`RepositoryError::CommandIdReused`]).
+///
+/// ```
+/// use es_aggregate::CommandIdReuse;
+/// use es_store::AggregateKey;
+///
+/// let other = CommandIdReuse::OtherAggregate(Box::new(AggregateKey::new("Billing", "Account", "acc-2")));
+/// assert_eq!(other.to_string(), "for aggregate Billing/Account/acc-2");
+/// let different = CommandIdReuse::DifferentCommand { version: 7 };
+/// assert_eq!(different.to_string(), "by a different command (stored at version 7)");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CommandIdReuse {
+    /// For a command on another aggregate.
+    OtherAggregate(Box<AggregateKey>),
+    /// For a command on this aggregate that decided differently: handled
+    /// on the state the original command was decided on (the state before
+    /// `version`), this command is refused or produces other events.
+    DifferentCommand {
+        /// The version of the original command's first event.
+        version: i64,
+    },
+}
+
+impl fmt::Display for CommandIdReuse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CommandIdReuse::OtherAggregate(key) => write!(f, "for aggregate {key}"),
+            CommandIdReuse::DifferentCommand { version } => {
+                write!(f, "by a different command (stored at version {version})")
+            }
+        }
+    }
 }
 
 impl<E: std::error::Error + 'static> RepositoryError<E> {
@@ -108,6 +226,70 @@ impl<E: std::error::Error + 'static> RepositoryError<E> {
             },
             other => RepositoryError::Store(other),
         }
+    }
+}
+
+impl<E: std::error::Error + 'static> RepositoryError<E> {
+    /// Whether the command lost the optimistic-concurrency check on every
+    /// attempt ([`RepositoryError::Conflict`]).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, RepositoryError::Conflict { .. })
+    }
+
+    /// Whether the aggregate refused the command
+    /// ([`RepositoryError::Rejected`]).
+    pub fn is_rejected(&self) -> bool {
+        matches!(self, RepositoryError::Rejected(_))
+    }
+
+    /// Whether the failure is passing: trying again later may succeed
+    /// ([`RepositoryError::Unavailable`], [`RepositoryError::OutcomeUnknown`],
+    /// or a store error that [`StoreError::is_transient`]).
+    ///
+    /// ```
+    /// use es_aggregate::RepositoryError;
+    /// use es_store::{AggregateKey, Error as StoreError, ExpectedVersion};
+    ///
+    /// type E = RepositoryError<std::io::Error>;
+    /// let conflict = E::Conflict {
+    ///     aggregate: AggregateKey::new("Billing", "Account", "acc-1"),
+    ///     attempts: 20,
+    ///     expected: ExpectedVersion::Exact(3),
+    ///     actual: Some(4),
+    /// };
+    /// assert!(conflict.is_conflict() && !conflict.is_transient() && conflict.outcome_known());
+    /// let refused = E::Rejected(std::io::Error::other("insufficient funds"));
+    /// assert!(refused.is_rejected() && !refused.is_conflict());
+    /// assert!(E::from(StoreError::from(sqlx::Error::PoolTimedOut)).is_transient());
+    /// ```
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RepositoryError::Unavailable { .. } | RepositoryError::OutcomeUnknown { .. } => true,
+            RepositoryError::Store(error) => error.is_transient(),
+            _ => false,
+        }
+    }
+
+    /// Whether the caller knows what the command did: false only for
+    /// [`RepositoryError::OutcomeUnknown`], after which the events may or
+    /// may not be stored. Every other error means nothing was written.
+    ///
+    /// ```
+    /// use es_aggregate::RepositoryError;
+    /// use es_store::{AggregateKey, CommandId, Error as StoreError};
+    ///
+    /// let lost = RepositoryError::<std::io::Error>::OutcomeUnknown {
+    ///     aggregate: AggregateKey::new("Billing", "Account", "acc-1"),
+    ///     command_id: CommandId::new(),
+    ///     retries: 10,
+    ///     source: Box::new(StoreError::from(sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into()))),
+    /// };
+    /// assert!(!lost.outcome_known());
+    /// assert!(lost.is_transient());
+    /// assert!(RepositoryError::<std::io::Error>::from(StoreError::NoEvents).outcome_known());
+    /// ```
+    pub fn outcome_known(&self) -> bool {
+        !matches!(self, RepositoryError::OutcomeUnknown { .. })
     }
 }
 
@@ -142,7 +324,10 @@ impl<A> Clone for Snapshots<A> {
 /// snapshots are on, and the events after it), folding, handling the
 /// command and appending the events with `Exact(version)` (`NoStream` for a
 /// new aggregate). On an optimistic-concurrency conflict the whole cycle
-/// runs again under the [`RetryPolicy`].
+/// runs again under the [`RetryPolicy`], and so does a transient failure
+/// (a lost connection, a server restart, ...), with the same event ids, so
+/// that an attempt committed before its reply was lost is found instead
+/// of stored twice (see [`Repository::execute_with`]).
 ///
 /// With [`Repository::execute`] the load runs on a pooled connection and the
 /// append is a single statement, atomic on its own: the version check
@@ -211,7 +396,8 @@ where
         }
     }
 
-    /// Sets the retry policy of [`Repository::execute`].
+    /// Sets the retry policy of [`Repository::execute`]: conflicts and
+    /// transient failures.
     pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self
@@ -286,7 +472,7 @@ where
 
     /// Loads the aggregate's current state.
     pub async fn load(&self, id: &str) -> Result<Loaded<A>, A> {
-        let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
+        let mut conn = es_store::acquire(&self.pool).await?;
         self.load_in(&mut conn, id, None).await
     }
 
@@ -294,7 +480,7 @@ where
     /// events up to and including it. Asking beyond the current version
     /// gives the current state.
     pub async fn load_at(&self, id: &str, version: i64) -> Result<Loaded<A>, A> {
-        let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
+        let mut conn = es_store::acquire(&self.pool).await?;
         self.load_in(&mut conn, id, Some(version)).await
     }
 
@@ -338,7 +524,7 @@ where
         let Some(snapshots) = &self.snapshots else {
             return Ok(None);
         };
-        let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
+        let mut conn = es_store::acquire(&self.pool).await?;
         self.usable_snapshot(&mut conn, snapshots, id, None).await
     }
 
@@ -509,13 +695,66 @@ where
     }
 
     /// Executes a command: load, handle, append with `Exact(version)`,
-    /// retrying on conflicts under the retry policy. `metadata` (correlation
-    /// and causation ids, free fields) lands on every event produced.
+    /// retrying on conflicts and on transient failures under the retry
+    /// policy. `metadata` (correlation and causation ids, free fields)
+    /// lands on every event produced.
     ///
     /// A refused command is [`RepositoryError::Rejected`] and is never
     /// retried. A command that produces no events writes nothing and
     /// succeeds. After the last attempt a conflict is
     /// [`RepositoryError::Conflict`] with the number of attempts made.
+    ///
+    /// # Transient failures
+    ///
+    /// A lost connection, a server shutting down or restarting, a deadlock
+    /// or serialization failure, a busy SQLite database or a pool timeout
+    /// ([`StoreError::is_transient`]) is retried on a fresh connection
+    /// after a backoff ([`RetryPolicy::with_transient_retries`]); the
+    /// caller sees nothing of failures the retries absorb
+    /// ([`Executed::transient_retries`] counts them). The command's events
+    /// keep their ids on every attempt (derived from its
+    /// [`CommandId`]), so a retry after a failure that may have come after
+    /// the commit (the reply was lost) first looks the ids up: if the
+    /// events are stored, it returns their original outcome
+    /// ([`Executed::replayed`]) instead of running the command again.
+    /// When the retries run out the command fails with
+    /// [`RepositoryError::Unavailable`] (nothing stored) or
+    /// [`RepositoryError::OutcomeUnknown`] (perhaps stored; run it again
+    /// with the `command_id` it names to find out).
+    ///
+    /// # Idempotent commands
+    ///
+    /// With [`Metadata::with_command_id`] the command carries an id of the
+    /// caller's (an HTTP `Idempotency-Key` through [`CommandId::from_key`],
+    /// say). If a command with that id was applied before, the call
+    /// returns the original outcome (versions, global positions, events,
+    /// and the state right after them, with [`Executed::replayed`] set) and
+    /// appends nothing, even if the aggregate moved on since. If the id was
+    /// applied to another aggregate, or as a command that decides
+    /// differently on the state the original was decided on, the call is
+    /// [`RepositoryError::CommandIdReused`] and writes nothing. That check
+    /// handles the command again on the earlier state, so it relies on
+    /// `handle` being a pure function of the state and the command (as it
+    /// must be for conflict retries too).
+    ///
+    /// This holds for as long as the command's events are stored: the id
+    /// is recognised by its events' ids, which the store keeps unique
+    /// forever. A command that produced no events leaves no trace, so the
+    /// same id runs it again. The check costs one lookup by event id before
+    /// the command runs; commands without an id skip it.
+    ///
+    /// ```no_run
+    /// # use es_aggregate::{Aggregate, Repository};
+    /// # async fn demo<A: Aggregate>(repository: Repository<A>, command: A::Command) -> Result<(), Box<dyn std::error::Error>> {
+    /// use es_store::{CommandId, Metadata};
+    ///
+    /// let metadata = Metadata::new().with_command_id(CommandId::from_key("request-8c1f"));
+    /// let first = repository.execute_with("acc-1", &command, &metadata).await?;
+    /// let again = repository.execute_with("acc-1", &command, &metadata).await?;
+    /// assert!(again.replayed);
+    /// assert_eq!((again.version, &again.global_positions), (first.version, &first.global_positions));
+    /// # Ok(()) }
+    /// ```
     pub async fn execute_with(
         &self,
         id: &str,
@@ -529,105 +768,328 @@ where
             aggregate_id = id,
         );
         async {
-            let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
-            // A conflict leaves the loaded state valid up to its version:
-            // the next attempt only folds the events that came since.
-            let mut loaded = None;
-            if let Some(cache) = &self.cache
-                && let Some(cached) = cache.get(id)
-            {
-                let mut unverified = Some(cached);
-                match self
-                    .decide_and_append(&mut conn, id, command, metadata, &mut unverified)
-                    .await
-                {
-                    Ok(executed) if !executed.events.is_empty() => {
-                        cache.put(id, executed.version, &executed.state);
-                        return Ok(executed);
-                    }
-                    // Decided on a state that may be stale (a conflict says
-                    // it was): decide again the normal way, from the cached
-                    // state and the events since.
-                    Ok(_)
-                    | Err(StoreAttempt::Other(RepositoryError::Rejected(_)))
-                    | Err(StoreAttempt::Store(StoreError::OptimisticConcurrency { .. })) => {
-                        loaded = cache.get(id);
-                    }
-                    Err(StoreAttempt::Store(error)) => {
-                        cache.evict(id);
-                        return Err(RepositoryError::from_store(error, 1));
-                    }
-                    Err(StoreAttempt::Other(error)) => {
-                        cache.evict(id);
-                        return Err(error);
-                    }
-                }
-            }
-            let mut attempt = 1;
-            let window = self.retry.contention_window();
-            let lock = self.retry.lock_on_retry();
-            // Recently contended: skip the optimistic attempt, which would
-            // most likely lose.
-            let start_locked = lock && self.contended.is_contended(id, window);
+            let given = metadata.command_id;
+            let mut call = Call {
+                command_id: given.unwrap_or_else(CommandId::new),
+                verify: given.is_some(),
+                look_up: given.is_some(),
+                maybe_stored: false,
+                attempt: 1,
+                retries: 0,
+                try_cache: true,
+            };
             loop {
-                let outcome = if lock && (attempt > 1 || start_locked) {
-                    self.try_execute_locked(&mut conn, id, command, metadata, &mut loaded)
-                        .await
-                } else {
-                    self.try_execute(&mut conn, id, command, metadata, &mut loaded)
-                        .await
-                };
-                match outcome {
-                    Err(StoreAttempt::Store(error @ StoreError::OptimisticConcurrency { .. }))
-                        if attempt < self.retry.max_attempts() =>
-                    {
-                        if lock {
-                            self.contended.record(id, window);
-                        }
-                        // A locked retry waits in the aggregate's lock queue
-                        // instead of sleeping.
-                        let backoff = if lock {
-                            std::time::Duration::ZERO
-                        } else {
-                            self.retry.backoff(attempt)
-                        };
-                        tracing::debug!(attempt, ?backoff, %error, "conflict, retrying");
-                        if !backoff.is_zero() {
-                            tokio::time::sleep(backoff).await;
-                        }
-                        attempt += 1;
-                    }
-                    Err(StoreAttempt::Store(error)) => {
-                        if let Some(cache) = &self.cache {
-                            cache.evict(id);
-                        }
-                        return Err(RepositoryError::from_store(error, attempt));
-                    }
-                    Err(StoreAttempt::Other(error)) => {
-                        if let Some(cache) = &self.cache {
-                            cache.evict(id);
-                        }
-                        return Err(error);
-                    }
+                let error = match self.run_call(&mut call, id, command, metadata).await {
                     Ok(mut executed) => {
-                        if let Some(cache) = &self.cache {
-                            cache.put(id, executed.version, &executed.state);
-                        }
-                        executed.attempts = attempt;
+                        executed.attempts = call.attempt;
+                        executed.transient_retries = call.retries;
                         return Ok(executed);
                     }
+                    Err(Failure::Replayed(mut executed)) => {
+                        executed.attempts = call.attempt;
+                        executed.transient_retries = call.retries;
+                        return Ok(*executed);
+                    }
+                    Err(Failure::Final(error)) => return Err(error),
+                    Err(Failure::Transient(error)) => error,
+                };
+                if let Some(cache) = &self.cache {
+                    cache.evict(id);
                 }
+                if call.retries >= self.retry.max_transient_retries() {
+                    let aggregate = Self::aggregate(id).to_owned();
+                    let (command_id, retries, source) =
+                        (call.command_id, call.retries, Box::new(error));
+                    return Err(if call.maybe_stored {
+                        RepositoryError::OutcomeUnknown {
+                            aggregate,
+                            command_id,
+                            retries,
+                            source,
+                        }
+                    } else {
+                        RepositoryError::Unavailable {
+                            aggregate,
+                            command_id,
+                            retries,
+                            source,
+                        }
+                    });
+                }
+                call.retries += 1;
+                let backoff = self.retry.transient_backoff(call.retries);
+                tracing::debug!(
+                    retry = call.retries,
+                    ?backoff,
+                    maybe_stored = call.maybe_stored,
+                    %error,
+                    "transient failure, retrying"
+                );
+                tokio::time::sleep(backoff).await;
             }
         }
         .instrument(span)
         .await
     }
 
+    /// One try of a command call on a fresh connection: find out whether
+    /// the command is stored already if that is to be checked, then the
+    /// cached attempt (the first time) and the conflict retries.
+    async fn run_call(
+        &self,
+        call: &mut Call,
+        id: &str,
+        command: &A::Command,
+        metadata: &Metadata,
+    ) -> std::result::Result<Executed<A>, Failure<A>> {
+        let mut conn = es_store::acquire(&self.pool)
+            .await
+            .map_err(|e| call.failed::<A>(id, e))?;
+        if call.look_up {
+            // After a failure of our own, what is stored is ours: no need
+            // to check that it is the same command.
+            let verify = call.verify && !call.maybe_stored;
+            match self
+                .find_applied(&mut conn, id, command, call.command_id, verify)
+                .await
+            {
+                Ok(Some(executed)) => return Ok(executed),
+                Ok(None) => {
+                    call.look_up = false;
+                    call.maybe_stored = false;
+                }
+                Err(RepositoryError::Store(error)) => return Err(call.failed::<A>(id, error)),
+                Err(error) => return Err(Failure::Final(error)),
+            }
+        }
+        let command_id = call.command_id;
+        // A conflict leaves the loaded state valid up to its version:
+        // the next attempt only folds the events that came since.
+        let mut loaded = None;
+        if let Some(cache) = &self.cache
+            && std::mem::take(&mut call.try_cache)
+            && let Some(cached) = cache.get(id)
+        {
+            let mut unverified = Some(cached);
+            match self
+                .decide_and_append(
+                    &mut conn,
+                    id,
+                    command,
+                    metadata,
+                    command_id,
+                    &mut unverified,
+                )
+                .await
+            {
+                Ok(executed) if !executed.events.is_empty() => {
+                    cache.put(id, executed.version, &executed.state);
+                    return Ok(executed);
+                }
+                // Decided on a state that may be stale (a conflict says
+                // it was): decide again the normal way, from the cached
+                // state and the events since.
+                Ok(_)
+                | Err(StoreAttempt::Other(RepositoryError::Rejected(_)))
+                | Err(StoreAttempt::Store(StoreError::OptimisticConcurrency { .. })) => {
+                    loaded = cache.get(id);
+                }
+                Err(failed) => {
+                    cache.evict(id);
+                    return Err(self
+                        .attempt_failed(&mut conn, call, id, command, failed)
+                        .await);
+                }
+            }
+        }
+        let window = self.retry.contention_window();
+        let lock = self.retry.lock_on_retry();
+        // Recently contended: skip the optimistic attempt, which would
+        // most likely lose.
+        let start_locked = lock && self.contended.is_contended(id, window);
+        loop {
+            let outcome = if lock && (call.attempt > 1 || start_locked) {
+                self.try_execute_locked(&mut conn, id, command, metadata, command_id, &mut loaded)
+                    .await
+            } else {
+                self.try_execute(&mut conn, id, command, metadata, command_id, &mut loaded)
+                    .await
+            };
+            match outcome {
+                Err(StoreAttempt::Store(error @ StoreError::OptimisticConcurrency { .. }))
+                    if call.attempt < self.retry.max_attempts() =>
+                {
+                    if lock {
+                        self.contended.record(id, window);
+                    }
+                    // A locked retry waits in the aggregate's lock queue
+                    // instead of sleeping.
+                    let backoff = if lock {
+                        Duration::ZERO
+                    } else {
+                        self.retry.backoff(call.attempt)
+                    };
+                    tracing::debug!(attempt = call.attempt, ?backoff, %error, "conflict, retrying");
+                    if !backoff.is_zero() {
+                        tokio::time::sleep(backoff).await;
+                    }
+                    call.attempt += 1;
+                }
+                Err(failed) => {
+                    if let Some(cache) = &self.cache {
+                        cache.evict(id);
+                    }
+                    return Err(self
+                        .attempt_failed(&mut conn, call, id, command, failed)
+                        .await);
+                }
+                Ok(mut executed) => {
+                    if let Some(cache) = &self.cache {
+                        cache.put(id, executed.version, &executed.state);
+                    }
+                    executed.attempts = call.attempt;
+                    return Ok(executed);
+                }
+            }
+        }
+    }
+
+    /// What an attempt's failure means for the call: a transient failure
+    /// (perhaps after the events were committed) to retry; a reused event
+    /// id, which says the command's events are stored (by a concurrent
+    /// call with the same command id, or a lost attempt of this one), so
+    /// their outcome is looked up; or the end.
+    async fn attempt_failed(
+        &self,
+        conn: &mut Connection<S>,
+        call: &mut Call,
+        id: &str,
+        command: &A::Command,
+        failed: StoreAttempt<A::Error>,
+    ) -> Failure<A> {
+        match failed {
+            StoreAttempt::Unsure(error) if error.is_transient() => {
+                call.maybe_stored = true;
+                call.look_up = true;
+                Failure::Transient(error)
+            }
+            StoreAttempt::Store(error) | StoreAttempt::Unsure(error) => {
+                if let StoreError::EventIdConflict { .. } = error {
+                    match self
+                        .find_applied(conn, id, command, call.command_id, call.verify)
+                        .await
+                    {
+                        Ok(Some(executed)) => return Failure::Replayed(Box::new(executed)),
+                        Ok(None) => {}
+                        Err(RepositoryError::Store(lookup)) if lookup.is_transient() => {
+                            call.look_up = true;
+                            return Failure::Transient(lookup);
+                        }
+                        Err(other) => return Failure::Final(other),
+                    }
+                }
+                call.failed::<A>(id, error)
+            }
+            StoreAttempt::Other(error) => Failure::Final(error),
+        }
+    }
+
+    /// Whether the command's events are stored: if they are, the original
+    /// outcome, after checking (with `verify`) that they are this
+    /// aggregate's and that the command decides them on the state before
+    /// them.
+    async fn find_applied(
+        &self,
+        conn: &mut Connection<S>,
+        id: &str,
+        command: &A::Command,
+        command_id: CommandId,
+        verify: bool,
+    ) -> Result<Option<Executed<A>>, A> {
+        /// How many event ids one lookup asks for; a longer batch takes
+        /// more lookups.
+        const LOOKUP_IDS: usize = 16;
+        let mut stored: Vec<PersistedEvent> = Vec::new();
+        loop {
+            let from = stored.len();
+            let ids: Vec<uuid::Uuid> = (from..from + LOOKUP_IDS)
+                .map(|index| command_id.event_id(index))
+                .collect();
+            let found = self.store.events_by_id(conn, &ids).await?;
+            let run = found
+                .iter()
+                .zip(&ids)
+                .take_while(|(event, id)| event.event_id == **id)
+                .count();
+            stored.extend(found.into_iter().take(run));
+            if run < ids.len() {
+                break;
+            }
+        }
+        let aggregate = Self::aggregate(id);
+        let (Some(first), Some(last)) = (stored.first(), stored.last()) else {
+            return Ok(None);
+        };
+        if first.aggregate() != aggregate {
+            return Err(RepositoryError::CommandIdReused {
+                command_id,
+                aggregate: aggregate.to_owned(),
+                reason: CommandIdReuse::OtherAggregate(Box::new(first.aggregate().to_owned())),
+            });
+        }
+        let (first_version, version) = (first.aggregate_version, last.aggregate_version);
+        let events = stored
+            .iter()
+            .map(|event| {
+                A::Event::decode_json(&event.event_type, event.event_version, event.payload.get())
+                    .map_err(|source| RepositoryError::Decode {
+                        aggregate: aggregate.to_owned(),
+                        source: Box::new(source),
+                    })
+            })
+            .collect::<Result<Vec<_>, A>>()?;
+        let Loaded { mut state, .. } = self.load_in(conn, id, Some(first_version - 1)).await?;
+        if verify {
+            let same = match state.handle(command) {
+                Ok(decided) => same_events::<A>(id, &decided, &events)?,
+                Err(_) => false,
+            };
+            if !same {
+                return Err(RepositoryError::CommandIdReused {
+                    command_id,
+                    aggregate: aggregate.to_owned(),
+                    reason: CommandIdReuse::DifferentCommand {
+                        version: first_version,
+                    },
+                });
+            }
+        }
+        for event in &events {
+            state.apply(event);
+        }
+        tracing::debug!(%command_id, version, "command applied before, returning its outcome");
+        Ok(Some(Executed {
+            version,
+            events,
+            global_positions: stored.iter().map(|e| e.global_position).collect(),
+            state,
+            attempts: 1,
+            transient_retries: 0,
+            command_id,
+            replayed: true,
+        }))
+    }
+
     /// Executes a command on the caller's connection or transaction, with
-    /// no retry (a conflict aborts what the caller is doing; the caller
-    /// decides whether to run it all again). Use it to commit a command
-    /// atomically with your own writes or with commands on other
-    /// aggregates.
+    /// no retry (a conflict or a transient failure aborts what the caller
+    /// is doing; the caller decides whether to run it all again). Use it to
+    /// commit a command atomically with your own writes or with commands on
+    /// other aggregates.
+    ///
+    /// With a [`Metadata::command_id`], a command applied before returns
+    /// its original outcome and a reused id is
+    /// [`RepositoryError::CommandIdReused`], as with
+    /// [`Repository::execute_with`].
     ///
     /// ```no_run
     /// # use es_aggregate::{Aggregate, Repository};
@@ -646,12 +1108,23 @@ where
         command: &A::Command,
         metadata: &Metadata,
     ) -> Result<Executed<A>, A> {
+        let command_id = match metadata.command_id {
+            Some(given) => {
+                if let Some(executed) = self.find_applied(conn, id, command, given, true).await? {
+                    return Ok(executed);
+                }
+                given
+            }
+            None => CommandId::new(),
+        };
         match self
-            .try_execute(conn, id, command, metadata, &mut None)
+            .try_execute(conn, id, command, metadata, command_id, &mut None)
             .await
         {
             Ok(executed) => Ok(executed),
-            Err(StoreAttempt::Store(error)) => Err(RepositoryError::from_store(error, 1)),
+            Err(StoreAttempt::Store(error) | StoreAttempt::Unsure(error)) => {
+                Err(RepositoryError::from_store(error, 1))
+            }
             Err(StoreAttempt::Other(error)) => Err(error),
         }
     }
@@ -664,6 +1137,7 @@ where
         id: &str,
         command: &A::Command,
         metadata: &Metadata,
+        command_id: CommandId,
         loaded: &mut Option<Loaded<A>>,
     ) -> std::result::Result<Executed<A>, StoreAttempt<A::Error>> {
         let store_error = |e: sqlx::Error| StoreAttempt::Store(StoreError::from(e));
@@ -682,14 +1156,17 @@ where
             .map_err(StoreAttempt::from);
         let outcome = match locked {
             Ok(()) => {
-                self.decide_and_append(&mut tx, id, command, metadata, loaded)
+                self.decide_and_append(&mut tx, id, command, metadata, command_id, loaded)
                     .await
             }
             Err(error) => Err(error),
         };
         match outcome {
             Ok(executed) => {
-                tx.commit().await.map_err(store_error)?;
+                // A commit whose reply is lost may have been committed.
+                tx.commit()
+                    .await
+                    .map_err(|e| StoreAttempt::sent(StoreError::from(e)))?;
                 Ok(executed)
             }
             Err(error) => {
@@ -708,24 +1185,27 @@ where
         id: &str,
         command: &A::Command,
         metadata: &Metadata,
+        command_id: CommandId,
         loaded: &mut Option<Loaded<A>>,
     ) -> std::result::Result<Executed<A>, StoreAttempt<A::Error>> {
         match loaded {
             Some(current) => self.catch_up(conn, id, current, None).await?,
             None => *loaded = Some(self.load_in(conn, id, None).await?),
         }
-        self.decide_and_append(conn, id, command, metadata, loaded)
+        self.decide_and_append(conn, id, command, metadata, command_id, loaded)
             .await
     }
 
     /// Handles the command on the loaded state, which is up to date, and
-    /// appends what it decided after the state's version.
+    /// appends what it decided after the state's version, with the event
+    /// ids of `command_id`.
     async fn decide_and_append(
         &self,
         conn: &mut Connection<S>,
         id: &str,
         command: &A::Command,
         metadata: &Metadata,
+        command_id: CommandId,
         loaded: &mut Option<Loaded<A>>,
     ) -> std::result::Result<Executed<A>, StoreAttempt<A::Error>> {
         let current = loaded.as_ref().expect("loaded by the caller");
@@ -742,14 +1222,25 @@ where
                 global_positions: Vec::new(),
                 state,
                 attempts: 1,
+                transient_retries: 0,
+                command_id,
+                replayed: false,
             });
         }
-        let to_store = A::Event::to_events(&events, id, metadata).map_err(StoreAttempt::Store)?;
+        let mut to_store =
+            A::Event::to_events(&events, id, metadata).map_err(StoreAttempt::Store)?;
+        if metadata.command_id != Some(command_id) {
+            for (index, event) in to_store.iter_mut().enumerate() {
+                event.event_id = command_id.event_id(index);
+            }
+        }
+        // Once the append is sent, a lost reply leaves its outcome unknown
+        // (outside a transaction it commits on its own).
         let appended = self
             .store
             .append(conn, ExpectedVersion::at(version), to_store)
             .await
-            .map_err(StoreAttempt::Store)?;
+            .map_err(StoreAttempt::sent)?;
         let Loaded { mut state, .. } = loaded.take().expect("loaded above");
         for event in &events {
             state.apply(event);
@@ -778,6 +1269,9 @@ where
             global_positions: appended.global_positions,
             state,
             attempts: 1,
+            transient_retries: 0,
+            command_id,
+            replayed: false,
         })
     }
 
@@ -863,11 +1357,109 @@ enum Tail {
     Locked,
 }
 
-/// An attempt fails either in the store (a conflict may be retried) or for
-/// a reason retrying cannot fix.
+/// An attempt fails either in the store (a conflict or a transient failure
+/// may be retried) or for a reason retrying cannot fix.
 enum StoreAttempt<E: std::error::Error + 'static> {
+    /// Nothing of the attempt was committed.
     Store(StoreError),
+    /// The append or the commit failed: if the failure is transient, the
+    /// events may have been committed all the same.
+    Unsure(StoreError),
     Other(RepositoryError<E>),
+}
+
+/// How one try of a command call ended, when not with success.
+enum Failure<A: Aggregate> {
+    /// A transient failure: try again after a backoff.
+    Transient(StoreError),
+    /// The command's events were found stored: their outcome.
+    Replayed(Box<Executed<A>>),
+    /// The answer.
+    Final(RepositoryError<A::Error>),
+}
+
+/// One call of [`Repository::execute_with`], across its tries.
+struct Call {
+    /// The id the events' ids are derived from, the same on every try.
+    command_id: CommandId,
+    /// Whether the caller gave the id: stored events of it must then be
+    /// checked to be this command's.
+    verify: bool,
+    /// Whether the next try must first look up whether the events are
+    /// stored.
+    look_up: bool,
+    /// Whether a failed try may have committed the events, and no lookup
+    /// has said otherwise since.
+    maybe_stored: bool,
+    /// The attempt number (1 + conflicts retried).
+    attempt: u32,
+    /// The transient failures retried.
+    retries: u32,
+    /// Whether the state cache may still be tried.
+    try_cache: bool,
+}
+
+impl Call {
+    /// What a store failure means at this point of the call.
+    fn failed<A: Aggregate>(&self, id: &str, error: StoreError) -> Failure<A> {
+        if error.is_transient() {
+            Failure::Transient(error)
+        } else if self.maybe_stored {
+            Failure::Final(RepositoryError::OutcomeUnknown {
+                aggregate: AggregateKey::new(
+                    A::Event::BOUNDED_CONTEXT,
+                    A::Event::AGGREGATE_TYPE,
+                    id,
+                ),
+                command_id: self.command_id,
+                retries: self.retries,
+                source: Box::new(error),
+            })
+        } else {
+            Failure::Final(RepositoryError::from_store(error, self.attempt))
+        }
+    }
+}
+
+/// Whether two batches of events are the same when encoded (type, schema
+/// version and payload, as JSON values), as the store compares a retried
+/// batch.
+fn same_events<A: Aggregate>(
+    id: &str,
+    decided: &[A::Event],
+    stored: &[A::Event],
+) -> std::result::Result<bool, RepositoryError<A::Error>> {
+    if decided.len() != stored.len() {
+        return Ok(false);
+    }
+    let none = Metadata::default();
+    let decided = A::Event::to_events(decided, id, &none)?;
+    let stored = A::Event::to_events(stored, id, &none)?;
+    let value = |event: &es_store::Event| {
+        serde_json::from_str::<serde_json::Value>(event.payload.get())
+            .map_err(|e| RepositoryError::Store(StoreError::Serialization(e)))
+    };
+    for (a, b) in decided.iter().zip(&stored) {
+        if a.event_type != b.event_type
+            || a.event_version != b.event_version
+            || value(a)? != value(b)?
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+impl<E: std::error::Error + 'static> StoreAttempt<E> {
+    /// A failure of a write that was sent: unsure when it is transient (the
+    /// connection may have been lost after the commit), else refused.
+    fn sent(error: StoreError) -> Self {
+        if error.is_transient() {
+            StoreAttempt::Unsure(error)
+        } else {
+            StoreAttempt::Store(error)
+        }
+    }
 }
 
 impl<E: std::error::Error + 'static> From<RepositoryError<E>> for StoreAttempt<E> {

@@ -1,4 +1,5 @@
-//! What the repository does when another writer got to the aggregate first.
+//! What the repository does when another writer got to the aggregate
+//! first, and when the database fails for a moment.
 
 use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
@@ -8,8 +9,17 @@ use std::time::Duration;
 /// again after a backoff.
 ///
 /// Each retry reloads the aggregate and handles the command again on the
-/// fresh state. Only conflicts are retried: a refused command or a database
-/// error is returned at once.
+/// fresh state. A refused command is returned at once.
+///
+/// Transient failures ([`es_store::Error::is_transient`]: a lost
+/// connection, a server restarting, a deadlock, a busy SQLite database, a
+/// pool timeout) are retried too, on a fresh connection after a backoff of
+/// their own, up to [`max_transient_retries`](Self::max_transient_retries)
+/// times per command (see [`with_transient_retries`](Self::with_transient_retries)).
+/// That is safe because a command's events keep their ids on every attempt
+/// ([`es_store::CommandId`]): a retry after a failure whose outcome is
+/// unknown first looks the ids up, and returns the stored outcome if the
+/// lost attempt was committed.
 ///
 /// ```
 /// use std::time::Duration;
@@ -33,6 +43,32 @@ pub struct RetryPolicy {
     jitter: Jitter,
     lock_on_retry: bool,
     contention_window: Duration,
+    transient: TransientRetries,
+}
+
+/// How transient failures are retried.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct TransientRetries {
+    max_retries: u32,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+}
+
+impl TransientRetries {
+    /// 10 retries, waiting 10 ms, 20 ms, 40 ms ... up to 2 s (equal
+    /// jitter): 3.3 to 6.6 s of waiting in all, enough to ride out a
+    /// server's restart.
+    const DEFAULT: Self = Self {
+        max_retries: 10,
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_secs(2),
+    };
+
+    const NONE: Self = Self {
+        max_retries: 0,
+        initial_backoff: Duration::ZERO,
+        max_backoff: Duration::ZERO,
+    };
 }
 
 /// How long an aggregate counts as contended after a conflict, by default.
@@ -61,9 +97,17 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Never retry: the first conflict is returned.
+    /// Never retry: the first conflict or transient failure is returned.
+    ///
+    /// ```
+    /// # use es_aggregate::RetryPolicy;
+    /// assert_eq!(RetryPolicy::none().max_transient_retries(), 0);
+    /// ```
     pub fn none() -> Self {
-        Self::immediate(1)
+        Self {
+            transient: TransientRetries::NONE,
+            ..Self::immediate(1)
+        }
     }
 
     /// Up to `max_attempts` tries (at least 1) with no wait between them.
@@ -82,6 +126,7 @@ impl RetryPolicy {
             jitter: Jitter::None,
             lock_on_retry: true,
             contention_window: CONTENTION_WINDOW,
+            transient: TransientRetries::DEFAULT,
         }
     }
 
@@ -96,6 +141,7 @@ impl RetryPolicy {
             jitter: Jitter::Full,
             lock_on_retry: true,
             contention_window: CONTENTION_WINDOW,
+            transient: TransientRetries::DEFAULT,
         }
     }
 
@@ -116,6 +162,7 @@ impl RetryPolicy {
             jitter: Jitter::None,
             lock_on_retry: true,
             contention_window: CONTENTION_WINDOW,
+            transient: TransientRetries::DEFAULT,
         }
     }
 
@@ -204,6 +251,67 @@ impl RetryPolicy {
     pub fn with_contention_window(mut self, window: Duration) -> Self {
         self.contention_window = window;
         self
+    }
+
+    /// How transient failures are retried: up to `max_retries` times per
+    /// command (0 returns the first one), the n-th retry after a wait of
+    /// `initial * 2^(n-1)`, capped at `max`, with equal jitter (half of it
+    /// fixed, half random). Default: 10 retries from 10 ms up to 2 s, 3.3
+    /// to 6.6 s of waiting in all, which rides out a server's fast restart
+    /// or crash recovery; the pool's own acquire timeout (sqlx's default is
+    /// 30 s) comes on top of each try that cannot connect.
+    ///
+    /// A transient failure is one [`es_store::Error::is_transient`] says
+    /// is: conflicts are counted by [`max_attempts`](Self::max_attempts)
+    /// instead. After the last retry the command fails with
+    /// [`RepositoryError::Unavailable`](crate::RepositoryError::Unavailable),
+    /// or with
+    /// [`RepositoryError::OutcomeUnknown`](crate::RepositoryError::OutcomeUnknown)
+    /// when the last failure may have come after the events were
+    /// committed.
+    ///
+    /// ```
+    /// # use es_aggregate::{Jitter, RetryPolicy};
+    /// # use std::time::Duration;
+    /// let policy = RetryPolicy::default();
+    /// assert_eq!(policy.max_transient_retries(), 10);
+    /// let patient = policy.with_transient_retries(30, Duration::from_millis(50), Duration::from_secs(5));
+    /// assert_eq!(patient.max_transient_retries(), 30);
+    /// let wait = patient.transient_backoff(2);
+    /// assert!(wait >= Duration::from_millis(50) && wait <= Duration::from_millis(100));
+    /// ```
+    pub fn with_transient_retries(
+        mut self,
+        max_retries: u32,
+        initial: Duration,
+        max: Duration,
+    ) -> Self {
+        self.transient = TransientRetries {
+            max_retries,
+            initial_backoff: initial,
+            max_backoff: max.max(initial),
+        };
+        self
+    }
+
+    /// The most retries after transient failures one command gets; see
+    /// [`with_transient_retries`](Self::with_transient_retries).
+    pub fn max_transient_retries(&self) -> u32 {
+        self.transient.max_retries
+    }
+
+    /// The wait before transient retry number `retry` (1 for the first),
+    /// with its equal jitter applied.
+    pub fn transient_backoff(&self, retry: u32) -> Duration {
+        let exponent = retry.saturating_sub(1).min(64) as i32;
+        let TransientRetries {
+            initial_backoff,
+            max_backoff,
+            ..
+        } = self.transient;
+        let nominal = initial_backoff.as_secs_f64() * 2f64.powi(exponent);
+        let capped = Duration::from_secs_f64(nominal.min(max_backoff.as_secs_f64()));
+        capped / 2 + (capped / 2).mul_f64(random_unit())
     }
 
     /// How long an aggregate counts as contended after a conflict; see

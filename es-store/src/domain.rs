@@ -197,7 +197,11 @@ pub trait DomainEvent: Sized + Send + Sync + 'static {
     }
 
     /// Makes store [`Event`]s of a batch of events of one aggregate, in order,
-    /// each as [`to_event`](DomainEvent::to_event) does.
+    /// each as [`to_event`](DomainEvent::to_event) does. With a
+    /// [`Metadata::command_id`], event number `i` gets the id
+    /// [`CommandId::event_id(i)`](crate::CommandId::event_id), so that
+    /// appending the same command's events again is recognised by the
+    /// store.
     ///
     /// ```
     /// # use es_store::{DecodeError, DomainEvent, EventTypeInfo, Event, Metadata, PersistedEvent};
@@ -238,7 +242,14 @@ pub trait DomainEvent: Sized + Send + Sync + 'static {
     {
         events
             .into_iter()
-            .map(|event| event.to_event(aggregate_id, metadata))
+            .enumerate()
+            .map(|(index, event)| {
+                let stored = event.to_event(aggregate_id, metadata)?;
+                Ok(match metadata.command_id {
+                    Some(command) => stored.with_event_id(command.event_id(index)),
+                    None => stored,
+                })
+            })
             .collect()
     }
 

@@ -262,10 +262,118 @@ pub enum Error {
     #[error("migration failed: {0}")]
     Migration(#[source] sqlx::migrate::MigrateError),
 
+    /// No connection came from the pool before its acquire timeout.
+    ///
+    /// `cause` is what a connection attempt met when the pool could not
+    /// open one, found by [`acquire`](crate::acquire) once the pool gave up:
+    /// for example PostgreSQL's `53300` (too many connections), `57P03`
+    /// (the server is starting up) or a refused TCP connection. (sqlx's
+    /// pool retries such errors silently until its timeout and reports only
+    /// [`sqlx::Error::PoolTimedOut`].) `None` when no cause is known: from
+    /// [`acquire`](crate::acquire), a new connection could be opened, so the
+    /// pool's connections were all in use for the whole timeout; from a
+    /// plain conversion of [`sqlx::Error::PoolTimedOut`], nobody looked.
+    ///
+    /// ```
+    /// use es_store::Error;
+    ///
+    /// let busy = Error::PoolTimedOut { cause: None };
+    /// assert!(busy.is_transient());
+    /// assert_eq!(busy.to_string(), "timed out waiting for a connection from the pool");
+    /// ```
+    #[error("timed out waiting for a connection from the pool{}", match .cause {
+        Some(cause) => format!(": {cause}"),
+        None => String::new(),
+    })]
+    PoolTimedOut {
+        /// What opening a connection met, when it failed.
+        #[source]
+        cause: Option<Box<sqlx::Error>>,
+    },
+
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
 }
+
+impl Error {
+    /// Whether the failure is passing, so that running the same thing
+    /// again a moment later may succeed: the connection was lost or could
+    /// not be opened (an I/O error), the server is shutting down, restarting
+    /// or starting up, or terminated the session (PostgreSQL SQLSTATE
+    /// class `08`, `57P01`, `57P02`, `57P03`, and `53300` too many
+    /// connections), the transaction was a serialization failure or a
+    /// deadlock victim (`40001`, `40P01`; MySQL 1213, and 1205 lock wait
+    /// timeout), SQLite's database was busy or locked (`SQLITE_BUSY`,
+    /// `SQLITE_LOCKED`), or the pool timed out ([`Error::PoolTimedOut`]).
+    ///
+    /// An [`Error::OptimisticConcurrency`] is not transient: it is a
+    /// conflict, which is retried by deciding again on the new state, not
+    /// by repeating the same write (a MySQL deadlock inside an append is
+    /// reported as one). Invalid input, refused event ids and decoding
+    /// failures are never transient.
+    ///
+    /// A transient failure of a write leaves its outcome unknown when the
+    /// connection was lost after the write was sent: it may have been
+    /// committed. Repeat it only if it is idempotent (an append with the
+    /// same event ids is: see [`EventStore::append`](crate::EventStore::append)).
+    ///
+    /// ```
+    /// use es_store::Error;
+    ///
+    /// let lost = Error::from(sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into()));
+    /// assert!(lost.is_transient());
+    /// assert!(Error::from(sqlx::Error::PoolTimedOut).is_transient());
+    /// assert!(!Error::NoEvents.is_transient());
+    /// assert!(!Error::from(sqlx::Error::RowNotFound).is_transient());
+    /// ```
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::PoolTimedOut { .. } => true,
+            Error::Database(error) => is_transient_sqlx(error),
+            _ => false,
+        }
+    }
+}
+
+/// [`Error::is_transient`] for a driver error.
+fn is_transient_sqlx(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => is_transient_database(db.as_ref()),
+        _ => false,
+    }
+}
+
+/// Whether the server's error says "try again".
+fn is_transient_database(db: &dyn sqlx::error::DatabaseError) -> bool {
+    #[cfg(feature = "mysql")]
+    if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        // ER_LOCK_WAIT_TIMEOUT, ER_LOCK_DEADLOCK, ER_CON_COUNT_ERROR
+        // (too many connections), ER_SERVER_SHUTDOWN, and
+        // ER_QUERY_INTERRUPTED / ER_CONNECTION_KILLED (a killed session).
+        return matches!(my.number(), 1205 | 1213 | 1040 | 1053 | 1317 | 1927);
+    }
+    #[cfg(feature = "sqlite")]
+    if let Some(lite) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+        // The primary result code is the low byte of the extended one.
+        let code = sqlx::error::DatabaseError::code(lite).and_then(|c| c.parse::<i32>().ok());
+        return code.is_some_and(|c| matches!(c & 0xff, SQLITE_BUSY | SQLITE_LOCKED));
+    }
+    let Some(code) = db.code() else {
+        return false;
+    };
+    code.starts_with("08")
+        || matches!(
+            code.as_ref(),
+            "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300"
+        )
+}
+
+#[cfg(feature = "sqlite")]
+const SQLITE_BUSY: i32 = 5;
+#[cfg(feature = "sqlite")]
+const SQLITE_LOCKED: i32 = 6;
 
 fn at_index(index: Option<usize>) -> String {
     index.map_or_else(String::new, |i| format!(" (event {i})"))
@@ -273,7 +381,10 @@ fn at_index(index: Option<usize>) -> String {
 
 impl From<sqlx::Error> for Error {
     fn from(error: sqlx::Error) -> Self {
-        Error::Database(error)
+        match error {
+            sqlx::Error::PoolTimedOut => Error::PoolTimedOut { cause: None },
+            error => Error::Database(error),
+        }
     }
 }
 

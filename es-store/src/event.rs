@@ -643,6 +643,12 @@ pub struct Metadata {
     pub trace_id: Option<String>,
     /// Stored as each event's `metadata` object.
     pub fields: serde_json::Map<String, serde_json::Value>,
+    /// The command's id: the events' ids are derived from it
+    /// ([`CommandId::event_id`](crate::CommandId::event_id)), by
+    /// [`DomainEvent::to_events`](crate::DomainEvent::to_events) and the
+    /// repository, which is what makes the command idempotent. Not stored
+    /// as a column or field of its own.
+    pub command_id: Option<crate::CommandId>,
 }
 
 impl Metadata {
@@ -666,6 +672,21 @@ impl Metadata {
     /// Sets the trace id.
     pub fn with_trace_id(mut self, id: impl Into<String>) -> Self {
         self.trace_id = Some(id.into());
+        self
+    }
+
+    /// Sets the command id: the events get ids derived from it, so that
+    /// the same command run again (a client's retry with the same
+    /// `Idempotency-Key`, say) is recognised instead of stored twice.
+    ///
+    /// ```
+    /// use es_store::{CommandId, Metadata};
+    ///
+    /// let metadata = Metadata::new().with_command_id(CommandId::from_key("order-17"));
+    /// assert_eq!(metadata.command_id, Some(CommandId::from_key("order-17")));
+    /// ```
+    pub fn with_command_id(mut self, id: crate::CommandId) -> Self {
+        self.command_id = Some(id);
         self
     }
 

@@ -44,6 +44,7 @@ compile_error!(
      `postgres`, `sqlite` or `mysql` (for example `es = { features = [\"postgres\"] }`)"
 );
 
+mod command;
 mod core;
 mod domain;
 mod error;
@@ -53,6 +54,7 @@ pub mod limits;
 #[cfg(feature = "mysql")]
 mod mysql;
 mod names;
+mod pool;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod replay;
@@ -73,6 +75,7 @@ pub mod dialect {
     pub use crate::sqlite::Sqlite;
 }
 
+pub use command::CommandId;
 #[doc(hidden)]
 pub use domain::__private;
 pub use domain::{DecodeError, DomainEvent, EventTypeInfo};
@@ -84,6 +87,7 @@ pub use event::{
 pub use filter::{EventFilter, EventPage, Partition, stream_hash};
 #[cfg(feature = "mysql")]
 pub use mysql::{MySqlStore, MySqlStoreBuilder};
+pub use pool::acquire;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "sqlite")]

@@ -100,6 +100,28 @@ pub trait EventStore: Backend {
         conn: &mut Connection<Self>,
         aggregate: impl AsAggregateRef + Send,
     ) -> impl Future<Output = Result<i64>> + Send;
+
+    /// The stored events among `ids`, in the order of `ids`; ids that are
+    /// not stored are left out. One statement, on the unique index of
+    /// event ids: it is how a writer whose append's outcome was lost finds
+    /// out whether it was stored.
+    ///
+    /// ```no_run
+    /// use es_store::{EventStore, PostgresStore};
+    /// # async fn demo(pool: sqlx::PgPool, id: uuid::Uuid) -> Result<(), es_store::Error> {
+    /// let store = PostgresStore::new();
+    /// let mut conn = pool.acquire().await?;
+    /// let found = store.events_by_id(&mut *conn, &[id]).await?;
+    /// if let Some(event) = found.first() {
+    ///     println!("stored at version {} of {}", event.aggregate_version, event.aggregate());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    fn events_by_id(
+        &self,
+        conn: &mut Connection<Self>,
+        ids: &[uuid::Uuid],
+    ) -> impl Future<Output = Result<Vec<PersistedEvent>>> + Send;
 }
 
 /// Reads one aggregate instance's events.

@@ -96,6 +96,9 @@ macro_rules! repository_conformance_tests {
             repository::lock_in_holds_other_writers_off_until_the_transaction_ends,
             repository::an_undecodable_stored_event_is_a_typed_error,
             repository::a_state_cache_never_decides_on_stale_state,
+            repository::a_command_id_applied_before_returns_its_original_outcome,
+            repository::a_reused_command_id_is_a_typed_error_and_writes_nothing,
+            repository::a_long_batch_of_one_command_is_replayed_whole,
         );
     };
 }

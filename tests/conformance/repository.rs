@@ -906,3 +906,166 @@ pub async fn a_state_cache_never_decides_on_stale_state<F: Fixture>() {
     assert_eq!(other.load("c").await.unwrap().state.balance, 1);
     db.finish().await;
 }
+
+/// The ids of a stored aggregate's events, in version order.
+async fn stored_ids<F: Fixture>(db: &F, id: &str) -> Vec<uuid::Uuid> {
+    stored_events(db, id)
+        .await
+        .iter()
+        .map(|e| e.event_id)
+        .collect()
+}
+
+pub async fn a_command_id_applied_before_returns_its_original_outcome<F: Fixture>() {
+    use es::store::CommandId;
+
+    let db = F::create().await;
+    // Through the state cache and without it: the answer is the store's.
+    let cached = repository(&db).with_state_cache(16);
+    let plain = repository(&db);
+    cached.execute("a", &open("Alice")).await.unwrap();
+    let key = Metadata::new().with_command_id(CommandId::from_key("request-1"));
+    let first = cached.execute_with("a", &deposit(10), &key).await.unwrap();
+    assert!(!first.replayed);
+    assert_eq!(first.command_id, CommandId::from_key("request-1"));
+    assert_eq!(first.version, 2);
+    assert_eq!(
+        stored_ids(&db, "a").await[1],
+        CommandId::from_key("request-1").event_id(0),
+        "the event id is derived from the command id"
+    );
+
+    // The aggregate moves on; the same command id still answers with the
+    // original outcome, and nothing is appended.
+    cached.execute("a", &deposit(5)).await.unwrap();
+    for repository in [&cached, &plain] {
+        let again = repository
+            .execute_with("a", &deposit(10), &key)
+            .await
+            .unwrap();
+        assert!(again.replayed);
+        assert_eq!(again.version, first.version);
+        assert_eq!(again.global_positions, first.global_positions);
+        assert_eq!(again.events, first.events);
+        assert_eq!(
+            again.state.balance, 10,
+            "the state right after the original"
+        );
+    }
+    // In the caller's transaction too.
+    let mut tx = db.pool().begin().await.unwrap();
+    let inside = plain
+        .execute_in(&mut *tx, "a", &deposit(10), &key)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(inside.replayed);
+    assert_eq!(inside.global_positions, first.global_positions);
+
+    assert_eq!(stored_events(&db, "a").await.len(), 3);
+    let loaded = plain.load("a").await.unwrap();
+    assert_eq!((loaded.version, loaded.state.balance), (3, 15));
+    // The cache still answers with the current state.
+    let next = cached.execute("a", &deposit(1)).await.unwrap();
+    assert_eq!((next.version, next.state.balance), (4, 16));
+    db.finish().await;
+}
+
+pub async fn a_reused_command_id_is_a_typed_error_and_writes_nothing<F: Fixture>() {
+    use es::aggregate::CommandIdReuse;
+    use es::store::CommandId;
+
+    let db = F::create().await;
+    let accounts = repository(&db).with_state_cache(16);
+    accounts.execute("a", &open("Alice")).await.unwrap();
+    accounts.execute("b", &open("Bob")).await.unwrap();
+    let key = Metadata::new().with_command_id(CommandId::from_key("request-2"));
+    accounts
+        .execute_with("a", &deposit(10), &key)
+        .await
+        .unwrap();
+    let events_before = db.event_rows().await;
+
+    // Another aggregate.
+    match accounts.execute_with("b", &deposit(10), &key).await {
+        Err(RepositoryError::CommandIdReused {
+            command_id,
+            aggregate,
+            reason: CommandIdReuse::OtherAggregate(other),
+        }) => {
+            assert_eq!(command_id, CommandId::from_key("request-2"));
+            assert_eq!(aggregate.aggregate_id, "b");
+            assert_eq!(other.aggregate_id, "a");
+        }
+        other => panic!("expected CommandIdReused for another aggregate, got {other:?}"),
+    }
+    // A different command on the same aggregate: one that decides other
+    // events on the original state, and one that the original state refuses.
+    for different in [deposit(11), AccountCommand::Withdraw { amount: 1_000 }] {
+        match accounts.execute_with("a", &different, &key).await {
+            Err(RepositoryError::CommandIdReused {
+                reason: CommandIdReuse::DifferentCommand { version: 2 },
+                ..
+            }) => {}
+            other => panic!("expected CommandIdReused for a different command, got {other:?}"),
+        }
+    }
+    let mut tx = db.pool().begin().await.unwrap();
+    let inside = accounts.execute_in(&mut *tx, "b", &deposit(10), &key).await;
+    tx.rollback().await.unwrap();
+    assert!(
+        matches!(inside, Err(RepositoryError::CommandIdReused { .. })),
+        "{inside:?}"
+    );
+    assert_eq!(db.event_rows().await, events_before, "nothing was written");
+    assert_eq!(accounts.load("b").await.unwrap().state.balance, 0);
+    db.finish().await;
+}
+
+pub async fn a_long_batch_of_one_command_is_replayed_whole<F: Fixture>() {
+    use es::store::{CommandId, DomainEvent};
+
+    /// An aggregate whose one command produces `n` events.
+    #[derive(Default)]
+    struct Counter(i64);
+    #[derive(Debug, thiserror::Error)]
+    #[error("never")]
+    struct Never;
+    impl Aggregate for Counter {
+        type Event = AccountEvent;
+        type Command = usize;
+        type Error = Never;
+        fn apply(&mut self, _: &AccountEvent) {
+            self.0 += 1;
+        }
+        fn handle(&self, n: &usize) -> Result<Vec<AccountEvent>, Never> {
+            Ok((0..*n as i64)
+                .map(|i| AccountEvent::Deposited {
+                    amount: self.0 + i + 1,
+                })
+                .collect())
+        }
+    }
+    let db = F::create().await;
+    let counters = Repository::<Counter, F::Store>::new(db.store().clone(), db.pool().clone());
+    counters.execute("c", &3).await.unwrap();
+    // 40 events: more than one lookup's worth of ids.
+    let key = Metadata::new().with_command_id(CommandId::from_key("batch"));
+    let first = counters.execute_with("c", &40, &key).await.unwrap();
+    counters.execute("c", &2).await.unwrap();
+    let again = counters.execute_with("c", &40, &key).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.version, 43);
+    assert_eq!(again.global_positions, first.global_positions);
+    assert_eq!(again.state.0, 43);
+    let encoded = |events: &[AccountEvent]| {
+        AccountEvent::to_events(events, "c", &Metadata::new())
+            .unwrap()
+            .into_iter()
+            .map(|e| e.payload.get().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(encoded(&again.events), encoded(&first.events));
+    assert_eq!(stored_events(&db, "c").await.len(), 45);
+    db.finish().await;
+}

@@ -11,6 +11,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 pub mod fixture;
 #[cfg(feature = "mysql")]
 pub mod mysql;
+pub mod proxy;
 pub mod round_trips;
 pub mod server;
 #[cfg(feature = "sqlite")]

@@ -57,6 +57,26 @@ macro_rules! impl_append {
                 }
                 Ok(version.unwrap_or(0))
             }
+
+            async fn events_by_id(
+                &self,
+                conn: &mut $conn,
+                ids: &[uuid::Uuid],
+            ) -> $crate::Result<Vec<$crate::PersistedEvent>> {
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let rows = sqlx::query(sqlx::AssertSqlSafe(self.sql().stored_ids.clone()))
+                    .bind(codec::id_list(ids.iter().copied())?)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                let mut found = rows
+                    .iter()
+                    .map(|row| decode_row(row))
+                    .collect::<$crate::Result<Vec<_>>>()?;
+                found.sort_by_key(|event| ids.iter().position(|id| *id == event.event_id));
+                Ok(found)
+            }
         }
 
         impl $crate::SqlStore<$dialect> {
@@ -69,7 +89,7 @@ macro_rules! impl_append {
                 events: &[$crate::Event],
             ) -> $crate::Result<Vec<($crate::PersistedEvent, bool)>> {
                 let rows = sqlx::query(sqlx::AssertSqlSafe(self.sql().stored_ids.clone()))
-                    .bind(codec::id_list(events)?)
+                    .bind(codec::id_list(events.iter().map(|e| e.event_id))?)
                     .fetch_all(&mut *conn)
                     .await?;
                 let found = rows

@@ -262,8 +262,8 @@ pub(crate) fn json_name_list(names: &[String]) -> Result<Option<String>> {
 /// A JSON array of the batch's ids, hyphenated (SQLite's `json_each`,
 /// MySQL's `JSON_TABLE`).
 #[cfg(any(feature = "sqlite", feature = "mysql"))]
-pub(crate) fn json_id_list(events: &[Event]) -> Result<String> {
-    let ids: Vec<uuid::fmt::Hyphenated> = events.iter().map(|e| e.event_id.hyphenated()).collect();
+pub(crate) fn json_id_list(ids: impl Iterator<Item = uuid::Uuid>) -> Result<String> {
+    let ids: Vec<uuid::fmt::Hyphenated> = ids.map(|id| id.hyphenated()).collect();
     serde_json::to_string(&ids).map_err(Error::Serialization)
 }
 

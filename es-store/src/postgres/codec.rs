@@ -10,7 +10,7 @@ use sqlx::{AssertSqlSafe, PgConnection, Row};
 use uuid::Uuid;
 
 use super::PostgresStore;
-use crate::{Error, Event, Result};
+use crate::{Error, Result};
 
 pub(super) use super::append::append;
 
@@ -30,8 +30,8 @@ pub(super) fn name_list(names: &[String]) -> Result<&[String]> {
     Ok(names)
 }
 
-pub(super) fn id_list(events: &[Event]) -> Result<Vec<Uuid>> {
-    Ok(events.iter().map(|e| e.event_id).collect())
+pub(super) fn id_list(ids: impl Iterator<Item = Uuid>) -> Result<Vec<Uuid>> {
+    Ok(ids.collect())
 }
 
 pub(super) fn get_uuid(row: &PgRow, index: usize) -> Result<Uuid> {
