@@ -204,49 +204,6 @@ pub(crate) fn in_batch_order(
         .collect())
 }
 
-/// One event of an append as a backend's insert statement reads it from a
-/// JSON array (SQLite's `json_each`): a positional
-/// array, compact, in which JSON text such as the payload travels as a
-/// string, so it is stored exactly as given.
-#[cfg(feature = "sqlite")]
-type BatchRow<'a> = (
-    uuid::fmt::Hyphenated,
-    &'a str,
-    i32,
-    &'a str,
-    &'a str,
-    Option<uuid::fmt::Hyphenated>,
-    Option<uuid::fmt::Hyphenated>,
-    Option<&'a str>,
-    String,
-);
-
-/// The batch as a JSON array of [`BatchRow`]s, with timestamps as the
-/// backend writes them.
-#[cfg(feature = "sqlite")]
-pub(crate) fn batch_json(
-    events: &[Event],
-    time: impl Fn(chrono::DateTime<chrono::Utc>) -> String,
-) -> Result<String> {
-    let rows: Vec<BatchRow<'_>> = events
-        .iter()
-        .map(|e| {
-            (
-                e.event_id.hyphenated(),
-                e.event_type.as_str(),
-                e.event_version,
-                e.payload.get(),
-                e.metadata.get(),
-                e.correlation_id.map(uuid::Uuid::hyphenated),
-                e.causation_id.map(uuid::Uuid::hyphenated),
-                e.trace_id.as_deref(),
-                time(e.created_at),
-            )
-        })
-        .collect();
-    serde_json::to_string(&rows).map_err(Error::Serialization)
-}
-
 /// A filter list as a JSON array (SQLite's `json_each`, MySQL's
 /// `JSON_CONTAINS`), or `None` (no restriction) when it is empty.
 #[cfg(any(feature = "sqlite", feature = "mysql"))]

@@ -66,22 +66,74 @@ async fn append_locked(
     let Some(base) = base else {
         return store.resolve_refused_append(conn, expected, events).await;
     };
-    let insert = statements.insert.clone().expect("rendered for SQLite");
-    let rows: Vec<(i64, i64)> = sqlx::query_as(AssertSqlSafe(insert))
-        .bind(first.bounded_context.as_str())
-        .bind(first.aggregate_type.as_str())
-        .bind(first.aggregate_id.as_str())
-        .bind(base)
-        .bind(crate::core::batch_json(&events, time)?)
-        .bind(crate::stream_hash(
-            &first.bounded_context,
-            &first.aggregate_type,
-            &first.aggregate_id,
-        ))
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(refused)?;
+    let rows = insert(store, conn, &events, base).await.map_err(refused)?;
     crate::core::stored(events, rows)
+}
+
+/// Events per insert statement: 14 parameters each, well under SQLite's
+/// 32,766 per statement.
+const ROWS_PER_INSERT: usize = 1000;
+
+/// Inserts the batch after version `base` with multi-row `VALUES`, in
+/// statements of up to [`ROWS_PER_INSERT`] rows; returns the (version,
+/// position) of each row. One parameter per value: against a JSON array
+/// of the batch unpacked by `json_each`, which SQLite had to parse and
+/// take apart again, es-bench `batch_100` went from 0.78 to 0.85 of plain
+/// code on the store's tables.
+async fn insert(
+    store: &SqliteStore,
+    conn: &mut SqliteConnection,
+    events: &[Event],
+    base: i64,
+) -> std::result::Result<Vec<(i64, i64)>, sqlx::Error> {
+    const ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    const RETURNING: &str = " RETURNING aggregate_version, global_position";
+    let first = &events[0];
+    let prefix = store
+        .sql()
+        .append
+        .insert
+        .as_deref()
+        .expect("rendered for SQLite");
+    let hash = crate::stream_hash(
+        &first.bounded_context,
+        &first.aggregate_type,
+        &first.aggregate_id,
+    );
+    let mut rows = Vec::with_capacity(events.len());
+    for (chunk, batch) in events.chunks(ROWS_PER_INSERT).enumerate() {
+        let mut sql =
+            String::with_capacity(prefix.len() + batch.len() * (ROW.len() + 2) + RETURNING.len());
+        sql.push_str(prefix);
+        for i in 0..batch.len() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(ROW);
+        }
+        sql.push_str(RETURNING);
+        let mut query = sqlx::query_as::<_, (i64, i64)>(AssertSqlSafe(sql));
+        for (i, event) in batch.iter().enumerate() {
+            let version = base + (chunk * ROWS_PER_INSERT + i + 1) as i64;
+            query = query
+                .bind(event.event_id.hyphenated())
+                .bind(first.bounded_context.as_str())
+                .bind(first.aggregate_type.as_str())
+                .bind(first.aggregate_id.as_str())
+                .bind(version)
+                .bind(event.event_type.as_str())
+                .bind(event.event_version)
+                .bind(event.payload.get())
+                .bind(event.metadata.get())
+                .bind(event.correlation_id.map(uuid::Uuid::hyphenated))
+                .bind(event.causation_id.map(uuid::Uuid::hyphenated))
+                .bind(event.trace_id.as_deref())
+                .bind(time(event.created_at))
+                .bind(hash);
+        }
+        rows.extend(query.fetch_all(&mut *conn).await?);
+    }
+    Ok(rows)
 }
 
 /// Maps a failed append statement to the store's errors.

@@ -145,20 +145,15 @@ pub(crate) fn statements(n: &Names) -> Statements {
                  RETURNING version - ?4"
             )
             .into(),
-            // ?1..?3 the aggregate, ?4 the version before the batch, ?5 the
-            // batch as a JSON array of event arrays (see `BatchRow`), ?6 the
-            // stream hash. Rows are inserted in batch order, so positions
-            // increase with versions.
+            // The start of the insert: the append adds a row of 14
+            // parameters per event, in these columns' order, and `RETURNING
+            // aggregate_version, global_position`. Rows are inserted in
+            // batch order, so positions increase with versions.
             insert: Some(format!(
                 "INSERT INTO {events} (event_id, bounded_context, aggregate_type, aggregate_id, \
                      aggregate_version, event_type, event_version, payload, metadata, \
                      correlation_id, causation_id, trace_id, created_at, stream_hash) \
-                 SELECT e.value ->> 0, ?1, ?2, ?3, ?4 + e.key + 1, e.value ->> 1, \
-                     e.value ->> 2, e.value ->> 3, e.value ->> 4, e.value ->> 5, \
-                     e.value ->> 6, e.value ->> 7, e.value ->> 8, ?6 \
-                 FROM json_each(?5) AS e \
-                 ORDER BY e.key \
-                 RETURNING aggregate_version, global_position"
+                 VALUES "
             )
             .into()),
             lock: None,
