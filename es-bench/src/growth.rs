@@ -112,7 +112,10 @@ impl<T: Target> Bench<T> {
             .collect();
         let round = self.side_duration / ROUNDS;
         for _ in 0..ROUNDS {
-            let sides = [(&empty.store, &empty.pool, true), (&self.store, &self.pool, false)];
+            let sides = [
+                (&empty.store, &empty.pool, true),
+                (&self.store, &self.pool, false),
+            ];
             for (store, pool, is_empty) in sides {
                 let stats = growth_probes::<T>(store, pool, &probes, round).await;
                 for (growth, stats) in measured.iter_mut().zip(stats) {

@@ -13,7 +13,9 @@
 //! Workloads: `append_c1`, `append_c1_cached` (the repository's state
 //! cache on), `append_c8`, `store_append_c1`,
 //! `store_append_c8`, `batch_100`, `contended_c8`, `load_10k`,
-//! `catchup_1m`, `growth` (all when none is named).
+//! `catchup_1m`, `growth` (all when none is named). The catch-ups also
+//! run into a projection that writes nothing (`catchup_1m_discard`): the
+//! framework's own part, beside the read model's writes.
 //!
 //! Options:
 //! - `--backend postgres|sqlite|mysql`: where both sides run (default
@@ -245,7 +247,8 @@ async fn run<T: Target>(config: &Config) {
             "load_10k" => bench.load(10_000).await,
             "catchup_1m" => bench.catchup().await,
             "growth" => {
-                let (measured, catchup, fill) = bench.growth(config.growth_events, config.notify).await;
+                let (measured, catchup, fill) =
+                    bench.growth(config.growth_events, config.notify).await;
                 for g in &measured {
                     growth::report(T::NAME, g, config.growth_events, fill, config.json);
                 }
@@ -891,8 +894,51 @@ impl<T: Target> Bench<T> {
                 ),
             });
         }
+        // The framework's own part: the same catch-up into a projection
+        // that writes nothing (reading, decoding, checkpointing).
+        let processor = ProjectionProcessor::new(
+            self.store.clone(),
+            self.pool.clone(),
+            Discard::<T>(PhantomData),
+        )
+        .with_batch_size(CATCHUP_BATCH as u32);
+        let started = Instant::now();
+        let done = processor.rebuild().await.expect("catch up");
+        assert_eq!(done.events as i64, total);
+        comparisons.push(Comparison {
+            workload: format!("{name}_discard"),
+            framework: Stats {
+                ops: done.events,
+                elapsed: started.elapsed(),
+                units_per_op: 1,
+                ..Stats::default()
+            },
+            plain: vec![(Variant::StoreTables.name(), plain.clone())],
+            unit: "events",
+            note: format!(
+                "{total} events; the projection writes nothing but its checkpoint, plain only reads"
+            ),
+        });
         assert_eq!(read as i64, total);
         comparisons
+    }
+}
+
+/// Handles every event by doing nothing: what a catch-up costs beside the
+/// read model's own writes.
+struct Discard<T>(PhantomData<fn() -> T>);
+
+impl<T: Target> Projection<T::Db> for Discard<T> {
+    fn name(&self) -> &str {
+        "bench_discard"
+    }
+
+    async fn reset(&self, _tx: &mut Conn<T>) -> Result<(), HandlerError> {
+        Ok(())
+    }
+
+    async fn handle(&self, _tx: &mut Conn<T>, _event: &PersistedEvent) -> Result<(), HandlerError> {
+        Ok(())
     }
 }
 
