@@ -147,19 +147,34 @@ impl<T: Target> Bench<T> {
                 tokio::spawn(async move {
                     let mut done = 0;
                     while done < mine {
-                        let mut tx = pool.begin().await.expect("begin");
-                        for _ in 0..APPENDS_PER_TX.min(mine - done) {
-                            store
-                                .append(
-                                    &mut *tx,
-                                    ExpectedVersion::NoStream,
-                                    account_events(&random_id(), STREAM - 1),
-                                )
-                                .await
-                                .expect("fill");
-                            done += 1;
+                        let group = APPENDS_PER_TX.min(mine - done);
+                        // Two fillers' transactions can deadlock on MySQL
+                        // (each locks several new aggregates); the victim
+                        // is rolled back whole and reported as a conflict:
+                        // run the group again.
+                        'group: loop {
+                            let mut tx = pool.begin().await.expect("begin");
+                            for _ in 0..group {
+                                match store
+                                    .append(
+                                        &mut *tx,
+                                        ExpectedVersion::NoStream,
+                                        account_events(&random_id(), STREAM - 1),
+                                    )
+                                    .await
+                                {
+                                    Ok(_) => {}
+                                    Err(es::store::Error::OptimisticConcurrency {
+                                        actual: None,
+                                        ..
+                                    }) => continue 'group,
+                                    Err(other) => panic!("fill: {other}"),
+                                }
+                            }
+                            tx.commit().await.expect("commit");
+                            break;
                         }
-                        tx.commit().await.expect("commit");
+                        done += group;
                     }
                 })
             })
