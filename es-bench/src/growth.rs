@@ -47,7 +47,7 @@ const FILLERS: usize = 2;
 /// Rounds of the alternation between the empty and the grown store.
 const ROUNDS: u32 = 4;
 
-/// The operations, in the order [`Bench::growth_probes`] runs them.
+/// The operations, in the order [`growth_probes`] runs them.
 const MEASURES: [&str; 3] = ["append_new_aggregate", "command_existing", "load_100"];
 
 /// One operation measured at both sizes.
