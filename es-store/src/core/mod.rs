@@ -204,6 +204,22 @@ pub(crate) fn in_batch_order(
         .collect())
 }
 
+/// `prefix`, then `rows` copies of `row` separated by commas, then
+/// `suffix`: a multi-row `VALUES` insert (SQLite, MySQL).
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+pub(crate) fn values_sql(prefix: &str, row: &str, rows: usize, suffix: &str) -> String {
+    let mut sql = String::with_capacity(prefix.len() + rows * (row.len() + 2) + suffix.len());
+    sql.push_str(prefix);
+    for i in 0..rows {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(row);
+    }
+    sql.push_str(suffix);
+    sql
+}
+
 /// A filter list as a JSON array (SQLite's `json_each`, MySQL's
 /// `JSON_CONTAINS`), or `None` (no restriction) when it is empty.
 #[cfg(any(feature = "sqlite", feature = "mysql"))]

@@ -209,14 +209,7 @@ async fn insert(
     let mut stored = 0;
     for (chunk, batch) in events.chunks(ROWS_PER_INSERT).enumerate() {
         const ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
-        let mut sql = String::with_capacity(prefix.len() + batch.len() * (ROW.len() + 2));
-        sql.push_str(&prefix);
-        for i in 0..batch.len() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(ROW);
-        }
+        let sql = crate::core::values_sql(&prefix, ROW, batch.len(), "");
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for (i, event) in batch.iter().enumerate() {
             let n = (chunk * ROWS_PER_INSERT + i + 1) as i64;

@@ -102,16 +102,7 @@ async fn insert(
     );
     let mut rows = Vec::with_capacity(events.len());
     for (chunk, batch) in events.chunks(ROWS_PER_INSERT).enumerate() {
-        let mut sql =
-            String::with_capacity(prefix.len() + batch.len() * (ROW.len() + 2) + RETURNING.len());
-        sql.push_str(prefix);
-        for i in 0..batch.len() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(ROW);
-        }
-        sql.push_str(RETURNING);
+        let sql = crate::core::values_sql(prefix, ROW, batch.len(), RETURNING);
         let mut query = sqlx::query_as::<_, (i64, i64)>(AssertSqlSafe(sql));
         for (i, event) in batch.iter().enumerate() {
             let version = base + (chunk * ROWS_PER_INSERT + i + 1) as i64;
