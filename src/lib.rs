@@ -22,7 +22,9 @@
 pub use es_aggregate as aggregate;
 pub use es_store as store;
 
-pub use es_aggregate::{Aggregate, Repository, RepositoryError, RetryPolicy};
+pub use es_aggregate::{
+    Aggregate, Repository, RepositoryError, RetryPolicy, UnitOfWork, WorkError,
+};
 
 pub use es_macros::DomainEvent;
 pub use es_store::{DecodeError, DomainEvent, EventTypeInfo};

@@ -182,7 +182,6 @@ async fn a_retry_holds_the_aggregate_lock() {
 #[tokio::test]
 async fn a_failed_snapshot_neither_fails_the_command_nor_aborts_the_transaction() {
     use es::Repository;
-    use es::store::Metadata;
 
     let db = support::TestDb::new().await;
     let accounts =
@@ -210,7 +209,7 @@ async fn a_failed_snapshot_neither_fails_the_command_nor_aborts_the_transaction(
     db.execute("CREATE TABLE {schema}.audit (note text)").await;
     let mut tx = db.pool.begin().await.unwrap();
     accounts
-        .execute_in(&mut tx, "a", &deposit(1), &Metadata::default())
+        .execute_in(&mut tx, "a", &deposit(1))
         .await
         .unwrap();
     sqlx::query(sqlx::AssertSqlSafe(
@@ -220,7 +219,7 @@ async fn a_failed_snapshot_neither_fails_the_command_nor_aborts_the_transaction(
     .await
     .unwrap();
     accounts
-        .execute_in(&mut tx, "a", &deposit(1), &Metadata::default())
+        .execute_in(&mut tx, "a", &deposit(1))
         .await
         .unwrap();
     tx.commit().await.unwrap();

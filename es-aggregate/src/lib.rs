@@ -13,8 +13,10 @@ pub mod projection;
 mod repository;
 mod retry;
 pub mod testing;
+mod unit;
 
 pub use aggregate::Aggregate;
 pub use projection::{ErrorPolicy, Projection, ProjectionError, ProjectionProcessor};
 pub use repository::{CommandIdReuse, Executed, Loaded, Repository, RepositoryError, Result};
 pub use retry::{Jitter, RetryPolicy};
+pub use unit::{UnitOfWork, Work, WorkConn, WorkError};

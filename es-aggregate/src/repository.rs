@@ -542,7 +542,7 @@ where
     /// let mut tx = repository.pool().begin().await?;
     /// let version = repository.lock_in(&mut *tx, "acc-1").await?;
     /// // nobody else appends to acc-1 until tx ends
-    /// let executed = repository.execute_in(&mut *tx, "acc-1", &command, &es_store::Metadata::default()).await?;
+    /// let executed = repository.execute_in(&mut *tx, "acc-1", &command).await?;
     /// assert!(executed.version >= version);
     /// tx.commit().await?;
     /// # Ok(()) }
@@ -1082,9 +1082,32 @@ where
 
     /// Executes a command on the caller's connection or transaction, with
     /// no retry (a conflict or a transient failure aborts what the caller
-    /// is doing; the caller decides whether to run it all again). Use it to
-    /// commit a command atomically with your own writes or with commands on
-    /// other aggregates.
+    /// is doing; the caller decides whether to run it all again), and no
+    /// metadata. Use it to commit a command atomically with your own writes
+    /// or with commands on other aggregates; [`UnitOfWork`](crate::UnitOfWork)
+    /// does that with the retries.
+    ///
+    /// ```no_run
+    /// # use es_aggregate::{Aggregate, Repository};
+    /// # async fn demo<A: Aggregate>(repository: Repository<A>, debit: A::Command, credit: A::Command) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut tx = repository.pool().begin().await?;
+    /// repository.execute_in(&mut *tx, "acc-1", &debit).await?;
+    /// repository.execute_in(&mut *tx, "acc-2", &credit).await?;
+    /// tx.commit().await?; // both or neither
+    /// # Ok(()) }
+    /// ```
+    pub async fn execute_in(
+        &self,
+        conn: &mut Connection<S>,
+        id: &str,
+        command: &A::Command,
+    ) -> Result<Executed<A>, A> {
+        self.execute_in_with(conn, id, command, &Metadata::default())
+            .await
+    }
+
+    /// [`Repository::execute_in`] with metadata (correlation and causation
+    /// ids, free fields) on every event produced.
     ///
     /// With a [`Metadata::command_id`], a command applied before returns
     /// its original outcome and a reused id is
@@ -1093,15 +1116,14 @@ where
     ///
     /// ```no_run
     /// # use es_aggregate::{Aggregate, Repository};
-    /// # async fn demo<A: Aggregate>(repository: Repository<A>, debit: A::Command, credit: A::Command) -> Result<(), Box<dyn std::error::Error>> {
+    /// # async fn demo<A: Aggregate>(repository: Repository<A>, command: A::Command) -> Result<(), Box<dyn std::error::Error>> {
+    /// let metadata = es_store::Metadata::new().with_correlation_id(uuid::Uuid::now_v7());
     /// let mut tx = repository.pool().begin().await?;
-    /// let metadata = es_store::Metadata::default();
-    /// repository.execute_in(&mut *tx, "acc-1", &debit, &metadata).await?;
-    /// repository.execute_in(&mut *tx, "acc-2", &credit, &metadata).await?;
-    /// tx.commit().await?; // both or neither
+    /// repository.execute_in_with(&mut *tx, "acc-1", &command, &metadata).await?;
+    /// tx.commit().await?;
     /// # Ok(()) }
     /// ```
-    pub async fn execute_in(
+    pub async fn execute_in_with(
         &self,
         conn: &mut Connection<S>,
         id: &str,
@@ -1121,6 +1143,49 @@ where
             .try_execute(conn, id, command, metadata, command_id, &mut None)
             .await
         {
+            Ok(executed) => Ok(executed),
+            Err(StoreAttempt::Store(error) | StoreAttempt::Unsure(error)) => {
+                Err(RepositoryError::from_store(error, 1))
+            }
+            Err(StoreAttempt::Other(error)) => Err(error),
+        }
+    }
+
+    /// A command of a unit of work, in its transaction, with the id the
+    /// unit gave it (in `metadata`): looked up first when the unit may have
+    /// been committed before (`look_up`), and decided under the
+    /// aggregate's lock when it conflicted in an earlier run (`lock`).
+    pub(crate) async fn execute_in_unit(
+        &self,
+        conn: &mut Connection<S>,
+        id: &str,
+        command: &A::Command,
+        metadata: &Metadata,
+        look_up: bool,
+        lock: bool,
+    ) -> Result<Executed<A>, A> {
+        let command_id = metadata
+            .command_id
+            .expect("the unit of work names every command");
+        if look_up
+            && let Some(executed) = self
+                .find_applied(conn, id, command, command_id, true)
+                .await?
+        {
+            return Ok(executed);
+        }
+        let mut loaded = None;
+        let outcome = if lock {
+            let mut current = self.starting_point(conn, id, None).await?;
+            self.fold_tail(conn, id, &mut current, Tail::Locked).await?;
+            loaded = Some(current);
+            self.decide_and_append(conn, id, command, metadata, command_id, &mut loaded)
+                .await
+        } else {
+            self.try_execute(conn, id, command, metadata, command_id, &mut loaded)
+                .await
+        };
+        match outcome {
             Ok(executed) => Ok(executed),
             Err(StoreAttempt::Store(error) | StoreAttempt::Unsure(error)) => {
                 Err(RepositoryError::from_store(error, 1))

@@ -95,6 +95,32 @@ impl CommandId {
     }
 }
 
+impl CommandId {
+    /// The id of command number `index` (0 for the first) of a unit of
+    /// work whose id this is: derived like [`CommandId::event_id`], with
+    /// the same time prefix, from another hash, so that a unit of work
+    /// run again gives each of its commands the same id as before.
+    ///
+    /// ```
+    /// # use es_store::CommandId;
+    /// let unit = CommandId::from_key("transfer-42");
+    /// assert_eq!(unit.part(0), unit.part(0));
+    /// assert_ne!(unit.part(0), unit.part(1));
+    /// assert_ne!(unit.part(0).as_uuid(), unit.event_id(0));
+    /// ```
+    pub fn part(&self, index: usize) -> CommandId {
+        let hash = Sha1::new()
+            .chain_update(self.0.as_bytes())
+            .chain_update(b"command")
+            .chain_update((index as u64).to_be_bytes())
+            .finalize();
+        let mut bytes = [0u8; 16];
+        bytes[..6].copy_from_slice(&self.0.as_bytes()[..6]);
+        bytes[6..].copy_from_slice(&hash[..10]);
+        CommandId(uuid::Builder::from_custom_bytes(bytes).into_uuid())
+    }
+}
+
 impl From<Uuid> for CommandId {
     fn from(id: Uuid) -> Self {
         Self(id)
@@ -128,6 +154,7 @@ mod tests {
         let command = CommandId::from_uuid("01a237ea-b95e-7000-8000-000000000001".parse().unwrap());
         assert_eq!(command.event_id(0).to_string(), PINNED_EVENT_0);
         assert_eq!(command.event_id(1).to_string(), PINNED_EVENT_1);
+        assert_eq!(command.part(0).to_string(), PINNED_PART_0);
     }
 
     // Computed independently (Python's uuid.uuid5, and hashlib.sha1 over
@@ -135,4 +162,6 @@ mod tests {
     const PINNED_KEY: &str = "0b36e088-a664-5287-b15d-d6a598e90aa7";
     const PINNED_EVENT_0: &str = "01a237ea-b95e-875d-9684-7a1284c8fc06";
     const PINNED_EVENT_1: &str = "01a237ea-b95e-8b5e-950e-eda16ff43adf";
+    // hashlib.sha1 over the id's bytes, b"command" and the index.
+    const PINNED_PART_0: &str = "01a237ea-b95e-8412-b5ae-952e45b80ca2";
 }

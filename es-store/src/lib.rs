@@ -95,7 +95,7 @@ pub use sqlite::{SqliteStore, SqliteStoreBuilder};
 pub use store::{Dialect, SqlStore, StoreBuilder};
 pub use traits::{
     AggregateStreamReader, Backend, CheckpointStore, Connection, EventReader, EventStore,
-    ProjectionFailure, ProjectionStore, SnapshotStore, StoredEvent,
+    ProjectionFailure, ProjectionStore, SnapshotStore, Store, StoredEvent,
 };
 
 /// The store generic code names when it is not told: `PostgresStore`

@@ -30,14 +30,19 @@ pub async fn acquire<DB: sqlx::Database>(
 ) -> Result<sqlx::pool::PoolConnection<DB>> {
     match pool.acquire().await {
         Ok(conn) => Ok(conn),
-        Err(sqlx::Error::PoolTimedOut) => Err(Error::PoolTimedOut {
-            cause: why_no_connection(pool).await,
-        }),
+        Err(sqlx::Error::PoolTimedOut) => Err(timed_out(pool).await),
         Err(error) => Err(error.into()),
     }
 }
 
 /// What opening one connection with the pool's options meets, if it fails.
+/// The error of a pool that timed out, with why no connection came.
+pub(crate) async fn timed_out<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> Error {
+    Error::PoolTimedOut {
+        cause: why_no_connection(pool).await,
+    }
+}
+
 async fn why_no_connection<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> Option<Box<sqlx::Error>> {
     let options = pool.connect_options();
     match tokio::time::timeout(DIAGNOSIS_TIMEOUT, options.connect()).await {

@@ -29,6 +29,9 @@ pub(crate) mod sealed {
         fn statements(names: &Names) -> Statements;
         /// The migrations, oldest first: (version, description, SQL).
         fn migrations(names: &Names) -> Vec<(i64, &'static str, String)>;
+        /// The statement that begins a transaction that reads and then
+        /// writes, where the driver's `BEGIN` is not the right one.
+        const BEGIN_WRITE: Option<&'static str> = None;
     }
 }
 

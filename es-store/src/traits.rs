@@ -122,6 +122,59 @@ pub trait EventStore: Backend {
         conn: &mut Connection<Self>,
         ids: &[uuid::Uuid],
     ) -> impl Future<Output = Result<Vec<PersistedEvent>>> + Send;
+
+    /// The statement that begins a transaction which reads and then
+    /// writes, on this backend; `None` when the driver's plain `BEGIN` is
+    /// right (PostgreSQL). SQLite: `BEGIN IMMEDIATE`, which takes the write
+    /// lock up front and waits for it (a deferred transaction that read
+    /// first fails at once with `SQLITE_BUSY` when another writer committed
+    /// since). MySQL: `READ COMMITTED` first, so that a read after locking
+    /// an aggregate sees what the previous holder committed.
+    ///
+    /// ```
+    /// use es_store::{EventStore, PostgresStore};
+    /// assert_eq!(PostgresStore::new().begin_write_sql(), None);
+    /// # #[cfg(feature = "sqlite")]
+    /// assert_eq!(es_store::SqliteStore::new().begin_write_sql(), Some("BEGIN IMMEDIATE"));
+    /// ```
+    fn begin_write_sql(&self) -> Option<&'static str>;
+
+    /// Takes a connection from `pool` and begins a transaction on it that
+    /// is going to read and then write (load an aggregate, decide,
+    /// append), the way the backend needs it
+    /// ([`EventStore::begin_write_sql`]); like `pool.begin()`, and when the
+    /// pool times out, the error says why, as [`acquire`](crate::acquire)'s
+    /// does. A plain `begin()` is right for a transaction that writes
+    /// first.
+    ///
+    /// ```no_run
+    /// use es_store::{EventStore, PostgresStore};
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_store::Error> {
+    /// let store = PostgresStore::new();
+    /// let mut tx = store.begin_write(&pool).await?;
+    /// let version = store.lock_aggregate(&mut *tx, ("Billing", "Account", "acc-1")).await?;
+    /// // ... read, decide, append with ExpectedVersion::Exact(version) ...
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    fn begin_write(
+        &self,
+        pool: &sqlx::Pool<Self::Database>,
+    ) -> impl Future<Output = Result<sqlx::Transaction<'static, Self::Database>>> + Send {
+        let statement = self.begin_write_sql();
+        let pool = pool.clone();
+        async move {
+            let begun = match statement {
+                Some(statement) => pool.begin_with(statement).await,
+                None => pool.begin().await,
+            };
+            match begun {
+                Ok(tx) => Ok(tx),
+                Err(sqlx::Error::PoolTimedOut) => Err(crate::pool::timed_out(&pool).await),
+                Err(error) => Err(error.into()),
+            }
+        }
+    }
 }
 
 /// Reads one aggregate instance's events.
@@ -488,4 +541,40 @@ pub struct ProjectionFailure {
     pub error: String,
     /// When it was recorded.
     pub failed_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A store with every capability: what code generic over the backend
+/// names with one bound instead of six. Every [`SqlStore`](crate::SqlStore)
+/// is one.
+///
+/// ```
+/// use es_store::{Connection, Store};
+///
+/// async fn head<S: Store>(store: &S, conn: &mut Connection<S>) -> es_store::Result<i64> {
+///     store.head_position(conn).await
+/// }
+///
+/// fn takes_any_store<S: Store>(_: &S) {}
+/// takes_any_store(&es_store::PostgresStore::new());
+/// ```
+pub trait Store:
+    EventStore
+    + AggregateStreamReader
+    + EventReader
+    + CheckpointStore
+    + SnapshotStore
+    + ProjectionStore
+    + Clone
+{
+}
+
+impl<T> Store for T where
+    T: EventStore
+        + AggregateStreamReader
+        + EventReader
+        + CheckpointStore
+        + SnapshotStore
+        + ProjectionStore
+        + Clone
+{
 }

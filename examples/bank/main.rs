@@ -3,7 +3,8 @@
 //! Opens two accounts, deposits and withdraws through the repository,
 //! refuses an overdraft, lets eight tasks deposit into one account at once
 //! (their optimistic-concurrency conflicts are retried), moves money between
-//! accounts atomically in one transaction, and prints the result.
+//! accounts atomically in a unit of work (and refuses a transfer that would
+//! overdraw, changing neither account), and prints the result.
 //!
 //! Stores events in the SQLite file `es-example.db` in the current
 //! directory, or, when `DATABASE_URL` is a PostgreSQL URL (`postgres://…`),
@@ -15,9 +16,7 @@ mod domain;
 use std::sync::Arc;
 
 use domain::{Account, AccountCommand, AccountError};
-use es::store::{
-    AggregateStreamReader, EventStore, Metadata, PostgresStore, SnapshotStore, SqliteStore,
-};
+use es::store::{Metadata, PostgresStore, SqliteStore, Store};
 use es::{Repository, RepositoryError, RetryPolicy};
 
 /// The SQLite database the examples share when no PostgreSQL URL is given.
@@ -56,7 +55,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 async fn run<S>(store: S, pool: sqlx::Pool<S::Database>) -> Result<(), Box<dyn std::error::Error>>
 where
-    S: EventStore + AggregateStreamReader + SnapshotStore,
+    S: Store,
 {
     let accounts = Arc::new(
         Repository::<Account, S>::new(store, pool).with_retry_policy(RetryPolicy::default()),
@@ -128,28 +127,39 @@ where
     }
     println!("80 concurrent deposits into {bob}: {conflicts} conflicts retried");
 
-    // A transfer: both commands commit in one transaction, or neither.
-    let mut tx = accounts.pool().begin().await?;
-    let transfer = Metadata::new()
-        .with_correlation_id(uuid::Uuid::now_v7())
-        .with_field("reason", "rent");
-    accounts
-        .execute_in(
-            &mut *tx,
-            &alice,
-            &AccountCommand::Withdraw { amount: 50 },
-            &transfer,
-        )
-        .await?;
-    accounts
-        .execute_in(
-            &mut *tx,
-            &bob,
-            &AccountCommand::Deposit { amount: 50 },
-            &transfer,
-        )
-        .await?;
-    tx.commit().await?;
+    // Transfers: both commands commit in one transaction, or neither; a
+    // conflict or a lost connection runs the whole unit again.
+    let transfer = |from: String, to: String, amount: i64| {
+        let accounts = &accounts;
+        let metadata = Metadata::new()
+            .with_correlation_id(uuid::Uuid::now_v7())
+            .with_field("reason", "rent");
+        async move {
+            accounts
+                .unit_of_work()
+                .run_with(&metadata, |work| {
+                    let (from, to) = (from.clone(), to.clone());
+                    async move {
+                        work.execute(accounts, &from, &AccountCommand::Withdraw { amount })
+                            .await?;
+                        work.execute(accounts, &to, &AccountCommand::Deposit { amount })
+                            .await?;
+                        Ok(())
+                    }
+                })
+                .await
+        }
+    };
+    transfer(alice.clone(), bob.clone(), 50).await?;
+    match transfer(alice.clone(), bob.clone(), 500).await {
+        Err(refused) => match refused.rejection::<AccountError>() {
+            Some(AccountError::InsufficientFunds { balance, asked }) => println!(
+                "transfer refused: {asked} asked from a balance of {balance}; neither account changed"
+            ),
+            _ => return Err(refused.into()),
+        },
+        Ok(()) => panic!("expected the transfer to be refused"),
+    }
 
     for id in [&alice, &bob] {
         let account = accounts.load(id).await?;

@@ -6,6 +6,7 @@
 pub mod projection;
 pub mod repository;
 pub mod store;
+pub mod unit;
 
 /// Generates one `#[tokio::test]` per listed test body for a fixture.
 #[macro_export]
@@ -99,6 +100,10 @@ macro_rules! repository_conformance_tests {
             repository::a_command_id_applied_before_returns_its_original_outcome,
             repository::a_reused_command_id_is_a_typed_error_and_writes_nothing,
             repository::a_long_batch_of_one_command_is_replayed_whole,
+            unit::twenty_orders_race_for_ten_units_through_the_unit_of_work,
+            unit::a_unit_commits_all_or_nothing_and_types_every_refusal,
+            unit::a_conflicting_unit_runs_again_whole_on_fresh_state,
+            unit::an_idempotent_unit_returns_its_original_outcome,
         );
     };
 }

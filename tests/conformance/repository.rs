@@ -547,22 +547,16 @@ pub async fn execute_in_commits_and_rolls_back_with_the_caller<F: Fixture>() {
     accounts.execute("a", &open("Alice")).await.unwrap();
     accounts.execute("a", &deposit(100)).await.unwrap();
     accounts.execute("b", &open("Bob")).await.unwrap();
-    let none = Metadata::default();
 
     // rolled back: neither the caller's row nor the events remain
     let mut tx = db.pool().begin().await.unwrap();
     F::record(&mut *tx, &audit_row()).await.unwrap();
     accounts
-        .execute_in(
-            &mut *tx,
-            "a",
-            &AccountCommand::Withdraw { amount: 40 },
-            &none,
-        )
+        .execute_in(&mut *tx, "a", &AccountCommand::Withdraw { amount: 40 })
         .await
         .unwrap();
     accounts
-        .execute_in(&mut *tx, "b", &deposit(40), &none)
+        .execute_in(&mut *tx, "b", &deposit(40))
         .await
         .unwrap();
     tx.rollback().await.unwrap();
@@ -574,16 +568,11 @@ pub async fn execute_in_commits_and_rolls_back_with_the_caller<F: Fixture>() {
     let mut tx = db.pool().begin().await.unwrap();
     F::record(&mut *tx, &audit_row()).await.unwrap();
     accounts
-        .execute_in(
-            &mut *tx,
-            "a",
-            &AccountCommand::Withdraw { amount: 40 },
-            &none,
-        )
+        .execute_in(&mut *tx, "a", &AccountCommand::Withdraw { amount: 40 })
         .await
         .unwrap();
     accounts
-        .execute_in(&mut *tx, "b", &deposit(40), &none)
+        .execute_in(&mut *tx, "b", &deposit(40))
         .await
         .unwrap();
     tx.commit().await.unwrap();
@@ -594,17 +583,12 @@ pub async fn execute_in_commits_and_rolls_back_with_the_caller<F: Fixture>() {
     // a refusal inside the transaction is reported and leaves it usable
     let mut tx = db.pool().begin().await.unwrap();
     let err = accounts
-        .execute_in(
-            &mut *tx,
-            "a",
-            &AccountCommand::Withdraw { amount: 1000 },
-            &none,
-        )
+        .execute_in(&mut *tx, "a", &AccountCommand::Withdraw { amount: 1000 })
         .await
         .unwrap_err();
     assert!(matches!(err, RepositoryError::Rejected(_)));
     accounts
-        .execute_in(&mut *tx, "a", &deposit(1), &none)
+        .execute_in(&mut *tx, "a", &deposit(1))
         .await
         .unwrap();
     tx.commit().await.unwrap();
@@ -614,7 +598,7 @@ pub async fn execute_in_commits_and_rolls_back_with_the_caller<F: Fixture>() {
     let mut tx = db.pool().begin().await.unwrap();
     let command = interfere(&db, 1);
     let err = contested(&*db)
-        .execute_in(&mut *tx, "c", &command, &none)
+        .execute_in(&mut *tx, "c", &command)
         .await
         .unwrap_err();
     assert!(matches!(err, RepositoryError::Conflict { attempts: 1, .. }));
@@ -771,7 +755,6 @@ pub async fn snapshot_is_the_state_loading_starts_from<F: Fixture>() {
 pub async fn lock_in_holds_other_writers_off_until_the_transaction_ends<F: Fixture>() {
     let db = Arc::new(F::create().await);
     let repo = observed(&*db);
-    let none = Metadata::default();
     let (ours, _our_decisions) = tokio::sync::mpsc::unbounded_channel();
     let observe = Observe { decided: ours };
 
@@ -798,10 +781,7 @@ pub async fn lock_in_holds_other_writers_off_until_the_transaction_ends<F: Fixtu
         "another writer appended while the aggregate was locked"
     );
     // so what the holder decides on the version it locked cannot conflict
-    let executed = repo
-        .execute_in(&mut *tx, "hot", &observe, &none)
-        .await
-        .unwrap();
+    let executed = repo.execute_in(&mut *tx, "hot", &observe).await.unwrap();
     assert_eq!((executed.version, executed.attempts), (3, 1));
     tx.commit().await.unwrap();
     // the other writer lost the race it waited in, and decided again
@@ -955,7 +935,7 @@ pub async fn a_command_id_applied_before_returns_its_original_outcome<F: Fixture
     // In the caller's transaction too.
     let mut tx = db.pool().begin().await.unwrap();
     let inside = plain
-        .execute_in(&mut *tx, "a", &deposit(10), &key)
+        .execute_in_with(&mut *tx, "a", &deposit(10), &key)
         .await
         .unwrap();
     tx.commit().await.unwrap();
@@ -1011,7 +991,9 @@ pub async fn a_reused_command_id_is_a_typed_error_and_writes_nothing<F: Fixture>
         }
     }
     let mut tx = db.pool().begin().await.unwrap();
-    let inside = accounts.execute_in(&mut *tx, "b", &deposit(10), &key).await;
+    let inside = accounts
+        .execute_in_with(&mut *tx, "b", &deposit(10), &key)
+        .await;
     tx.rollback().await.unwrap();
     assert!(
         matches!(inside, Err(RepositoryError::CommandIdReused { .. })),

@@ -58,6 +58,10 @@ macro_rules! impl_append {
                 Ok(version.unwrap_or(0))
             }
 
+            fn begin_write_sql(&self) -> Option<&'static str> {
+                <$dialect as $crate::store::sealed::Dialect>::BEGIN_WRITE
+            }
+
             async fn events_by_id(
                 &self,
                 conn: &mut $conn,

@@ -24,6 +24,15 @@ impl sealed::Dialect for MySql {
         max_schema: Some(64),
     };
 
+    // Under InnoDB's default REPEATABLE READ, a transaction's plain reads
+    // come from the snapshot its first read took: after locking an
+    // aggregate it would still fold the events of that older snapshot, and
+    // decide on stale state. Under READ COMMITTED each statement reads what
+    // is committed when it runs, as on PostgreSQL. (The setting applies to
+    // the next transaction only; both go in one round trip.)
+    const BEGIN_WRITE: Option<&'static str> =
+        Some("SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION");
+
     fn statements(names: &crate::names::Names) -> crate::core::Statements {
         sql::statements(names)
     }

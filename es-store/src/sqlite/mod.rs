@@ -32,6 +32,12 @@ impl sealed::Dialect for Sqlite {
         max_schema: None,
     };
 
+    // A deferred transaction that reads first cannot take the write lock
+    // later if another writer committed since its read began (SQLITE_BUSY
+    // at once, whatever the busy timeout): a writing transaction takes the
+    // lock when it begins, and waits for it.
+    const BEGIN_WRITE: Option<&'static str> = Some("BEGIN IMMEDIATE");
+
     fn statements(names: &crate::names::Names) -> crate::core::Statements {
         sql::statements(names)
     }
