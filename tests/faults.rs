@@ -619,3 +619,59 @@ async fn when_retries_run_out_the_error_says_whether_the_outcome_is_known() {
     pool.close().await;
     direct.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_reply_to_a_units_commit_replays_the_unit_instead_of_repeating_it() {
+    let server = TestServer::postgres();
+    let proxy = Proxy::start(([127, 0, 0, 1], server.port()).into()).await;
+    let pool = pool(proxy.port(), "es-proxy", 2).await;
+    let store = PostgresStore::new();
+    store.migrate(&pool).await.unwrap();
+    let accounts = Repository::<Account, _>::new(store, pool.clone());
+    for id in ["a", "b"] {
+        accounts
+            .execute(id, &AccountCommand::Open { owner: id.into() })
+            .await
+            .unwrap();
+    }
+
+    // The unit's first append holds the marker; the reply to its COMMIT
+    // is lost.
+    proxy.lose_explicit_commit_reply_after(LOST.to_string().as_bytes());
+    let unit = accounts.unit_of_work();
+    let accounts_ref = &accounts;
+    let runs = std::sync::atomic::AtomicU32::new(0);
+    let runs_ref = &runs;
+    let (done, dropped) = tokio::join!(
+        unit.run(move |work| async move {
+            runs_ref.fetch_add(1, Ordering::SeqCst);
+            let a = work
+                .execute(accounts_ref, "a", &AccountCommand::Deposit { amount: LOST })
+                .await?;
+            let b = work
+                .execute(accounts_ref, "b", &AccountCommand::Deposit { amount: 1 })
+                .await?;
+            Ok((work.replayed(), a.version, b.version, work.command_id()))
+        }),
+        proxy.dropped()
+    );
+    assert!(dropped.explicit_commit);
+    let (replayed, a, b, unit_id) = done.expect("the unit's retry absorbs the lost reply");
+    assert!(replayed, "the last run found the unit committed");
+    assert_eq!((a, b), (2, 2), "the original versions");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        2,
+        "one lost commit, one replay"
+    );
+    let direct = self::pool(server.port(), "es-check", 1).await;
+    assert_eq!(
+        deposits_of(&direct, "a", LOST).await,
+        [(2, unit_id.part(0).event_id(0))],
+        "stored once"
+    );
+    assert_eq!(deposits_of(&direct, "b", 1).await.len(), 1, "stored once");
+    eprintln!("lost reply to a unit's COMMIT: the second run replayed versions {a} and {b}");
+    pool.close().await;
+    direct.close().await;
+}

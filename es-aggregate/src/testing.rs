@@ -1,4 +1,6 @@
-//! Given / when / then: test an aggregate without a database.
+//! Given / when / then: test an aggregate without a database
+//! ([`given`]), or commands across aggregates against a throwaway
+//! database of their own ([`TestDatabase`]).
 //!
 //! ```
 //! # use es_aggregate::Aggregate;
@@ -28,6 +30,10 @@
 use std::fmt::Debug;
 
 use crate::Aggregate;
+
+mod database;
+
+pub use database::{TestDatabase, Then};
 
 /// Starts a scenario from the aggregate's past events.
 pub fn given<A: Aggregate>(events: impl IntoIterator<Item = A::Event>) -> Given<A> {
