@@ -675,3 +675,154 @@ async fn a_lost_reply_to_a_units_commit_replays_the_unit_instead_of_repeating_it
     pool.close().await;
     direct.close().await;
 }
+
+/// What one unit of work did: a deposit of `amount` into the task's own
+/// account and the same into a shared one, both or neither.
+struct UnitOutcome {
+    own: String,
+    shared: String,
+    amount: i64,
+    took: Duration,
+    result: Result<(es::store::CommandId, i64, i64), es::WorkError>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn units_of_work_survive_backends_terminated_every_100ms() {
+    let server = TestServer::postgres();
+    let port = server.port();
+    let pool = pool(port, "es-faults", 8).await;
+    let repository = accounts(&pool).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(watch::channel(0).0);
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let (repository, stop, progress, runs) = (
+            repository.clone(),
+            stop.clone(),
+            progress.clone(),
+            runs.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let unit = repository.unit_of_work();
+            let mut outcomes = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let own = format!("own-{t}");
+                let shared = SHARED[n % 2].to_owned();
+                let amount = (t as i64 + 1) * 1_000_000 + n as i64;
+                let started = Instant::now();
+                let (repository, runs, own_ref, shared_ref) = (&repository, &runs, &own, &shared);
+                let result = unit
+                    .run(move |work| async move {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        let deposit = AccountCommand::Deposit { amount };
+                        let a = work.execute(repository, own_ref, &deposit).await?;
+                        let b = work.execute(repository, shared_ref, &deposit).await?;
+                        Ok((work.command_id(), a.version, b.version))
+                    })
+                    .await;
+                outcomes.push(UnitOutcome {
+                    own,
+                    shared,
+                    amount,
+                    took: started.elapsed(),
+                    result,
+                });
+                progress.send_modify(|done| *done += 1);
+                n += 1;
+            }
+            outcomes
+        }));
+    }
+    let controller = {
+        let (stop, progress) = (stop.clone(), progress.clone());
+        async move {
+            let mut admin = PgConnection::connect_with(&options(port, "es-faults-admin"))
+                .await
+                .unwrap();
+            let mut terminated = 0;
+            let mut every = tokio::time::interval(Duration::from_millis(100));
+            commands_done(&progress, 10).await;
+            for _ in 0..40 {
+                every.tick().await;
+                terminated += sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE application_name = 'es-faults' ORDER BY random() LIMIT 1) AS t",
+                )
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+            }
+            commands_done(&progress, 30).await;
+            stop.store(true, Ordering::SeqCst);
+            admin.close().await.ok();
+            terminated
+        }
+    };
+    let terminated = controller.await;
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.extend(task.await.unwrap());
+    }
+    assert!(terminated > 0);
+
+    // amount -> where each deposit of it is stored: (aggregate, version, id)
+    let mut stored: HashMap<i64, Vec<(String, i64, uuid::Uuid)>> = HashMap::new();
+    let mut conn = pool.acquire().await.unwrap();
+    let owned = (0..TASKS).map(|t| format!("own-{t}"));
+    for id in owned.chain(SHARED.iter().map(|s| s.to_string())) {
+        let stream = repository
+            .store()
+            .read_aggregate_stream(&mut *conn, ("Billing", "Account", id.as_str()), ..)
+            .await
+            .unwrap();
+        for event in &stream.events {
+            let payload: serde_json::Value = serde_json::from_str(event.payload.get()).unwrap();
+            if let Some(amount) = payload["amount"].as_i64() {
+                stored.entry(amount).or_default().push((
+                    id.clone(),
+                    event.aggregate_version,
+                    event.event_id,
+                ));
+            }
+        }
+    }
+    let longest = outcomes.iter().map(|o| o.took).max().unwrap();
+    for outcome in &outcomes {
+        let (unit_id, own_version, shared_version) = match &outcome.result {
+            Ok(done) => *done,
+            Err(error) => panic!("a unit failed although retries remained: {error}"),
+        };
+        let mut found = stored.remove(&outcome.amount).unwrap_or_default();
+        found.sort();
+        let mut expected = vec![
+            (
+                outcome.own.clone(),
+                own_version,
+                unit_id.part(0).event_id(0),
+            ),
+            (
+                outcome.shared.clone(),
+                shared_version,
+                unit_id.part(1).event_id(0),
+            ),
+        ];
+        expected.sort();
+        assert_eq!(
+            found, expected,
+            "unit {unit_id} is stored once, whole, as it returned"
+        );
+    }
+    assert!(stored.is_empty(), "deposits no unit returned: {stored:?}");
+    let units = outcomes.len();
+    eprintln!(
+        "units under terminated backends: {terminated} backends terminated, {units} units, \
+         {} runs ({} run again), longest unit {longest:?}, 0 errors",
+        runs.load(Ordering::SeqCst),
+        runs.load(Ordering::SeqCst) - units
+    );
+    drop(conn);
+    pool.close().await;
+    drop(server);
+}

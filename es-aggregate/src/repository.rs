@@ -1151,6 +1151,23 @@ where
         }
     }
 
+    /// Whether `id` conflicted within the retry policy's contention window
+    /// (and retries take the lock): a unit of work then decides on it
+    /// under its lock from its first run.
+    pub(crate) fn recently_contended(&self, id: &str) -> bool {
+        self.retry.lock_on_retry()
+            && self
+                .contended
+                .is_contended(id, self.retry.contention_window())
+    }
+
+    /// Remembers that `id` conflicted in a unit of work.
+    pub(crate) fn record_contention(&self, id: &str) {
+        if self.retry.lock_on_retry() {
+            self.contended.record(id, self.retry.contention_window());
+        }
+    }
+
     /// A command of a unit of work, in its transaction, with the id the
     /// unit gave it (in `metadata`): looked up first when the unit may have
     /// been committed before (`look_up`), and decided under the

@@ -39,7 +39,10 @@ use crate::{
 ///   on fresh state, up to [`RetryPolicy::max_attempts`] runs in all. With
 ///   [`RetryPolicy::with_lock_on_retry`] (the default) the next runs decide
 ///   the commands on the aggregates that conflicted under their lock, so
-///   contended aggregates queue instead of racing again.
+///   contended aggregates queue instead of racing again; and for the
+///   repository's contention window
+///   ([`RetryPolicy::with_contention_window`]) its other units and
+///   commands start under that lock too.
 /// - **Transient failures** ([`StoreError::is_transient`]: a lost
 ///   connection, a server restart, a deadlock, a busy database, a pool
 ///   timeout) run the closure again after a backoff
@@ -492,13 +495,18 @@ where
             metadata.command_id = Some(shared.unit_id.part(index));
         }
         let key = AggregateKey::new(A::Event::BOUNDED_CONTEXT, A::Event::AGGREGATE_TYPE, id);
-        let lock = shared.contended.contains(&key);
+        let lock = shared.contended.contains(&key) || repository.recently_contended(id);
         let look_up = given || shared.look_up.load(Ordering::Relaxed);
         let mut tx = self.connection().await?;
         let executed = repository
             .execute_in_unit(&mut tx, id, command, &metadata, look_up, lock)
             .await
-            .map_err(|error| WorkError::from(error).with_attempts(shared.attempt))?;
+            .map_err(|error| {
+                if error.is_conflict() {
+                    repository.record_contention(id);
+                }
+                WorkError::from(error).with_attempts(shared.attempt)
+            })?;
         if executed.replayed {
             shared.replayed.store(true, Ordering::Relaxed);
         } else if look_up && !executed.events.is_empty() && !given {
