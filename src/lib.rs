@@ -23,7 +23,7 @@ pub use es_aggregate as aggregate;
 pub use es_store as store;
 
 pub use es_aggregate::{
-    Aggregate, Repository, RepositoryError, RetryPolicy, UnitOfWork, WorkError,
+    Aggregate, Repository, RepositoryError, RetryPolicy, UnitOfWork, WorkError, event_set,
 };
 
 pub use es_macros::DomainEvent;

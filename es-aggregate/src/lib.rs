@@ -16,7 +16,15 @@ pub mod testing;
 mod unit;
 
 pub use aggregate::Aggregate;
-pub use projection::{ErrorPolicy, Projection, ProjectionError, ProjectionProcessor};
+pub use projection::{
+    ErrorPolicy, Projection, ProjectionError, ProjectionProcessor, TypedProjection,
+};
 pub use repository::{CommandIdReuse, Executed, Loaded, Repository, RepositoryError, Result};
 pub use retry::{Jitter, RetryPolicy};
 pub use unit::{UnitOfWork, Work, WorkConn, WorkError};
+
+/// What [`event_set!`] expands to names; not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use es_store::{DecodeError, PersistedEvent};
+}

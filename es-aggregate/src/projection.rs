@@ -48,6 +48,10 @@ use tracing::Instrument;
 
 use crate::RetryPolicy;
 
+mod typed;
+
+pub use typed::{Envelope, EventSet, Typed, TypedProjection};
+
 /// What a handler may fail with.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -130,15 +134,26 @@ pub trait Projection<DB: sqlx::Database = <es_store::DefaultStore as Backend>::D
     }
 
     /// Clears the read model before a [rebuild](ProjectionProcessor::rebuild),
-    /// in the transaction that also resets the checkpoint. Does nothing by
-    /// default.
+    /// in the transaction that also resets the checkpoint. A projection
+    /// that does not say how (the default) cannot be rebuilt: `rebuild`
+    /// refuses to start, with [`ProjectionError::NoReset`], and changes
+    /// nothing. (A projection with nothing to clear returns `Ok(())`.)
     fn reset(
         &self,
         tx: &mut DB::Connection,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send {
         let _ = tx;
-        async { Ok(()) }
+        async { Err(no_reset()) }
     }
+}
+
+/// What the default [`Projection::reset`] fails with.
+#[derive(Debug, thiserror::Error)]
+#[error("the projection does not implement `reset`")]
+struct NoReset;
+
+pub(crate) fn no_reset() -> HandlerError {
+    Box::new(NoReset)
 }
 
 /// Why a batch failed.
@@ -209,6 +224,16 @@ pub enum ProjectionError {
         /// The handler's error.
         #[source]
         source: HandlerError,
+    },
+    /// A rebuild was asked of a projection that does not say how to clear
+    /// its read model ([`Projection::reset`] is not implemented); nothing
+    /// was changed.
+    #[error(
+        "projection `{projection}` cannot be rebuilt: it does not implement `reset`, so its read model cannot be cleared before the replay"
+    )]
+    NoReset {
+        /// The projection.
+        projection: String,
     },
     /// [`Projection::reset`] failed; nothing was reset.
     #[error("projection `{projection}` could not be reset: {source}")]
@@ -438,6 +463,18 @@ enum Batch {
     Handled { events: u64, skipped: u64 },
     /// The batch failed and the error policy wants it tried again.
     Retry,
+}
+
+impl<S, P> ProjectionProcessor<S, Typed<P>>
+where
+    S: ProjectionStore + Clone,
+    P: TypedProjection<S::Database>,
+{
+    /// A processor of a [`TypedProjection`], with the defaults of
+    /// [`new`](Self::new). `processor.projection()` dereferences to it.
+    pub fn typed(store: S, pool: sqlx::Pool<S::Database>, projection: P) -> Self {
+        Self::new(store, pool, Typed(projection))
+    }
 }
 
 impl<S, P> ProjectionProcessor<S, P>
@@ -675,7 +712,17 @@ where
     /// catches up.
     pub async fn rebuild(&self) -> Result<CatchUp, ProjectionError> {
         let mut tx = self.pool.begin().await.map_err(|e| self.store_error(e))?;
-        // Claim every partition first, so that no processor is midway.
+        // The read model first: a projection that cannot be reset refuses
+        // before anything is claimed.
+        if let Err(source) = self.projection.reset(&mut tx).await {
+            let projection = self.projection.name().to_owned();
+            return Err(if source.is::<NoReset>() {
+                ProjectionError::NoReset { projection }
+            } else {
+                ProjectionError::Reset { projection, source }
+            });
+        }
+        // Claim every partition, so that no processor is midway.
         for (key, _) in self.checkpoint_names() {
             loop {
                 match self.store.claim_checkpoint(&mut tx, &key).await {
@@ -689,13 +736,6 @@ where
                 .await
                 .map_err(|e| self.store_error(e))?;
         }
-        self.projection
-            .reset(&mut tx)
-            .await
-            .map_err(|source| ProjectionError::Reset {
-                projection: self.projection.name().to_owned(),
-                source,
-            })?;
         tx.commit().await.map_err(|e| self.store_error(e))?;
         self.catch_up().await
     }

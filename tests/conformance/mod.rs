@@ -6,6 +6,7 @@
 pub mod projection;
 pub mod repository;
 pub mod store;
+pub mod typed;
 pub mod unit;
 
 /// Generates one `#[tokio::test]` per listed test body for a fixture.
@@ -71,6 +72,8 @@ macro_rules! projection_conformance_tests {
             projection::a_whole_batch_failure_is_traced_to_its_event,
             projection::the_skip_policy_skips_nothing_it_cannot_pin_down,
             projection::a_rebuild_resets_and_replays,
+            typed::a_typed_projection_gets_its_types_decoded_and_upcast,
+            typed::a_rebuild_without_reset_refuses_and_changes_nothing,
         );
     };
 }
