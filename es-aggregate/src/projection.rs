@@ -427,6 +427,7 @@ pub struct ProjectionProcessor<S: Backend, P> {
     wakeup: Option<Wakeup>,
     durable_commits: bool,
     prefetch: bool,
+    give_up_after: Option<u32>,
 }
 
 /// A page being read ahead, while the batch before it is handled.
@@ -501,7 +502,26 @@ where
             wakeup: None,
             durable_commits: true,
             prefetch: true,
+            give_up_after: None,
         }
+    }
+
+    /// After how many transient store failures in a row (a lost
+    /// connection, a restarting server, a deadlock, a pool timeout)
+    /// [`run`](Self::run) gives up; by default it never does, retrying
+    /// each after a backoff growing from 50 ms to 5 s. Other store errors
+    /// stop it after 10 in a row.
+    ///
+    /// ```no_run
+    /// # use es_aggregate::projection::{Projection, ProjectionProcessor};
+    /// # fn demo<P: Projection>(pool: sqlx::PgPool, projection: P) {
+    /// let processor = ProjectionProcessor::new(es_store::PostgresStore::new(), pool, projection)
+    ///     .with_give_up_after(Some(100));
+    /// # }
+    /// ```
+    pub fn with_give_up_after(mut self, failures: Option<u32>) -> Self {
+        self.give_up_after = failures;
+        self
     }
 
     /// Events per batch (and per transaction), at least 1.
@@ -632,23 +652,34 @@ where
     }
 
     /// Keeps the projection current until `shutdown` completes: processes
-    /// what is there, then waits for a wakeup or the polling interval.
-    /// Returns an error when the error policy gives up, or on a store error
-    /// that persists (transient ones are retried with backoff).
+    /// what is there, then waits until appends are committed in this
+    /// process ([`EventReader::committed_appends`](es_store::EventReader::committed_appends),
+    /// on every backend), a [`Wakeup`] comes (a PostgreSQL notification,
+    /// for appends of other processes), or the polling interval passes.
+    ///
+    /// A store failure is retried after a backoff (from 50 ms up to 5 s),
+    /// without waiting for a wakeup: transient ones
+    /// ([`es_store::Error::is_transient`]) for ever by default
+    /// ([`with_give_up_after`](Self::with_give_up_after)), others up to 10
+    /// in a row. Returns an error when the error policy gives up on a
+    /// handler, or when store failures outlast that.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), ProjectionError> {
         let mut wakeup = self.wakeup.clone();
+        let mut appended = self.store.committed_appends();
         let partitions = self.checkpoint_names();
         let mut policy_attempts = 1;
         let mut ahead = None;
-        let mut store_failures = 0u32;
-        let retry_store =
-            RetryPolicy::exponential(10, Duration::from_millis(50), Duration::from_secs(5));
+        let (mut transient_failures, mut other_failures) = (0u32, 0u32);
+        let backoff =
+            RetryPolicy::exponential(u32::MAX, Duration::from_millis(50), Duration::from_secs(5));
         tokio::pin!(shutdown);
         // Start the partitions at a different place in each worker so that
         // workers spread out.
         let offset = (std::process::id() as usize + Arc::as_ptr(&self.projection) as usize)
             % partitions.len();
         loop {
+            // What is committed from here on wakes the wait below.
+            appended.borrow_and_update();
             let mut progressed = false;
             for i in 0..partitions.len() {
                 let (key, filter) = &partitions[(offset + i) % partitions.len()];
@@ -661,7 +692,7 @@ where
                     match batch {
                         Ok(Batch::Handled { .. } | Batch::Retry) => {
                             progressed = true;
-                            store_failures = 0;
+                            (transient_failures, other_failures) = (0, 0);
                         }
                         Ok(Batch::Busy | Batch::Idle) => {
                             // A partition's retry budget is its own. (Store
@@ -671,18 +702,36 @@ where
                             policy_attempts = 1;
                             break;
                         }
-                        Err(ProjectionError::Store { source, .. })
-                            if store_failures + 1 < retry_store.max_attempts() =>
-                        {
-                            store_failures += 1;
-                            let backoff = retry_store.backoff(store_failures);
+                        Err(ProjectionError::Store { projection, source }) => {
+                            let failures = if source.is_transient() {
+                                transient_failures += 1;
+                                transient_failures
+                            } else {
+                                other_failures += 1;
+                                other_failures
+                            };
+                            let limit = if source.is_transient() {
+                                self.give_up_after
+                            } else {
+                                Some(10)
+                            };
+                            if limit.is_some_and(|limit| failures >= limit) {
+                                return Err(ProjectionError::Store { projection, source });
+                            }
+                            let wait = backoff.backoff(transient_failures + other_failures);
                             tracing::warn!(
                                 projection = self.projection.name(),
                                 error = %source,
-                                ?backoff,
+                                ?wait,
                                 "store error, retrying"
                             );
-                            tokio::time::sleep(backoff).await;
+                            tokio::select! {
+                                biased;
+                                () = &mut shutdown => return Ok(()),
+                                () = tokio::time::sleep(wait) => {}
+                            }
+                            // Tried again at once, not at the next wakeup.
+                            progressed = true;
                             break;
                         }
                         Err(error) => return Err(error),
@@ -701,6 +750,7 @@ where
             tokio::select! {
                 biased;
                 () = &mut shutdown => return Ok(()),
+                _ = appended.changed() => {}
                 () = wake => {}
                 () = tokio::time::sleep(self.poll_interval) => {}
             }

@@ -1249,6 +1249,9 @@ where
                 tx.commit()
                     .await
                     .map_err(|e| StoreAttempt::sent(StoreError::from(e)))?;
+                if !executed.events.is_empty() {
+                    self.store.notify_committed();
+                }
                 Ok(executed)
             }
             Err(error) => {

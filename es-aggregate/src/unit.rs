@@ -320,7 +320,10 @@ impl<S: EventStore> UnitOfWork<S> {
         };
         match outcome {
             Ok(value) => match tx.commit().await {
-                Ok(()) => Ok(value),
+                Ok(()) => {
+                    self.store.notify_committed();
+                    Ok(value)
+                }
                 // A commit whose reply is lost may have been committed.
                 Err(error) => {
                     let error = StoreError::from(error);

@@ -77,6 +77,25 @@ pub struct SqlStore<D: Dialect> {
 pub(crate) struct Inner {
     pub(crate) names: Names,
     pub(crate) sql: Statements,
+    /// This process's signal of appends committed to the events table.
+    pub(crate) committed: tokio::sync::watch::Sender<u64>,
+}
+
+/// The in-process signal of committed appends of each events table, by
+/// backend and qualified table name, shared by every store on that table
+/// (built separately or cloned). Two databases with the same table names
+/// share a signal: their followers wake for nothing and read nothing, which
+/// costs a read and loses no event.
+fn committed_signal(backend: &str, events: &str) -> tokio::sync::watch::Sender<u64> {
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, Mutex};
+    static SIGNALS: LazyLock<Mutex<HashMap<String, tokio::sync::watch::Sender<u64>>>> =
+        LazyLock::new(Mutex::default);
+    let mut signals = SIGNALS.lock().unwrap_or_else(|e| e.into_inner());
+    signals
+        .entry(format!("{backend}:{events}"))
+        .or_insert_with(|| tokio::sync::watch::channel(0).0)
+        .clone()
 }
 
 impl<D: Dialect> Clone for SqlStore<D> {
@@ -390,8 +409,13 @@ impl<D: Dialect> StoreBuilder<D> {
         };
         names.check_distinct()?;
         let sql = D::statements(&names);
+        let committed = committed_signal(rules.backend, &names.events());
         Ok(SqlStore {
-            inner: Arc::new(Inner { names, sql }),
+            inner: Arc::new(Inner {
+                names,
+                sql,
+                committed,
+            }),
             dialect: PhantomData,
         })
     }

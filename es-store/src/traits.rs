@@ -123,6 +123,23 @@ pub trait EventStore: Backend {
         ids: &[uuid::Uuid],
     ) -> impl Future<Output = Result<Vec<PersistedEvent>>> + Send;
 
+    /// Tells this process's followers of the feed (projection processors
+    /// in [`run`](https://docs.rs/es-aggregate), through
+    /// [`EventReader::committed_appends`]) that appends were committed. An
+    /// append on a connection outside a transaction commits by itself and
+    /// signals by itself; after committing a transaction of your own that
+    /// appended, call this, or the followers in this process see the events
+    /// at their next poll. (The repository and units of work do.)
+    ///
+    /// ```
+    /// use es_store::{EventReader, EventStore, PostgresStore};
+    /// let store = PostgresStore::new();
+    /// let mut appended = store.committed_appends();
+    /// store.notify_committed();
+    /// assert!(appended.has_changed().unwrap());
+    /// ```
+    fn notify_committed(&self);
+
     /// The statement that begins a transaction which reads and then
     /// writes, on this backend; `None` when the driver's plain `BEGIN` is
     /// right (PostgreSQL). SQLite: `BEGIN IMMEDIATE`, which takes the write
@@ -389,6 +406,22 @@ pub trait EventReader: Backend {
         limit: i64,
         filter: &EventFilter,
     ) -> impl Future<Output = Result<EventPage>> + Send;
+
+    /// A signal that changes whenever this process commits appends to the
+    /// store's events table ([`EventStore::notify_committed`]): what
+    /// projection processors wait on to follow the feed live on every
+    /// backend. Appends made by other processes do not change it (on
+    /// PostgreSQL they send a notification instead; elsewhere followers
+    /// poll).
+    ///
+    /// ```no_run
+    /// use es_store::{EventReader, PostgresStore};
+    /// # async fn demo() {
+    /// let mut appended = PostgresStore::new().committed_appends();
+    /// appended.changed().await.unwrap(); // an append was committed here
+    /// # }
+    /// ```
+    fn committed_appends(&self) -> tokio::sync::watch::Receiver<u64>;
 }
 
 /// Remembers how far each projection has read.

@@ -74,6 +74,7 @@ macro_rules! projection_conformance_tests {
             projection::a_rebuild_resets_and_replays,
             typed::a_typed_projection_gets_its_types_decoded_and_upcast,
             typed::a_rebuild_without_reset_refuses_and_changes_nothing,
+            typed::run_follows_appends_of_this_process_live,
         );
     };
 }

@@ -239,3 +239,114 @@ pub async fn a_rebuild_without_reset_refuses_and_changes_nothing<F: Fixture>() {
     assert_eq!(db.handled().await.len(), 1, "the read model was left alone");
     db.finish().await;
 }
+
+/// Counts the events it handles, for a test to wait on.
+pub struct Counting<F> {
+    handled: tokio::sync::watch::Sender<u64>,
+    fixture: PhantomData<fn() -> F>,
+}
+
+impl<F: Fixture> TypedProjection<F::Db> for Counting<F> {
+    type Events = super::repository::bank::AccountEvent;
+
+    fn name(&self) -> &str {
+        "counting"
+    }
+
+    async fn handle(
+        &self,
+        _tx: &mut <F::Db as sqlx::Database>::Connection,
+        _event: Envelope<'_, super::repository::bank::AccountEvent>,
+    ) -> Result<(), HandlerError> {
+        self.handled.send_modify(|n| *n += 1);
+        Ok(())
+    }
+}
+
+/// Waits until `count` events were handled; a minute is plenty even on a
+/// loaded machine, and far below the hour-long polling interval.
+async fn handled(seen: &mut tokio::sync::watch::Receiver<u64>, count: u64) {
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        seen.wait_for(|n| *n >= count),
+    )
+    .await
+    .expect("woken by the append, not by polling")
+    .unwrap();
+}
+
+pub async fn run_follows_appends_of_this_process_live<F: Fixture>() {
+    use super::repository::bank;
+    let db = F::create().await;
+    let (counter, mut seen) = tokio::sync::watch::channel(0);
+    let processor = std::sync::Arc::new(
+        ProjectionProcessor::typed(
+            db.store().clone(),
+            db.pool().clone(),
+            Counting::<F> {
+                handled: counter,
+                fixture: PhantomData,
+            },
+        )
+        // only a wakeup can explain a prompt handling
+        .with_poll_interval(std::time::Duration::from_secs(3600)),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = {
+        let processor = processor.clone();
+        tokio::spawn(async move {
+            processor
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+        })
+    };
+    // through the repository (an append that commits by itself), 20 times
+    let accounts =
+        es::Repository::<bank::Account, F::Store>::new(db.store().clone(), db.pool().clone());
+    let mut latencies = Vec::new();
+    for n in 0..20u64 {
+        let started = std::time::Instant::now();
+        let command = if n == 0 {
+            bank::AccountCommand::Open { owner: "A".into() }
+        } else {
+            bank::AccountCommand::Deposit { amount: 1 }
+        };
+        accounts.execute("acc-1", &command).await.unwrap();
+        handled(&mut seen, n + 1).await;
+        latencies.push(started.elapsed());
+    }
+    // a unit of work's commit
+    let accounts_ref = &accounts;
+    accounts
+        .unit_of_work()
+        .run(move |work| async move {
+            work.execute(accounts_ref, "acc-1", &bank::AccountCommand::Deposit { amount: 1 })
+                .await?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    handled(&mut seen, 21).await;
+    // a transaction of the caller's (begun for reading then writing, as
+    // SQLite needs while the processor writes too), which says it committed
+    let mut tx = db.store().begin_write(db.pool()).await.unwrap();
+    accounts
+        .execute_in(&mut *tx, "acc-1", &bank::AccountCommand::Deposit { amount: 1 })
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    db.store().notify_committed();
+    handled(&mut seen, 22).await;
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    latencies.sort();
+    println!(
+        "{}: append to handled, p50 {:?}, max {:?} (20 commands)",
+        std::any::type_name::<F>(),
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1]
+    );
+    db.finish().await;
+}

@@ -15,7 +15,17 @@ macro_rules! impl_append {
                 mut events: Vec<$crate::Event>,
             ) -> $crate::Result<$crate::AppendResult> {
                 let expected = $crate::validate::append(expected, &mut events)?;
-                codec::append(self, conn, expected, events).await
+                // Outside a transaction, the append commits by itself.
+                let commits = !sqlx::Connection::is_in_transaction(conn);
+                let appended = codec::append(self, conn, expected, events).await?;
+                if commits {
+                    self.notify_committed();
+                }
+                Ok(appended)
+            }
+
+            fn notify_committed(&self) {
+                self.inner.committed.send_modify(|n| *n = n.wrapping_add(1));
             }
 
             async fn lock_aggregate(

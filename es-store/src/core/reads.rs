@@ -172,6 +172,10 @@ macro_rules! impl_reads {
                 Ok(page.events)
             }
 
+            fn committed_appends(&self) -> tokio::sync::watch::Receiver<u64> {
+                self.inner.committed.subscribe()
+            }
+
             async fn read_filtered(
                 &self,
                 conn: &mut $conn,
