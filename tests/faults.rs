@@ -826,3 +826,97 @@ async fn units_of_work_survive_backends_terminated_every_100ms() {
     pool.close().await;
     drop(server);
 }
+
+/// Counts what it handles, for the test to wait on.
+struct Counted(watch::Sender<u64>);
+
+impl es::aggregate::Projection<sqlx::Postgres> for Counted {
+    fn name(&self) -> &str {
+        "counted"
+    }
+
+    async fn handle(
+        &self,
+        _tx: &mut PgConnection,
+        _event: &es::store::PersistedEvent,
+    ) -> Result<(), es::aggregate::projection::HandlerError> {
+        self.0.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    async fn reset(
+        &self,
+        _tx: &mut PgConnection,
+    ) -> Result<(), es::aggregate::projection::HandlerError> {
+        Ok(())
+    }
+}
+
+/// The database goes away under a running processor, after the one wakeup
+/// it will get: it keeps retrying the failed batch on its own (not at the
+/// next wakeup, with an hour-long polling interval), never gives up on
+/// the transient failures, and handles the event once the database is
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_processor_retries_through_an_outage_without_a_wakeup() {
+    use es::aggregate::ProjectionProcessor;
+
+    let server = TestServer::postgres();
+    let proxy = Proxy::start(([127, 0, 0, 1], server.port()).into()).await;
+    let direct = pool(server.port(), "es-writer", 2).await;
+    let accounts = accounts(&direct).await;
+    let proxied = PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(1))
+        .connect_with(options(proxy.port(), "es-processor"))
+        .await
+        .unwrap();
+    let (counter, mut handled) = watch::channel(0);
+    let processor =
+        ProjectionProcessor::new(PostgresStore::new(), proxied.clone(), Counted(counter))
+            .with_poll_interval(Duration::from_secs(3600));
+    let running = tokio::spawn(async move { processor.run(std::future::pending()).await });
+    let opened = 2 + TASKS as u64;
+    let wait = |handled: &mut watch::Receiver<u64>, count: u64| {
+        let mut handled = handled.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(120), handled.wait_for(|n| *n >= count))
+                .await
+                .expect("handled")
+                .unwrap();
+        }
+    };
+    wait(&mut handled, opened).await;
+
+    // The database looks down to the processor: its connections are cut
+    // and new ones refused.
+    proxy.set_refusing(true);
+    let cut: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid, 30000)) FROM pg_stat_activity \
+         WHERE application_name = 'es-processor'",
+    )
+    .fetch_one(&direct)
+    .await
+    .unwrap();
+    accounts
+        .execute("own-0", &AccountCommand::Deposit { amount: 1 })
+        .await
+        .unwrap();
+    // the append's wakeup makes it try, and it tries again by itself
+    proxy.refused(3).await;
+    assert!(
+        !running.is_finished(),
+        "run() gives up on nothing transient"
+    );
+    proxy.set_refusing(false);
+    let started = Instant::now();
+    wait(&mut handled, opened + 1).await;
+    eprintln!(
+        "outage: {cut} connection(s) cut, handled {:?} after the database came back",
+        started.elapsed()
+    );
+    assert!(!running.is_finished());
+    running.abort();
+    proxied.close().await;
+    direct.close().await;
+}

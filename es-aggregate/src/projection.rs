@@ -147,6 +147,28 @@ pub trait Projection<DB: sqlx::Database = <es_store::DefaultStore as Backend>::D
     }
 }
 
+/// The store error a handler failed with, when it is a transient one
+/// (as the handler's `?` on a sqlx or store call leaves it); else the
+/// handler's error back.
+fn transient_store_error(error: HandlerError) -> Result<es_store::Error, HandlerError> {
+    let error = match error.downcast::<sqlx::Error>() {
+        Ok(sqlx) => {
+            let store = es_store::Error::from(*sqlx);
+            return if store.is_transient() {
+                Ok(store)
+            } else {
+                Err(Box::new(store))
+            };
+        }
+        Err(other) => other,
+    };
+    match error.downcast::<es_store::Error>() {
+        Ok(store) if store.is_transient() => Ok(*store),
+        Ok(store) => Err(store),
+        Err(other) => Err(other),
+    }
+}
+
 /// What the default [`Projection::reset`] fails with.
 #[derive(Debug, thiserror::Error)]
 #[error("the projection does not implement `reset`")]
@@ -909,6 +931,22 @@ where
                 })
             }
             Err(failure) => {
+                // A handler that failed because the database did (a lost
+                // connection, a deadlock): the store's failure, retried as
+                // one, not the events' (never skipped or counted against
+                // the error policy).
+                let failure = match transient_store_error(failure.error) {
+                    Ok(source) => {
+                        if let Err(rollback) = tx.rollback().await {
+                            tracing::debug!(%rollback, "could not roll back a failed batch");
+                        }
+                        return Err(self.store_error(source));
+                    }
+                    Err(error) => BatchFailure {
+                        index: failure.index,
+                        error,
+                    },
+                };
                 // Release the claim before anything else claims it again.
                 self.rollback(tx).await?;
                 self.handle_failure(key, checkpoint, &page.events, failure, policy_attempts)

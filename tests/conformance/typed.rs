@@ -322,8 +322,12 @@ pub async fn run_follows_appends_of_this_process_live<F: Fixture>() {
     accounts
         .unit_of_work()
         .run(move |work| async move {
-            work.execute(accounts_ref, "acc-1", &bank::AccountCommand::Deposit { amount: 1 })
-                .await?;
+            work.execute(
+                accounts_ref,
+                "acc-1",
+                &bank::AccountCommand::Deposit { amount: 1 },
+            )
+            .await?;
             Ok(())
         })
         .await
@@ -333,7 +337,11 @@ pub async fn run_follows_appends_of_this_process_live<F: Fixture>() {
     // SQLite needs while the processor writes too), which says it committed
     let mut tx = db.store().begin_write(db.pool()).await.unwrap();
     accounts
-        .execute_in(&mut *tx, "acc-1", &bank::AccountCommand::Deposit { amount: 1 })
+        .execute_in(
+            &mut *tx,
+            "acc-1",
+            &bank::AccountCommand::Deposit { amount: 1 },
+        )
         .await
         .unwrap();
     tx.commit().await.unwrap();

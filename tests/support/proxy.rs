@@ -30,6 +30,8 @@ struct Shared {
     refusing: AtomicBool,
     /// Whether to start refusing when a reply is lost.
     refuse_after_loss: AtomicBool,
+    /// How many connections were refused.
+    refused: watch::Sender<u64>,
 }
 
 /// A proxy listening on a free port of 127.0.0.1.
@@ -52,12 +54,14 @@ impl Proxy {
             dropped: watch::channel(None).0,
             refusing: AtomicBool::new(false),
             refuse_after_loss: AtomicBool::new(false),
+            refused: watch::channel(0).0,
         });
         let accepting = shared.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if accepting.refusing.load(Ordering::SeqCst) {
                     drop(client);
+                    accepting.refused.send_modify(|n| *n += 1);
                     continue;
                 }
                 tokio::spawn(relay(client, accepting.clone()));
@@ -87,6 +91,15 @@ impl Proxy {
     /// Whether new connections are closed at once (the server looks down).
     pub fn set_refusing(&self, refusing: bool) {
         self.shared.refusing.store(refusing, Ordering::SeqCst);
+    }
+
+    /// Waits until `count` connections in all were refused.
+    pub async fn refused(&self, count: u64) {
+        let mut refused = self.shared.refused.subscribe();
+        refused
+            .wait_for(|n| *n >= count)
+            .await
+            .expect("the proxy is running");
     }
 
     /// Starts refusing new connections at the moment a reply is lost.
