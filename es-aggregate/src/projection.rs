@@ -20,12 +20,18 @@
 //!
 //! # Live processing
 //!
-//! [`ProjectionProcessor::run`] keeps a projection current: after each
-//! pass it waits for a [`Wakeup`] (a PostgreSQL notification sent by every
-//! appending transaction, through [`Notifier`]) or for the polling interval,
-//! whichever comes first. [`ProjectionProcessor::catch_up`] processes what
-//! is there and returns, for tests, backfills and
-//! [rebuilds](ProjectionProcessor::rebuild).
+//! [`ProjectionProcessor::run`] keeps a projection current on every
+//! backend: after each pass it waits until appends are committed in this
+//! process (the store's in-process signal,
+//! [`EventReader::committed_appends`](es_store::EventReader::committed_appends)),
+//! a [`Wakeup`] comes (on PostgreSQL, the notification appending
+//! transactions of any process send, through [`Notifier`]) or the polling
+//! interval passes, whichever comes first; appends of other processes on
+//! SQLite and MySQL are seen at the next poll. A batch that fails in the
+//! store is retried after a backoff, and transient failures never stop
+//! `run` unless [`ProjectionProcessor::with_give_up_after`] says so.
+//! [`ProjectionProcessor::catch_up`] processes what is there and returns,
+//! for tests, backfills and [rebuilds](ProjectionProcessor::rebuild).
 //!
 //! # Scaling out
 //!
@@ -423,6 +429,31 @@ pub struct ProjectionStatus {
     pub head: i64,
     /// `head - checkpoint`.
     pub lag: i64,
+    /// When the oldest event the projection has yet to handle was created
+    /// (`None` when it has handled everything it can see).
+    pub oldest_pending: Option<chrono::DateTime<chrono::Utc>>,
+    /// How long that event has waited: the lag in time (zero when caught
+    /// up).
+    pub lag_time: Duration,
+}
+
+impl ProjectionStatus {
+    /// Whether the projection is stalled: an event has waited to be
+    /// handled for longer than `threshold` (no worker is making progress,
+    /// or not enough). A health check for an alert or a readiness probe.
+    ///
+    /// ```no_run
+    /// # use es_aggregate::projection::{Projection, ProjectionProcessor};
+    /// # async fn demo<P: Projection>(processor: ProjectionProcessor<es_store::PostgresStore, P>) -> Result<(), Box<dyn std::error::Error>> {
+    /// let status = processor.status().await?;
+    /// if status.is_stalled(std::time::Duration::from_secs(60)) {
+    ///     eprintln!("{} is {:?} behind", status.name, status.lag_time);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn is_stalled(&self, threshold: Duration) -> bool {
+        self.lag_time > threshold
+    }
 }
 
 /// What one catch-up did.
@@ -812,7 +843,7 @@ where
         self.catch_up().await
     }
 
-    /// The projection's checkpoint and lag.
+    /// The projection's checkpoint and lag, in events and in time.
     pub async fn status(&self) -> Result<ProjectionStatus, ProjectionError> {
         let mut conn = self.pool.acquire().await.map_err(|e| self.store_error(e))?;
         let head = self
@@ -821,21 +852,40 @@ where
             .await
             .map_err(|e| self.store_error(e))?;
         let mut partitions = Vec::new();
-        for (key, _) in self.checkpoint_names() {
-            partitions.push(
-                self.store
-                    .get_checkpoint(&mut conn, &key)
+        let mut oldest_pending: Option<chrono::DateTime<chrono::Utc>> = None;
+        for (key, filter) in self.checkpoint_names() {
+            let position = self
+                .store
+                .get_checkpoint(&mut conn, &key)
+                .await
+                .map_err(|e| self.store_error(e))?;
+            partitions.push(position);
+            if position < head {
+                let next = self
+                    .store
+                    .read_filtered(&mut conn, position, 1, &filter)
                     .await
-                    .map_err(|e| self.store_error(e))?,
-            );
+                    .map_err(|e| self.store_error(e))?;
+                if let Some(event) = next.events.first() {
+                    oldest_pending = Some(match oldest_pending {
+                        Some(older) => older.min(event.created_at),
+                        None => event.created_at,
+                    });
+                }
+            }
         }
         let checkpoint = partitions.iter().copied().min().unwrap_or(0);
+        let lag_time = oldest_pending
+            .and_then(|at| (chrono::Utc::now() - at).to_std().ok())
+            .unwrap_or_default();
         Ok(ProjectionStatus {
             name: self.projection.name().to_owned(),
             checkpoint,
             partitions,
             head,
             lag: (head - checkpoint).max(0),
+            oldest_pending,
+            lag_time,
         })
     }
 

@@ -75,6 +75,7 @@ macro_rules! projection_conformance_tests {
             typed::a_typed_projection_gets_its_types_decoded_and_upcast,
             typed::a_rebuild_without_reset_refuses_and_changes_nothing,
             typed::run_follows_appends_of_this_process_live,
+            typed::status_gives_the_lag_in_events_and_time_and_says_when_stalled,
         );
     };
 }

@@ -358,3 +358,37 @@ pub async fn run_follows_appends_of_this_process_live<F: Fixture>() {
     );
     db.finish().await;
 }
+
+pub async fn status_gives_the_lag_in_events_and_time_and_says_when_stalled<F: Fixture>() {
+    let db = F::create().await;
+    db.create_read_model().await;
+    let mut old = AccountEvent::Opened { owner: "A".into() }
+        .to_event("acc-1", &Metadata::default())
+        .unwrap();
+    old.created_at -= chrono::Duration::seconds(120);
+    let created = old.created_at;
+    append(&db, old).await;
+    append(
+        &db,
+        AccountEvent::Deposited { amount: 1 }
+            .to_event("acc-1", &Metadata::default())
+            .unwrap(),
+    )
+    .await;
+    let processor = ProjectionProcessor::typed(
+        db.store().clone(),
+        db.pool().clone(),
+        TypedRecorder::<F, AccountEvent>::new("status"),
+    )
+    .with_partitions(3);
+    let behind = processor.status().await.unwrap();
+    assert_eq!((behind.lag, behind.partitions.len()), (2, 3));
+    assert_eq!(behind.oldest_pending, Some(created));
+    assert!(behind.lag_time >= std::time::Duration::from_secs(120));
+    assert!(behind.is_stalled(std::time::Duration::from_secs(60)));
+    processor.catch_up().await.unwrap();
+    let current = processor.status().await.unwrap();
+    assert_eq!((current.lag, current.oldest_pending), (0, None));
+    assert!(!current.is_stalled(std::time::Duration::from_secs(60)));
+    db.finish().await;
+}
