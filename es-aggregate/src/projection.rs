@@ -481,6 +481,7 @@ pub struct ProjectionProcessor<S: Backend, P> {
     durable_commits: bool,
     prefetch: bool,
     give_up_after: Option<u32>,
+    lease: Duration,
 }
 
 /// A page being read ahead, while the batch before it is handled.
@@ -556,7 +557,33 @@ where
             durable_commits: true,
             prefetch: true,
             give_up_after: None,
+            lease: Duration::from_secs(30),
         }
+    }
+
+    /// How long a worker may hold a partition without a word to the
+    /// database (30 s by default): a worker frozen inside a batch (a
+    /// stopped process, a long pause, a host gone without closing its
+    /// connections) loses the partition after that, to whichever worker
+    /// claims it next, and cannot commit the batch when it wakes (the
+    /// server has ended its session; see
+    /// [`ProjectionStore::lease_transaction`]). Exactly once holds: the
+    /// frozen batch is rolled back whole. Handlers must not spend longer
+    /// than this between two statements of a batch (an external call
+    /// inside a batch, say), or the batch fails. On SQLite one process
+    /// holds the write lock until it resumes, whatever the lease.
+    ///
+    /// ```no_run
+    /// # use es_aggregate::projection::{Projection, ProjectionProcessor};
+    /// # fn demo<P: Projection>(pool: sqlx::PgPool, projection: P) {
+    /// let processor = ProjectionProcessor::new(es_store::PostgresStore::new(), pool, projection)
+    ///     .with_partitions(8)
+    ///     .with_lease(std::time::Duration::from_secs(10));
+    /// # }
+    /// ```
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
     }
 
     /// After how many transient store failures in a row (a lost
@@ -909,6 +936,10 @@ where
             _ => None,
         };
         let mut tx = self.pool.begin().await.map_err(|e| self.store_error(e))?;
+        self.store
+            .lease_transaction(&mut tx, self.lease)
+            .await
+            .map_err(|e| self.store_error(e))?;
         let Some(checkpoint) = self
             .store
             .claim_checkpoint(&mut tx, key)

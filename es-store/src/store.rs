@@ -32,6 +32,13 @@ pub(crate) mod sealed {
         /// The statement that begins a transaction that reads and then
         /// writes, where the driver's `BEGIN` is not the right one.
         const BEGIN_WRITE: Option<&'static str> = None;
+        /// The statement that makes the server end the caller's
+        /// transaction (closing its session) once it has been idle for
+        /// `lease`: a frozen or vanished client then loses its locks.
+        fn lease_sql(lease: std::time::Duration) -> Option<String> {
+            let _ = lease;
+            None
+        }
     }
 }
 

@@ -546,6 +546,34 @@ pub trait ProjectionStore: EventReader + CheckpointStore {
         conn: &mut Connection<Self>,
     ) -> impl Future<Output = Result<i64>> + Send;
 
+    /// Bounds how long the caller's transaction may stay idle, waiting for
+    /// the client: past `lease`, the server ends the session and rolls the
+    /// transaction back, which frees its locks (a checkpoint claim among
+    /// them) for others, and the client can no longer commit it.
+    /// PostgreSQL: `idle_in_transaction_session_timeout` for this
+    /// transaction. MySQL: the session's `wait_timeout` (whole seconds,
+    /// at least 1). SQLite: nothing (one process holds the database's
+    /// write lock until it resumes).
+    ///
+    /// ```no_run
+    /// use es_store::{PostgresStore, ProjectionStore};
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_store::Error> {
+    /// let store = PostgresStore::new();
+    /// let mut tx = pool.begin().await?;
+    /// store.lease_transaction(&mut *tx, std::time::Duration::from_secs(30)).await?;
+    /// if let Some(position) = store.claim_checkpoint(&mut *tx, "balances").await? {
+    ///     // ... handle events after `position`; a worker frozen here for
+    ///     // 30 s loses the claim, and its commit fails ...
+    /// }
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    fn lease_transaction(
+        &self,
+        conn: &mut Connection<Self>,
+        lease: std::time::Duration,
+    ) -> impl Future<Output = Result<()>> + Send;
+
     /// Lets the caller's transaction commit without waiting for it to be
     /// durable, where the backend can (PostgreSQL: `SET LOCAL
     /// synchronous_commit = off`). A crash may then lose the transaction

@@ -72,6 +72,7 @@ macro_rules! projection_conformance_tests {
             projection::a_whole_batch_failure_is_traced_to_its_event,
             projection::the_skip_policy_skips_nothing_it_cannot_pin_down,
             projection::a_rebuild_resets_and_replays,
+            projection::a_frozen_worker_loses_its_partition_when_its_lease_runs_out,
             typed::a_typed_projection_gets_its_types_decoded_and_upcast,
             typed::a_rebuild_without_reset_refuses_and_changes_nothing,
             typed::run_follows_appends_of_this_process_live,

@@ -194,7 +194,7 @@ fn processor<F: Fixture>(db: &F, recorder: Recorder<F>) -> Processor<F> {
 
 /// Appends `count` events, one per transaction, round robin over
 /// `aggregates` aggregates of `bounded_context`/`aggregate_type`.
-async fn append_events<F: Fixture>(
+pub async fn append_events<F: Fixture>(
     db: &F,
     bounded_context: &str,
     aggregate_type: &str,
@@ -614,4 +614,73 @@ pub async fn a_rebuild_resets_and_replays<F: Fixture>() {
     assert!(handled.iter().all(|r| r.worker == "after"));
     assert_eq!(p.status().await.unwrap().lag, 0);
     db.finish().await;
+}
+
+/// A worker frozen inside a batch (it holds its transaction and says
+/// nothing to the database, as a stopped process or a vanished host
+/// would) loses its partition once its lease runs out: another worker
+/// takes it over and handles every event once, and the frozen worker,
+/// when it wakes, cannot commit. (SQLite has one writer per database: a
+/// frozen holder keeps the lock until it resumes.)
+pub async fn a_frozen_worker_loses_its_partition_when_its_lease_runs_out<F: Fixture>() {
+    if F::SINGLE_WRITER {
+        return;
+    }
+    let db = Arc::new(F::create().await);
+    db.create_read_model().await;
+    let events = append_events(&*db, "Lease", "Thing", 3, 30).await;
+    let lease = Duration::from_secs(2);
+    let behaviour = Arc::new(Behaviour::default());
+    // the third event of the first batch
+    let (reached, resume) = behaviour.pause_at(3);
+    let frozen = ProjectionProcessor::new(
+        db.store().clone(),
+        db.another_pool().await,
+        Recorder::<F>::new("leased", "frozen", behaviour),
+    )
+    .with_batch_size(10)
+    .with_lease(lease);
+    let freezing = tokio::spawn(async move { frozen.catch_up().await });
+    tokio::time::timeout(Duration::from_secs(60), reached)
+        .await
+        .expect("the frozen worker reaches its batch")
+        .unwrap();
+    let frozen_at = Instant::now();
+    let survivor = ProjectionProcessor::new(
+        db.store().clone(),
+        db.pool().clone(),
+        Recorder::<F>::new("leased", "survivor", Arc::default()),
+    )
+    .with_batch_size(10)
+    .with_lease(lease);
+    // waits while the frozen worker holds the partition, then takes it
+    let done = survivor.catch_up().await.unwrap();
+    let takeover = frozen_at.elapsed();
+    assert_eq!(done.events, 30);
+    // (the lease runs from the frozen batch's last statement, a moment
+    // before the test hears it stopped)
+    assert!(
+        takeover + Duration::from_millis(500) >= lease,
+        "taken over after the lease, not before: {takeover:?}"
+    );
+    resume.send(()).unwrap();
+    let woke = freezing.await.unwrap();
+    assert!(
+        matches!(woke, Err(ProjectionError::Store { .. })),
+        "the frozen worker cannot commit: {woke:?}"
+    );
+    let handled = db.handled().await;
+    assert_eq!(
+        positions(&handled),
+        event_positions(&events),
+        "each once, in order"
+    );
+    assert!(handled.iter().all(|r| r.worker == "survivor"));
+    println!(
+        "{}: lease {lease:?}, partition taken over {takeover:?} after the freeze",
+        std::any::type_name::<F>()
+    );
+    if let Ok(db) = Arc::try_unwrap(db) {
+        db.finish().await;
+    }
 }

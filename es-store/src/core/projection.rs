@@ -166,6 +166,19 @@ macro_rules! impl_projection {
                 )
             }
 
+            async fn lease_transaction(
+                &self,
+                conn: &mut $conn,
+                lease: std::time::Duration,
+            ) -> $crate::Result<()> {
+                if let Some(sql) = <$dialect as $crate::store::sealed::Dialect>::lease_sql(lease) {
+                    sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                Ok(())
+            }
+
             async fn relax_commit_durability(&self, conn: &mut $conn) -> $crate::Result<()> {
                 if let Some(sql) = &self.sql().relax_durability {
                     sqlx::query(sqlx::AssertSqlSafe(sql.clone()))

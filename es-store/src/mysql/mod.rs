@@ -30,6 +30,19 @@ impl sealed::Dialect for MySql {
     // decide on stale state. Under READ COMMITTED each statement reads what
     // is committed when it runs, as on PostgreSQL. (The setting applies to
     // the next transaction only; both go in one round trip.)
+    // MySQL has no timeout for a transaction left idle (MariaDB's
+    // idle_transaction_timeout is its own): the session's wait_timeout
+    // closes a connection idle for that long, in a transaction or not,
+    // which rolls the transaction back and frees its locks. It stays set
+    // on the pooled connection, whose pool replaces it when it is closed
+    // while idle.
+    fn lease_sql(lease: std::time::Duration) -> Option<String> {
+        Some(format!(
+            "SET SESSION wait_timeout = {}",
+            lease.as_secs().clamp(1, 31_536_000)
+        ))
+    }
+
     const BEGIN_WRITE: Option<&'static str> =
         Some("SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION");
 

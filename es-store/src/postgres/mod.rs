@@ -41,6 +41,17 @@ impl sealed::Dialect for Postgres {
         max_schema: Some(63),
     };
 
+    // The server terminates a session idle inside a transaction for
+    // longer than this one's lease, which rolls it back and frees its
+    // locks (its checkpoint claim among them); the client, when it wakes,
+    // finds its session gone and cannot commit.
+    fn lease_sql(lease: std::time::Duration) -> Option<String> {
+        Some(format!(
+            "SET LOCAL idle_in_transaction_session_timeout = {}",
+            lease.as_millis().clamp(1, i32::MAX as u128)
+        ))
+    }
+
     fn statements(names: &crate::names::Names) -> crate::core::Statements {
         sql::statements(names)
     }
