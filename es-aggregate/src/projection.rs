@@ -40,8 +40,11 @@
 //! its own checkpoint. Every worker (any number of processes) runs a
 //! processor with the same partition count; a partition is processed by
 //! whoever claims its checkpoint, a claim lasting one batch transaction.
-//! When a worker dies its transaction is rolled back by PostgreSQL, which
-//! frees its partitions for the others. Each aggregate lives in one
+//! When a worker dies its transaction is rolled back by the server, which
+//! frees its partitions for the others; a worker that freezes inside a
+//! batch loses them when its lease runs out
+//! ([`ProjectionProcessor::with_lease`]), and cannot commit the batch
+//! when it wakes. Each aggregate lives in one
 //! partition, processed in global order, so its events are handled in order.
 
 use std::future::Future;
