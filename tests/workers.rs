@@ -204,8 +204,8 @@ async fn a_frozen_and_a_killed_worker_lose_nothing_and_repeat_nothing() {
         .iter()
         .map(|n| format!("{n}-{}", &db.schema[8..20]))
         .collect();
-    let mut workers = Workers(names.iter().map(|n| spawn_worker(&db.schema, n)).collect());
-    let workers = &mut workers.0;
+    let mut guard = Workers(names.iter().map(|n| spawn_worker(&db.schema, n)).collect());
+    let workers = &mut guard.0;
 
     // Appends until told to stop (so that there is always work to be
     // caught in the middle of), then says how many.
@@ -286,6 +286,8 @@ async fn a_frozen_and_a_killed_worker_lose_nothing_and_repeat_nothing() {
     signal(&workers[0], "-CONT");
     tokio::time::sleep(LEASE).await; // its retries, had they committed, would show by now
 
+    // the workers go before their schema does
+    drop(guard);
     let rows = db.handled().await;
     assert_eq!(rows.len(), events, "every event handled exactly once");
     let mut last = std::collections::HashMap::new();
