@@ -240,18 +240,22 @@ async fn a_frozen_and_a_killed_worker_lose_nothing_and_repeat_nothing() {
     freeze_mid_batch(&db, &workers[0], &names[0]).await;
     let frozen_at = Instant::now();
     let before = handled_count(&db).await;
-    // the others go on, and take the frozen partitions over after the
-    // lease: wait until the frozen worker's transaction is gone
+    // The others go on, and take the frozen worker's partitions over
+    // after its lease: wait until every event stored when it froze is
+    // handled (its batch's events among them).
+    let head: i64 = db
+        .count("SELECT coalesce(max(global_position), 0) FROM {schema}.events")
+        .await;
     loop {
-        let open: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE application_name = $1 AND xact_start IS NOT NULL",
-        )
-        .bind(&names[0])
+        let (stored, handled): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(db.sql(
+            "SELECT (SELECT count(*) FROM {schema}.events WHERE global_position <= $1), \
+                    (SELECT count(*) FROM {schema}.handled WHERE global_position <= $1)",
+        )))
+        .bind(head)
         .fetch_one(&db.pool)
         .await
         .unwrap();
-        if open == 0 {
+        if handled == stored {
             break;
         }
         if frozen_at.elapsed() > LEASE * 10 {
@@ -263,7 +267,9 @@ async fn a_frozen_and_a_killed_worker_lose_nothing_and_repeat_nothing() {
             .fetch_all(&db.pool)
             .await
             .unwrap();
-            panic!("the frozen worker kept its batch: {rows:?}");
+            panic!(
+                "the frozen worker's partitions were not taken over ({handled} of {stored}): {rows:?}"
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -302,7 +308,7 @@ async fn a_frozen_and_a_killed_worker_lose_nothing_and_repeat_nothing() {
         *version = row.aggregate_version;
     }
     eprintln!(
-        "workers: lease {LEASE:?}; the frozen worker's batch ended {released:?} after the freeze \
+        "workers: lease {LEASE:?}; everything stored at the freeze was handled {released:?} after it \
          ({before} handled then); all {events} handled {all_handled:?} after it, each once and in order"
     );
     assert!(

@@ -939,13 +939,9 @@ where
             _ => None,
         };
         let mut tx = self.pool.begin().await.map_err(|e| self.store_error(e))?;
-        self.store
-            .lease_transaction(&mut tx, self.lease)
-            .await
-            .map_err(|e| self.store_error(e))?;
         let Some(checkpoint) = self
             .store
-            .claim_checkpoint(&mut tx, key)
+            .claim_leased(&mut tx, key, self.lease)
             .await
             .map_err(|e| self.store_error(e))?
         else {

@@ -574,6 +574,29 @@ pub trait ProjectionStore: EventReader + CheckpointStore {
         lease: std::time::Duration,
     ) -> impl Future<Output = Result<()>> + Send;
 
+    /// [`claim_checkpoint`](ProjectionStore::claim_checkpoint) after
+    /// [`lease_transaction`](ProjectionStore::lease_transaction), in one
+    /// statement where the backend can (PostgreSQL).
+    ///
+    /// ```no_run
+    /// use es_store::{PostgresStore, ProjectionStore};
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_store::Error> {
+    /// let store = PostgresStore::new();
+    /// let mut tx = pool.begin().await?;
+    /// let lease = std::time::Duration::from_secs(30);
+    /// if let Some(position) = store.claim_leased(&mut *tx, "balances", lease).await? {
+    ///     println!("claimed at {position}, for as long as this transaction talks to the server");
+    /// }
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    fn claim_leased(
+        &self,
+        conn: &mut Connection<Self>,
+        projection_name: &str,
+        lease: std::time::Duration,
+    ) -> impl Future<Output = Result<Option<i64>>> + Send;
+
     /// Lets the caller's transaction commit without waiting for it to be
     /// durable, where the backend can (PostgreSQL: `SET LOCAL
     /// synchronous_commit = off`). A crash may then lose the transaction

@@ -73,6 +73,10 @@ pub(crate) struct Statements {
     pub(crate) update_checkpoint: Arc<str>,
     /// (name) -> position, skipping a checkpoint another transaction holds.
     pub(crate) claim_checkpoint: Arc<str>,
+    /// (name, lease in milliseconds as text) -> (position, _): the claim
+    /// that also sets the transaction's lease, where the backend can do
+    /// both in one statement (PostgreSQL).
+    pub(crate) claim_leased: Option<Arc<str>>,
     /// (name) -> whether it exists.
     #[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
     pub(crate) checkpoint_exists: Arc<str>,

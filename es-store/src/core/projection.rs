@@ -166,6 +166,29 @@ macro_rules! impl_projection {
                 )
             }
 
+            async fn claim_leased(
+                &self,
+                conn: &mut $conn,
+                projection_name: &str,
+                lease: std::time::Duration,
+            ) -> $crate::Result<Option<i64>> {
+                $crate::validate::projection_name(projection_name)?;
+                if let Some(sql) = &self.sql().claim_leased {
+                    let millis = lease.as_millis().clamp(1, i32::MAX as u128).to_string();
+                    let claimed: Option<(i64, String)> =
+                        sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                            .bind(projection_name)
+                            .bind(millis)
+                            .fetch_optional(&mut *conn)
+                            .await?;
+                    if let Some((position, _)) = claimed {
+                        return Ok(Some(position));
+                    }
+                }
+                $crate::ProjectionStore::lease_transaction(self, conn, lease).await?;
+                $crate::ProjectionStore::claim_checkpoint(self, conn, projection_name).await
+            }
+
             async fn lease_transaction(
                 &self,
                 conn: &mut $conn,

@@ -310,6 +310,7 @@ pub(crate) fn statements(n: &Names) -> Statements {
              FOR UPDATE SKIP LOCKED"
         )
         .into(),
+        claim_leased: None,
         checkpoint_exists: format!(
             "SELECT EXISTS (SELECT 1 FROM {checkpoints} WHERE projection_name = ?)"
         )

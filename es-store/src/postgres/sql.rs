@@ -334,6 +334,17 @@ pub(crate) fn statements(n: &Names) -> Statements {
              FOR UPDATE SKIP LOCKED"
         )
         .into(),
+        // The lease is set by the row's own output: when no row is
+        // claimed it may not be, and the claim is made again the long way.
+        claim_leased: Some(
+            format!(
+                "SELECT position, \
+                    set_config('idle_in_transaction_session_timeout', $2, true) \
+                 FROM {checkpoints} WHERE projection_name = $1 \
+                 FOR UPDATE SKIP LOCKED"
+            )
+            .into(),
+        ),
         checkpoint_exists: format!(
             "SELECT EXISTS (SELECT 1 FROM {checkpoints} WHERE projection_name = $1)"
         )

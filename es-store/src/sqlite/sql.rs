@@ -216,7 +216,8 @@ pub(crate) fn statements(n: &Names) -> Statements {
                 "SELECT position FROM {checkpoints} WHERE projection_name = ?1"
             )
             .into(),
-            checkpoint_exists: format!(
+            claim_leased: None,
+        checkpoint_exists: format!(
                 "SELECT EXISTS (SELECT 1 FROM {checkpoints} WHERE projection_name = ?1)"
             )
             .into(),
