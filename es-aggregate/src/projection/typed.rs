@@ -138,7 +138,7 @@ macro_rules! event_set {
 /// # #[event(bounded_context = "Billing", aggregate_type = "Account")]
 /// # enum AccountEvent { Deposited { amount: i64 } }
 /// use es_aggregate::projection::Envelope;
-/// use es_store::{DomainEvent, Metadata, PersistedEvent};
+/// use es_store::{DomainEvent as _, Metadata, PersistedEvent};
 ///
 /// let correlation = uuid::Uuid::now_v7();
 /// let event = AccountEvent::Deposited { amount: 5 }
