@@ -211,11 +211,17 @@ mod tests {
     #[test]
     fn failures_takes_a_name_or_an_action() {
         let args = Args::try_parse_from(["es", "failures", "balances"]).unwrap();
-        assert!(matches!(args.command, Command::Failures { name: Some(n), action: None, .. } if n == "balances"));
-        let args = Args::try_parse_from(["es", "failures", "discard", "balances", "--all"]).unwrap();
+        assert!(
+            matches!(args.command, Command::Failures { name: Some(n), action: None, .. } if n == "balances")
+        );
+        let args =
+            Args::try_parse_from(["es", "failures", "discard", "balances", "--all"]).unwrap();
         assert!(matches!(
             args.command,
-            Command::Failures { action: Some(FailuresAction::Discard { all: true, .. }), .. }
+            Command::Failures {
+                action: Some(FailuresAction::Discard { all: true, .. }),
+                ..
+            }
         ));
         assert!(Args::try_parse_from(["es", "failures", "retry", "balances"]).is_err());
     }

@@ -203,7 +203,7 @@ impl<S: sealed::Ops> CliStore for S {}
 
 /// The SQL the backends share, with `$p` the placeholders.
 macro_rules! shared_ops {
-    ($p1:literal, $p2:literal) => {
+    ($p1:literal, $p2:literal, $name:literal) => {
         fn count(
             pool: &sqlx::Pool<Self::Database>,
             table: &str,
@@ -220,12 +220,11 @@ macro_rules! shared_ops {
             pool: &sqlx::Pool<Self::Database>,
             table: &str,
         ) -> impl Future<Output = Result<Vec<Applied>, sqlx::Error>> + Send {
-            let sql = format!(
-                "SELECT version, success, checksum FROM {table} ORDER BY version"
-            );
+            let sql = format!("SELECT version, success, checksum FROM {table} ORDER BY version");
             async move {
-                let rows: Vec<(i64, bool, Vec<u8>)> =
-                    sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await?;
+                let rows: Vec<(i64, bool, Vec<u8>)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .fetch_all(pool)
+                    .await?;
                 Ok(rows
                     .into_iter()
                     .map(|(version, success, checksum)| Applied {
@@ -242,10 +241,15 @@ macro_rules! shared_ops {
             pool: &sqlx::Pool<Self::Database>,
         ) -> impl Future<Output = Result<Vec<(String, i64)>, sqlx::Error>> + Send {
             let sql = format!(
-                "SELECT projection_name, position FROM {} ORDER BY projection_name",
+                "SELECT {}, position FROM {} ORDER BY projection_name",
+                $name,
                 self.checkpoints_table()
             );
-            async move { sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await }
+            async move {
+                sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .fetch_all(pool)
+                    .await
+            }
         }
 
         fn failure_counts(
@@ -253,11 +257,16 @@ macro_rules! shared_ops {
             pool: &sqlx::Pool<Self::Database>,
         ) -> impl Future<Output = Result<Vec<(String, i64)>, sqlx::Error>> + Send {
             let sql = format!(
-                "SELECT projection_name, count(*) FROM {} GROUP BY projection_name \
+                "SELECT {}, count(*) FROM {} GROUP BY projection_name \
                  ORDER BY projection_name",
+                $name,
                 self.failures_table()
             );
-            async move { sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await }
+            async move {
+                sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .fetch_all(pool)
+                    .await
+            }
         }
 
         fn delete_failures(
@@ -329,10 +338,7 @@ macro_rules! connect_pool {
 }
 
 fn bad_url(backend: &str, location: &Location, error: impl std::fmt::Display) -> Error {
-    Error::Usage(format!(
-        "bad {backend} URL `{}`: {error}",
-        location.shown()
-    ))
+    Error::Usage(format!("bad {backend} URL `{}`: {error}", location.shown()))
 }
 
 #[cfg(feature = "postgres")]
@@ -371,7 +377,7 @@ mod postgres {
             self.migrate(pool).await
         }
 
-        shared_ops!("$1", "$2");
+        shared_ops!("$1", "$2", "projection_name");
 
         async fn probe_claim(&self, pool: &PgPool, key: &str) -> Result<Claim, sqlx::Error> {
             let table = self.checkpoints_table();
@@ -448,7 +454,9 @@ mod postgres {
         }
 
         async fn follower(&self, pool: &PgPool, names: &Names) -> Result<Follower, Error> {
-            let mut listener = PgListener::connect_with(pool).await.map_err(crate::error::db_error)?;
+            let mut listener = PgListener::connect_with(pool)
+                .await
+                .map_err(crate::error::db_error)?;
             listener
                 .listen(&self.notification_channel())
                 .await
@@ -515,7 +523,8 @@ mod postgres {
                         self.refreshed = None;
                     }
                 }
-                let until_refresh = REFRESH.saturating_sub(self.refreshed.map_or(REFRESH, |at| at.elapsed()));
+                let until_refresh =
+                    REFRESH.saturating_sub(self.refreshed.map_or(REFRESH, |at| at.elapsed()));
                 let wait = timeout.min(until_refresh.max(Duration::from_millis(10)));
                 match tokio::time::timeout(wait, self.listener.try_recv()).await {
                     Ok(Ok(Some(_))) => while self.listener.next_buffered().is_some() {},
@@ -580,7 +589,11 @@ mod sqlite {
                 .parse()
                 .map_err(|e| bad_url(Self::NAME, location, e))?;
             let path = options.get_filename().to_owned();
-            if !create && !path.as_os_str().is_empty() && path != std::path::Path::new(":memory:") && !path.exists() {
+            if !create
+                && !path.as_os_str().is_empty()
+                && path != std::path::Path::new(":memory:")
+                && !path.exists()
+            {
                 return Err(Error::NotMigrated(format!(
                     "no SQLite database at {}: run `es migrate` to create the store there",
                     path.display()
@@ -592,14 +605,20 @@ mod sqlite {
                 .create_if_missing(create)
                 .journal_mode(SqliteJournalMode::Wal)
                 .busy_timeout(Duration::from_secs(10));
-            connect_pool!(SqliteConnection, SqlitePoolOptions, options, location, timeout)
+            connect_pool!(
+                SqliteConnection,
+                SqlitePoolOptions,
+                options,
+                location,
+                timeout
+            )
         }
 
         async fn migrate_store(&self, pool: &SqlitePool) -> es_store::Result<()> {
             self.migrate(pool).await
         }
 
-        shared_ops!("?1", "?2");
+        shared_ops!("?1", "?2", "projection_name");
 
         async fn probe_claim(&self, _pool: &SqlitePool, _key: &str) -> Result<Claim, sqlx::Error> {
             // A claim is the database's write lock, held for one batch:
@@ -662,14 +681,21 @@ mod mysql {
             };
             let options: MySqlConnectOptions =
                 url.parse().map_err(|e| bad_url(Self::NAME, location, e))?;
-            connect_pool!(MySqlConnection, MySqlPoolOptions, options, location, timeout)
+            connect_pool!(
+                MySqlConnection,
+                MySqlPoolOptions,
+                options,
+                location,
+                timeout
+            )
         }
 
         async fn migrate_store(&self, pool: &MySqlPool) -> es_store::Result<()> {
             self.migrate(pool).await
         }
 
-        shared_ops!("?", "?");
+        // Names are binary strings on MySQL: read them as text.
+        shared_ops!("?", "?", "CONVERT(projection_name USING utf8mb4)");
 
         async fn probe_claim(&self, pool: &MySqlPool, key: &str) -> Result<Claim, sqlx::Error> {
             let table = self.checkpoints_table();

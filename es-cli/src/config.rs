@@ -23,13 +23,30 @@ use crate::Error;
 #[serde(deny_unknown_fields)]
 pub(crate) struct FileConfig {
     pub(crate) url: Option<String>,
-    #[serde(flatten)]
-    pub(crate) names: Names,
+    pub(crate) schema: Option<String>,
+    pub(crate) events_table: Option<String>,
+    pub(crate) heads_table: Option<String>,
+    pub(crate) checkpoints_table: Option<String>,
+    pub(crate) snapshots_table: Option<String>,
+    pub(crate) failures_table: Option<String>,
+}
+
+impl FileConfig {
+    /// The names the file sets.
+    pub(crate) fn names(&self) -> Names {
+        Names {
+            schema: self.schema.clone(),
+            events_table: self.events_table.clone(),
+            heads_table: self.heads_table.clone(),
+            checkpoints_table: self.checkpoints_table.clone(),
+            snapshots_table: self.snapshots_table.clone(),
+            failures_table: self.failures_table.clone(),
+        }
+    }
 }
 
 /// The store's schema and table names; `None` keeps the store's default.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Names {
     pub(crate) schema: Option<String>,
     pub(crate) events_table: Option<String>,
@@ -85,14 +102,29 @@ impl Names {
 
 /// Reads and parses the config file.
 pub(crate) fn read_file(path: &Path) -> Result<FileConfig, Error> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::Usage(format!("cannot read the config file {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::Usage(format!(
+            "cannot read the config file {}: {e}",
+            path.display()
+        ))
+    })?;
     toml::from_str(&text).map_err(|e| {
-        // toml's message spans several lines (it quotes the line at fault):
-        // keep the first, which names the key and the position.
-        let message = e.to_string();
-        let first = message.lines().next().unwrap_or("").trim().to_owned();
-        Error::Usage(format!("bad config file {}: {first}", path.display()))
+        // toml's Display quotes the line at fault over several lines: say
+        // the message and the line number instead.
+        let line = e
+            .span()
+            .map(|span| {
+                format!(
+                    " (line {})",
+                    text[..span.start.min(text.len())].matches('\n').count() + 1
+                )
+            })
+            .unwrap_or_default();
+        Error::Usage(format!(
+            "bad config file {}: {}{line}",
+            path.display(),
+            e.message().trim()
+        ))
     })
 }
 
@@ -146,9 +178,13 @@ impl Location {
         config: Option<PathBuf>,
         names: Names,
     ) -> Result<Location, Error> {
-        let file = config.as_deref().map(read_file).transpose()?.unwrap_or_default();
+        let file = config
+            .as_deref()
+            .map(read_file)
+            .transpose()?
+            .unwrap_or_default();
         let url = url
-            .or(file.url)
+            .or(file.url.clone())
             .or_else(|| std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()))
             .ok_or_else(|| {
                 Error::Usage(
@@ -160,7 +196,7 @@ impl Location {
         Ok(Location {
             url,
             scheme,
-            names: names.or(file.names),
+            names: names.or(file.names()),
         })
     }
 
@@ -200,9 +236,15 @@ mod tests {
 
     #[test]
     fn passwords_are_hidden() {
-        assert_eq!(redact("postgres://app:secret@db:5432/x"), "postgres://app:***@db:5432/x");
+        assert_eq!(
+            redact("postgres://app:secret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
         assert_eq!(redact("postgres://app@db/x"), "postgres://app@db/x");
-        assert_eq!(redact("mysql://root:p%40ss@h/db?ssl=1"), "mysql://root:***@h/db?ssl=1");
+        assert_eq!(
+            redact("mysql://root:p%40ss@h/db?ssl=1"),
+            "mysql://root:***@h/db?ssl=1"
+        );
         assert_eq!(redact("sqlite:events.db"), "sqlite:events.db");
     }
 
@@ -223,7 +265,7 @@ mod tests {
             schema: Some("flag".into()),
             ..Names::default()
         }
-        .or(file.names);
+        .or(file.names());
         assert_eq!(names.schema.as_deref(), Some("flag"));
         assert_eq!(names.events(), "ev");
         assert!(toml::from_str::<FileConfig>("evnts_table = \"x\"").is_err());

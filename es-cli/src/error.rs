@@ -127,9 +127,7 @@ pub(crate) fn db_error(error: sqlx::Error) -> Error {
 /// [`store_error`] through a projection's error.
 pub(crate) fn projection_error(error: es_aggregate::ProjectionError) -> Error {
     match error {
-        es_aggregate::ProjectionError::Store { source, .. }
-            if matches!(&source, es_store::Error::Database(db) if is_missing_table(db)) =>
-        {
+        es_aggregate::ProjectionError::Store { source, .. } if matches!(&source, es_store::Error::Database(db) if is_missing_table(db)) => {
             store_error(source)
         }
         other => Error::Projection(other),

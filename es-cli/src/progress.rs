@@ -82,7 +82,11 @@ impl Progress {
     /// The events per second so far.
     fn rate(&self) -> f64 {
         let secs = self.started.elapsed().as_secs_f64();
-        if secs > 0.0 { self.done as f64 / secs } else { 0.0 }
+        if secs > 0.0 {
+            self.done as f64 / secs
+        } else {
+            0.0
+        }
     }
 
     fn line(&mut self) {
@@ -98,7 +102,11 @@ impl Progress {
             (_, r) if r <= 0.0 => "unknown".to_owned(),
             (rest, r) => crate::format::duration(Duration::from_secs_f64(rest as f64 / r)),
         };
-        let note = self.note.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
+        let note = self
+            .note
+            .as_deref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default();
         let _ = writeln!(
             std::io::stderr(),
             "{}: {}/{} events ({percent}%), {rate:.0} events/s, {left} left{note}",

@@ -98,9 +98,16 @@ pub(crate) async fn list<S: CliStore>(
             .collect(),
     };
     let mut rows = vec![
-        ["PROJECTION", "POSITION", "EVENT TYPE", "EVENT ID", "FAILED AT", "ERROR"]
-            .map(String::from)
-            .to_vec(),
+        [
+            "PROJECTION",
+            "POSITION",
+            "EVENT TYPE",
+            "EVENT ID",
+            "FAILED AT",
+            "ERROR",
+        ]
+        .map(String::from)
+        .to_vec(),
     ];
     let mut out = std::io::stdout();
     for name in &names {
@@ -163,7 +170,10 @@ pub(crate) async fn discard<S: CliStore>(
             "`{name}` has no skipped event at position {position}"
         ))),
         Some(position) => {
-            writeln!(out, "discarded the skipped event of `{name}` at position {position}")?;
+            writeln!(
+                out,
+                "discarded the skipped event of `{name}` at position {position}"
+            )?;
             Ok(())
         }
         None => {
@@ -195,7 +205,11 @@ pub(crate) async fn retry<S: CliStore>(
         return Err(Error::NotFound(format!(
             "`{name}` is not registered in this CLI for {} (registered: {})",
             S::NAME,
-            if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
         )));
     };
     let failures: Vec<ProjectionFailure> = failures_of(ctx, name)
@@ -227,11 +241,19 @@ pub(crate) async fn retry<S: CliStore>(
                 .pop()
         };
         let Some(event) = event else {
-            writeln!(out, "position {at}: the event {} is not in the store", failure.event_id)?;
+            writeln!(
+                out,
+                "position {at}: the event {} is not in the store",
+                failure.event_id
+            )?;
             failed_again += 1;
             continue;
         };
-        let mut tx = ctx.store.begin_write(&ctx.pool).await.map_err(store_error)?;
+        let mut tx = ctx
+            .store
+            .begin_write(&ctx.pool)
+            .await
+            .map_err(store_error)?;
         match registered.handle(&mut tx, &event).await {
             Ok(()) => {
                 ctx.store
@@ -244,13 +266,21 @@ pub(crate) async fn retry<S: CliStore>(
             Err(error) => {
                 tx.rollback().await.map_err(db_error)?;
                 let text = error.to_string();
-                let mut tx = ctx.store.begin_write(&ctx.pool).await.map_err(store_error)?;
+                let mut tx = ctx
+                    .store
+                    .begin_write(&ctx.pool)
+                    .await
+                    .map_err(store_error)?;
                 ctx.store
                     .record_failure(&mut tx, name, &event, &text)
                     .await
                     .map_err(store_error)?;
                 tx.commit().await.map_err(db_error)?;
-                writeln!(out, "position {at}: failed again: {}", format::one_line(&text))?;
+                writeln!(
+                    out,
+                    "position {at}: failed again: {}",
+                    format::one_line(&text)
+                )?;
                 failed_again += 1;
             }
         }

@@ -103,8 +103,7 @@ pub(crate) fn parse_filter(terms: &[String]) -> Result<EventFilter, Error> {
                     .split_once('/')
                     .and_then(|(i, n)| Some((i.parse().ok()?, n.parse().ok()?)))
                     .ok_or_else(|| bad("a partition is INDEX/COUNT, e.g. 0/4"))?;
-                let partition =
-                    Partition::new(index, count).map_err(|e| bad(&e.to_string()))?;
+                let partition = Partition::new(index, count).map_err(|e| bad(&e.to_string()))?;
                 filter.partition(partition)
             }
             _ => return Err(bad("KEY is context, type or partition")),
@@ -138,7 +137,11 @@ pub(crate) async fn tail<S: CliStore>(ctx: &Ctx<S>, options: TailOptions) -> Res
         Some(from) => from,
         None => {
             let mut conn = ctx.conn().await?;
-            let head = ctx.store.head_position(&mut conn).await.map_err(store_error)?;
+            let head = ctx
+                .store
+                .head_position(&mut conn)
+                .await
+                .map_err(store_error)?;
             (head - options.last.unwrap_or(10).max(0)).max(0)
         }
     };
@@ -227,14 +230,17 @@ mod tests {
 
     #[test]
     fn filters_parse() {
-        let filter = parse_filter(&["context=Billing,type=Account".into(), "type=Invoice".into()])
-            .unwrap();
+        let filter =
+            parse_filter(&["context=Billing,type=Account".into(), "type=Invoice".into()]).unwrap();
         assert_eq!(filter.bounded_contexts(), ["Billing"]);
         assert_eq!(filter.aggregate_types(), ["Account", "Invoice"]);
         let filter = parse_filter(&["partition=1/4".into()]).unwrap();
         assert_eq!(filter.partition_of(), Some(Partition::new(1, 4).unwrap()));
         for bad in ["Billing", "colour=red", "partition=4/4", "type="] {
-            assert!(matches!(parse_filter(&[bad.into()]), Err(Error::Usage(_))), "{bad}");
+            assert!(
+                matches!(parse_filter(&[bad.into()]), Err(Error::Usage(_))),
+                "{bad}"
+            );
         }
     }
 }

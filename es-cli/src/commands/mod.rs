@@ -166,7 +166,10 @@ async fn migrate<S: CliStore>(ctx: &Ctx<S>, dry_run: bool) -> Result<(), Error> 
         return print_migrations(&ctx.store, &applied, &ctx.location);
     }
     let before: Vec<i64> = applied.iter().map(|a| a.version).collect();
-    ctx.store.migrate_store(&ctx.pool).await.map_err(Error::Store)?;
+    ctx.store
+        .migrate_store(&ctx.pool)
+        .await
+        .map_err(Error::Store)?;
     let migrator = ctx.store.sql().migrator();
     let ran: Vec<String> = migrator
         .iter()
@@ -315,5 +318,8 @@ pub(crate) fn table(rows: &[Vec<String>]) -> String {
 
 /// "3m 2s ago", or "-".
 pub(crate) fn ago(at: Option<chrono::DateTime<chrono::Utc>>) -> String {
-    at.map_or_else(|| "-".into(), |at| format!("{} ago", format::duration(format::age(at))))
+    at.map_or_else(
+        || "-".into(),
+        |at| format!("{} ago", format::duration(format::age(at))),
+    )
 }

@@ -9,7 +9,7 @@ use es_store::{EventFilter, Partition};
 use serde::Serialize;
 
 use super::{Ctx, ago, confirm, shutdown, table};
-use crate::backend::{CliStore, Claim};
+use crate::backend::{Claim, CliStore};
 use crate::error::{db_error, projection_error, store_error};
 use crate::progress::Progress;
 use crate::{Error, format};
@@ -74,7 +74,11 @@ fn keys_for(name: &str, count: usize) -> Vec<String> {
 async fn checkpoints<S: CliStore>(
     ctx: &Ctx<S>,
 ) -> Result<BTreeMap<String, (bool, Vec<(String, i64)>)>, Error> {
-    let rows = ctx.store.checkpoint_rows(&ctx.pool).await.map_err(db_error)?;
+    let rows = ctx
+        .store
+        .checkpoint_rows(&ctx.pool)
+        .await
+        .map_err(db_error)?;
     let mut projections: BTreeMap<String, (bool, Vec<(String, i64)>)> = BTreeMap::new();
     for (key, position) in rows {
         let (name, _) = split_key(&key);
@@ -102,12 +106,20 @@ pub(crate) async fn gather<S: CliStore>(
     claims: bool,
 ) -> Result<(i64, Vec<ProjectionInfo>), Error> {
     let mut projections = checkpoints(ctx).await?;
-    let failures = ctx.store.failure_counts(&ctx.pool).await.map_err(db_error)?;
+    let failures = ctx
+        .store
+        .failure_counts(&ctx.pool)
+        .await
+        .map_err(db_error)?;
     for (name, _) in &failures {
         projections.entry(name.clone()).or_default();
     }
     let mut conn = ctx.conn().await?;
-    let head = ctx.store.head_position(&mut conn).await.map_err(store_error)?;
+    let head = ctx
+        .store
+        .head_position(&mut conn)
+        .await
+        .map_err(store_error)?;
     let mut list = Vec::new();
     for (name, (registered, keys)) in projections {
         let filter = ctx
@@ -182,13 +194,24 @@ pub(crate) async fn list<S: CliStore>(ctx: &Ctx<S>, json: bool) -> Result<(), Er
         return Ok(());
     }
     if projections.is_empty() {
-        writeln!(out, "no projections: the checkpoints table is empty (head position {head})")?;
+        writeln!(
+            out,
+            "no projections: the checkpoints table is empty (head position {head})"
+        )?;
         return Ok(());
     }
     let mut rows = vec![
-        ["PROJECTION", "PARTITION", "CHECKPOINT", "LAG", "OLDEST UNHANDLED", "CLAIM", "FAILURES"]
-            .map(String::from)
-            .to_vec(),
+        [
+            "PROJECTION",
+            "PARTITION",
+            "CHECKPOINT",
+            "LAG",
+            "OLDEST UNHANDLED",
+            "CLAIM",
+            "FAILURES",
+        ]
+        .map(String::from)
+        .to_vec(),
     ];
     for projection in &projections {
         let name = if projection.registered || !ctx.embedded {
@@ -220,13 +243,20 @@ pub(crate) async fn list<S: CliStore>(ctx: &Ctx<S>, json: bool) -> Result<(), Er
                 partition.lag.to_string(),
                 ago(partition.oldest_unhandled_at),
                 claim,
-                if i == 0 { projection.failures.to_string() } else { String::new() },
+                if i == 0 {
+                    projection.failures.to_string()
+                } else {
+                    String::new()
+                },
             ]);
         }
     }
     let mut text = format!("head position {head}\n\n");
     text.push_str(&table(&rows));
-    if projections.iter().any(|p| p.partitions.iter().any(|c| c.claim == "unknown")) {
+    if projections
+        .iter()
+        .any(|p| p.partitions.iter().any(|c| c.claim == "unknown"))
+    {
         text.push_str(
             "\n(a claim lasts one batch; SQLite's is the database's write lock, which cannot be \
              probed without waiting)\n",
@@ -259,8 +289,16 @@ async fn keys_of<S: CliStore>(ctx: &Ctx<S>, name: &str) -> Result<Vec<(String, i
 /// Rewinds every checkpoint of `name` to 0, claiming each first so that no
 /// processor is midway through a batch; in the embedded CLI, also clears
 /// the read model (`Projection::reset`) in the same transaction.
-async fn rewind<S: CliStore>(ctx: &Ctx<S>, name: &str, keys: &[(String, i64)]) -> Result<(), Error> {
-    let mut tx = ctx.store.begin_write(&ctx.pool).await.map_err(store_error)?;
+async fn rewind<S: CliStore>(
+    ctx: &Ctx<S>,
+    name: &str,
+    keys: &[(String, i64)],
+) -> Result<(), Error> {
+    let mut tx = ctx
+        .store
+        .begin_write(&ctx.pool)
+        .await
+        .map_err(store_error)?;
     for (key, _) in keys {
         let started = Instant::now();
         let mut told = false;
@@ -284,10 +322,9 @@ async fn rewind<S: CliStore>(ctx: &Ctx<S>, name: &str, keys: &[(String, i64)]) -
             .map_err(store_error)?;
     }
     if let Some(registered) = ctx.registered(name) {
-        registered
-            .reset_read_model(&mut tx)
-            .await
-            .map_err(|e| Error::Failed(format!("could not reset the read model of `{name}`: {e}")))?;
+        registered.reset_read_model(&mut tx).await.map_err(|e| {
+            Error::Failed(format!("could not reset the read model of `{name}`: {e}"))
+        })?;
     }
     tx.commit().await.map_err(db_error)?;
     Ok(())
@@ -328,7 +365,11 @@ pub(crate) async fn reset<S: CliStore>(ctx: &Ctx<S>, name: &str, yes: bool) -> R
         "reset `{name}`: {} checkpoint(s) rewound to 0 (they were at {}){}",
         keys.len(),
         positions(&keys),
-        if registered { ", read model cleared" } else { "" }
+        if registered {
+            ", read model cleared"
+        } else {
+            ""
+        }
     )?;
     if !registered {
         eprintln!("note: {NOT_CLEARED}; its workers replay the feed from the start");
@@ -363,7 +404,10 @@ pub(crate) async fn rebuild<S: CliStore>(
             )?;
             let head = {
                 let mut conn = ctx.conn().await?;
-                ctx.store.head_position(&mut conn).await.map_err(store_error)?
+                ctx.store
+                    .head_position(&mut conn)
+                    .await
+                    .map_err(store_error)?
             };
             let mut progress = Progress::new(format!("rebuild {name}"), head as u64);
             let task = {
@@ -442,13 +486,20 @@ async fn follow_rebuild<S: CliStore>(
 ) -> Result<(), Error> {
     let target = {
         let mut conn = ctx.conn().await?;
-        ctx.store.head_position(&mut conn).await.map_err(store_error)?
+        ctx.store
+            .head_position(&mut conn)
+            .await
+            .map_err(store_error)?
     };
     let mut progress = Progress::new(format!("rebuild {name}"), target as u64);
     let started = Instant::now();
     let (mut last, mut moved_at) = (0u64, Instant::now());
     loop {
-        let rows = ctx.store.checkpoint_rows(&ctx.pool).await.map_err(db_error)?;
+        let rows = ctx
+            .store
+            .checkpoint_rows(&ctx.pool)
+            .await
+            .map_err(db_error)?;
         let checkpoints: Vec<i64> = keys
             .iter()
             .map(|(key, _)| {

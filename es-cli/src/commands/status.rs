@@ -53,13 +53,21 @@ pub(crate) async fn status<S: CliStore>(ctx: &Ctx<S>, json: bool) -> Result<(), 
     let migrator = ctx.store.sql().migrator();
     let known: Vec<_> = migrator.iter().collect();
     let migrations = Migrations {
-        applied: applied.iter().filter(|a| a.success).map(|a| a.version).collect(),
+        applied: applied
+            .iter()
+            .filter(|a| a.success)
+            .map(|a| a.version)
+            .collect(),
         pending: known
             .iter()
             .filter(|m| !applied.iter().any(|a| a.version == m.version))
             .map(|m| m.version)
             .collect(),
-        failed: applied.iter().filter(|a| !a.success).map(|a| a.version).collect(),
+        failed: applied
+            .iter()
+            .filter(|a| !a.success)
+            .map(|a| a.version)
+            .collect(),
         changed: applied
             .iter()
             .filter(|a| {
@@ -83,7 +91,10 @@ pub(crate) async fn status<S: CliStore>(ctx: &Ctx<S>, json: bool) -> Result<(), 
         .map_err(db_error)?;
     let head = {
         let mut conn = ctx.conn().await?;
-        ctx.store.head_position(&mut conn).await.map_err(store_error)?
+        ctx.store
+            .head_position(&mut conn)
+            .await
+            .map_err(store_error)?
     };
     let listeners = ctx
         .store
@@ -153,7 +164,9 @@ pub(crate) async fn status<S: CliStore>(ctx: &Ctx<S>, json: bool) -> Result<(), 
                     format!(
                         "{}, seen {} ago",
                         about.join(" "),
-                        format::duration(std::time::Duration::from_secs_f64(l.seen_secs_ago.max(0.0)))
+                        format::duration(std::time::Duration::from_secs_f64(
+                            l.seen_secs_ago.max(0.0)
+                        ))
                     )
                 })
                 .collect();
@@ -179,7 +192,10 @@ pub(crate) async fn status<S: CliStore>(ctx: &Ctx<S>, json: bool) -> Result<(), 
                 status.projections, status.projections_behind
             ),
         ],
-        vec!["skipped events".to_owned(), status.skipped_events.to_string()],
+        vec![
+            "skipped events".to_owned(),
+            status.skipped_events.to_string(),
+        ],
     ];
     out.write_all(table(&rows).as_bytes())?;
     Ok(())
