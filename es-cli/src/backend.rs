@@ -75,6 +75,7 @@ pub(crate) trait Listen: Send {
 }
 
 impl Follower {
+    #[cfg_attr(not(any(feature = "sqlite", feature = "mysql")), allow(dead_code))]
     pub(crate) fn polling() -> Self {
         Self { listen: None }
     }
@@ -427,19 +428,19 @@ mod postgres {
             names: &Names,
         ) -> Result<Option<Vec<Listener>>, sqlx::Error> {
             let table = listeners_table(names);
-            let rows: Vec<(i32, f64, Option<String>, Option<String>, bool)> =
-                sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                    "SELECT l.pid, extract(epoch FROM now() - l.seen)::float8, \
+            type Row = (i32, f64, Option<String>, Option<String>, bool);
+            let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT l.pid, extract(epoch FROM now() - l.seen)::float8, \
                          nullif(a.application_name, ''), host(a.client_addr), a.pid IS NOT NULL \
                      FROM {table} l \
                      LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid \
                      WHERE l.channel = $1 \
                        AND l.seen > now() - interval '{LISTENER_TTL_SECONDS} seconds' \
                      ORDER BY l.pid"
-                )))
-                .bind(self.notification_channel())
-                .fetch_all(pool)
-                .await?;
+            )))
+            .bind(self.notification_channel())
+            .fetch_all(pool)
+            .await?;
             Ok(Some(
                 rows.into_iter()
                     .map(|(pid, seen, application, client, alive)| Listener {

@@ -51,10 +51,10 @@ pub enum Error {
     NeedsEmbedded(String),
     /// The store failed.
     #[error("{0}")]
-    Store(#[from] es_store::Error),
+    Store(#[source] Box<es_store::Error>),
     /// A projection failed.
     #[error("{0}")]
-    Projection(#[from] es_aggregate::ProjectionError),
+    Projection(#[source] Box<es_aggregate::ProjectionError>),
     /// Writing the output failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -65,6 +65,18 @@ pub enum Error {
     /// Ctrl-C (or SIGTERM) while the command was waiting.
     #[error("interrupted{0}")]
     Interrupted(String),
+}
+
+impl From<es_store::Error> for Error {
+    fn from(error: es_store::Error) -> Self {
+        Error::Store(Box::new(error))
+    }
+}
+
+impl From<es_aggregate::ProjectionError> for Error {
+    fn from(error: es_aggregate::ProjectionError) -> Self {
+        Error::Projection(Box::new(error))
+    }
 }
 
 impl Error {
@@ -115,7 +127,7 @@ pub(crate) fn store_error(error: es_store::Error) -> Error {
         es_store::Error::Database(db) if is_missing_table(db) => Error::NotMigrated(format!(
             "a table of the store is missing ({db}): run `es migrate`"
         )),
-        _ => Error::Store(error),
+        _ => Error::from(error),
     }
 }
 
@@ -130,6 +142,6 @@ pub(crate) fn projection_error(error: es_aggregate::ProjectionError) -> Error {
         es_aggregate::ProjectionError::Store { source, .. } if matches!(&source, es_store::Error::Database(db) if is_missing_table(db)) => {
             store_error(source)
         }
-        other => Error::Projection(other),
+        other => Error::from(other),
     }
 }

@@ -92,11 +92,7 @@ impl Progress {
     fn line(&mut self) {
         self.last_line = Some(Instant::now());
         let rate = self.rate();
-        let percent = if self.total == 0 {
-            100
-        } else {
-            self.done * 100 / self.total
-        };
+        let percent = (self.done * 100).checked_div(self.total).unwrap_or(100);
         let left = match (self.total - self.done, rate) {
             (0, _) => "0s".to_owned(),
             (_, r) if r <= 0.0 => "unknown".to_owned(),

@@ -169,7 +169,7 @@ async fn migrate<S: CliStore>(ctx: &Ctx<S>, dry_run: bool) -> Result<(), Error> 
     ctx.store
         .migrate_store(&ctx.pool)
         .await
-        .map_err(Error::Store)?;
+        .map_err(Error::from)?;
     let migrator = ctx.store.sql().migrator();
     let ran: Vec<String> = migrator
         .iter()

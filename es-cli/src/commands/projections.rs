@@ -132,7 +132,7 @@ pub(crate) async fn gather<S: CliStore>(
             let oldest = if lag > 0 {
                 let mut filter = filter.clone();
                 if let Some((index, count)) = partition {
-                    filter = filter.partition(Partition::new(index, count).map_err(Error::Store)?);
+                    filter = filter.partition(Partition::new(index, count).map_err(Error::from)?);
                 }
                 let page = ctx
                     .store
