@@ -470,6 +470,12 @@ async fn follow<F: Target>() {
     .expect("tail --follow printed the new event");
     let event: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(event["event_type"], "Opened");
+    // On PostgreSQL it listens to the appends' notifications meanwhile.
+    let status = &es(&flags, &["status", "--json"]).await.ok().json_lines()[0];
+    if let Some(listeners) = status["listeners"].as_array() {
+        assert_eq!(listeners.len(), 1, "{status}");
+        assert_eq!(listeners[0]["application"], "es-cli", "{status}");
+    }
     let interrupted = std::process::Command::new("kill")
         .args(["-INT", &child.id().unwrap().to_string()])
         .status()
@@ -491,6 +497,11 @@ async fn postgres_tail_follow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_tail_follow() {
     follow::<SqliteDb>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_tail_follow() {
+    follow::<MySqlDb>().await;
 }
 
 // ------------------------------------------------------------ projections
@@ -731,6 +742,11 @@ async fn sqlite_failures() {
     failures::<SqliteDb>().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_failures() {
+    failures::<MySqlDb>().await;
+}
+
 // ------------------------------------------------------------- bad input
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -889,4 +905,9 @@ async fn postgres_embedded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_embedded() {
     embedded::<SqliteDb>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_embedded() {
+    embedded::<MySqlDb>().await;
 }
