@@ -28,6 +28,7 @@ pub(crate) struct Args {
 
 /// Where the store is.
 #[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Store")]
 pub(crate) struct StoreArgs {
     /// The database URL (default: the config file's `url`, then $DATABASE_URL)
     #[arg(long, global = true, value_name = "URL")]
