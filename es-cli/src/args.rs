@@ -1,0 +1,229 @@
+//! The command line, as clap parses it.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Names;
+
+const AFTER_HELP: &str = "\
+The database is --url, else the config file's `url`, else $DATABASE_URL:
+  postgres://user@host:5432/db   sqlite:events.db   mysql://user@host:3306/db
+
+Exit codes: 0 ok, 1 runtime error (database, connection, handler), 2 bad usage
+(arguments, URL, config, confirmation), 3 not found (projection, stream,
+failure), 4 store not migrated (run `es migrate`), 5 needs the service's
+embedded CLI (the projection's code), 130 interrupted.";
+
+/// Operate an event store: migrations, streams, the global feed, projections
+/// and the events they skipped.
+#[derive(Debug, Parser)]
+#[command(name = "es", version, after_help = AFTER_HELP)]
+pub(crate) struct Args {
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Where the store is.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Store")]
+pub(crate) struct StoreArgs {
+    /// The database URL (default: the config file's `url`, then $DATABASE_URL)
+    #[arg(long, global = true, value_name = "URL")]
+    pub(crate) url: Option<String>,
+    /// A TOML file with `url`, `schema` and the table names (`events_table`, ...)
+    #[arg(long, global = true, env = "ES_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// The store's schema (PostgreSQL) or database (MySQL)
+    #[arg(long, global = true, value_name = "NAME")]
+    pub(crate) schema: Option<String>,
+    /// The events table [default: events]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub(crate) events_table: Option<String>,
+    /// The aggregate heads table [default: aggregate_heads]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub(crate) heads_table: Option<String>,
+    /// The checkpoints table [default: checkpoints]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub(crate) checkpoints_table: Option<String>,
+    /// The snapshots table [default: snapshots]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub(crate) snapshots_table: Option<String>,
+    /// The table of skipped events [default: projection_failures]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub(crate) failures_table: Option<String>,
+    /// How long to wait for the database to answer
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 10)]
+    pub(crate) connect_timeout: u64,
+}
+
+impl StoreArgs {
+    pub(crate) fn names(&self) -> Names {
+        Names {
+            schema: self.schema.clone(),
+            events_table: self.events_table.clone(),
+            heads_table: self.heads_table.clone(),
+            checkpoints_table: self.checkpoints_table.clone(),
+            snapshots_table: self.snapshots_table.clone(),
+            failures_table: self.failures_table.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Apply the store's migrations (creating its schema and tables)
+    Migrate {
+        /// Print the SQL of the migrations not applied yet, and apply nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Events, aggregates, head position, migrations, listeners, projections
+    Status {
+        /// One JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// One aggregate's events, in version order
+    Stream {
+        /// The bounded context, e.g. Billing
+        context: String,
+        /// The aggregate type, e.g. Account
+        #[arg(value_name = "TYPE")]
+        aggregate_type: String,
+        /// The aggregate id
+        id: String,
+        /// The first version to show
+        #[arg(long, value_name = "VERSION")]
+        from: Option<i64>,
+        /// The last version to show
+        #[arg(long, value_name = "VERSION")]
+        to: Option<i64>,
+        /// One JSON object per line
+        #[arg(long)]
+        json: bool,
+    },
+    /// The global feed in position order, read gap-safe as projections read it
+    Tail {
+        /// Start after this position (0: the whole feed)
+        #[arg(long, value_name = "POSITION", conflicts_with = "last")]
+        from: Option<i64>,
+        /// Start this many positions before the head [default: 10]
+        #[arg(long, value_name = "N")]
+        last: Option<i64>,
+        /// Keep reading new events until Ctrl-C
+        #[arg(long, short)]
+        follow: bool,
+        /// Only these events: context=NAME, type=NAME, partition=I/N, comma-separated or repeated
+        #[arg(long, value_name = "KEY=VALUE,...")]
+        filter: Vec<String>,
+        /// Stop after this many events
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+        /// How often to look for new events with --follow (PostgreSQL is also woken by notifications)
+        #[arg(long, value_name = "MILLISECONDS", default_value_t = 500)]
+        poll_interval: u64,
+        /// One JSON object per line
+        #[arg(long)]
+        json: bool,
+    },
+    /// Projections: checkpoints, lag, partitions and claims; reset, rebuild
+    Projections {
+        #[command(subcommand)]
+        action: Option<ProjectionsAction>,
+        /// One JSON object per projection, one per line
+        #[arg(long)]
+        json: bool,
+    },
+    /// The events projections skipped (all, or NAME's); retry or discard them
+    #[command(args_conflicts_with_subcommands = true)]
+    Failures {
+        #[command(subcommand)]
+        action: Option<FailuresAction>,
+        /// The projection
+        name: Option<String>,
+        /// One JSON object per line
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ProjectionsAction {
+    /// Rewind a projection's checkpoints to 0 so that its workers replay the feed
+    Reset {
+        /// The projection
+        name: String,
+        /// Do not ask for confirmation
+        #[arg(long, short)]
+        yes: bool,
+    },
+    /// Replay a projection from the start, showing its progress
+    Rebuild {
+        /// The projection
+        name: String,
+        /// Do not ask for confirmation
+        #[arg(long, short)]
+        yes: bool,
+        /// Give up (exit 1) if it has not caught up after this long
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum FailuresAction {
+    /// Handle skipped events again (needs the service's embedded CLI)
+    Retry {
+        /// The projection
+        name: String,
+        /// The skipped event's position
+        #[arg(required_unless_present = "all")]
+        position: Option<i64>,
+        /// Every event the projection skipped
+        #[arg(long, conflicts_with = "position")]
+        all: bool,
+    },
+    /// Forget skipped events (the events stay in the store)
+    Discard {
+        /// The projection
+        name: String,
+        /// The skipped event's position
+        #[arg(required_unless_present = "all")]
+        position: Option<i64>,
+        /// Every event the projection skipped
+        #[arg(long, conflicts_with = "position")]
+        all: bool,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn failures_takes_a_name_or_an_action() {
+        let args = Args::try_parse_from(["es", "failures", "balances"]).unwrap();
+        assert!(
+            matches!(args.command, Command::Failures { name: Some(n), action: None, .. } if n == "balances")
+        );
+        let args =
+            Args::try_parse_from(["es", "failures", "discard", "balances", "--all"]).unwrap();
+        assert!(matches!(
+            args.command,
+            Command::Failures {
+                action: Some(FailuresAction::Discard { all: true, .. }),
+                ..
+            }
+        ));
+        assert!(Args::try_parse_from(["es", "failures", "retry", "balances"]).is_err());
+    }
+}
