@@ -62,7 +62,10 @@ impl<E> Delivery<E> {
 /// Future<Output = Result<(), HandlerError>>`, or a type of yours.
 pub trait EventHandler<E>: Send + Sync {
     /// Handles one event. `Ok` acknowledges it.
-    fn handle(&self, delivery: Delivery<E>) -> impl Future<Output = Result<(), HandlerError>> + Send;
+    fn handle(
+        &self,
+        delivery: Delivery<E>,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
 impl<E, F, Fut> EventHandler<E> for F
@@ -70,7 +73,10 @@ where
     F: Fn(Delivery<E>) -> Fut + Send + Sync,
     Fut: Future<Output = Result<(), HandlerError>> + Send,
 {
-    fn handle(&self, delivery: Delivery<E>) -> impl Future<Output = Result<(), HandlerError>> + Send {
+    fn handle(
+        &self,
+        delivery: Delivery<E>,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
         self(delivery)
     }
 }
@@ -150,7 +156,9 @@ pub enum ConsumerError {
     },
     /// A message could not be decoded and the policy is
     /// [`OnUndecodable::Stop`].
-    #[error("consumer `{consumer}`: message at stream sequence {stream_sequence} cannot be decoded: {source}")]
+    #[error(
+        "consumer `{consumer}`: message at stream sequence {stream_sequence} cannot be decoded: {source}"
+    )]
     Undecodable {
         /// The consumer.
         consumer: String,
@@ -376,7 +384,9 @@ impl<E: EventSet> Consumer<E> {
     ) -> Result<(), ConsumerError> {
         let (stream_sequence, delivered) = match message.info() {
             Ok(info) => (info.stream_sequence, info.delivered),
-            Err(error) => return Err(self.nats("read a message's info", DisplayError(error.to_string()))),
+            Err(error) => {
+                return Err(self.nats("read a message's info", DisplayError(error.to_string())));
+            }
         };
         let decode = || -> Result<Option<(E, PersistedEvent)>, Undecodable> {
             let empty = async_nats::HeaderMap::new();
@@ -449,7 +459,9 @@ impl<E: EventSet> Consumer<E> {
                     self.ack(&message, AckKind::Nak(None)).await?;
                     return Err(give_up(error));
                 }
-                OnFailure::Nak(delay) => return self.ack(&message, AckKind::Nak(Some(delay))).await,
+                OnFailure::Nak(delay) => {
+                    return self.ack(&message, AckKind::Nak(Some(delay))).await;
+                }
                 OnFailure::Term => {
                     tracing::error!(consumer = self.name, stream_sequence, %event_id, %error, "message terminated after the handler failed");
                     return self.ack(&message, AckKind::Term).await;

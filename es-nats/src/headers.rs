@@ -91,7 +91,10 @@ pub fn encode(event: &PersistedEvent) -> HeaderMap {
         name(AGGREGATE_TYPE),
         encode_value(&event.aggregate_type).as_ref(),
     );
-    headers.insert(name(AGGREGATE_ID), encode_value(&event.aggregate_id).as_ref());
+    headers.insert(
+        name(AGGREGATE_ID),
+        encode_value(&event.aggregate_id).as_ref(),
+    );
     headers.insert(name(AGGREGATE_VERSION), event.aggregate_version.to_string());
     headers.insert(name(GLOBAL_POSITION), event.global_position.to_string());
     if let Some(id) = event.correlation_id {
@@ -163,7 +166,10 @@ pub fn decode(headers: &HeaderMap, payload: &[u8]) -> Result<PersistedEvent, Env
             Some(_) => text(header).map(Some),
         }
     };
-    fn parse<T: std::str::FromStr>(header: &'static str, value: String) -> Result<T, EnvelopeError> {
+    fn parse<T: std::str::FromStr>(
+        header: &'static str,
+        value: String,
+    ) -> Result<T, EnvelopeError> {
         value
             .parse()
             .map_err(|_| EnvelopeError::Invalid { header, value })
@@ -183,8 +189,11 @@ pub fn decode(headers: &HeaderMap, payload: &[u8]) -> Result<PersistedEvent, Env
         header: "payload",
         value: String::from_utf8_lossy(payload).into_owned(),
     })?;
-    let payload = RawValue::from_string(payload.to_owned())
-        .map_err(|source| EnvelopeError::Json { what: "payload", source })?;
+    let payload =
+        RawValue::from_string(payload.to_owned()).map_err(|source| EnvelopeError::Json {
+            what: "payload",
+            source,
+        })?;
     let mut event = Event::from_raw(
         text(BOUNDED_CONTEXT)?,
         text(AGGREGATE_TYPE)?,
@@ -196,8 +205,10 @@ pub fn decode(headers: &HeaderMap, payload: &[u8]) -> Result<PersistedEvent, Env
     .with_event_version(event_version)
     .with_created_at(created_at);
     if let Some(metadata) = optional(METADATA)? {
-        let metadata = RawValue::from_string(metadata)
-            .map_err(|source| EnvelopeError::Json { what: "metadata", source })?;
+        let metadata = RawValue::from_string(metadata).map_err(|source| EnvelopeError::Json {
+            what: "metadata",
+            source,
+        })?;
         event = event.with_raw_metadata(metadata);
     }
     if let Some(id) = optional(CORRELATION_ID)? {
@@ -209,7 +220,11 @@ pub fn decode(headers: &HeaderMap, payload: &[u8]) -> Result<PersistedEvent, Env
     if let Some(trace) = optional(TRACE_ID)? {
         event = event.with_trace_id(trace);
     }
-    Ok(PersistedEvent::new(event, aggregate_version, global_position))
+    Ok(PersistedEvent::new(
+        event,
+        aggregate_version,
+        global_position,
+    ))
 }
 
 /// A text as a header value: `%`, CR, LF and whitespace at either end
@@ -280,7 +295,16 @@ mod tests {
 
     #[test]
     fn values_round_trip() {
-        for text in ["", "x", " a ", "\tb", "100%", "a\r\nb", "\u{a0}nbsp\u{a0}", "é %41"] {
+        for text in [
+            "",
+            "x",
+            " a ",
+            "\tb",
+            "100%",
+            "a\r\nb",
+            "\u{a0}nbsp\u{a0}",
+            "é %41",
+        ] {
             let encoded = encode_value(text);
             assert!(!encoded.contains(['\r', '\n']));
             assert_eq!(encoded.trim(), encoded, "{text:?}");

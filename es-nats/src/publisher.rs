@@ -454,7 +454,10 @@ impl Publisher {
                 let event = &events[i];
                 let subject = self.subjects.subject(event);
                 let mut headers = headers::encode(event);
-                headers.insert(async_nats::header::NATS_EXPECTED_STREAM, self.stream.as_str());
+                headers.insert(
+                    async_nats::header::NATS_EXPECTED_STREAM,
+                    self.stream.as_str(),
+                );
                 let message = PublishMessage::build()
                     .payload(Bytes::copy_from_slice(event.payload.get().as_bytes()))
                     .headers(headers);
@@ -592,7 +595,11 @@ impl<DB: sqlx::Database> Projection<DB> for Publisher {
         self.filter.clone()
     }
 
-    async fn handle(&self, _tx: &mut DB::Connection, event: &PersistedEvent) -> Result<(), HandlerError> {
+    async fn handle(
+        &self,
+        _tx: &mut DB::Connection,
+        event: &PersistedEvent,
+    ) -> Result<(), HandlerError> {
         self.publish_all(std::slice::from_ref(event))
             .await
             .map_err(|failure| failure.error)

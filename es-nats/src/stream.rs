@@ -179,7 +179,8 @@ impl StreamSettings {
                             }
                         }
                         config.retention = self.retention;
-                        config.duplicate_window = config.duplicate_window.max(self.duplicate_window);
+                        config.duplicate_window =
+                            config.duplicate_window.max(self.duplicate_window);
                         config.max_age = self.max_age;
                         config.num_replicas = self.replicas;
                         if config.storage != self.storage {
@@ -309,8 +310,17 @@ pub(crate) fn nats_error(
     what: &'static str,
     error: impl std::error::Error + Send + Sync + 'static,
 ) -> SetupError {
-    let text = error.to_string().to_lowercase();
-    if text.contains("no responders")
+    let mut text = error.to_string().to_lowercase();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string().to_lowercase());
+        source = cause.source();
+    }
+    // nothing subscribes to the JetStream API: async-nats says
+    // `NoResponders` (displayed as a resource that does not exist)
+    if format!("{error:?}").contains("NoResponders")
+        || text.contains("no responders")
         || text.contains("jetstream not enabled")
         || text.contains("10076")
         || text.contains("10039")

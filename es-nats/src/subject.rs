@@ -126,7 +126,11 @@ impl Subjects {
     ///     Some("events.Billing.Account.*")
     /// );
     /// ```
-    pub fn aggregate_type_filter(&self, bounded_context: &str, aggregate_type: &str) -> Option<String> {
+    pub fn aggregate_type_filter(
+        &self,
+        bounded_context: &str,
+        aggregate_type: &str,
+    ) -> Option<String> {
         match &self.kind {
             Kind::Prefixed(prefix) => Some(format!(
                 "{prefix}.{}.{}.*",
@@ -189,7 +193,11 @@ mod tests {
         assert_eq!(tokens.len(), texts.len());
         for t in &tokens {
             assert!(!t.is_empty());
-            assert!(t.bytes().all(|b| b.is_ascii_graphic() && !b".*>".contains(&b)), "{t}");
+            assert!(
+                t.bytes()
+                    .all(|b| b.is_ascii_graphic() && !b".*>".contains(&b)),
+                "{t}"
+            );
         }
     }
 }
