@@ -17,6 +17,24 @@ use crate::{SetupError, Subjects};
 
 /// One event as the consumer hands it to the handler: decoded (and
 /// upcast) into `E`, with its envelope.
+///
+/// ```
+/// # use es::DomainEvent;
+/// # #[derive(Debug, DomainEvent)]
+/// # #[event(bounded_context = "Billing", aggregate_type = "Account")]
+/// # enum AccountEvent { Deposited { amount: i64 } }
+/// fn describe(delivery: &es::nats::Delivery<AccountEvent>) -> String {
+///     format!(
+///         "{} v{} at {} (stream {}, delivery {}): {:?}",
+///         delivery.aggregate_id(),
+///         delivery.version(),
+///         delivery.position(),
+///         delivery.stream_sequence,
+///         delivery.delivered,
+///         delivery.event
+///     )
+/// }
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct Delivery<E> {
@@ -60,6 +78,25 @@ impl<E> Delivery<E> {
 
 /// What handles the consumer's events: any `Fn(Delivery<E>) -> impl
 /// Future<Output = Result<(), HandlerError>>`, or a type of yours.
+///
+/// ```
+/// # use es::DomainEvent;
+/// # #[derive(Debug, DomainEvent)]
+/// # #[event(bounded_context = "Billing", aggregate_type = "Account")]
+/// # enum AccountEvent { Deposited { amount: i64 } }
+/// use es::aggregate::projection::HandlerError;
+/// use es::nats::{Delivery, EventHandler};
+///
+/// struct Totals(std::sync::Mutex<i64>);
+///
+/// impl EventHandler<AccountEvent> for Totals {
+///     async fn handle(&self, delivery: Delivery<AccountEvent>) -> Result<(), HandlerError> {
+///         let AccountEvent::Deposited { amount } = delivery.event;
+///         *self.0.lock().unwrap() += amount;
+///         Ok(())
+///     }
+/// }
+/// ```
 pub trait EventHandler<E>: Send + Sync {
     /// Handles one event. `Ok` acknowledges it.
     fn handle(
@@ -82,6 +119,16 @@ where
 }
 
 /// What the consumer does when the handler fails.
+///
+/// ```
+/// use std::time::Duration;
+/// use es::aggregate::RetryPolicy;
+/// use es::nats::OnFailure;
+///
+/// let in_place = OnFailure::Retry(RetryPolicy::exponential(100, Duration::from_millis(50), Duration::from_secs(10)));
+/// let later = OnFailure::Nak(Duration::from_secs(30)); // order of that aggregate not kept
+/// assert_ne!(in_place, later);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub enum OnFailure {
@@ -117,6 +164,12 @@ impl Default for OnFailure {
 /// What the consumer does with a message it cannot decode: not published
 /// by es-nats, an event type `E` does not know, a schema version newer
 /// than it knows, a payload that does not fit.
+///
+/// ```
+/// // wait for a deployment that knows the newer versions
+/// let policy = es::nats::OnUndecodable::Nak(std::time::Duration::from_secs(300));
+/// # let _ = policy;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum OnUndecodable {
@@ -131,6 +184,23 @@ pub enum OnUndecodable {
 }
 
 /// Why a consumer stopped.
+///
+/// ```no_run
+/// # use es::DomainEvent;
+/// # #[derive(Debug, DomainEvent)]
+/// # #[event(bounded_context = "Billing", aggregate_type = "Account")]
+/// # enum AccountEvent { Deposited { amount: i64 } }
+/// use es::nats::{Consumer, ConsumerError, Delivery};
+///
+/// # async fn demo(consumer: Consumer<AccountEvent>) {
+/// let handler = |_: Delivery<AccountEvent>| async { Ok(()) };
+/// match consumer.run(handler, std::future::pending()).await {
+///     Err(ConsumerError::Handler { stream_sequence, source, .. }) => eprintln!("stuck at {stream_sequence}: {source}"),
+///     Err(other) => eprintln!("{other}"),
+///     Ok(()) => {}
+/// }
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConsumerError {
@@ -182,6 +252,12 @@ pub enum ConsumerError {
 }
 
 /// Why a message could not be decoded.
+///
+/// ```
+/// use es::nats::Undecodable;
+/// let error = Undecodable::from(es::nats::headers::EnvelopeError::Missing("Es-Event-Id"));
+/// assert!(error.to_string().contains("Es-Event-Id"));
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Undecodable {
@@ -258,6 +334,29 @@ impl<E> std::fmt::Debug for Consumer<E> {
 }
 
 /// Builds a [`Consumer`]; see [`Consumer::builder`].
+///
+/// ```no_run
+/// # use es::DomainEvent;
+/// # #[derive(Debug, DomainEvent)]
+/// # #[event(bounded_context = "Billing", aggregate_type = "Account")]
+/// # enum AccountEvent { Deposited { amount: i64 } }
+/// use std::time::Duration;
+/// use es::nats::{Consumer, OnFailure, OnUndecodable, Subjects};
+///
+/// # async fn demo(client: async_nats::Client) -> Result<(), es::nats::ConsumerError> {
+/// let consumer = Consumer::<AccountEvent>::builder(client, "BILLING", "ledger")
+///     .subjects(Subjects::prefixed("billing")) // as the publisher's
+///     .ack_wait(Duration::from_secs(60))
+///     .max_ack_pending(500)
+///     .batch(100)
+///     .on_failure(OnFailure::Stop)
+///     .on_undecodable(OnUndecodable::Stop)
+///     .double_ack(true)
+///     .build()
+///     .await?;
+/// println!("{} pending", consumer.info().await?.num_pending);
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 #[must_use]
 pub struct ConsumerBuilder<E> {

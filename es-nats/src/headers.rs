@@ -123,6 +123,11 @@ pub fn encode(event: &PersistedEvent) -> HeaderMap {
 /// Why a message could not be read back as an event: it was not
 /// published by [`Publisher`](crate::Publisher) (a header is missing) or
 /// was changed on the way.
+///
+/// ```
+/// let error = es_nats::headers::EnvelopeError::Missing("Es-Event-Id");
+/// assert!(error.to_string().contains("Es-Event-Id"));
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EnvelopeError {
@@ -150,6 +155,11 @@ pub enum EnvelopeError {
 
 /// Reads an event back from a message's headers and payload (the inverse
 /// of [`encode`]).
+///
+/// ```
+/// let missing = es_nats::headers::decode(&async_nats::HeaderMap::new(), b"{}").unwrap_err();
+/// assert!(matches!(missing, es_nats::headers::EnvelopeError::Missing("Es-Event-Id")));
+/// ```
 pub fn decode(headers: &HeaderMap, payload: &[u8]) -> Result<PersistedEvent, EnvelopeError> {
     let text = |header: &'static str| -> Result<String, EnvelopeError> {
         let value = headers
@@ -261,13 +271,21 @@ pub fn encode_value(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// The text [`encode_value`] encoded.
+/// A header value that is not valid percent-encoding (of UTF-8 text).
+///
+/// ```
+/// assert!(es_nats::headers::decode_value("50%2").is_err());
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[error("not a valid percent-encoded header value")]
 #[non_exhaustive]
 pub struct InvalidValue;
 
 /// Undoes [`encode_value`].
+///
+/// ```
+/// assert_eq!(es_nats::headers::decode_value("a%0Ab").unwrap(), "a\nb");
+/// ```
 pub fn decode_value(value: &str) -> Result<String, InvalidValue> {
     if !value.contains('%') {
         return Ok(value.to_owned());

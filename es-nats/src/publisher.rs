@@ -98,6 +98,26 @@ impl std::fmt::Debug for Publisher {
 }
 
 /// Builds a [`Publisher`]; see [`Publisher::builder`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use es::nats::{Publisher, StreamSettings, Subjects};
+/// use es::store::EventFilter;
+///
+/// # async fn demo(client: async_nats::Client) -> Result<(), es::nats::SetupError> {
+/// let publisher = Publisher::builder(client)
+///     .name("billing-to-nats") // its checkpoints' name
+///     .stream(StreamSettings::new("BILLING").duplicate_window(Duration::from_secs(600)))
+///     .subjects(Subjects::prefixed("billing"))
+///     .filter(EventFilter::all().bounded_context("Billing"))
+///     .max_in_flight(1024)
+///     .ack_timeout(Duration::from_secs(2))
+///     .outage_timeout(Duration::from_secs(15))
+///     .build()
+///     .await?;
+/// assert_eq!(publisher.stream(), "BILLING");
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 #[must_use]
 pub struct PublisherBuilder {
@@ -281,6 +301,13 @@ impl PublisherBuilder {
 }
 
 /// A publisher's counters since it was built ([`Publisher::stats`]).
+///
+/// ```no_run
+/// # fn demo(publisher: &es::nats::Publisher) {
+/// let stats = publisher.stats();
+/// assert!(stats.in_flight <= stats.max_in_flight);
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PublisherStats {
@@ -304,6 +331,14 @@ pub struct PublisherStats {
 }
 
 /// A running publisher's status ([`Publisher::status`]).
+///
+/// ```no_run
+/// # async fn demo(processor: es::aggregate::projection::ProjectionProcessor<es::store::PostgresStore, es::nats::Publisher>) -> Result<(), Box<dyn std::error::Error>> {
+/// let status = es::nats::Publisher::status(&processor).await?;
+/// let healthy = status.connection == async_nats::connection::State::Connected
+///     && !status.projection.is_stalled(std::time::Duration::from_secs(30));
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct PublisherStatus {
@@ -326,7 +361,23 @@ struct Counters {
     last_sequence: AtomicU64,
 }
 
-/// Why an event could not be published.
+/// Why an event could not be published: the source of the processor's
+/// error (a [`ProjectionError::Handler`] for `Refused`, a
+/// [`ProjectionError::Store`] for `Unavailable`).
+///
+/// ```no_run
+/// # use es::aggregate::projection::ProjectionProcessor;
+/// # async fn demo(processor: ProjectionProcessor<es::store::PostgresStore, es::nats::Publisher>) {
+/// use es::aggregate::ProjectionError;
+/// use es::nats::PublishError;
+///
+/// if let Err(ProjectionError::Handler { source, .. }) = processor.catch_up().await {
+///     if let Some(PublishError::Refused { event_id, subject, .. }) = source.downcast_ref::<PublishError>() {
+///         eprintln!("event {event_id} cannot go to {subject}");
+///     }
+/// }
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PublishError {

@@ -258,6 +258,19 @@ impl StreamSettings {
 }
 
 /// Why the stream (or a consumer) could not be set up.
+///
+/// ```no_run
+/// use es::nats::{Publisher, SetupError};
+///
+/// # async fn demo(client: async_nats::Client) {
+/// match Publisher::builder(client).build().await {
+///     Ok(_publisher) => {}
+///     Err(SetupError::NoJetStream { server }) => eprintln!("enable JetStream on {server}"),
+///     Err(SetupError::StreamMismatch { stream, field, .. }) => eprintln!("{stream}: {field} differs"),
+///     Err(other) => eprintln!("{other}"),
+/// }
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SetupError {
