@@ -15,12 +15,18 @@
 //! |---|---|---|
 //! | `postgres` | yes | `store::PostgresStore`, and live projections through LISTEN/NOTIFY (`aggregate::projection::Notifier`) |
 //! | `sqlite` | yes | `store::SqliteStore`, an embedded backend with the same traits, so the framework runs without a server (SQLite is compiled in) |
+//! | `mysql` | no | `store::MySqlStore`, for MySQL and MariaDB |
+//! | `nats` | no | `nats`: publishing the feed to NATS JetStream and consuming it (the NATS client is compiled only with it) |
 //!
 //! Both stores are the same `store::SqlStore` over a dialect. Building with
 //! neither backend is a compile error that names them.
 
 pub use es_aggregate as aggregate;
 pub use es_store as store;
+
+/// Publishing the feed to NATS JetStream, and consuming it (feature `nats`).
+#[cfg(feature = "nats")]
+pub use es_nats as nats;
 
 pub use es_aggregate::{
     Aggregate, Repository, RepositoryError, RetryPolicy, UnitOfWork, WorkError, event_set,

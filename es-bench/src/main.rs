@@ -13,7 +13,7 @@
 //! Workloads: `append_c1`, `append_c1_cached` (the repository's state
 //! cache on), `append_c8`, `store_append_c1`,
 //! `store_append_c8`, `batch_100`, `contended_c8`, `load_10k`,
-//! `catchup_1m`, `growth` (all when none is named; with `--quick`, all
+//! `catchup_1m`, `publish_nats`, `growth` (all when none is named; with `--quick`, all
 //! but `growth`, which runs when named). The catch-ups also
 //! run into a projection that writes nothing (`catchup_1m_discard`): the
 //! framework's own part, beside the read model's writes.
@@ -30,6 +30,10 @@
 //! - `--growth-events N`: events the store holds when `growth` measures
 //!   again (default 10,000,000, 1,000,000 with `--quick`; see
 //!   `growth.rs`);
+//! - `--publish-events N`: events for `publish_nats` (default 200,000,
+//!   50,000 with `--quick`; see `nats.rs`: it needs a NATS server with
+//!   JetStream, `NATS_URL`, default `nats://127.0.0.1:4222`, and is
+//!   skipped when none answers);
 //! - `--json`: one JSON object per workload on stdout (the table goes to
 //!   stderr);
 //! - `--no-notify`: the store sends no LISTEN/NOTIFY notification on
@@ -51,6 +55,7 @@ mod backend;
 #[allow(dead_code)]
 mod domain;
 mod growth;
+mod nats;
 mod plain;
 mod stats;
 
@@ -76,6 +81,7 @@ const ALL: &[&str] = &[
     "contended_c8",
     "load_10k",
     "catchup_1m",
+    "publish_nats",
     "growth",
 ];
 
@@ -90,6 +96,7 @@ struct Config {
     seconds: f64,
     catchup_events: u64,
     growth_events: u64,
+    publish_events: u64,
     json: bool,
     notify: bool,
 }
@@ -101,11 +108,12 @@ fn parse_args() -> Result<Config, String> {
         seconds: 10.0,
         catchup_events: 1_000_000,
         growth_events: 10_000_000,
+        publish_events: 200_000,
         json: false,
         notify: true,
     };
     let mut quick = false;
-    let (mut seconds, mut catchup, mut growth) = (None, None, None);
+    let (mut seconds, mut catchup, mut growth, mut publish) = (None, None, None, None);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut number = |name: &str| -> Result<f64, String> {
@@ -124,9 +132,10 @@ fn parse_args() -> Result<Config, String> {
             "--seconds" => seconds = Some(number("--seconds")?),
             "--catchup-events" => catchup = Some(number("--catchup-events")? as u64),
             "--growth-events" => growth = Some(number("--growth-events")? as u64),
+            "--publish-events" => publish = Some(number("--publish-events")? as u64),
             "-h" | "--help" => {
                 return Err(format!(
-                    "usage: es-bench [workload ...] [--backend postgres|sqlite|mysql] [--quick] [--seconds N] [--catchup-events N] [--growth-events N] [--json] [--no-notify]\nworkloads: {}",
+                    "usage: es-bench [workload ...] [--backend postgres|sqlite|mysql] [--quick] [--seconds N] [--catchup-events N] [--growth-events N] [--publish-events N] [--json] [--no-notify]\nworkloads: {}",
                     ALL.join(", ")
                 ));
             }
@@ -138,6 +147,10 @@ fn parse_args() -> Result<Config, String> {
         config.seconds = 2.0;
         config.catchup_events = 50_000;
         config.growth_events = 1_000_000;
+        config.publish_events = 50_000;
+    }
+    if let Some(p) = publish {
+        config.publish_events = p;
     }
     if let Some(s) = seconds {
         config.seconds = s;
@@ -252,6 +265,7 @@ async fn run<T: Target>(config: &Config) {
             "contended_c8" => vec![bench.contended(8).await],
             "load_10k" => bench.load(10_000).await,
             "catchup_1m" => bench.catchup().await,
+            "publish_nats" => bench.publish_nats(config.publish_events).await,
             "growth" => {
                 let (measured, catchup, fill) =
                     bench.growth(config.growth_events, config.notify).await;

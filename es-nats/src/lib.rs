@@ -1,0 +1,69 @@
+//! Publishing the store's feed to NATS JetStream, and consuming it.
+//!
+//! - [`Publisher`] is a projection: run by a
+//!   [`ProjectionProcessor`](es_aggregate::ProjectionProcessor), it follows
+//!   the gap-safe global feed with the processor's checkpoints,
+//!   partitions, claims across processes, error policies and status, and
+//!   publishes each event to a JetStream stream (subject from the bounded
+//!   context, aggregate type and id, see [`Subjects`]; the payload as is;
+//!   the envelope in [`headers`]; `Nats-Msg-Id` = the event id). A batch's
+//!   checkpoint commits only after JetStream acknowledged all of it, with
+//!   a bounded number of publishes in flight; per aggregate, events are
+//!   stored in version order.
+//! - [`StreamSettings`] creates the stream or checks it (subjects,
+//!   retention, storage, duplicate window), and says when the server has
+//!   no JetStream ([`SetupError::NoJetStream`]).
+//! - [`Consumer`] is a durable pull consumer for the other side: it decodes
+//!   each message into your derived event enum (upcast from the version in
+//!   its headers) with its envelope, calls your handler and acknowledges
+//!   after it succeeded.
+//!
+//! # Guarantees
+//!
+//! - **Nothing lost**: the checkpoint moves only past events the stream
+//!   acknowledged, and a failed or interrupted batch is published again.
+//! - **No duplicates within the duplicate window**: what is published
+//!   again (a publisher killed mid-batch, a batch retried, two publishers
+//!   briefly on one partition after a lease expired) carries the same
+//!   `Nats-Msg-Id` and is dropped by the stream. Past the window
+//!   ([`StreamSettings::duplicate_window`], two minutes unless told) a
+//!   re-send is stored again; consumers that must never act twice
+//!   deduplicate on the event id.
+//! - **Order per aggregate**: a partition holds whole aggregates and is
+//!   published in global order, and an aggregate never has two publishes
+//!   in flight, so a re-sent event never lands after its successor.
+//!   Across aggregates the stream's order may differ from the feed's; the
+//!   global position is in the headers.
+//! - **Outages**: the client reconnects by itself; publishes are sent
+//!   again within a batch, and a batch that cannot finish fails as a
+//!   transient failure, which [`run`](es_aggregate::ProjectionProcessor::run)
+//!   retries for ever by default.
+//!
+//! # Scaling out
+//!
+//! Run the same publisher (same name, same partition count,
+//! [`with_partitions`](es_aggregate::ProjectionProcessor::with_partitions))
+//! in as many processes as you like: each partition is published by the
+//! process that claims it, and a process that dies leaves its partitions
+//! to the others. Any number of consumers read the stream, each at its
+//! own pace.
+
+mod consumer;
+pub mod headers;
+mod publisher;
+mod stream;
+pub mod subject;
+
+pub use consumer::{
+    Consumer, ConsumerBuilder, ConsumerError, Delivery, EventHandler, OnFailure, OnUndecodable,
+    Undecodable,
+};
+pub use publisher::{
+    DEFAULT_MAX_IN_FLIGHT, PublishError, Publisher, PublisherBuilder, PublisherStats,
+    PublisherStatus,
+};
+pub use stream::{DEFAULT_DUPLICATE_WINDOW, SetupError, StreamSettings};
+pub use subject::Subjects;
+
+/// The NATS client this crate is built on, to connect with.
+pub use async_nats;

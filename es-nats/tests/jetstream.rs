@@ -1,0 +1,657 @@
+//! The publisher and the consumer against a real nats-server (with
+//! JetStream) and PostgreSQL: exactly once and in order per aggregate,
+//! through a killed publisher, a restarted server and two publishers.
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{NatsServer, connect, nats_url, unique};
+use es::DomainEvent;
+use es::aggregate::projection::ProjectionProcessor;
+use es::nats::{Consumer, Delivery, Publisher, SetupError, StreamSettings, Subjects};
+use es::store::{Event, EventStore, ExpectedVersion, Metadata, PersistedEvent, PostgresStore};
+use support::TestDb;
+use tokio::sync::Notify;
+
+#[derive(Debug, Clone, PartialEq, DomainEvent)]
+#[event(bounded_context = "Nats", aggregate_type = "Counter")]
+enum CounterEvent {
+    /// Version 2 renamed `value` to `amount`.
+    #[event(version = 2, upcast(from = 1, with = added_v1))]
+    Added {
+        amount: i64,
+    },
+    Reset,
+}
+
+fn added_v1(mut payload: serde_json::Value) -> serde_json::Value {
+    if let Some(value) = payload.as_object_mut().and_then(|p| p.remove("value")) {
+        payload["amount"] = value;
+    }
+    payload
+}
+
+/// A stream and subject prefix of one test's own, removed at the end.
+struct Place {
+    stream: String,
+    prefix: String,
+}
+
+impl Place {
+    fn new() -> Place {
+        let stream = unique("ESTEST_");
+        Place {
+            prefix: stream.to_lowercase(),
+            stream,
+        }
+    }
+
+    fn settings(&self) -> StreamSettings {
+        StreamSettings::new(&self.stream)
+    }
+
+    fn subjects(&self) -> Subjects {
+        Subjects::prefixed(&self.prefix)
+    }
+
+    async fn publisher(&self, url: &str) -> Publisher {
+        Publisher::builder(connect(url).await)
+            .stream(self.settings())
+            .subjects(self.subjects())
+            .build()
+            .await
+            .expect("publisher")
+    }
+
+    async fn remove(&self, url: &str) {
+        let jetstream = async_nats::jetstream::new(connect(url).await);
+        jetstream
+            .delete_stream(&self.stream)
+            .await
+            .expect("delete the stream");
+    }
+
+    async fn stored(&self, jetstream: &async_nats::jetstream::Context) -> u64 {
+        let mut stream = jetstream.get_stream(&self.stream).await.expect("stream");
+        stream.info().await.expect("info").state.messages
+    }
+}
+
+/// Appends `per_aggregate` events to each of `aggregates` counters, `per_append`
+/// at a time, the aggregates interleaved in the feed, from 8 tasks.
+async fn append(db: &TestDb, aggregates: usize, per_aggregate: usize, per_append: usize) -> i64 {
+    let mut tasks = Vec::new();
+    for task in 0..8 {
+        let (pool, store) = (db.pool.clone(), db.store.clone());
+        tasks.push(tokio::spawn(async move {
+            let mine: Vec<usize> = (0..aggregates).filter(|a| a % 8 == task).collect();
+            for round in 0..per_aggregate.div_ceil(per_append) {
+                for &a in &mine {
+                    let id = format!("counter-{a}");
+                    let events: Vec<Event> = (0..per_append)
+                        .map(|k| round * per_append + k)
+                        .filter(|n| *n < per_aggregate)
+                        .map(|n| {
+                            CounterEvent::Added {
+                                amount: n as i64 + 1,
+                            }
+                            .to_event(&id, &Metadata::new())
+                            .unwrap()
+                        })
+                        .collect();
+                    let mut conn = pool.acquire().await.unwrap();
+                    store
+                        .append(&mut conn, ExpectedVersion::Any, events)
+                        .await
+                        .expect("append");
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    (aggregates * per_aggregate) as i64
+}
+
+/// What a consumer received.
+#[derive(Default)]
+struct Received {
+    deliveries: Vec<(String, i64, uuid::Uuid, i64)>,
+}
+
+/// Consumes until `expected` events were handled, with a durable
+/// consumer, then checks that each came once, per aggregate in version
+/// order, and that the consumer has nothing more to deliver.
+async fn consume_exactly_once(url: &str, place: &Place, expected: usize) -> Received {
+    let client = connect(url).await;
+    let consumer = Consumer::<CounterEvent>::builder(client.clone(), &place.stream, "checker")
+        .subjects(place.subjects())
+        .build()
+        .await
+        .expect("consumer");
+    let received = Arc::new(Mutex::new(Received::default()));
+    let done = Arc::new(Notify::new());
+    let handler = {
+        let (received, done) = (received.clone(), done.clone());
+        move |delivery: Delivery<CounterEvent>| {
+            let (received, done) = (received.clone(), done.clone());
+            async move {
+                let mut r = received.lock().unwrap();
+                r.deliveries.push((
+                    delivery.aggregate_id().to_owned(),
+                    delivery.version(),
+                    delivery.event_id(),
+                    delivery.position(),
+                ));
+                if r.deliveries.len() >= expected {
+                    done.notify_one();
+                }
+                Ok(())
+            }
+        }
+    };
+    consumer
+        .run(handler, done.notified())
+        .await
+        .expect("consume");
+    client.flush().await.expect("flush the acks");
+    let received = Arc::try_unwrap(received)
+        .ok()
+        .unwrap()
+        .into_inner()
+        .unwrap();
+    assert_eq!(received.deliveries.len(), expected);
+    let ids: HashSet<_> = received.deliveries.iter().map(|d| d.2).collect();
+    assert_eq!(ids.len(), expected, "an event was delivered twice");
+    let mut versions: HashMap<&str, i64> = HashMap::new();
+    for (aggregate, version, _, _) in &received.deliveries {
+        let last = versions.entry(aggregate).or_insert(0);
+        assert_eq!(
+            *version,
+            *last + 1,
+            "{aggregate}: version {version} after {last}"
+        );
+        *last = *version;
+    }
+    // nothing left, nothing awaiting an acknowledgement
+    let info = consumer.info().await.expect("consumer info");
+    assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
+    received
+}
+
+/// Waits until the publisher's checkpoint is at the head (polling its
+/// status: the event is the checkpoint moving, whenever it does).
+async fn wait_caught_up(processor: &ProjectionProcessor<PostgresStore, Publisher>) {
+    loop {
+        let status = processor.status().await.expect("status");
+        if status.head > 0 && status.lag == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hundred_thousand_events_are_consumed_once_each_in_order() {
+    let url = nats_url();
+    let db = TestDb::new().await;
+    let place = Place::new();
+    let total = append(&db, 1000, 100, 10).await;
+    let processor = ProjectionProcessor::new(
+        db.store.clone(),
+        db.pool.clone(),
+        place.publisher(&url).await,
+    )
+    .with_batch_size(2000);
+    let done = processor.catch_up().await.expect("publish");
+    assert_eq!(done.events as i64, total);
+    let stats = processor.projection().stats();
+    assert_eq!(stats.published as i64, total);
+    assert_eq!(stats.duplicates, 0);
+    let status = Publisher::status(&processor).await.unwrap();
+    assert_eq!(status.projection.lag, 0);
+    assert_eq!(status.projection.name, format!("nats:{}", place.stream));
+    let jetstream = async_nats::jetstream::new(connect(&url).await);
+    assert_eq!(place.stored(&jetstream).await as i64, total);
+
+    let received = consume_exactly_once(&url, &place, total as usize).await;
+    // the consumer saw every position the store holds
+    let positions: HashSet<i64> = received.deliveries.iter().map(|d| d.3).collect();
+    let stored: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(
+        db.sql("SELECT global_position FROM {events}"),
+    ))
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(positions, stored.into_iter().collect());
+    place.remove(&url).await;
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn the_consumer_upcasts_and_hands_out_the_envelope() {
+    let url = nats_url();
+    let db = TestDb::new().await;
+    let place = Place::new();
+    let correlation = uuid::Uuid::now_v7();
+    let metadata = Metadata::new()
+        .with_correlation_id(correlation)
+        .with_trace_id("trace 1")
+        .with_field("who", "ann");
+    // a version-1 payload, as stored before the rename, then a current one
+    let old = Event::new(
+        "Nats",
+        "Counter",
+        "c 1.x",
+        "Added",
+        &serde_json::json!({"value": 7}),
+    )
+    .unwrap()
+    .with_correlation_id(correlation);
+    let new = CounterEvent::Added { amount: 8 }
+        .to_event("c 1.x", &metadata)
+        .unwrap();
+    let reset = CounterEvent::Reset.to_event("c 1.x", &metadata).unwrap();
+    // an event of another aggregate type: published, not handed out
+    let other = Event::new("Nats", "Other", "o", "Happened", &serde_json::json!({})).unwrap();
+    let mut conn = db.pool.acquire().await.unwrap();
+    db.store
+        .append(&mut conn, ExpectedVersion::NoStream, vec![old, new, reset])
+        .await
+        .unwrap();
+    db.store
+        .append(&mut conn, ExpectedVersion::NoStream, vec![other])
+        .await
+        .unwrap();
+    drop(conn);
+    let processor = ProjectionProcessor::new(
+        db.store.clone(),
+        db.pool.clone(),
+        place.publisher(&url).await,
+    );
+    assert_eq!(processor.catch_up().await.unwrap().events, 4);
+
+    let client = connect(&url).await;
+    let consumer = Consumer::<CounterEvent>::builder(client, &place.stream, "envelope")
+        .subjects(place.subjects())
+        .build()
+        .await
+        .unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let done = Arc::new(Notify::new());
+    let (g, d) = (got.clone(), done.clone());
+    consumer
+        .run(
+            move |delivery: Delivery<CounterEvent>| {
+                let (g, d) = (g.clone(), d.clone());
+                async move {
+                    let mut g = g.lock().unwrap();
+                    g.push(delivery);
+                    if g.len() == 3 {
+                        d.notify_one();
+                    }
+                    Ok(())
+                }
+            },
+            done.notified(),
+        )
+        .await
+        .unwrap();
+    let got = std::mem::take(&mut *got.lock().unwrap());
+    let events: Vec<_> = got.iter().map(|d| d.event.clone()).collect();
+    assert_eq!(
+        events,
+        [
+            CounterEvent::Added { amount: 7 },
+            CounterEvent::Added { amount: 8 },
+            CounterEvent::Reset
+        ]
+    );
+    assert_eq!(
+        got[0].envelope.event_version, 1,
+        "upcast from the header's version"
+    );
+    assert_eq!(got[1].envelope.event_version, 2);
+    assert_eq!(
+        got[0].subject,
+        format!("{}.Nats.Counter.c%201%2Ex", place.prefix)
+    );
+    let d = &got[1];
+    assert_eq!(
+        (d.aggregate_id(), d.version(), d.delivered),
+        ("c 1.x", 2, 1)
+    );
+    assert_eq!(d.envelope.correlation_id, Some(correlation));
+    assert_eq!(d.envelope.trace_id.as_deref(), Some("trace 1"));
+    let metadata: serde_json::Value = serde_json::from_str(d.envelope.metadata.get()).unwrap();
+    assert_eq!(metadata["who"], "ann");
+    place.remove(&url).await;
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_server_without_jetstream_is_a_typed_error() {
+    let server = NatsServer::without_jetstream();
+    let client = connect(&server.url()).await;
+    let error = Publisher::builder(client).build().await.unwrap_err();
+    assert!(matches!(error, SetupError::NoJetStream { .. }), "{error:?}");
+    assert!(error.to_string().contains("-js"), "{error}");
+}
+
+#[tokio::test]
+async fn a_stream_that_does_not_give_the_guarantees_is_refused() {
+    let url = nats_url();
+    let place = Place::new();
+    let jetstream = async_nats::jetstream::new(connect(&url).await);
+    place
+        .settings()
+        .subjects([format!("{}.>", place.prefix)])
+        .duplicate_window(Duration::from_secs(1))
+        .ensure(&jetstream)
+        .await
+        .unwrap();
+    let error = Publisher::builder(connect(&url).await)
+        .stream(place.settings())
+        .subjects(place.subjects())
+        .build()
+        .await
+        .unwrap_err();
+    match &error {
+        SetupError::StreamMismatch { field, .. } => assert_eq!(*field, "duplicate_window"),
+        other => panic!("{other:?}"),
+    }
+    // told to, it updates the stream
+    Publisher::builder(connect(&url).await)
+        .stream(place.settings().update_existing(true))
+        .subjects(place.subjects())
+        .build()
+        .await
+        .unwrap();
+    place.remove(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_publishers_on_the_same_partitions_store_one_copy_of_each_event() {
+    let url = nats_url();
+    let db = TestDb::new().await;
+    let place = Place::new();
+    let total = append(&db, 200, 50, 5).await;
+    let workers: Vec<_> = [db.pool.clone(), db.another_pool(8).await]
+        .into_iter()
+        .map(|pool| {
+            let place_stream = place.settings();
+            let subjects = place.subjects();
+            let url = url.clone();
+            let store = db.store.clone();
+            async move {
+                let publisher = Publisher::builder(connect(&url).await)
+                    .stream(place_stream)
+                    .subjects(subjects)
+                    .build()
+                    .await
+                    .unwrap();
+                Arc::new(
+                    ProjectionProcessor::new(store, pool, publisher)
+                        .with_partitions(4)
+                        .with_batch_size(100),
+                )
+            }
+        })
+        .collect();
+    let mut processors = Vec::new();
+    for w in workers {
+        processors.push(w.await);
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running: Vec<_> = processors
+        .iter()
+        .map(|p| {
+            let (p, mut stopped) = (p.clone(), stopped.clone());
+            tokio::spawn(async move {
+                p.run(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+            })
+        })
+        .collect();
+    wait_caught_up(&processors[0]).await;
+    stop.send(true).unwrap();
+    for r in running {
+        r.await.unwrap().expect("run");
+    }
+    let published: u64 = processors
+        .iter()
+        .map(|p| p.projection().stats().published)
+        .sum();
+    assert_eq!(published as i64, total, "each event stored once");
+    let jetstream = async_nats::jetstream::new(connect(&url).await);
+    assert_eq!(place.stored(&jetstream).await as i64, total);
+    consume_exactly_once(&url, &place, total as usize).await;
+    place.remove(&url).await;
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_nats_server_is_waited_for_and_nothing_is_lost() {
+    let mut server = NatsServer::start();
+    let url = server.url();
+    let db = TestDb::new().await;
+    let place = Place::new();
+    let total = append(&db, 100, 200, 20).await;
+    let publisher = Publisher::builder(connect(&url).await)
+        .stream(place.settings())
+        .subjects(place.subjects())
+        .ack_timeout(Duration::from_secs(1))
+        .max_in_flight(32)
+        .build()
+        .await
+        .unwrap();
+    let processor = Arc::new(
+        ProjectionProcessor::new(db.store.clone(), db.pool.clone(), publisher).with_batch_size(200),
+    );
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let running = {
+        let p = processor.clone();
+        tokio::spawn(async move {
+            p.run(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await
+        })
+    };
+    // mid-stream: some events in the stream, not all
+    let watcher = async_nats::jetstream::new(connect(&url).await);
+    while place.stored(&watcher).await < 2000 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.stop();
+    let at_stop = processor.status().await.unwrap();
+    assert!(at_stop.lag > 0, "stopped mid-stream: {at_stop:?}");
+    // down until the publisher has felt it: a publish went unanswered
+    while processor.projection().stats().retries == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.restart();
+    wait_caught_up(&processor).await;
+    stop.send(true).unwrap();
+    running.await.unwrap().expect("run");
+    let stats = processor.projection().stats();
+    let watcher = async_nats::jetstream::new(connect(&url).await);
+    assert_eq!(place.stored(&watcher).await as i64, total, "{stats:?}");
+    consume_exactly_once(&url, &place, total as usize).await;
+    db.drop().await;
+}
+
+/// Set in the child process of the kill test: the publisher it runs.
+const CHILD: &str = "ES_NATS_TEST_CHILD";
+
+/// In the kill test's child process only (a no-op otherwise): publishes
+/// the schema's feed until killed, slowly enough to be killed mid-batch.
+#[tokio::test]
+async fn child_publisher_process() {
+    let Ok(spec) = std::env::var(CHILD) else {
+        return;
+    };
+    let [database, schema, stream, prefix, url]: [String; 5] = serde_json::from_str(&spec).unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&database)
+        .await
+        .unwrap();
+    let store = PostgresStore::builder().schema(&schema).build().unwrap();
+    let publisher = Publisher::builder(connect(&url).await)
+        .stream(StreamSettings::new(stream))
+        .subjects(Subjects::prefixed(prefix))
+        .max_in_flight(8)
+        .build()
+        .await
+        .unwrap();
+    ProjectionProcessor::new(store, pool, publisher)
+        .with_batch_size(1000)
+        .run(std::future::pending())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_publisher_killed_mid_batch_and_restarted_loses_nothing_and_duplicates_nothing() {
+    let url = nats_url();
+    let db = TestDb::new().await;
+    let place = Place::new();
+    let total = append(&db, 100, 200, 20).await;
+    // The stream first, so that progress can be watched.
+    let restarted = place.publisher(&url).await;
+    let spec = serde_json::to_string(&[
+        support::database_url(),
+        db.schema.clone(),
+        place.stream.clone(),
+        place.prefix.clone(),
+        url.clone(),
+    ])
+    .unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_publisher_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, spec)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start the child publisher");
+    // Kill it while it has published events whose checkpoint has not
+    // committed: some batches done, the current one partly acknowledged.
+    let jetstream = async_nats::jetstream::new(connect(&url).await);
+    let name = format!("nats:{}", place.stream);
+    let (committed, stored) = loop {
+        let checkpoint: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(
+            db.sql("SELECT position FROM {checkpoints} WHERE projection_name = $1"),
+        ))
+        .bind(&name)
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap();
+        let committed = db
+            .count(&format!(
+                "SELECT count(*) FROM {{events}} WHERE global_position <= {}",
+                checkpoint.unwrap_or(0)
+            ))
+            .await as u64;
+        let stored = place.stored(&jetstream).await;
+        if committed > 0 && stored > committed + 50 {
+            child.kill().expect("kill -9");
+            child.wait().unwrap();
+            break (committed, stored);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the child publisher ended: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    assert!(committed < total as u64);
+    // restarted: the same publisher (same name, same checkpoint)
+    let processor = ProjectionProcessor::new(db.store.clone(), db.pool.clone(), restarted);
+    processor.catch_up().await.expect("publish the rest");
+    let stats = processor.projection().stats();
+    assert!(
+        stats.duplicates >= stored.saturating_sub(committed).min(1),
+        "what the killed publisher had sent is dropped: {stats:?}, {stored} stored, {committed} committed"
+    );
+    assert_eq!(
+        place.stored(&jetstream).await as i64,
+        total,
+        "one copy of each"
+    );
+    assert_eq!(stats.published + stats.duplicates, total as u64 - committed);
+    consume_exactly_once(&url, &place, total as usize).await;
+    place.remove(&url).await;
+    db.drop().await;
+}
+
+/// An event as a consumer of another language would see it: the headers
+/// as strings, the payload as stored.
+#[tokio::test]
+async fn headers_are_the_envelope_and_the_payload_is_as_stored() {
+    let url = nats_url();
+    let db = TestDb::new().await;
+    let place = Place::new();
+    let event = CounterEvent::Added { amount: 3 }
+        .to_event(
+            "h",
+            &Metadata::new().with_causation_id(uuid::Uuid::now_v7()),
+        )
+        .unwrap();
+    let id = event.event_id;
+    let mut conn = db.pool.acquire().await.unwrap();
+    let appended = db
+        .store
+        .append(&mut conn, ExpectedVersion::NoStream, vec![event])
+        .await
+        .unwrap();
+    drop(conn);
+    let stored: &PersistedEvent = &appended.events[0];
+    let processor = ProjectionProcessor::new(
+        db.store.clone(),
+        db.pool.clone(),
+        place.publisher(&url).await,
+    );
+    processor.catch_up().await.unwrap();
+    let jetstream = async_nats::jetstream::new(connect(&url).await);
+    let stream = jetstream.get_stream(&place.stream).await.unwrap();
+    let message = stream.get_raw_message(1).await.unwrap();
+    let h = |name: &str| message.headers.get(name).map(|v| v.as_str().to_owned());
+    assert_eq!(h("Nats-Msg-Id"), Some(id.to_string()));
+    assert_eq!(h(es::nats::headers::EVENT_ID), Some(id.to_string()));
+    assert_eq!(h(es::nats::headers::EVENT_TYPE).as_deref(), Some("Added"));
+    assert_eq!(h(es::nats::headers::EVENT_VERSION).as_deref(), Some("2"));
+    assert_eq!(
+        h(es::nats::headers::AGGREGATE_VERSION).as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        h(es::nats::headers::GLOBAL_POSITION),
+        Some(stored.global_position.to_string())
+    );
+    assert_eq!(
+        h(es::nats::headers::CAUSATION_ID),
+        stored.causation_id.map(|c| c.to_string())
+    );
+    assert!(h(es::nats::headers::CREATED_AT).is_some());
+    assert_eq!(
+        message.subject.as_str(),
+        format!("{}.Nats.Counter.h", place.prefix)
+    );
+    let payload: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+    assert_eq!(payload, serde_json::json!({"amount": 3}));
+    place.remove(&url).await;
+    db.drop().await;
+}
