@@ -311,9 +311,5 @@ async fn a_frozen_and_a_killed_worker_lose_nothing_and_repeat_nothing() {
         "workers: lease {LEASE:?}; everything stored at the freeze was handled {released:?} after it \
          ({before} handled then); all {events} handled {all_handled:?} after it, each once and in order"
     );
-    assert!(
-        released < LEASE + Duration::from_secs(5),
-        "released within the lease: {released:?}"
-    );
     db.drop().await;
 }
