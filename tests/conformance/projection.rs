@@ -432,9 +432,13 @@ pub async fn partitioned_workers_share_the_work_and_take_over<F: Fixture>() {
         );
         *last = row.aggregate_version;
     }
-    // the work was shared
+    // the work was shared (on SQLite, one writer at a time: a worker woken
+    // first by each append may take every batch)
     let workers: HashSet<&str> = handled.iter().map(|r| r.worker.as_str()).collect();
-    assert!(workers.len() >= 2, "only {workers:?} handled events");
+    assert!(
+        F::SINGLE_WRITER || workers.len() >= 2,
+        "only {workers:?} handled events"
+    );
     Arc::into_inner(db).unwrap().finish().await;
 }
 
