@@ -344,6 +344,36 @@ async fn mysql_commands_survive_immediate_restarts_with_crash_recovery() {
     mysql_commands_across_restarts("MariaDB immediate restarts", true).await;
 }
 
+/// After 10 commands, terminates a random backend of the pool
+/// `es-faults` every 100 ms, 40 times; after 30 more commands, tells the
+/// tasks to stop. Returns how many backends it terminated.
+async fn terminate_backends_every_100ms(
+    port: u16,
+    stop: Arc<AtomicBool>,
+    progress: Arc<watch::Sender<usize>>,
+) -> i64 {
+    let mut admin = PgConnection::connect_with(&options(port, "es-faults-admin"))
+        .await
+        .unwrap();
+    let mut terminated = 0;
+    let mut every = tokio::time::interval(Duration::from_millis(100));
+    commands_done(&progress, 10).await;
+    for _ in 0..40 {
+        every.tick().await;
+        terminated += sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = 'es-faults' ORDER BY random() LIMIT 1) AS t",
+        )
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    }
+    commands_done(&progress, 30).await;
+    stop.store(true, Ordering::SeqCst);
+    admin.close().await.ok();
+    terminated
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn commands_survive_backends_terminated_every_100ms() {
     let server = TestServer::postgres();
@@ -352,31 +382,7 @@ async fn commands_survive_backends_terminated_every_100ms() {
     let repository = accounts(&pool).await;
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(watch::channel(0).0);
-    let controller = {
-        let (stop, progress) = (stop.clone(), progress.clone());
-        async move {
-            let mut admin = PgConnection::connect_with(&options(port, "es-faults-admin"))
-                .await
-                .unwrap();
-            let mut terminated = 0;
-            let mut every = tokio::time::interval(Duration::from_millis(100));
-            commands_done(&progress, 10).await;
-            for _ in 0..40 {
-                every.tick().await;
-                terminated += sqlx::query_scalar::<_, i64>(
-                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                     WHERE application_name = 'es-faults' ORDER BY random() LIMIT 1) AS t",
-                )
-                .fetch_one(&mut admin)
-                .await
-                .unwrap();
-            }
-            commands_done(&progress, 30).await;
-            stop.store(true, Ordering::SeqCst);
-            admin.close().await.ok();
-            terminated
-        }
-    };
+    let controller = terminate_backends_every_100ms(port, stop.clone(), progress.clone());
     let (outcomes, terminated) = tokio::join!(run_tasks(&repository, stop, progress), controller);
     eprintln!("terminated {terminated} backends");
     assert!(terminated > 0);
@@ -735,31 +741,7 @@ async fn units_of_work_survive_backends_terminated_every_100ms() {
             outcomes
         }));
     }
-    let controller = {
-        let (stop, progress) = (stop.clone(), progress.clone());
-        async move {
-            let mut admin = PgConnection::connect_with(&options(port, "es-faults-admin"))
-                .await
-                .unwrap();
-            let mut terminated = 0;
-            let mut every = tokio::time::interval(Duration::from_millis(100));
-            commands_done(&progress, 10).await;
-            for _ in 0..40 {
-                every.tick().await;
-                terminated += sqlx::query_scalar::<_, i64>(
-                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                     WHERE application_name = 'es-faults' ORDER BY random() LIMIT 1) AS t",
-                )
-                .fetch_one(&mut admin)
-                .await
-                .unwrap();
-            }
-            commands_done(&progress, 30).await;
-            stop.store(true, Ordering::SeqCst);
-            admin.close().await.ok();
-            terminated
-        }
-    };
+    let controller = terminate_backends_every_100ms(port, stop.clone(), progress.clone());
     let terminated = controller.await;
     let mut outcomes = Vec::new();
     for task in tasks {

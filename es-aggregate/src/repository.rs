@@ -1139,16 +1139,9 @@ where
             }
             None => CommandId::new(),
         };
-        match self
-            .try_execute(conn, id, command, metadata, command_id, &mut None)
+        self.try_execute(conn, id, command, metadata, command_id, &mut None)
             .await
-        {
-            Ok(executed) => Ok(executed),
-            Err(StoreAttempt::Store(error) | StoreAttempt::Unsure(error)) => {
-                Err(RepositoryError::from_store(error, 1))
-            }
-            Err(StoreAttempt::Other(error)) => Err(error),
-        }
+            .map_err(StoreAttempt::into_error)
     }
 
     /// Whether `id` conflicted within the retry policy's contention window
@@ -1202,13 +1195,7 @@ where
             self.try_execute(conn, id, command, metadata, command_id, &mut loaded)
                 .await
         };
-        match outcome {
-            Ok(executed) => Ok(executed),
-            Err(StoreAttempt::Store(error) | StoreAttempt::Unsure(error)) => {
-                Err(RepositoryError::from_store(error, 1))
-            }
-            Err(StoreAttempt::Other(error)) => Err(error),
-        }
+        outcome.map_err(StoreAttempt::into_error)
     }
 
     /// A retry: the same cycle in a transaction that first locks the
@@ -1536,6 +1523,17 @@ fn same_events<A: Aggregate>(
 }
 
 impl<E: std::error::Error + 'static> StoreAttempt<E> {
+    /// What the attempt's failure is to a caller who does not retry: in
+    /// the caller's transaction, the outcome is the commit's to decide.
+    fn into_error(self) -> RepositoryError<E> {
+        match self {
+            StoreAttempt::Store(error) | StoreAttempt::Unsure(error) => {
+                RepositoryError::from_store(error, 1)
+            }
+            StoreAttempt::Other(error) => error,
+        }
+    }
+
     /// A failure of a write that was sent: unsure when it is transient (the
     /// connection may have been lost after the commit), else refused.
     fn sent(error: StoreError) -> Self {
