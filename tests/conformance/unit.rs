@@ -220,17 +220,7 @@ pub async fn a_unit_commits_all_or_nothing_and_types_every_refusal<F: Fixture>()
     let db = F::create().await;
     db.create_read_model().await;
     let accounts = Repository::<Account, F::Store>::new(db.store().clone(), db.pool().clone());
-    for id in ["a", "b"] {
-        accounts
-            .execute(
-                id,
-                &AccountCommand::Open {
-                    owner: id.to_owned(),
-                },
-            )
-            .await
-            .unwrap();
-    }
+    open_a_and_b(&accounts).await;
     accounts
         .execute("a", &AccountCommand::Deposit { amount: 100 })
         .await
@@ -285,6 +275,33 @@ pub async fn a_unit_commits_all_or_nothing_and_types_every_refusal<F: Fixture>()
     db.finish().await;
 }
 
+/// Opens accounts `a` and `b`.
+async fn open_a_and_b<S: es::store::Store>(accounts: &Repository<Account, S>) {
+    for id in ["a", "b"] {
+        accounts
+            .execute(
+                id,
+                &AccountCommand::Open {
+                    owner: id.to_owned(),
+                },
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// A deposit into account `a`, appended by the test itself.
+fn deposit_to_a(amount: i64) -> es::store::Event {
+    es::store::Event::new(
+        "Billing",
+        "Account",
+        "a",
+        "Deposited",
+        &serde_json::json!({ "amount": amount }),
+    )
+    .unwrap()
+}
+
 fn audit_row() -> Handled {
     Handled {
         event_id: uuid::Uuid::new_v4(),
@@ -299,17 +316,7 @@ pub async fn a_conflicting_unit_runs_again_whole_on_fresh_state<F: Fixture>() {
     let db = F::create().await;
     let accounts = Repository::<Account, F::Store>::new(db.store().clone(), db.pool().clone())
         .with_retry_policy(RetryPolicy::immediate(3).with_lock_on_retry(false));
-    for id in ["a", "b"] {
-        accounts
-            .execute(
-                id,
-                &AccountCommand::Open {
-                    owner: id.to_owned(),
-                },
-            )
-            .await
-            .unwrap();
-    }
+    open_a_and_b(&accounts).await;
     let unit = accounts.unit_of_work();
     let interfered = AtomicU32::new(0);
     let pool = db.pool().clone();
@@ -322,14 +329,7 @@ pub async fn a_conflicting_unit_runs_again_whole_on_fresh_state<F: Fixture>() {
             // wait for the unit: there is no conflict to make).
             let a = work.load(accounts_ref, "a").await?;
             if !F::SINGLE_WRITER && interfered_ref.fetch_add(1, Ordering::SeqCst) < 2 {
-                let event = es::store::Event::new(
-                    "Billing",
-                    "Account",
-                    "a",
-                    "Deposited",
-                    &serde_json::json!({"amount": 1}),
-                )
-                .unwrap();
+                let event = deposit_to_a(1);
                 let mut conn = pool.acquire().await.unwrap();
                 store
                     .append(
@@ -343,14 +343,7 @@ pub async fn a_conflicting_unit_runs_again_whole_on_fresh_state<F: Fixture>() {
             let b = work
                 .execute(accounts_ref, "b", &AccountCommand::Deposit { amount: 5 })
                 .await?;
-            let event = es::store::Event::new(
-                "Billing",
-                "Account",
-                "a",
-                "Deposited",
-                &serde_json::json!({"amount": 10}),
-            )
-            .unwrap();
+            let event = deposit_to_a(10);
             let mut conn = work.conn().await?;
             store
                 .append(
@@ -384,14 +377,7 @@ pub async fn a_conflicting_unit_runs_again_whole_on_fresh_state<F: Fixture>() {
                 accounts_ref
                     .execute("a", &AccountCommand::Deposit { amount: 1 })
                     .await?;
-                let event = es::store::Event::new(
-                    "Billing",
-                    "Account",
-                    "a",
-                    "Deposited",
-                    &serde_json::json!({"amount": 10}),
-                )
-                .unwrap();
+                let event = deposit_to_a(10);
                 let mut conn = work.conn().await?;
                 store
                     .append(
@@ -416,17 +402,7 @@ pub async fn a_conflicting_unit_runs_again_whole_on_fresh_state<F: Fixture>() {
 pub async fn an_idempotent_unit_returns_its_original_outcome<F: Fixture>() {
     let db = F::create().await;
     let accounts = Repository::<Account, F::Store>::new(db.store().clone(), db.pool().clone());
-    for id in ["a", "b"] {
-        accounts
-            .execute(
-                id,
-                &AccountCommand::Open {
-                    owner: id.to_owned(),
-                },
-            )
-            .await
-            .unwrap();
-    }
+    open_a_and_b(&accounts).await;
     accounts
         .execute("a", &AccountCommand::Deposit { amount: 100 })
         .await
