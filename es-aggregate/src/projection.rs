@@ -56,6 +56,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::RetryPolicy;
+use crate::telemetry::ProjectionMetrics;
 
 mod typed;
 
@@ -133,10 +134,13 @@ pub trait Projection<DB: sqlx::Database = <es_store::DefaultStore as Backend>::D
     ) -> impl Future<Output = Result<(), BatchFailure>> + Send {
         async move {
             for (index, event) in events.iter().enumerate() {
-                self.handle(tx, event).await.map_err(|error| BatchFailure {
-                    index: Some(index),
-                    error,
-                })?;
+                self.handle(tx, event)
+                    .instrument(event_span(event))
+                    .await
+                    .map_err(|error| BatchFailure {
+                        index: Some(index),
+                        error,
+                    })?;
             }
             Ok(())
         }
@@ -154,6 +158,24 @@ pub trait Projection<DB: sqlx::Database = <es_store::DefaultStore as Backend>::D
         let _ = tx;
         async { Err(no_reset()) }
     }
+}
+
+/// The span of one event's handling: where it is in the feed, whose it
+/// is, and the ids that tie it to the command (and trace) that stored it.
+fn event_span(event: &PersistedEvent) -> tracing::Span {
+    tracing::debug_span!(
+        "projection_event",
+        position = event.global_position,
+        bounded_context = %event.bounded_context,
+        aggregate_type = %event.aggregate_type,
+        aggregate_id = %event.aggregate_id,
+        version = event.aggregate_version,
+        event_type = %event.event_type,
+        event_id = %event.event_id,
+        correlation_id = event.correlation_id.map(tracing::field::display),
+        causation_id = event.causation_id.map(tracing::field::display),
+        trace_id = event.trace_id.as_deref(),
+    )
 }
 
 /// The store error a handler failed with, when it is a transient one
@@ -485,6 +507,9 @@ pub struct ProjectionProcessor<S: Backend, P> {
     prefetch: bool,
     give_up_after: Option<u32>,
     lease: Duration,
+    /// Registered at the first batch, after the application installed its
+    /// metrics recorder.
+    metrics: std::sync::OnceLock<ProjectionMetrics>,
 }
 
 /// A page being read ahead, while the batch before it is handled.
@@ -561,6 +586,7 @@ where
             prefetch: true,
             give_up_after: None,
             lease: Duration::from_secs(30),
+            metrics: std::sync::OnceLock::new(),
         }
     }
 
@@ -665,6 +691,11 @@ where
         &self.projection
     }
 
+    fn metrics(&self) -> &ProjectionMetrics {
+        self.metrics
+            .get_or_init(|| ProjectionMetrics::new(self.projection.name()))
+    }
+
     fn store_error(&self, source: impl Into<es_store::Error>) -> ProjectionError {
         ProjectionError::Store {
             projection: self.projection.name().to_owned(),
@@ -731,6 +762,7 @@ where
             }
             pending = still;
         }
+        self.metrics().caught_up();
         Ok(total)
     }
 
@@ -824,6 +856,7 @@ where
             if progressed {
                 continue;
             }
+            self.metrics().caught_up();
             let wake = async {
                 match wakeup.as_mut() {
                     Some(w) => w.wait().await,
@@ -919,15 +952,47 @@ where
         })
     }
 
-    /// Claims one partition's checkpoint, reads one batch after it (or
-    /// takes the page read ahead), handles it and commits it with the new
-    /// checkpoint.
+    /// One batch of a partition ([`Self::claim_and_handle`]), measured.
     async fn batch(
         &self,
         key: &str,
         filter: &EventFilter,
         policy_attempts: &mut u32,
         ahead: &mut Option<ReadAhead>,
+    ) -> Result<Batch, ProjectionError> {
+        let started = std::time::Instant::now();
+        let outcome = self
+            .claim_and_handle(key, filter, policy_attempts, ahead, started)
+            .await;
+        let metrics = self.metrics();
+        match &outcome {
+            Ok(Batch::Handled { events, .. }) if *events > 0 && metrics.lag_due() => {
+                // The lag in events, at most once a second: one read of
+                // the head.
+                let head = async {
+                    let mut conn = self.pool.acquire().await?;
+                    self.store.head_position(&mut conn).await
+                };
+                if let (Ok(head), Some(position)) = (head.await, metrics.last_position()) {
+                    metrics.lag(head - position);
+                }
+            }
+            Err(ProjectionError::Store { .. }) => metrics.store_failure(),
+            _ => {}
+        }
+        outcome
+    }
+
+    /// Claims one partition's checkpoint, reads one batch after it (or
+    /// takes the page read ahead), handles it and commits it with the new
+    /// checkpoint.
+    async fn claim_and_handle(
+        &self,
+        key: &str,
+        filter: &EventFilter,
+        policy_attempts: &mut u32,
+        ahead: &mut Option<ReadAhead>,
+        started: std::time::Instant,
     ) -> Result<Batch, ProjectionError> {
         // Wait for the read ahead before taking a connection: with a pool of
         // one, the read ahead may be waiting for it.
@@ -978,6 +1043,7 @@ where
                 // Nothing in this stretch of the feed: move past it, and
                 // look further.
                 self.commit_checkpoint(tx, key, page.scanned_to).await?;
+                self.metrics().position(key, page.scanned_to);
                 return Ok(Batch::Handled {
                     events: 0,
                     skipped: 0,
@@ -1004,6 +1070,13 @@ where
                 self.commit_checkpoint(tx, key, page.scanned_to)
                     .instrument(span)
                     .await?;
+                self.metrics().batch(
+                    key,
+                    page.scanned_to,
+                    page.events.len(),
+                    page.events.last().map(|e| e.created_at),
+                    started,
+                );
                 *policy_attempts = 1;
                 Ok(Batch::Handled {
                     events: page.events.len() as u64,
@@ -1072,6 +1145,7 @@ where
             _ => self.find_failing_event(events, failure.error).await?,
         };
         let event = &events[index];
+        self.metrics().handler_failure();
         tracing::warn!(
             projection = self.projection.name(),
             global_position = event.global_position,
@@ -1157,6 +1231,8 @@ where
             .map_err(|e| self.store_error(e))?;
         self.commit_checkpoint(tx, key, failed.global_position)
             .await?;
+        self.metrics().skipped(1);
+        self.metrics().position(key, failed.global_position);
         Ok(Some(before.len() as u64))
     }
 

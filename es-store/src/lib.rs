@@ -61,6 +61,7 @@ mod replay;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod store;
+pub mod telemetry;
 mod traits;
 mod validate;
 
