@@ -782,9 +782,7 @@ where
         metadata: &Metadata,
     ) -> Result<Executed<A>, A> {
         let metadata = &telemetry::traced(metadata);
-        let span = command_span::<A>(id, metadata);
-        let started = std::time::Instant::now();
-        let outcome = async {
+        observe_command(id, metadata, async {
             let given = metadata.command_id;
             let mut call = Call {
                 command_id: given.unwrap_or_else(CommandId::new),
@@ -844,12 +842,8 @@ where
                 );
                 tokio::time::sleep(backoff).await;
             }
-        }
-        .instrument(span.clone())
-        .await;
-        telemetry::command(started, &outcome);
-        record_outcome(&span, &outcome);
-        outcome
+        })
+        .await
     }
 
     /// One try of a command call on a fresh connection: find out whether
@@ -1151,9 +1145,7 @@ where
         metadata: &Metadata,
     ) -> Result<Executed<A>, A> {
         let metadata = &telemetry::traced(metadata);
-        let span = command_span::<A>(id, metadata);
-        let started = std::time::Instant::now();
-        let outcome = async {
+        observe_command(id, metadata, async {
             let command_id = match metadata.command_id {
                 Some(given) => {
                     if let Some(executed) =
@@ -1168,12 +1160,8 @@ where
             self.try_execute(conn, id, command, metadata, command_id, &mut None)
                 .await
                 .map_err(StoreAttempt::into_error)
-        }
-        .instrument(span.clone())
-        .await;
-        telemetry::command(started, &outcome);
-        record_outcome(&span, &outcome);
-        outcome
+        })
+        .await
     }
 
     /// Whether `id` conflicted within the retry policy's contention window
@@ -1209,48 +1197,28 @@ where
         let command_id = metadata
             .command_id
             .expect("the unit of work names every command");
-        let span = command_span::<A>(id, metadata);
-        let started = std::time::Instant::now();
-        let outcome = self
-            .unit_command(conn, id, command, metadata, command_id, look_up, lock)
-            .instrument(span.clone())
-            .await;
-        telemetry::command(started, &outcome);
-        record_outcome(&span, &outcome);
-        outcome
-    }
-
-    /// [`Repository::execute_in_unit`], unobserved.
-    #[allow(clippy::too_many_arguments)]
-    async fn unit_command(
-        &self,
-        conn: &mut Connection<S>,
-        id: &str,
-        command: &A::Command,
-        metadata: &Metadata,
-        command_id: CommandId,
-        look_up: bool,
-        lock: bool,
-    ) -> Result<Executed<A>, A> {
-        if look_up
-            && let Some(executed) = self
-                .find_applied(conn, id, command, command_id, true)
-                .await?
-        {
-            return Ok(executed);
-        }
-        let mut loaded = None;
-        let outcome = if lock {
-            let mut current = self.starting_point(conn, id, None).await?;
-            self.fold_tail(conn, id, &mut current, Tail::Locked).await?;
-            loaded = Some(current);
-            self.decide_and_append(conn, id, command, metadata, command_id, &mut loaded)
-                .await
-        } else {
-            self.try_execute(conn, id, command, metadata, command_id, &mut loaded)
-                .await
-        };
-        outcome.map_err(StoreAttempt::into_error)
+        observe_command(id, metadata, async {
+            if look_up
+                && let Some(executed) = self
+                    .find_applied(conn, id, command, command_id, true)
+                    .await?
+            {
+                return Ok(executed);
+            }
+            let mut loaded = None;
+            let outcome = if lock {
+                let mut current = self.starting_point(conn, id, None).await?;
+                self.fold_tail(conn, id, &mut current, Tail::Locked).await?;
+                loaded = Some(current);
+                self.decide_and_append(conn, id, command, metadata, command_id, &mut loaded)
+                    .await
+            } else {
+                self.try_execute(conn, id, command, metadata, command_id, &mut loaded)
+                    .await
+            };
+            outcome.map_err(StoreAttempt::into_error)
+        })
+        .await
     }
 
     /// A retry: the same cycle in a transaction that first locks the
@@ -1607,6 +1575,21 @@ impl<E: std::error::Error + 'static> From<RepositoryError<E>> for StoreAttempt<E
             other => StoreAttempt::Other(other),
         }
     }
+}
+
+/// Runs a command in its span, and records its outcome on the span and in
+/// the metrics.
+async fn observe_command<A: Aggregate>(
+    id: &str,
+    metadata: &Metadata,
+    command: impl Future<Output = Result<Executed<A>, A>>,
+) -> Result<Executed<A>, A> {
+    let span = command_span::<A>(id, metadata);
+    let started = std::time::Instant::now();
+    let outcome = command.instrument(span.clone()).await;
+    telemetry::command(started, &outcome);
+    record_outcome(&span, &outcome);
+    outcome
 }
 
 /// The span of one command: the aggregate, the command's and correlation
