@@ -3,6 +3,7 @@
 //! instantiated per backend with [`conformance_tests!`].
 #![allow(dead_code, unreachable_pub)]
 
+pub mod documents;
 pub mod projection;
 pub mod repository;
 pub mod store;
@@ -52,6 +53,10 @@ macro_rules! store_conformance_tests {
             store::concurrent_any_appends_all_succeed,
             store::concurrent_readers_never_skip_an_event,
             store::the_next_locker_sees_what_the_holder_committed,
+            documents::documents_round_trip_and_page_by_id,
+            documents::bad_document_input_is_refused_and_nothing_written,
+            documents::concurrent_updates_lose_nothing,
+            documents::documents_commit_and_roll_back_with_the_callers_transaction,
         );
     };
 }
@@ -77,6 +82,7 @@ macro_rules! projection_conformance_tests {
             typed::a_rebuild_without_reset_refuses_and_changes_nothing,
             typed::run_follows_appends_of_this_process_live,
             typed::status_gives_the_lag_in_events_and_time_and_says_when_stalled,
+            documents::one_projection_without_sql_runs_on_every_backend,
         );
     };
 }

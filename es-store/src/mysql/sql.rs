@@ -11,7 +11,59 @@ use crate::names::{EVENT_ID_KEY, LOCKS, Names, POSITION, STREAM_VERSION_KEY};
 
 /// The migrations, oldest first: (version, description, SQL).
 pub(crate) fn migrations(names: &Names) -> Vec<(i64, &'static str, String)> {
-    vec![(1, "event store", migration_1(names))]
+    vec![
+        (1, "event store", migration_1(names)),
+        (2, "read models", migration_2(names)),
+    ]
+}
+
+fn migration_2(n: &Names) -> String {
+    let documents = n.documents();
+    format!(
+        r#"-- Read-model documents: JSON values by collection and id, written by
+-- projections through es_store::documents::Collection. Names are bytes,
+-- as the event store's, so that they compare exactly.
+CREATE TABLE {documents} (
+    collection VARBINARY(255)  NOT NULL,
+    id         VARBINARY(500)  NOT NULL,
+    body       LONGTEXT {UTF8} NOT NULL CHECK (json_valid(body)),
+    updated_at DATETIME(6)     NOT NULL DEFAULT {NOW},
+    PRIMARY KEY (collection, id)
+) ENGINE = InnoDB;
+"#
+    )
+}
+
+/// The read-model documents' statements.
+fn document_statements(n: &Names) -> crate::core::DocumentStatements {
+    let documents = n.documents();
+    let key = "collection = ? AND id = ?";
+    let id = text("id");
+    crate::core::DocumentStatements {
+        put: format!(
+            "INSERT INTO {documents} (collection, id, body, updated_at) VALUES (?, ?, ?, ?) \
+             ON DUPLICATE KEY UPDATE body = VALUES(body), updated_at = VALUES(updated_at)"
+        )
+        .into(),
+        get: format!("SELECT body FROM {documents} WHERE {key}").into(),
+        // A duplicate key locks the row it found, exclusively.
+        ensure: format!(
+            "INSERT INTO {documents} (collection, id, body, updated_at) \
+             VALUES (?, ?, 'null', ?) ON DUPLICATE KEY UPDATE id = id"
+        )
+        .into(),
+        get_locked: format!("SELECT body FROM {documents} WHERE {key} FOR UPDATE").into(),
+        delete: format!("DELETE FROM {documents} WHERE {key}").into(),
+        clear: format!("DELETE FROM {documents} WHERE collection = ?").into(),
+        list: format!(
+            "SELECT {id}, body FROM {documents} \
+             WHERE collection = ? AND id > ? AND body <> 'null' \
+             ORDER BY id LIMIT ?"
+        )
+        .into(),
+        count: format!("SELECT count(*) FROM {documents} WHERE collection = ? AND body <> 'null'")
+            .into(),
+    }
 }
 
 /// Names are stored as bytes (`VARBINARY`), so that they compare exactly as
@@ -356,5 +408,6 @@ pub(crate) fn statements(n: &Names) -> Statements {
         relax_durability: None,
         horizon: None,
         register_listener: None,
+        documents: document_statements(n),
     }
 }

@@ -20,7 +20,58 @@ pub(crate) fn migrations(names: &Names) -> Vec<(i64, &'static str, String)> {
         (5, "event id lookup", migration_5(names)),
         (6, "locked tail", migration_6(names)),
         (7, "lean appends", migration_7(names)),
+        (8, "read models", migration_8(names)),
     ]
+}
+
+fn migration_8(n: &Names) -> String {
+    let documents = n.documents();
+    format!(
+        r#"-- Read-model documents: JSON values by collection and id, written by
+-- projections through es_store::documents::Collection. Ids compare and
+-- sort bytewise ("C"), as on the other backends.
+CREATE TABLE {documents} (
+    collection text        COLLATE "C" NOT NULL,
+    id         text        COLLATE "C" NOT NULL,
+    body       jsonb       NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (collection, id)
+);
+"#
+    )
+}
+
+/// The read-model documents' statements.
+fn document_statements(n: &Names) -> crate::core::DocumentStatements {
+    let documents = n.documents();
+    let key = "collection = $1 AND id = $2";
+    crate::core::DocumentStatements {
+        put: format!(
+            "INSERT INTO {documents} (collection, id, body, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (collection, id) \
+             DO UPDATE SET body = EXCLUDED.body, updated_at = EXCLUDED.updated_at"
+        )
+        .into(),
+        get: format!("SELECT body FROM {documents} WHERE {key}").into(),
+        ensure: format!(
+            "INSERT INTO {documents} (collection, id, body, updated_at) \
+             VALUES ($1, $2, 'null', $3) ON CONFLICT (collection, id) DO NOTHING"
+        )
+        .into(),
+        get_locked: format!("SELECT body FROM {documents} WHERE {key} FOR UPDATE").into(),
+        delete: format!("DELETE FROM {documents} WHERE {key}").into(),
+        clear: format!("DELETE FROM {documents} WHERE collection = $1").into(),
+        list: format!(
+            "SELECT id, body FROM {documents} \
+             WHERE collection = $1 AND id > $2 AND body <> 'null'::jsonb \
+             ORDER BY id LIMIT $3"
+        )
+        .into(),
+        count: format!(
+            "SELECT count(*) FROM {documents} WHERE collection = $1 AND body <> 'null'::jsonb"
+        )
+        .into(),
+    }
 }
 
 fn migration_7(n: &Names) -> String {
@@ -386,6 +437,7 @@ pub(crate) fn statements(n: &Names) -> Statements {
         relax_durability: Some("SET LOCAL synchronous_commit = off".into()),
         horizon: Some(read_horizon(n).into()),
         register_listener: Some(register_listener(n).into()),
+        documents: document_statements(n),
     }
 }
 

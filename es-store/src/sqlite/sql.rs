@@ -6,7 +6,59 @@ use crate::names::{EVENT_ID_KEY, Names, STREAM_VERSION_KEY};
 
 /// The migrations, oldest first: (version, description, SQL).
 pub(crate) fn migrations(names: &Names) -> Vec<(i64, &'static str, String)> {
-    vec![(1, "event store", migration_1(names))]
+    vec![
+        (1, "event store", migration_1(names)),
+        (2, "read models", migration_2(names)),
+    ]
+}
+
+fn migration_2(n: &Names) -> String {
+    let documents = n.documents();
+    format!(
+        r#"-- Read-model documents: JSON values by collection and id, written by
+-- projections through es_store::documents::Collection.
+CREATE TABLE {documents} (
+    collection TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    body       TEXT NOT NULL CHECK (json_valid(body)),
+    updated_at TEXT NOT NULL DEFAULT {NOW},
+    PRIMARY KEY (collection, id)
+) STRICT, WITHOUT ROWID;
+"#
+    )
+}
+
+/// The read-model documents' statements.
+fn document_statements(n: &Names) -> crate::core::DocumentStatements {
+    let documents = n.documents();
+    let key = "collection = ?1 AND id = ?2";
+    crate::core::DocumentStatements {
+        put: format!(
+            "INSERT INTO {documents} (collection, id, body, updated_at) \
+             VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (collection, id) \
+             DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at"
+        )
+        .into(),
+        get: format!("SELECT body FROM {documents} WHERE {key}").into(),
+        // A write: it takes the database's write lock, which is the lock.
+        ensure: format!(
+            "INSERT INTO {documents} (collection, id, body, updated_at) \
+             VALUES (?1, ?2, 'null', ?3) ON CONFLICT (collection, id) DO NOTHING"
+        )
+        .into(),
+        get_locked: format!("SELECT body FROM {documents} WHERE {key}").into(),
+        delete: format!("DELETE FROM {documents} WHERE {key}").into(),
+        clear: format!("DELETE FROM {documents} WHERE collection = ?1").into(),
+        list: format!(
+            "SELECT id, body FROM {documents} \
+             WHERE collection = ?1 AND id > ?2 AND body <> 'null' \
+             ORDER BY id LIMIT ?3"
+        )
+        .into(),
+        count: format!("SELECT count(*) FROM {documents} WHERE collection = ?1 AND body <> 'null'")
+            .into(),
+    }
 }
 
 /// Timestamps are stored as RFC 3339 text in UTC with exactly six fractional
@@ -260,6 +312,7 @@ pub(crate) fn statements(n: &Names) -> Statements {
             relax_durability: None,
             horizon: None,
             register_listener: None,
+            documents: document_statements(n),
         }
     }
 }
