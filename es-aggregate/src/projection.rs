@@ -450,6 +450,10 @@ pub struct ProjectionStatus {
     pub checkpoint: i64,
     /// Each partition's checkpoint (one entry without partitions).
     pub partitions: Vec<i64>,
+    /// Who holds each partition now (in the order of `partitions`): a
+    /// worker in the middle of a batch, named on PostgreSQL
+    /// ([`ProjectionStore::checkpoint_holder`]).
+    pub holders: Vec<es_store::CheckpointHolder>,
     /// The highest position in the store.
     pub head: i64,
     /// `head - checkpoint`.
@@ -915,6 +919,7 @@ where
             .await
             .map_err(|e| self.store_error(e))?;
         let mut partitions = Vec::new();
+        let mut holders = Vec::new();
         let mut oldest_pending: Option<chrono::DateTime<chrono::Utc>> = None;
         for (key, filter) in self.checkpoint_names() {
             let position = self
@@ -923,6 +928,12 @@ where
                 .await
                 .map_err(|e| self.store_error(e))?;
             partitions.push(position);
+            holders.push(
+                self.store
+                    .checkpoint_holder(&mut conn, &key)
+                    .await
+                    .map_err(|e| self.store_error(e))?,
+            );
             if position < head {
                 let next = self
                     .store
@@ -945,6 +956,7 @@ where
             name: self.projection.name().to_owned(),
             checkpoint,
             partitions,
+            holders,
             head,
             lag: (head - checkpoint).max(0),
             oldest_pending,

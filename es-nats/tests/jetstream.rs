@@ -180,9 +180,23 @@ async fn consume_exactly_once(url: &str, place: &Place, expected: usize) -> Rece
         );
         *last = *version;
     }
-    // nothing left, nothing awaiting an acknowledgement
-    let info = consumer.info().await.expect("consumer info");
-    assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
+    // Nothing left, nothing awaiting an acknowledgement. The acks were
+    // sent (flushed), but the server takes them in its own time: wait
+    // until it has (a lost one would keep this above 0 until the ack wait
+    // redelivers it, which the deliveries above would then show twice).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = consumer.info().await.expect("consumer info");
+        if (info.num_pending, info.num_ack_pending) == (0, 0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still pending or unacknowledged after 30 s: {:?}",
+            (info.num_pending, info.num_ack_pending)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     received
 }
 

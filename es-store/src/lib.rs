@@ -96,8 +96,8 @@ pub use postgres::{PostgresStore, PostgresStoreBuilder};
 pub use sqlite::{SqliteStore, SqliteStoreBuilder};
 pub use store::{Dialect, SqlStore, StoreBuilder};
 pub use traits::{
-    AggregateStreamReader, Backend, CheckpointStore, Connection, DocumentStore, EventReader,
-    EventStore, ProjectionFailure, ProjectionStore, SnapshotStore, Store, StoredEvent,
+    AggregateStreamReader, Backend, CheckpointHolder, CheckpointStore, Connection, DocumentStore,
+    EventReader, EventStore, ProjectionFailure, ProjectionStore, SnapshotStore, Store, StoredEvent,
 };
 
 /// The store generic code names when it is not told: `PostgresStore`

@@ -597,6 +597,32 @@ pub trait ProjectionStore: EventReader + CheckpointStore {
         lease: std::time::Duration,
     ) -> impl Future<Output = Result<Option<i64>>> + Send;
 
+    /// Who holds the checkpoint now, without waiting: a claim that skips a
+    /// held row, in a transaction (nested in the caller's, if any) that is
+    /// rolled back. PostgreSQL names the holder's session (its backend
+    /// pid, application name and client address, found through the row's
+    /// locking transaction); MySQL only says that it is held; SQLite
+    /// cannot tell without waiting for the writer
+    /// ([`CheckpointHolder::Unknown`]). So is a checkpoint not stored
+    /// yet: the first batch of a projection creates its checkpoint, a row
+    /// no other transaction sees until it commits.
+    ///
+    /// ```no_run
+    /// use es_store::{CheckpointHolder, PostgresStore, ProjectionStore};
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_store::Error> {
+    /// let mut conn = pool.acquire().await?;
+    /// match PostgresStore::new().checkpoint_holder(&mut *conn, "balances#0/4").await? {
+    ///     CheckpointHolder::Held { by: Some(session) } => println!("held by {session}"),
+    ///     other => println!("{other:?}"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    fn checkpoint_holder(
+        &self,
+        conn: &mut Connection<Self>,
+        projection_name: &str,
+    ) -> impl Future<Output = Result<CheckpointHolder>> + Send;
+
     /// Lets the caller's transaction commit without waiting for it to be
     /// durable, where the backend can (PostgreSQL: `SET LOCAL
     /// synchronous_commit = off`). A crash may then lose the transaction
@@ -625,6 +651,37 @@ pub struct ProjectionFailure {
     pub error: String,
     /// When it was recorded.
     pub failed_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Who holds a checkpoint ([`ProjectionStore::checkpoint_holder`]): a
+/// processor in the middle of a batch, or nobody.
+///
+/// ```
+/// use es_store::CheckpointHolder;
+/// let held = CheckpointHolder::Held { by: Some("pid 4242 (worker-1, 10.0.0.7)".into()) };
+/// assert!(held.is_held() && !CheckpointHolder::Free.is_held());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CheckpointHolder {
+    /// Nobody holds it.
+    Free,
+    /// A transaction holds it; its session, where the backend can tell.
+    Held {
+        /// The holder's session (PostgreSQL: `pid N (application,
+        /// client address)`).
+        by: Option<String>,
+    },
+    /// The backend cannot tell without waiting (SQLite), or the
+    /// checkpoint is not stored yet.
+    Unknown,
+}
+
+impl CheckpointHolder {
+    /// Whether a transaction holds it.
+    pub fn is_held(&self) -> bool {
+        matches!(self, CheckpointHolder::Held { .. })
+    }
 }
 
 /// A store with every capability: what code generic over the backend

@@ -78,6 +78,12 @@ pub(crate) struct Statements {
     /// that also sets the transaction's lease, where the backend can do
     /// both in one statement (PostgreSQL).
     pub(crate) claim_leased: Option<Arc<str>>,
+    /// (name) -> position, never waiting for a holder: the claim, where it
+    /// skips held rows (not SQLite, whose claim is the write lock).
+    pub(crate) probe_claim: Option<Arc<str>>,
+    /// (name) -> (pid, application, client address) of the session whose
+    /// transaction holds the row (PostgreSQL).
+    pub(crate) claim_holder: Option<Arc<str>>,
     /// (name) -> whether it exists.
     #[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
     pub(crate) checkpoint_exists: Arc<str>,

@@ -243,6 +243,12 @@ pub(crate) fn statements(n: &Names) -> Statements {
     let locks = n.derived_qualified(LOCKS);
     let columns = event_columns(&events);
     let aggregate = "bounded_context = ? AND aggregate_type = ? AND aggregate_id = ?";
+    // The claim never waits for a holder: it is also how a holder is
+    // probed for.
+    let claim: std::sync::Arc<str> = format!(
+        "SELECT position FROM {checkpoints} WHERE projection_name = ? FOR UPDATE SKIP LOCKED"
+    )
+    .into();
     Statements {
         append: AppendStatements {
             // The head statements (see `append.rs`). Creates a head:
@@ -357,11 +363,9 @@ pub(crate) fn statements(n: &Names) -> Statements {
                  updated_at = VALUES(updated_at)"
         )
         .into(),
-        claim_checkpoint: format!(
-            "SELECT position FROM {checkpoints} WHERE projection_name = ? \
-             FOR UPDATE SKIP LOCKED"
-        )
-        .into(),
+        claim_checkpoint: claim.clone(),
+        probe_claim: Some(claim),
+        claim_holder: None,
         claim_leased: None,
         checkpoint_exists: format!(
             "SELECT EXISTS (SELECT 1 FROM {checkpoints} WHERE projection_name = ?)"

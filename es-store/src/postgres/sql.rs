@@ -41,6 +41,22 @@ CREATE TABLE {documents} (
     )
 }
 
+/// (name) -> (pid, application, client address) of the session holding
+/// the checkpoint row. A row lock is not in `pg_locks`: the row's `xmax`
+/// is the locking transaction's id, and that transaction holds a lock on
+/// its own id, which names its backend.
+fn claim_holder(n: &Names) -> String {
+    let checkpoints = n.checkpoints();
+    format!(
+        "SELECT a.pid, nullif(a.application_name, ''), host(a.client_addr) \
+         FROM {checkpoints} c \
+         JOIN pg_catalog.pg_locks l ON l.locktype = 'transactionid' \
+              AND l.transactionid = c.xmax AND l.mode = 'ExclusiveLock' AND l.granted \
+         JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid \
+         WHERE c.projection_name = $1"
+    )
+}
+
 /// The read-model documents' statements.
 fn document_statements(n: &Names) -> crate::core::DocumentStatements {
     let documents = n.documents();
@@ -317,6 +333,12 @@ pub(crate) fn statements(n: &Names) -> Statements {
     let snapshots = n.snapshots();
     let failures = n.failures();
     let aggregate = "bounded_context = $1 AND aggregate_type = $2 AND aggregate_id = $3";
+    // The claim never waits for a holder: it is also how a holder is
+    // probed for.
+    let claim: std::sync::Arc<str> = format!(
+        "SELECT position FROM {checkpoints} WHERE projection_name = $1 FOR UPDATE SKIP LOCKED"
+    )
+    .into();
     Statements {
         append: AppendStatements {
             no_stream: append(n, HeadCheck::NoStream, Batch::Arrays).into(),
@@ -380,13 +402,11 @@ pub(crate) fn statements(n: &Names) -> Statements {
              DO UPDATE SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at"
         )
         .into(),
-        claim_checkpoint: format!(
-            "SELECT position FROM {checkpoints} WHERE projection_name = $1 \
-             FOR UPDATE SKIP LOCKED"
-        )
-        .into(),
+        claim_checkpoint: claim.clone(),
         // The lease is set by the row's own output: when no row is
         // claimed it may not be, and the claim is made again the long way.
+        probe_claim: Some(claim),
+        claim_holder: Some(claim_holder(n).into()),
         claim_leased: Some(
             format!(
                 "SELECT position, \

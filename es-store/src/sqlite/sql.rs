@@ -268,6 +268,8 @@ pub(crate) fn statements(n: &Names) -> Statements {
                 "SELECT position FROM {checkpoints} WHERE projection_name = ?1"
             )
             .into(),
+            probe_claim: None,
+            claim_holder: None,
             claim_leased: None,
         checkpoint_exists: format!(
                 "SELECT EXISTS (SELECT 1 FROM {checkpoints} WHERE projection_name = ?1)"
