@@ -416,21 +416,6 @@ async fn reads<F: Target>() {
     db.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_reads() {
-    reads::<support::TestDb>().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_reads() {
-    reads::<SqliteDb>().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql_reads() {
-    reads::<MySqlDb>().await;
-}
-
 /// `tail --follow` prints an event appended while it runs, and Ctrl-C
 /// ends it with 0.
 async fn follow<F: Target>() {
@@ -487,21 +472,6 @@ async fn follow<F: Target>() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
     db.finish().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_tail_follow() {
-    follow::<support::TestDb>().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_tail_follow() {
-    follow::<SqliteDb>().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql_tail_follow() {
-    follow::<MySqlDb>().await;
 }
 
 // ------------------------------------------------------------ projections
@@ -632,21 +602,6 @@ async fn projections<F: Target>() {
     db.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_projections() {
-    projections::<support::TestDb>().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_projections() {
-    projections::<SqliteDb>().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql_projections() {
-    projections::<MySqlDb>().await;
-}
-
 /// A partition claimed by a processor's transaction shows as claimed, by
 /// whom on PostgreSQL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -730,21 +685,6 @@ async fn failures<F: Target>() {
         "{run:#?}"
     );
     db.finish().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_failures() {
-    failures::<support::TestDb>().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_failures() {
-    failures::<SqliteDb>().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql_failures() {
-    failures::<MySqlDb>().await;
 }
 
 // ------------------------------------------------------------- bad input
@@ -897,17 +837,31 @@ async fn embedded<F: Target>() {
     db.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_embedded() {
-    embedded::<support::TestDb>().await;
+/// One test per backend for each test body above, named
+/// `<body>::<backend>`.
+macro_rules! on_every_backend {
+    ($($body:ident),* $(,)?) => {
+        $(
+            mod $body {
+                use super::*;
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$body::<support::TestDb>().await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$body::<SqliteDb>().await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn mysql() {
+                    super::$body::<MySqlDb>().await;
+                }
+            }
+        )*
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_embedded() {
-    embedded::<SqliteDb>().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql_embedded() {
-    embedded::<MySqlDb>().await;
-}
+on_every_backend!(reads, follow, projections, failures, embedded);

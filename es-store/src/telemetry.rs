@@ -11,7 +11,7 @@
 //! |---|---|---|---|
 //! | [`EVENTS_APPENDED`] | counter | `bounded_context`, `aggregate_type` | events in successful appends (a batch recognised as stored before, and returned as it was, counts again) |
 //! | [`APPEND_DURATION`] | histogram (seconds) | `bounded_context`, `aggregate_type`, `outcome` | one [`EventStore::append`](crate::EventStore::append) call; `outcome` is `ok`, `conflict` or `error` |
-//! | [`COMMANDS`] | counter | `bounded_context`, `aggregate_type`, `outcome` | commands run by a repository, by outcome: `executed`, `replayed` (an idempotent command seen before), `rejected`, `conflict` (retries exhausted), `unavailable`, `outcome_unknown`, `failed` |
+//! | [`COMMANDS`] | counter | `bounded_context`, `aggregate_type`, `outcome` | commands run by a repository, by outcome: `executed`, `replayed` (an idempotent command seen before), `rejected`, `conflict` (its attempts used up; in a unit of work, which runs the unit again, each conflict), `unavailable`, `outcome_unknown`, `failed` |
 //! | [`COMMAND_DURATION`] | histogram (seconds) | `bounded_context`, `aggregate_type` | one command, retries included |
 //! | [`COMMAND_CONFLICTS`] | counter | `bounded_context`, `aggregate_type` | optimistic-concurrency conflicts met by commands (each one, retried or not) |
 //! | [`COMMAND_RETRIES`] | counter | `bounded_context`, `aggregate_type`, `reason` | attempts run again: `reason` is `conflict` or `transient` |
