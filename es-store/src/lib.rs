@@ -63,6 +63,7 @@ mod sqlite;
 mod store;
 mod traits;
 mod validate;
+mod versions;
 
 /// The backends' dialects: the type parameter of [`SqlStore`], each behind
 /// the cargo feature of its name.
@@ -97,6 +98,7 @@ pub use traits::{
     AggregateStreamReader, Backend, CheckpointStore, Connection, EventReader, EventStore,
     ProjectionFailure, ProjectionStore, SnapshotStore, Store, StoredEvent,
 };
+pub use versions::{ProjectionVersion, UnknownVersionState, VersionState};
 
 /// The store generic code names when it is not told: `PostgresStore`
 /// when the `postgres` feature is on, else `SqliteStore` when `sqlite` is,

@@ -9,7 +9,7 @@ use std::ops::{RangeBounds, RangeFrom};
 
 use crate::{
     AppendResult, AsAggregateRef, Event, EventFilter, EventPage, ExpectedVersion, PersistedEvent,
-    Result, Snapshot, Stream,
+    ProjectionVersion, Result, Snapshot, Stream, VersionState,
 };
 
 /// What every backend names: the sqlx database it runs on.
@@ -596,6 +596,119 @@ pub trait ProjectionStore: EventReader + CheckpointStore {
         projection_name: &str,
         lease: std::time::Duration,
     ) -> impl Future<Output = Result<Option<i64>>> + Send;
+
+    /// The recorded versions of a projection, lowest first (none for a
+    /// projection whose processor never ran since versions exist).
+    ///
+    /// ```no_run
+    /// use es_store::{PostgresStore, ProjectionStore};
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_store::Error> {
+    /// let mut conn = pool.acquire().await?;
+    /// for version in PostgresStore::new().projection_versions(&mut *conn, "balances").await? {
+    ///     println!("v{}: {}", version.version, version.state);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    fn projection_versions(
+        &self,
+        conn: &mut Connection<Self>,
+        projection_name: &str,
+    ) -> impl Future<Output = Result<Vec<ProjectionVersion>>> + Send;
+
+    /// The version of the projection readers should be served from: the
+    /// one recorded as [`VersionState::Active`], or `None` when none is
+    /// recorded yet. Readers that name their tables after the version look
+    /// it up here, in the transaction they read the read model in.
+    ///
+    /// ```no_run
+    /// use es_store::{PostgresStore, ProjectionStore};
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_store::Error> {
+    /// let mut tx = pool.begin().await?;
+    /// let version = PostgresStore::new().active_projection_version(&mut *tx, "balances").await?;
+    /// let table = format!("balances_v{}", version.unwrap_or(1));
+    /// # Ok(()) }
+    /// ```
+    fn active_projection_version(
+        &self,
+        conn: &mut Connection<Self>,
+        projection_name: &str,
+    ) -> impl Future<Output = Result<Option<u32>>> + Send {
+        async move {
+            Ok(self
+                .projection_versions(conn, projection_name)
+                .await?
+                .into_iter()
+                .find(|v| v.state == VersionState::Active)
+                .map(|v| v.version))
+        }
+    }
+
+    /// Records a version, unless one with its name and number is recorded
+    /// (then changes nothing).
+    ///
+    /// ```no_run
+    /// use es_store::{PostgresStore, ProjectionStore, ProjectionVersion, VersionState};
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_store::Error> {
+    /// let mut conn = pool.acquire().await?;
+    /// let v1 = ProjectionVersion::new("balances", 1, VersionState::Active, 0, 1);
+    /// PostgresStore::new().insert_projection_version(&mut *conn, &v1).await?;
+    /// # Ok(()) }
+    /// ```
+    fn insert_projection_version(
+        &self,
+        conn: &mut Connection<Self>,
+        version: &ProjectionVersion,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Changes a recorded version's state, replay position and partition
+    /// count to `version`'s.
+    ///
+    /// ```no_run
+    /// use es_store::{PostgresStore, ProjectionStore, ProjectionVersion, VersionState};
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_store::Error> {
+    /// let mut tx = pool.begin().await?;
+    /// let v1 = ProjectionVersion::new("balances", 1, VersionState::Superseded, 0, 1);
+    /// PostgresStore::new().update_projection_version(&mut *tx, &v1).await?;
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    fn update_projection_version(
+        &self,
+        conn: &mut Connection<Self>,
+        version: &ProjectionVersion,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Forgets a version (its checkpoints are removed separately, with
+    /// [`delete_checkpoint`](ProjectionStore::delete_checkpoint)).
+    ///
+    /// ```no_run
+    /// use es_store::{PostgresStore, ProjectionStore};
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_store::Error> {
+    /// let mut conn = pool.acquire().await?;
+    /// PostgresStore::new().delete_projection_version(&mut *conn, "balances", 1).await?;
+    /// # Ok(()) }
+    /// ```
+    fn delete_projection_version(
+        &self,
+        conn: &mut Connection<Self>,
+        projection_name: &str,
+        version: u32,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Removes a checkpoint (nothing when there is none).
+    ///
+    /// ```no_run
+    /// use es_store::{PostgresStore, ProjectionStore};
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_store::Error> {
+    /// let mut conn = pool.acquire().await?;
+    /// PostgresStore::new().delete_checkpoint(&mut *conn, "balances").await?;
+    /// # Ok(()) }
+    /// ```
+    fn delete_checkpoint(
+        &self,
+        conn: &mut Connection<Self>,
+        projection_name: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// Lets the caller's transaction commit without waiting for it to be
     /// durable, where the backend can (PostgreSQL: `SET LOCAL

@@ -82,6 +82,18 @@ pub(crate) struct Statements {
     pub(crate) checkpoint_exists: Arc<str>,
     /// (name, now): creates a missing checkpoint at 0.
     pub(crate) create_checkpoint: Arc<str>,
+    /// (name) -> (name, version, state, replay until, partitions, updated
+    /// at) of each of the projection's versions, by version.
+    pub(crate) list_versions: Arc<str>,
+    /// (name, version, state, replay until, partitions, now): records a
+    /// version unless it is recorded.
+    pub(crate) insert_version: Arc<str>,
+    /// (state, replay until, partitions, now, name, version).
+    pub(crate) update_version: Arc<str>,
+    /// (name, version).
+    pub(crate) delete_version: Arc<str>,
+    /// (name): removes a checkpoint.
+    pub(crate) delete_checkpoint: Arc<str>,
     /// (bounded context, aggregate type, aggregate id, max version) ->
     /// (version, schema version, state, created at).
     pub(crate) load_snapshot: Arc<str>,

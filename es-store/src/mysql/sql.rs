@@ -11,7 +11,31 @@ use crate::names::{EVENT_ID_KEY, LOCKS, Names, POSITION, STREAM_VERSION_KEY};
 
 /// The migrations, oldest first: (version, description, SQL).
 pub(crate) fn migrations(names: &Names) -> Vec<(i64, &'static str, String)> {
-    vec![(1, "event store", migration_1(names))]
+    vec![
+        (1, "event store", migration_1(names)),
+        (2, "projection versions", migration_2(names)),
+    ]
+}
+
+fn migration_2(n: &Names) -> String {
+    let versions = n.versions();
+    format!(
+        r#"-- The versions of each projection: the one readers are served from
+-- ('active'), new ones catching up beside it ('catching_up'), and old ones
+-- replaced but not dropped yet ('superseded'). replay_until is the last
+-- position the version handles as a replay; partitions is the partition
+-- count of its checkpoints, so that they can be dropped with it.
+CREATE TABLE {versions} (
+    projection_name VARBINARY(255) NOT NULL,
+    version         BIGINT         NOT NULL,
+    state           VARCHAR(16) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    replay_until    BIGINT         NOT NULL,
+    partitions      BIGINT         NOT NULL,
+    updated_at      DATETIME(6)    NOT NULL DEFAULT {NOW},
+    PRIMARY KEY (projection_name, version)
+) ENGINE = InnoDB;
+"#
+    )
 }
 
 /// Names are stored as bytes (`VARBINARY`), so that they compare exactly as
@@ -187,6 +211,7 @@ pub(crate) fn statements(n: &Names) -> Statements {
     let checkpoints = n.checkpoints();
     let snapshots = n.snapshots();
     let failures = n.failures();
+    let versions = n.versions();
     let positions = n.derived_qualified(POSITION);
     let locks = n.derived_qualified(LOCKS);
     let columns = event_columns(&events);
@@ -353,6 +378,32 @@ pub(crate) fn statements(n: &Names) -> Statements {
             event_type = text("event_type"),
         )
         .into(),
+        // The name is read back as text (the column is binary). A locking
+        // read: a projection batch runs under REPEATABLE READ, whose
+        // snapshot may predate the switch that committed before its claim;
+        // the latest records are what decides whether its version still
+        // runs.
+        list_versions: format!(
+            "SELECT CONVERT(projection_name USING utf8mb4), version, state, replay_until, \
+                 partitions, updated_at \
+             FROM {versions} WHERE projection_name = ? ORDER BY version LOCK IN SHARE MODE"
+        )
+        .into(),
+        insert_version: format!(
+            "INSERT INTO {versions} \
+                 (projection_name, version, state, replay_until, partitions, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?) \
+             ON DUPLICATE KEY UPDATE version = version"
+        )
+        .into(),
+        update_version: format!(
+            "UPDATE {versions} SET state = ?, replay_until = ?, partitions = ?, updated_at = ? \
+             WHERE projection_name = ? AND version = ?"
+        )
+        .into(),
+        delete_version: format!("DELETE FROM {versions} WHERE projection_name = ? AND version = ?")
+            .into(),
+        delete_checkpoint: format!("DELETE FROM {checkpoints} WHERE projection_name = ?").into(),
         relax_durability: None,
         horizon: None,
         register_listener: None,

@@ -6,7 +6,31 @@ use crate::names::{EVENT_ID_KEY, Names, STREAM_VERSION_KEY};
 
 /// The migrations, oldest first: (version, description, SQL).
 pub(crate) fn migrations(names: &Names) -> Vec<(i64, &'static str, String)> {
-    vec![(1, "event store", migration_1(names))]
+    vec![
+        (1, "event store", migration_1(names)),
+        (2, "projection versions", migration_2(names)),
+    ]
+}
+
+fn migration_2(n: &Names) -> String {
+    let versions = n.versions();
+    format!(
+        r#"-- The versions of each projection: the one readers are served from
+-- ('active'), new ones catching up beside it ('catching_up'), and old ones
+-- replaced but not dropped yet ('superseded'). replay_until is the last
+-- position the version handles as a replay; partitions is the partition
+-- count of its checkpoints, so that they can be dropped with it.
+CREATE TABLE {versions} (
+    projection_name TEXT    NOT NULL,
+    version         INTEGER NOT NULL,
+    state           TEXT    NOT NULL,
+    replay_until    INTEGER NOT NULL,
+    partitions      INTEGER NOT NULL,
+    updated_at      TEXT    NOT NULL DEFAULT {NOW},
+    PRIMARY KEY (projection_name, version)
+) STRICT, WITHOUT ROWID;
+"#
+    )
 }
 
 /// Timestamps are stored as RFC 3339 text in UTC with exactly six fractional
@@ -106,6 +130,7 @@ pub(crate) fn statements(n: &Names) -> Statements {
         let checkpoints = n.checkpoints();
         let snapshots = n.snapshots();
         let failures = n.failures();
+        let versions = n.versions();
         // The head statements are the first statement of every append, and
         // they write: SQLite takes the write lock when a writing statement
         // starts, whether or not it changes a row, so everything after them
@@ -257,6 +282,30 @@ pub(crate) fn statements(n: &Names) -> Statements {
                  WHERE projection_name = ?1 ORDER BY global_position"
             )
             .into(),
+            list_versions: format!(
+                "SELECT projection_name, version, state, replay_until, partitions, updated_at \
+                 FROM {versions} WHERE projection_name = ?1 ORDER BY version"
+            )
+            .into(),
+            insert_version: format!(
+                "INSERT INTO {versions} \
+                     (projection_name, version, state, replay_until, partitions, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (projection_name, version) DO NOTHING"
+            )
+            .into(),
+            update_version: format!(
+                "UPDATE {versions} SET state = ?1, replay_until = ?2, partitions = ?3, \
+                     updated_at = ?4 \
+                 WHERE projection_name = ?5 AND version = ?6"
+            )
+            .into(),
+            delete_version: format!(
+                "DELETE FROM {versions} WHERE projection_name = ?1 AND version = ?2"
+            )
+            .into(),
+            delete_checkpoint: format!("DELETE FROM {checkpoints} WHERE projection_name = ?1")
+                .into(),
             relax_durability: None,
             horizon: None,
             register_listener: None,
