@@ -58,8 +58,10 @@ use tracing::Instrument;
 use crate::RetryPolicy;
 
 mod typed;
+mod versions;
 
 pub use typed::{Envelope, EventSet, Typed, TypedProjection};
+pub use versions::{Replay, Switched};
 
 /// What a handler may fail with.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
@@ -107,6 +109,18 @@ pub trait Projection<DB: sqlx::Database = <es_store::DefaultStore as Backend>::D
     /// the projection over.
     fn name(&self) -> &str;
 
+    /// The projection's version (1 by default). A new version is a new
+    /// read model built beside the old one, from the start of the feed,
+    /// with checkpoints of its own (`name@v2`, `name@v2#0/4`; version 1
+    /// keeps the plain `name`), and takes over from it when it has caught
+    /// up ([`ProjectionProcessor::switch_when_caught_up`]). Name the
+    /// version's tables after it (`balances_v2`) so that both live side by
+    /// side; see [`promote`](Projection::promote) and
+    /// [`retire`](Projection::retire).
+    fn version(&self) -> u32 {
+        1
+    }
+
     /// Which events the projection wants (all by default). The filter runs
     /// in the database.
     fn filter(&self) -> EventFilter {
@@ -140,6 +154,84 @@ pub trait Projection<DB: sqlx::Database = <es_store::DefaultStore as Backend>::D
             }
             Ok(())
         }
+    }
+
+    /// [`handle_batch`](Projection::handle_batch), told which of the events
+    /// are replayed: the processor calls this one, and by default it
+    /// ignores `replay` and calls `handle_batch`. Override it to hold back
+    /// side effects (mails, calls to other services) for replayed events,
+    /// with [`Replay::is_replaying`].
+    ///
+    /// ```no_run
+    /// use es_aggregate::projection::{BatchFailure, HandlerError, Projection, Replay};
+    /// use es_store::PersistedEvent;
+    /// use sqlx::PgConnection;
+    ///
+    /// struct Welcome;
+    ///
+    /// impl Projection for Welcome {
+    ///     fn name(&self) -> &str {
+    ///         "welcome_mails"
+    ///     }
+    ///
+    ///     async fn handle(&self, _: &mut PgConnection, _: &PersistedEvent) -> Result<(), HandlerError> {
+    ///         Ok(())
+    ///     }
+    ///
+    ///     async fn handle_batch_with(
+    ///         &self,
+    ///         _tx: &mut PgConnection,
+    ///         events: &[PersistedEvent],
+    ///         replay: &Replay,
+    ///     ) -> Result<(), BatchFailure> {
+    ///         for event in events.iter().filter(|e| !replay.is_replaying(e)) {
+    ///             println!("mail the owner of {}", event.aggregate_id);
+    ///         }
+    ///         Ok(())
+    ///     }
+    /// }
+    /// ```
+    fn handle_batch_with(
+        &self,
+        tx: &mut DB::Connection,
+        events: &[PersistedEvent],
+        replay: &Replay,
+    ) -> impl Future<Output = Result<(), BatchFailure>> + Send {
+        let _ = replay;
+        self.handle_batch(tx, events)
+    }
+
+    /// Makes readers see this version's read model, in the transaction that
+    /// records it as the active version
+    /// ([`ProjectionProcessor::switch_when_caught_up`]): on PostgreSQL and
+    /// SQLite, for example, replace a view readers query
+    /// (`CREATE OR REPLACE VIEW balances AS SELECT * FROM balances_v2`),
+    /// which then switches with the version, atomically. Does nothing by
+    /// default, for readers that look the active version up themselves
+    /// ([`ProjectionStore::active_projection_version`](es_store::ProjectionStore::active_projection_version)).
+    /// On MySQL, DDL commits the transaction it runs in: swap nothing here,
+    /// look the version up instead.
+    fn promote(
+        &self,
+        tx: &mut DB::Connection,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        let _ = tx;
+        async { Ok(()) }
+    }
+
+    /// Drops the read model of `version` (an older version that was
+    /// replaced, or an abandoned newer one), in the transaction that also
+    /// removes its checkpoints and its record
+    /// ([`ProjectionProcessor::retire`]). A projection that does not say
+    /// how (the default) cannot retire versions: `retire` refuses with
+    /// [`ProjectionError::NoRetire`] and changes nothing.
+    fn retire(
+        &self,
+        tx: &mut DB::Connection,
+        version: u32,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        let _ = (tx, version);
+        async { Err(no_retire()) }
     }
 
     /// Clears the read model before a [rebuild](ProjectionProcessor::rebuild),
@@ -185,6 +277,15 @@ struct NoReset;
 
 pub(crate) fn no_reset() -> HandlerError {
     Box::new(NoReset)
+}
+
+/// What the default [`Projection::retire`] fails with.
+#[derive(Debug, thiserror::Error)]
+#[error("the projection does not implement `retire`")]
+struct NoRetire;
+
+pub(crate) fn no_retire() -> HandlerError {
+    Box::new(NoRetire)
 }
 
 /// Why a batch failed.
@@ -271,6 +372,86 @@ pub enum ProjectionError {
     Reset {
         /// The projection.
         projection: String,
+        /// The error.
+        #[source]
+        source: HandlerError,
+    },
+    /// This processor's version of the projection no longer runs: a newer
+    /// version took over (see
+    /// [`ProjectionProcessor::switch_when_caught_up`]). Its processors
+    /// stop with this error instead of writing a read model nobody reads;
+    /// stop the old deployment.
+    #[error(
+        "version {version} of projection `{projection}` was superseded by version {active}: its processors no longer handle events"
+    )]
+    Superseded {
+        /// The projection.
+        projection: String,
+        /// This processor's version.
+        version: u32,
+        /// The active version.
+        active: u32,
+    },
+    /// This processor's version of the projection was retired
+    /// ([`ProjectionProcessor::retire`]) while no newer version is active
+    /// (an abandoned new version).
+    #[error("version {version} of projection `{projection}` was retired")]
+    Retired {
+        /// The projection.
+        projection: String,
+        /// This processor's version.
+        version: u32,
+    },
+    /// A version was asked to be retired that is not recorded.
+    #[error("projection `{projection}` has no version {version} to retire")]
+    UnknownVersion {
+        /// The projection.
+        projection: String,
+        /// The version asked for.
+        version: u32,
+    },
+    /// The active version was asked to be retired: readers are served from
+    /// it. Switch to another version first.
+    #[error(
+        "version {version} of projection `{projection}` is the active one and cannot be retired"
+    )]
+    RetireActive {
+        /// The projection.
+        projection: String,
+        /// The version.
+        version: u32,
+    },
+    /// A version was asked to be retired by a projection that does not say
+    /// how to drop its read model ([`Projection::retire`] is not
+    /// implemented); nothing was changed.
+    #[error(
+        "projection `{projection}` cannot retire version {version}: it does not implement `retire`, so the version's read model cannot be dropped"
+    )]
+    NoRetire {
+        /// The projection.
+        projection: String,
+        /// The version asked for.
+        version: u32,
+    },
+    /// [`Projection::retire`] failed; nothing was retired.
+    #[error("projection `{projection}` could not retire version {version}: {source}")]
+    Retire {
+        /// The projection.
+        projection: String,
+        /// The version.
+        version: u32,
+        /// The error.
+        #[source]
+        source: HandlerError,
+    },
+    /// [`Projection::promote`] failed; the switch was rolled back and the
+    /// previous version stays active.
+    #[error("projection `{projection}` could not promote version {version}: {source}")]
+    Promote {
+        /// The projection.
+        projection: String,
+        /// The version.
+        version: u32,
         /// The error.
         #[source]
         source: HandlerError,
@@ -424,6 +605,8 @@ impl Drop for Notifier {
 pub struct ProjectionStatus {
     /// The projection.
     pub name: String,
+    /// The processor's version of it.
+    pub version: u32,
     /// The lowest checkpoint among its partitions.
     pub checkpoint: i64,
     /// Each partition's checkpoint (one entry without partitions).
@@ -674,10 +857,13 @@ where
 
     /// The checkpoint name of each partition.
     fn checkpoint_names(&self) -> Vec<(String, EventFilter)> {
-        let name = self.projection.name();
+        let name = es_store::ProjectionVersion::checkpoint_stem(
+            self.projection.name(),
+            self.projection.version(),
+        );
         let filter = self.projection.filter();
         if self.partitions == 1 {
-            return vec![(name.to_owned(), filter)];
+            return vec![(name, filter)];
         }
         (0..self.partitions)
             .map(|index| {
@@ -696,6 +882,7 @@ where
     /// working on. (Under appends that never pause it keeps going: use
     /// [`run`](Self::run) to follow the feed.)
     pub async fn catch_up(&self) -> Result<CatchUp, ProjectionError> {
+        self.register().await?;
         let mut total = CatchUp::default();
         let mut pending = self.checkpoint_names();
         let mut policy_attempts = 1;
@@ -756,6 +943,29 @@ where
         let backoff =
             RetryPolicy::exponential(u32::MAX, Duration::from_millis(50), Duration::from_secs(5));
         tokio::pin!(shutdown);
+        let mut failures = 0;
+        loop {
+            let registered = tokio::select! {
+                biased;
+                () = &mut shutdown => return Ok(()),
+                registered = self.register() => registered,
+            };
+            match registered {
+                Ok(_) => break,
+                Err(ProjectionError::Store { source, .. })
+                    if source.is_transient()
+                        && self.give_up_after.is_none_or(|limit| failures + 1 < limit) =>
+                {
+                    failures += 1;
+                    tokio::select! {
+                        biased;
+                        () = &mut shutdown => return Ok(()),
+                        () = tokio::time::sleep(backoff.backoff(failures)) => {}
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        }
         // Start the partitions at a different place in each worker so that
         // workers spread out.
         let offset = (std::process::id() as usize + Arc::as_ptr(&self.projection) as usize)
@@ -842,8 +1052,14 @@ where
 
     /// Rebuilds the read model: clears it ([`Projection::reset`]) and
     /// resets every partition's checkpoint to 0 in one transaction, then
-    /// catches up.
+    /// catches up. The events up to the head of the feed at that moment
+    /// are handled as replayed ([`Replay`]).
+    ///
+    /// Readers of this version see its read model cleared and refilled: to
+    /// rebuild without downtime, build a new [version](Projection::version)
+    /// beside it instead ([`switch_when_caught_up`](Self::switch_when_caught_up)).
     pub async fn rebuild(&self) -> Result<CatchUp, ProjectionError> {
+        let mut version = self.register().await?;
         let mut tx = self.pool.begin().await.map_err(|e| self.store_error(e))?;
         // The read model first: a projection that cannot be reset refuses
         // before anything is claimed.
@@ -869,6 +1085,16 @@ where
                 .await
                 .map_err(|e| self.store_error(e))?;
         }
+        version.replay_until = self
+            .store
+            .head_position(&mut tx)
+            .await
+            .map_err(|e| self.store_error(e))?;
+        version.partitions = self.partitions;
+        self.store
+            .update_projection_version(&mut tx, &version)
+            .await
+            .map_err(|e| self.store_error(e))?;
         tx.commit().await.map_err(|e| self.store_error(e))?;
         self.catch_up().await
     }
@@ -910,6 +1136,7 @@ where
             .unwrap_or_default();
         Ok(ProjectionStatus {
             name: self.projection.name().to_owned(),
+            version: self.projection.version(),
             checkpoint,
             partitions,
             head,
@@ -973,6 +1200,13 @@ where
                 }),
             });
         }
+        // Only a version that still runs writes (one query, when there is
+        // something to commit).
+        let replay = if page.scanned_to > checkpoint {
+            self.admit(&mut tx).await?
+        } else {
+            Replay::none(self.projection.version())
+        };
         if page.events.is_empty() {
             if page.scanned_to > checkpoint {
                 // Nothing in this stretch of the feed: move past it, and
@@ -996,7 +1230,7 @@ where
         );
         let handled = self
             .projection
-            .handle_batch(&mut tx, &page.events)
+            .handle_batch_with(&mut tx, &page.events, &replay)
             .instrument(span.clone())
             .await;
         match handled {
@@ -1029,9 +1263,16 @@ where
                 };
                 // Release the claim before anything else claims it again.
                 self.rollback(tx).await?;
-                self.handle_failure(key, checkpoint, &page.events, failure, policy_attempts)
-                    .instrument(span)
-                    .await
+                self.handle_failure(
+                    key,
+                    checkpoint,
+                    &page.events,
+                    failure,
+                    policy_attempts,
+                    &replay,
+                )
+                .instrument(span)
+                .await
             }
         }
     }
@@ -1064,12 +1305,16 @@ where
         events: &[PersistedEvent],
         failure: BatchFailure,
         policy_attempts: &mut u32,
+        replay: &Replay,
     ) -> Result<Batch, ProjectionError> {
         // Whether the event at fault is known (a failure that no single
         // event reproduces is blamed on the first, but never skipped).
         let (index, error, known) = match failure.index {
             Some(index) if index < events.len() => (index, failure.error, true),
-            _ => self.find_failing_event(events, failure.error).await?,
+            _ => {
+                self.find_failing_event(events, failure.error, replay)
+                    .await?
+            }
         };
         let event = &events[index];
         tracing::warn!(
@@ -1102,7 +1347,14 @@ where
             ErrorPolicy::Skip if !known => Err(give_up(*policy_attempts, error)),
             ErrorPolicy::Skip => {
                 match self
-                    .skip(key, start, &events[..index], event, &error.to_string())
+                    .skip(
+                        key,
+                        start,
+                        &events[..index],
+                        event,
+                        &error.to_string(),
+                        replay,
+                    )
                     .await?
                 {
                     Some(handled) => Ok(Batch::Handled {
@@ -1129,6 +1381,7 @@ where
         before: &[PersistedEvent],
         failed: &PersistedEvent,
         error: &str,
+        replay: &Replay,
     ) -> Result<Option<u64>, ProjectionError> {
         let mut tx = self.pool.begin().await.map_err(|e| self.store_error(e))?;
         let Some(checkpoint) = self
@@ -1144,7 +1397,10 @@ where
             return Ok(None);
         }
         if !before.is_empty()
-            && let Err(failure) = self.projection.handle_batch(&mut tx, before).await
+            && let Err(failure) = self
+                .projection
+                .handle_batch_with(&mut tx, before, replay)
+                .await
         {
             // The handler is not deterministic: the next batch meets it again.
             tracing::warn!(error = %failure.error, "handler failed on events it handled before");
@@ -1168,12 +1424,17 @@ where
         &self,
         events: &[PersistedEvent],
         batch_error: HandlerError,
+        replay: &Replay,
     ) -> Result<(usize, HandlerError, bool), ProjectionError> {
         let mut tx = self.pool.begin().await.map_err(|e| self.store_error(e))?;
         let mut found = (0, batch_error, false);
         for (index, event) in events.iter().enumerate() {
-            if let Err(error) = self.projection.handle(&mut tx, event).await {
-                found = (index, error, true);
+            if let Err(failure) = self
+                .projection
+                .handle_batch_with(&mut tx, std::slice::from_ref(event), replay)
+                .await
+            {
+                found = (index, failure.error, true);
                 break;
             }
         }
