@@ -8,6 +8,7 @@ pub mod repository;
 pub mod store;
 pub mod typed;
 pub mod unit;
+pub mod versions;
 
 /// Generates one `#[tokio::test]` per listed test body for a fixture.
 #[macro_export]
@@ -77,6 +78,8 @@ macro_rules! projection_conformance_tests {
             typed::a_rebuild_without_reset_refuses_and_changes_nothing,
             typed::run_follows_appends_of_this_process_live,
             typed::status_gives_the_lag_in_events_and_time_and_says_when_stalled,
+            versions::a_new_version_takes_over_while_writers_append,
+            versions::a_rebuild_replays_history_and_then_runs_live,
         );
     };
 }

@@ -213,4 +213,18 @@ impl Fixture for MySqlDb {
             .unwrap();
         handled_rows(rows)
     }
+    async fn execute_on(conn: &mut MySqlConnection, sql: String) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(conn)
+            .await
+            .map(drop)
+    }
+    async fn pairs_on(
+        conn: &mut MySqlConnection,
+        sql: String,
+    ) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_all(conn)
+            .await
+    }
 }

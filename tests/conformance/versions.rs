@@ -1,0 +1,450 @@
+//! Rebuilds without downtime: a new version of a projection builds its
+//! read model beside the active one while writers append, takes over when
+//! caught up, and the old one is dropped; readers never see an empty or
+//! half-built read model; handlers can tell replayed events from live
+//! ones.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use es::aggregate::projection::{
+    Envelope, HandlerError, ProjectionError, ProjectionProcessor, Typed, TypedProjection,
+};
+use es::store::{
+    DomainEvent as _, EventReader, EventStore, ExpectedVersion, Metadata, ProjectionStore,
+    VersionState,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::typed::AccountEvent;
+use crate::support::Fixture;
+
+const NAME: &str = "deposits";
+
+/// One row per deposit in `deposits_v<version>`: its position, and
+/// whether it was handled as a replay.
+struct Deposits<F> {
+    version: u32,
+    fixture: PhantomData<fn() -> F>,
+}
+
+impl<F> Deposits<F> {
+    fn new(version: u32) -> Self {
+        Self {
+            version,
+            fixture: PhantomData,
+        }
+    }
+}
+
+fn table(version: u32) -> String {
+    format!("deposits_v{version}")
+}
+
+impl<F: Fixture> TypedProjection<F::Db> for Deposits<F> {
+    type Events = AccountEvent;
+
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn version(&self) -> u32 {
+        self.version
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut <F::Db as sqlx::Database>::Connection,
+        event: Envelope<'_, AccountEvent>,
+    ) -> Result<(), HandlerError> {
+        // A second row for one event fails the batch: the position is the
+        // primary key.
+        F::execute_on(
+            tx,
+            format!(
+                "INSERT INTO {} (position, replaying) VALUES ({}, {})",
+                table(self.version),
+                event.position(),
+                i64::from(event.replaying())
+            ),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn reset(
+        &self,
+        tx: &mut <F::Db as sqlx::Database>::Connection,
+    ) -> Result<(), HandlerError> {
+        F::execute_on(tx, format!("DELETE FROM {}", table(self.version))).await?;
+        Ok(())
+    }
+
+    async fn retire(
+        &self,
+        tx: &mut <F::Db as sqlx::Database>::Connection,
+        version: u32,
+    ) -> Result<(), HandlerError> {
+        F::execute_on(tx, format!("DROP TABLE {}", table(version))).await?;
+        Ok(())
+    }
+}
+
+type Processor<F> = ProjectionProcessor<<F as Fixture>::Store, Typed<Deposits<F>>>;
+
+fn processor<F: Fixture>(db: &F, version: u32) -> Processor<F> {
+    ProjectionProcessor::typed(
+        db.store().clone(),
+        db.pool().clone(),
+        Deposits::new(version),
+    )
+    .with_batch_size(25)
+}
+
+async fn create_table<F: Fixture>(db: &F, version: u32) {
+    let mut conn = db.pool().acquire().await.unwrap();
+    F::execute_on(
+        &mut conn,
+        format!(
+            "CREATE TABLE {} (position BIGINT NOT NULL PRIMARY KEY, replaying BIGINT NOT NULL)",
+            table(version)
+        ),
+    )
+    .await
+    .unwrap();
+}
+
+/// The rows of a version's read model: (position, replaying), by position.
+async fn rows<F: Fixture>(db: &F, version: u32) -> Vec<(i64, i64)> {
+    let mut conn = db.pool().acquire().await.unwrap();
+    F::pairs_on(
+        &mut conn,
+        format!(
+            "SELECT position, replaying FROM {} ORDER BY position",
+            table(version)
+        ),
+    )
+    .await
+    .unwrap()
+}
+
+/// Appends one deposit; returns its position.
+async fn deposit<F: Fixture>(db: &F, account: &str, amount: i64) -> i64 {
+    let event = AccountEvent::Deposited { amount }
+        .to_event(account, &Metadata::default())
+        .unwrap();
+    let mut conn = db.pool().acquire().await.unwrap();
+    let appended = db
+        .store()
+        .append(&mut *conn, ExpectedVersion::Any, vec![event])
+        .await
+        .unwrap();
+    appended.global_positions[0]
+}
+
+/// Every stored position, in order.
+async fn all_positions<F: Fixture>(db: &F) -> Vec<i64> {
+    let mut conn = db.pool().acquire().await.unwrap();
+    let mut positions = Vec::new();
+    let mut from = 0;
+    loop {
+        let page = db
+            .store()
+            .read_events(&mut *conn, from, 1000)
+            .await
+            .unwrap();
+        if page.is_empty() {
+            return positions;
+        }
+        from = page.last().unwrap().global_position;
+        positions.extend(page.iter().map(|e| e.global_position));
+    }
+}
+
+/// What a reader saw: the active version, and the read model's row count
+/// and highest position.
+#[derive(Debug, Clone, Copy)]
+struct Read {
+    version: u32,
+    count: i64,
+    max: i64,
+}
+
+/// Reads the read model the way a reader of the application would: looks
+/// up the active version, then reads that version's table.
+async fn read<F: Fixture>(db: &F) -> Read {
+    let mut tx = db.pool().begin().await.unwrap();
+    let version = db
+        .store()
+        .active_projection_version(&mut *tx, NAME)
+        .await
+        .unwrap()
+        .expect("a version is active");
+    let (count, max) = F::pairs_on(
+        &mut tx,
+        format!(
+            "SELECT count(*), COALESCE(MAX(position), 0) FROM {}",
+            table(version)
+        ),
+    )
+    .await
+    .unwrap()[0];
+    tx.commit().await.unwrap();
+    Read {
+        version,
+        count,
+        max,
+    }
+}
+
+pub async fn a_new_version_takes_over_while_writers_append<F: Fixture>() {
+    const HISTORY: i64 = 120;
+    const WRITERS: usize = 3;
+    let db = Arc::new(F::create().await);
+    create_table(&*db, 1).await;
+    for i in 0..HISTORY {
+        deposit(&*db, &format!("acc-{}", i % 7), i).await;
+    }
+
+    // Version 1 is built and serves; it follows the feed live.
+    let v1 = processor(&*db, 1);
+    assert_eq!(v1.catch_up().await.unwrap().events, HISTORY as u64);
+    let v1_versions = v1.versions().await.unwrap();
+    assert_eq!(v1_versions.len(), 1);
+    assert_eq!(
+        (v1_versions[0].version, v1_versions[0].state),
+        (1, VersionState::Active)
+    );
+    let (stop_v1, v1_stopped) = oneshot::channel::<()>();
+    let v1_task = tokio::spawn(async move {
+        v1.run(async {
+            let _ = v1_stopped.await;
+        })
+        .await
+    });
+
+    // Writers append until told to stop; they are appending before, during
+    // and after the switch.
+    let (stop_writers, writers_stop) = watch::channel(false);
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (db, mut stop) = (db.clone(), writers_stop.clone());
+            tokio::spawn(async move {
+                let mut appended = 0u32;
+                while !*stop.borrow_and_update() {
+                    deposit(&*db, &format!("writer-{w}"), 1).await;
+                    appended += 1;
+                }
+                appended
+            })
+        })
+        .collect();
+
+    // A reader reads in a loop through the reader's path until told to
+    // stop; it says when it has read once.
+    let (stop_reader, reader_stop) = watch::channel(false);
+    let (first_read, mut has_read) = mpsc::channel::<()>(1);
+    let (read_v2, mut has_read_v2) = mpsc::channel::<()>(1);
+    let reader = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let mut reads = Vec::new();
+            loop {
+                let done = *reader_stop.borrow();
+                let r = read(&*db).await;
+                reads.push(r);
+                let _ = first_read.try_send(());
+                if r.version == 2 && reads.iter().filter(|r| r.version == 2).count() >= 30 {
+                    let _ = read_v2.try_send(());
+                }
+                if done {
+                    return reads;
+                }
+            }
+        })
+    };
+    has_read.recv().await.unwrap();
+
+    // Version 2 catches up beside version 1 (workers running, and an
+    // operator's call that switches when it is caught up).
+    create_table(&*db, 2).await;
+    let head_before_v2 = {
+        let mut conn = db.pool().acquire().await.unwrap();
+        db.store().head_position(&mut *conn).await.unwrap()
+    };
+    let v2_worker = processor(&*db, 2);
+    let (stop_v2, v2_stopped) = oneshot::channel::<()>();
+    let v2_task = tokio::spawn(async move {
+        v2_worker
+            .run(async {
+                let _ = v2_stopped.await;
+            })
+            .await
+    });
+    let v2 = processor(&*db, 2);
+    let switched = v2.switch_when_caught_up().await.unwrap();
+    assert_eq!((switched.previous, switched.version), (Some(1), 2));
+
+    // The old version stops at its next batch: writers are still appending.
+    let v1_end = v1_task.await.unwrap();
+    assert!(
+        matches!(
+            v1_end,
+            Err(ProjectionError::Superseded {
+                version: 1,
+                active: 2,
+                ..
+            })
+        ),
+        "{v1_end:?}"
+    );
+    drop(stop_v1);
+    // Readers are served from version 2 while writers go on appending and
+    // its workers follow them.
+    has_read_v2.recv().await.unwrap();
+    stop_writers.send(true).unwrap();
+    let mut appended_live = 0;
+    for writer in writers {
+        appended_live += writer.await.unwrap();
+    }
+    // Version 2 goes on from its own checkpoint.
+    stop_v2.send(()).unwrap();
+    v2_task.await.unwrap().unwrap();
+    v2.catch_up().await.unwrap();
+    stop_reader.send(true).unwrap();
+    let reads = reader.await.unwrap();
+
+    let positions = all_positions(&*db).await;
+    assert_eq!(positions.len() as i64, HISTORY + i64::from(appended_live));
+    eprintln!(
+        "blue/green: {} events ({appended_live} appended live), switched at position {}, \
+         {} reads ({} of version 1)",
+        positions.len(),
+        switched.position,
+        reads.len(),
+        reads.iter().filter(|r| r.version == 1).count()
+    );
+    let versions = v2.versions().await.unwrap();
+    let v2_record = versions.iter().find(|v| v.version == 2).unwrap();
+    let v1_record = versions.iter().find(|v| v.version == 1).unwrap();
+    assert_eq!(v2_record.state, VersionState::Active);
+    assert_eq!(v1_record.state, VersionState::Superseded);
+
+    // Every read saw a complete read model: all the events up to some
+    // position, growing, version 1 and then version 2.
+    assert!(reads.iter().any(|r| r.version == 1) && reads.last().unwrap().version == 2);
+    let mut last = (0, 0);
+    for r in &reads {
+        let complete = positions.partition_point(|p| *p <= r.max) as i64;
+        assert_eq!(r.count, complete, "read {r:?} is not a complete read model");
+        assert!(r.count >= HISTORY, "read {r:?} is (partly) empty");
+        assert!(
+            (r.version, r.count) >= last && r.count >= last.1,
+            "read {r:?} went back from {last:?}"
+        );
+        last = (r.version, r.count);
+    }
+    assert_eq!(reads.last().unwrap().count, positions.len() as i64);
+
+    // Each version handled each event once (the position is the key):
+    // version 1 every event up to where it stopped, version 2 all.
+    let v1_rows = rows(&*db, 1).await;
+    let v1_positions: Vec<i64> = v1_rows.iter().map(|r| r.0).collect();
+    assert_eq!(v1_positions[..], positions[..v1_positions.len()]);
+    assert!(switched.position >= *v1_positions.last().unwrap());
+    let v2_rows = rows(&*db, 2).await;
+    let v2_positions: Vec<i64> = v2_rows.iter().map(|r| r.0).collect();
+    assert_eq!(v2_positions, positions);
+
+    // Replaying: version 1 was built from history (its first catch-up),
+    // version 2 replayed what was there when it started, and handled
+    // what came after live, the events after the switch among them.
+    assert!(v1_rows[..HISTORY as usize].iter().all(|r| r.1 == 1));
+    assert!(v1_rows[HISTORY as usize..].iter().all(|r| r.1 == 0));
+    assert!(v2_record.replay_until >= head_before_v2);
+    for (position, replaying) in &v2_rows {
+        assert_eq!(
+            *replaying,
+            i64::from(*position <= v2_record.replay_until),
+            "event {position}"
+        );
+    }
+    assert!(v2_rows.iter().any(|r| r.1 == 1));
+    assert!(v2_rows.iter().any(|r| r.0 > switched.position && r.1 == 0));
+
+    // The active version cannot be retired; the old one is dropped.
+    assert!(matches!(
+        v2.retire(2).await,
+        Err(ProjectionError::RetireActive { version: 2, .. })
+    ));
+    let checkpoints = db.rows_in("checkpoints").await;
+    v2.retire(1).await.unwrap();
+    let versions = v2.versions().await.unwrap();
+    assert_eq!(versions.len(), 1);
+    assert_eq!(
+        (versions[0].version, versions[0].state),
+        (2, VersionState::Active)
+    );
+    assert_eq!(db.rows_in("checkpoints").await, checkpoints - 1);
+    {
+        let mut conn = db.pool().acquire().await.unwrap();
+        assert!(
+            F::pairs_on(
+                &mut conn,
+                format!("SELECT position, replaying FROM {}", table(1))
+            )
+            .await
+            .is_err(),
+            "version 1's table is dropped"
+        );
+    }
+    assert!(matches!(
+        v2.retire(1).await,
+        Err(ProjectionError::UnknownVersion { version: 1, .. })
+    ));
+    // An old deployment started again refuses to handle anything.
+    let restarted = processor(&*db, 1).catch_up().await;
+    assert!(
+        matches!(
+            restarted,
+            Err(ProjectionError::Superseded {
+                version: 1,
+                active: 2,
+                ..
+            })
+        ),
+        "{restarted:?}"
+    );
+    assert_eq!(read(&*db).await.count, positions.len() as i64);
+
+    Arc::into_inner(db).unwrap().finish().await;
+}
+
+pub async fn a_rebuild_replays_history_and_then_runs_live<F: Fixture>() {
+    let db = F::create().await;
+    create_table(&db, 1).await;
+    for i in 0..30 {
+        deposit(&db, "acc-1", i).await;
+    }
+    let v1 = processor(&db, 1);
+    v1.catch_up().await.unwrap();
+    for i in 0..5 {
+        deposit(&db, "acc-2", i).await;
+    }
+    // The rebuild replays everything there is now: what version 1 had
+    // handled live is history.
+    assert_eq!(v1.rebuild().await.unwrap().events, 35);
+    let head = all_positions(&db).await.last().copied().unwrap();
+    for i in 0..4 {
+        deposit(&db, "acc-3", i).await;
+    }
+    v1.catch_up().await.unwrap();
+    let rows = rows(&db, 1).await;
+    assert_eq!(rows.len(), 39);
+    for (position, replaying) in &rows {
+        assert_eq!(*replaying, i64::from(*position <= head), "event {position}");
+    }
+    assert_eq!(v1.versions().await.unwrap()[0].replay_until, head);
+    assert_eq!(v1.status().await.unwrap().version, 1);
+    db.finish().await;
+}
