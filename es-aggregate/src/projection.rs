@@ -156,11 +156,26 @@ pub trait Projection<DB: sqlx::Database = <es_store::DefaultStore as Backend>::D
         }
     }
 
+    /// [`handle`](Projection::handle), told which events are replayed: the
+    /// processor calls it when it replays a failed batch one event at a
+    /// time, to find the event at fault (in a transaction it rolls back).
+    /// By default it ignores `replay` and calls `handle`.
+    fn handle_with(
+        &self,
+        tx: &mut DB::Connection,
+        event: &PersistedEvent,
+        replay: &Replay,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        let _ = replay;
+        self.handle(tx, event)
+    }
+
     /// [`handle_batch`](Projection::handle_batch), told which of the events
-    /// are replayed: the processor calls this one, and by default it
-    /// ignores `replay` and calls `handle_batch`. Override it to hold back
-    /// side effects (mails, calls to other services) for replayed events,
-    /// with [`Replay::is_replaying`].
+    /// are replayed: the processor calls this one for every batch, and by
+    /// default it ignores `replay` and calls `handle_batch`. Override it
+    /// (and [`handle_with`](Projection::handle_with)) to hold back side
+    /// effects (mails, calls to other services) for replayed events, with
+    /// [`Replay::is_replaying`].
     ///
     /// ```no_run
     /// use es_aggregate::projection::{BatchFailure, HandlerError, Projection, Replay};
@@ -1429,12 +1444,8 @@ where
         let mut tx = self.pool.begin().await.map_err(|e| self.store_error(e))?;
         let mut found = (0, batch_error, false);
         for (index, event) in events.iter().enumerate() {
-            if let Err(failure) = self
-                .projection
-                .handle_batch_with(&mut tx, std::slice::from_ref(event), replay)
-                .await
-            {
-                found = (index, failure.error, true);
+            if let Err(error) = self.projection.handle_with(&mut tx, event, replay).await {
+                found = (index, error, true);
                 break;
             }
         }

@@ -388,6 +388,22 @@ impl<DB: sqlx::Database, P: TypedProjection<DB>> Projection<DB> for Typed<P> {
         P::Events::filter()
     }
 
+    async fn handle_with(
+        &self,
+        tx: &mut DB::Connection,
+        event: &PersistedEvent,
+        replay: &Replay,
+    ) -> Result<(), HandlerError> {
+        match P::Events::decode(event) {
+            None => Ok(()),
+            Some(Err(error)) => Err(Box::new(error)),
+            Some(Ok(decoded)) => {
+                let envelope = Envelope::new(decoded, event).replayed(replay.is_replaying(event));
+                TypedProjection::handle(&self.0, tx, envelope).await
+            }
+        }
+    }
+
     async fn handle_batch_with(
         &self,
         tx: &mut DB::Connection,
@@ -395,16 +411,9 @@ impl<DB: sqlx::Database, P: TypedProjection<DB>> Projection<DB> for Typed<P> {
         replay: &Replay,
     ) -> Result<(), BatchFailure> {
         for (index, event) in events.iter().enumerate() {
-            let handled = match P::Events::decode(event) {
-                None => Ok(()),
-                Some(Err(error)) => Err(Box::new(error) as HandlerError),
-                Some(Ok(decoded)) => {
-                    let envelope =
-                        Envelope::new(decoded, event).replayed(replay.is_replaying(event));
-                    TypedProjection::handle(&self.0, tx, envelope).await
-                }
-            };
-            handled.map_err(|error| BatchFailure::at(index, error))?;
+            self.handle_with(tx, event, replay)
+                .await
+                .map_err(|error| BatchFailure::at(index, error))?;
         }
         Ok(())
     }
