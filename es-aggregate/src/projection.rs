@@ -223,7 +223,7 @@ pub trait Projection<DB: sqlx::Database = <es_store::DefaultStore as Backend>::D
     /// (`CREATE OR REPLACE VIEW balances AS SELECT * FROM balances_v2`),
     /// which then switches with the version, atomically. Does nothing by
     /// default, for readers that look the active version up themselves
-    /// ([`ProjectionStore::active_projection_version`](es_store::ProjectionStore::active_projection_version)).
+    /// ([`ProjectionStore::active_projection_version`]).
     /// On MySQL, DDL commits the transaction it runs in: swap nothing here,
     /// look the version up instead.
     fn promote(

@@ -80,6 +80,7 @@ macro_rules! projection_conformance_tests {
             typed::status_gives_the_lag_in_events_and_time_and_says_when_stalled,
             versions::a_new_version_takes_over_while_writers_append,
             versions::a_rebuild_replays_history_and_then_runs_live,
+            versions::a_version_1_from_before_versions_keeps_serving,
         );
     };
 }

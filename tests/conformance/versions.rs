@@ -448,3 +448,46 @@ pub async fn a_rebuild_replays_history_and_then_runs_live<F: Fixture>() {
     assert_eq!(v1.status().await.unwrap().version, 1);
     db.finish().await;
 }
+
+/// A version 1 that ran before versions were recorded (its checkpoint
+/// is there, its record is not) is recorded as the active version when a
+/// newer one starts, and goes on live from its checkpoint.
+pub async fn a_version_1_from_before_versions_keeps_serving<F: Fixture>() {
+    let db = F::create().await;
+    create_table(&db, 1).await;
+    create_table(&db, 2).await;
+    for i in 0..10 {
+        deposit(&db, "acc-1", i).await;
+    }
+    let v1 = processor(&db, 1);
+    v1.catch_up().await.unwrap();
+    let checkpoint = v1.status().await.unwrap().checkpoint;
+    {
+        let mut conn = db.pool().acquire().await.unwrap();
+        db.store()
+            .delete_projection_version(&mut *conn, NAME, 1)
+            .await
+            .unwrap();
+    }
+    deposit(&db, "acc-1", 10).await;
+    let v2 = processor(&db, 2);
+    v2.catch_up().await.unwrap();
+    let versions = v2.versions().await.unwrap();
+    let states: Vec<_> = versions
+        .iter()
+        .map(|v| (v.version, v.state, v.replay_until))
+        .collect();
+    let head = all_positions(&db).await.last().copied().unwrap();
+    assert_eq!(
+        states,
+        [
+            (1, VersionState::Active, checkpoint),
+            (2, VersionState::CatchingUp, head)
+        ]
+    );
+    // version 1 still runs, and handles the event after its checkpoint live
+    assert_eq!(v1.catch_up().await.unwrap().events, 1);
+    assert_eq!(rows(&db, 1).await.last().unwrap(), &(head, 0));
+    assert_eq!(rows(&db, 2).await.len(), 11);
+    db.finish().await;
+}
