@@ -683,6 +683,7 @@ pub struct ProjectionProcessor<S: Backend, P> {
     prefetch: bool,
     give_up_after: Option<u32>,
     lease: Duration,
+    auto_switch: bool,
 }
 
 /// A page being read ahead, while the batch before it is handled.
@@ -759,6 +760,7 @@ where
             prefetch: true,
             give_up_after: None,
             lease: Duration::from_secs(30),
+            auto_switch: true,
         }
     }
 
@@ -784,6 +786,26 @@ where
     /// ```
     pub fn with_lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
+        self
+    }
+
+    /// Whether [`run`](Self::run), for a version catching up beside the
+    /// active one, makes it the active one as soon as it has caught up (a
+    /// pass that found nothing more to handle), as
+    /// [`switch_when_caught_up`](Self::switch_when_caught_up) does
+    /// (default: yes). Without it the new version follows the feed beside
+    /// the active one until something calls `switch_when_caught_up`: to
+    /// check the new read model first, say.
+    ///
+    /// ```no_run
+    /// # use es_aggregate::projection::{Projection, ProjectionProcessor};
+    /// # fn demo<P: Projection>(pool: sqlx::PgPool, projection: P) {
+    /// let processor = ProjectionProcessor::new(es_store::PostgresStore::new(), pool, projection)
+    ///     .with_auto_switch(false);
+    /// # }
+    /// ```
+    pub fn with_auto_switch(mut self, auto_switch: bool) -> Self {
+        self.auto_switch = auto_switch;
         self
     }
 
@@ -948,6 +970,12 @@ where
     /// ([`with_give_up_after`](Self::with_give_up_after)), others up to 10
     /// in a row. Returns an error when the error policy gives up on a
     /// handler, or when store failures outlast that.
+    ///
+    /// A version catching up beside the active one becomes the active one
+    /// when it has caught up (unless
+    /// [`with_auto_switch(false)`](Self::with_auto_switch)); a version
+    /// that a newer one superseded stops with
+    /// [`ProjectionError::Superseded`] at its next batch.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), ProjectionError> {
         let mut wakeup = self.wakeup.clone();
         let mut appended = self.store.committed_appends();
@@ -959,6 +987,7 @@ where
             RetryPolicy::exponential(u32::MAX, Duration::from_millis(50), Duration::from_secs(5));
         tokio::pin!(shutdown);
         let mut failures = 0;
+        let mut active = false;
         loop {
             let registered = tokio::select! {
                 biased;
@@ -966,7 +995,10 @@ where
                 registered = self.register() => registered,
             };
             match registered {
-                Ok(_) => break,
+                Ok(version) => {
+                    active = version.state == es_store::VersionState::Active;
+                    break;
+                }
                 Err(ProjectionError::Store { source, .. })
                     if source.is_transient()
                         && self.give_up_after.is_none_or(|limit| failures + 1 < limit) =>
@@ -1044,6 +1076,34 @@ where
                         }
                         Err(error) => return Err(error),
                     }
+                }
+            }
+            if !progressed && self.auto_switch && !active {
+                // Caught up beside the active version: take over.
+                let switched = tokio::select! {
+                    biased;
+                    () = &mut shutdown => return Ok(()),
+                    switched = self.try_switch() => switched,
+                };
+                match switched {
+                    Ok(Some(_)) => active = true,
+                    Ok(None) => {
+                        // A claim was busy (a batch in flight): again, soon.
+                        tokio::select! {
+                            biased;
+                            () = &mut shutdown => return Ok(()),
+                            () = tokio::time::sleep(versions::CLAIM_RETRY) => {}
+                        }
+                        progressed = true;
+                    }
+                    Err(ProjectionError::Store { source, .. }) => {
+                        tracing::warn!(
+                            projection = self.projection.name(),
+                            error = %source,
+                            "could not switch to this version, trying again later"
+                        );
+                    }
+                    Err(error) => return Err(error),
                 }
             }
             if progressed {

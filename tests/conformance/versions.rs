@@ -272,7 +272,9 @@ pub async fn a_new_version_takes_over_while_writers_append<F: Fixture>() {
         let mut conn = db.pool().acquire().await.unwrap();
         db.store().head_position(&mut *conn).await.unwrap()
     };
-    let v2_worker = processor(&*db, 2);
+    // (the operator's call switches: the workers' own switch is tested
+    // below)
+    let v2_worker = processor(&*db, 2).with_auto_switch(false);
     let (stop_v2, v2_stopped) = oneshot::channel::<()>();
     let v2_task = tokio::spawn(async move {
         v2_worker
@@ -490,4 +492,74 @@ pub async fn a_version_1_from_before_versions_keeps_serving<F: Fixture>() {
     assert_eq!(rows(&db, 1).await.last().unwrap(), &(head, 0));
     assert_eq!(rows(&db, 2).await.len(), 11);
     db.finish().await;
+}
+
+/// A new version's workers take over by themselves when they have caught
+/// up; the old version's workers stop.
+pub async fn run_switches_to_a_new_version_when_it_has_caught_up<F: Fixture>() {
+    let db = Arc::new(F::create().await);
+    create_table(&*db, 1).await;
+    create_table(&*db, 2).await;
+    for i in 0..60 {
+        deposit(&*db, &format!("acc-{}", i % 5), i).await;
+    }
+    let v1 = processor(&*db, 1);
+    v1.catch_up().await.unwrap();
+    let v1_task = tokio::spawn(async move { v1.run(std::future::pending()).await });
+    let (stop_v2, v2_stopped) = oneshot::channel::<()>();
+    let v2_task = {
+        let v2 = processor(&*db, 2);
+        tokio::spawn(async move {
+            v2.run(async {
+                let _ = v2_stopped.await;
+            })
+            .await
+        })
+    };
+    // A writer appends until version 1 has stopped: its workers notice the
+    // switch at their next batch.
+    let (stop_writer, writer_stop) = watch::channel(false);
+    let writer = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            while !*writer_stop.borrow() {
+                deposit(&*db, "writer", 1).await;
+            }
+        })
+    };
+    let v1_end = v1_task.await.unwrap();
+    assert!(
+        matches!(
+            v1_end,
+            Err(ProjectionError::Superseded {
+                version: 1,
+                active: 2,
+                ..
+            })
+        ),
+        "{v1_end:?}"
+    );
+    stop_writer.send(true).unwrap();
+    writer.await.unwrap();
+    stop_v2.send(()).unwrap();
+    v2_task.await.unwrap().unwrap();
+    let v2 = processor(&*db, 2);
+    v2.catch_up().await.unwrap();
+    let states: Vec<_> = v2
+        .versions()
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| (v.version, v.state))
+        .collect();
+    assert_eq!(
+        states,
+        [(1, VersionState::Superseded), (2, VersionState::Active)]
+    );
+    let positions = all_positions(&*db).await;
+    let v2_positions: Vec<i64> = rows(&*db, 2).await.iter().map(|r| r.0).collect();
+    assert_eq!(v2_positions, positions);
+    let v1_positions: Vec<i64> = rows(&*db, 1).await.iter().map(|r| r.0).collect();
+    assert_eq!(v1_positions[..], positions[..v1_positions.len()]);
+    Arc::into_inner(db).unwrap().finish().await;
 }

@@ -83,7 +83,7 @@ pub struct Switched {
 
 /// How long to wait before trying again for a claim another transaction
 /// holds (a batch in flight).
-const CLAIM_RETRY: Duration = Duration::from_millis(20);
+pub(super) const CLAIM_RETRY: Duration = Duration::from_millis(20);
 
 impl<S, P> ProjectionProcessor<S, P>
 where
@@ -450,7 +450,7 @@ where
     /// it and records it as active. `None` when a claim was held, or when
     /// the handler failed (the processor's batches meet that event and
     /// apply the error policy).
-    async fn try_switch(&self) -> Result<Option<Switched>, ProjectionError> {
+    pub(super) async fn try_switch(&self) -> Result<Option<Switched>, ProjectionError> {
         let me = self.projection.version();
         let mut tx = self.pool.begin().await.map_err(|e| self.store_error(e))?;
         if !self.lock_versions(&mut tx).await? {
