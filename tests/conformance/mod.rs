@@ -82,6 +82,7 @@ macro_rules! projection_conformance_tests {
             versions::a_rebuild_replays_history_and_then_runs_live,
             versions::a_version_1_from_before_versions_keeps_serving,
             versions::run_switches_to_a_new_version_when_it_has_caught_up,
+            versions::a_partitioned_version_takes_over_from_an_unpartitioned_one,
         );
     };
 }

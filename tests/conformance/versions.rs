@@ -11,8 +11,8 @@ use es::aggregate::projection::{
     Envelope, HandlerError, ProjectionError, ProjectionProcessor, Typed, TypedProjection,
 };
 use es::store::{
-    DomainEvent as _, EventReader, EventStore, ExpectedVersion, Metadata, ProjectionStore,
-    VersionState,
+    CheckpointStore, DomainEvent as _, EventReader, EventStore, ExpectedVersion, Metadata,
+    ProjectionStore, VersionState,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -561,5 +561,110 @@ pub async fn run_switches_to_a_new_version_when_it_has_caught_up<F: Fixture>() {
     assert_eq!(v2_positions, positions);
     let v1_positions: Vec<i64> = rows(&*db, 1).await.iter().map(|r| r.0).collect();
     assert_eq!(v1_positions[..], positions[..v1_positions.len()]);
+    Arc::into_inner(db).unwrap().finish().await;
+}
+
+/// A version with partitions takes over from one without, its two
+/// workers racing to switch while a writer appends: readers only ever see
+/// the read model grow, each version handles each event once, and the new
+/// version's checkpoints are its partitions'.
+pub async fn a_partitioned_version_takes_over_from_an_unpartitioned_one<F: Fixture>() {
+    let db = Arc::new(F::create().await);
+    create_table(&*db, 1).await;
+    create_table(&*db, 2).await;
+    for i in 0..80 {
+        deposit(&*db, &format!("acc-{}", i % 9), i).await;
+    }
+    let v1 = processor(&*db, 1);
+    v1.catch_up().await.unwrap();
+    let v1_task = tokio::spawn(async move { v1.run(std::future::pending()).await });
+    let (stop_writer, writer_stop) = watch::channel(false);
+    let writer = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !*writer_stop.borrow() {
+                deposit(&*db, &format!("live-{}", i % 4), 1).await;
+                i += 1;
+            }
+        })
+    };
+    let (stop_reader, reader_stop) = watch::channel(false);
+    let reader = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let mut reads = Vec::new();
+            loop {
+                let done = *reader_stop.borrow();
+                reads.push(read(&*db).await);
+                if done {
+                    return reads;
+                }
+            }
+        })
+    };
+    let (stop_v2, v2_stopped) = watch::channel(false);
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let v2 = processor(&*db, 2).with_partitions(2);
+            let mut stopped = v2_stopped.clone();
+            tokio::spawn(async move {
+                v2.run(async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                })
+                .await
+            })
+        })
+        .collect();
+    let v1_end = v1_task.await.unwrap();
+    assert!(
+        matches!(v1_end, Err(ProjectionError::Superseded { active: 2, .. })),
+        "{v1_end:?}"
+    );
+    stop_writer.send(true).unwrap();
+    writer.await.unwrap();
+    stop_v2.send(true).unwrap();
+    for worker in workers {
+        worker.await.unwrap().unwrap();
+    }
+    let v2 = processor(&*db, 2).with_partitions(2);
+    v2.catch_up().await.unwrap();
+    stop_reader.send(true).unwrap();
+    let reads = reader.await.unwrap();
+
+    let positions = all_positions(&*db).await;
+    let mut last = (0, 0);
+    for r in &reads {
+        assert!(r.count >= 80, "read {r:?} is (partly) empty");
+        assert!(
+            (r.version, r.count) >= last && r.count >= last.1,
+            "read {r:?} went back from {last:?}"
+        );
+        if r.version == 1 {
+            let complete = positions.partition_point(|p| *p <= r.max) as i64;
+            assert_eq!(r.count, complete, "read {r:?} is not a complete read model");
+        }
+        last = (r.version, r.count);
+    }
+    assert_eq!(reads.last().unwrap().count, positions.len() as i64);
+    let v2_positions: Vec<i64> = rows(&*db, 2).await.iter().map(|r| r.0).collect();
+    assert_eq!(v2_positions, positions);
+    let v1_positions: Vec<i64> = rows(&*db, 1).await.iter().map(|r| r.0).collect();
+    assert_eq!(v1_positions[..], positions[..v1_positions.len()]);
+    let status = v2.status().await.unwrap();
+    assert_eq!((status.version, status.partitions.len()), (2, 2));
+    let mut conn = db.pool().acquire().await.unwrap();
+    let mut handled = 0;
+    for key in ["deposits@v2#0/2", "deposits@v2#1/2"] {
+        handled += db.store().get_checkpoint(&mut *conn, key).await.unwrap();
+    }
+    assert!(handled > 0, "the partitions' checkpoints moved");
+    drop(conn);
+    eprintln!(
+        "partitioned blue/green: {} events, {} reads ({} of version 1)",
+        positions.len(),
+        reads.len(),
+        reads.iter().filter(|r| r.version == 1).count()
+    );
     Arc::into_inner(db).unwrap().finish().await;
 }
