@@ -987,7 +987,7 @@ where
             RetryPolicy::exponential(u32::MAX, Duration::from_millis(50), Duration::from_secs(5));
         tokio::pin!(shutdown);
         let mut failures = 0;
-        let mut active = false;
+        let mut active;
         loop {
             let registered = tokio::select! {
                 biased;

@@ -695,6 +695,49 @@ pub trait ProjectionStore: EventReader + CheckpointStore {
         version: u32,
     ) -> impl Future<Output = Result<()>> + Send;
 
+    /// [`claim_checkpoint`](ProjectionStore::claim_checkpoint), waiting for
+    /// a transaction that holds the checkpoint to end instead of skipping
+    /// it (PostgreSQL and MySQL wait on the row lock, up to the server's
+    /// lock timeout). `None` only when a checkpoint that did not exist is
+    /// being created by another transaction that holds it. For a switch of
+    /// projection versions, which must take a checkpoint that busy workers
+    /// keep claiming.
+    ///
+    /// ```no_run
+    /// use es_store::{PostgresStore, ProjectionStore};
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_store::Error> {
+    /// let mut tx = pool.begin().await?;
+    /// let position = PostgresStore::new().wait_for_checkpoint(&mut *tx, "balances").await?;
+    /// # Ok(()) }
+    /// ```
+    fn wait_for_checkpoint(
+        &self,
+        conn: &mut Connection<Self>,
+        projection_name: &str,
+    ) -> impl Future<Output = Result<Option<i64>>> + Send;
+
+    /// Serialises changes to a projection's version records: waits for
+    /// another transaction holding the projection's lock, then holds it
+    /// until the caller's transaction ends. Registering a version, a
+    /// switch and a retirement take it first.
+    ///
+    /// ```no_run
+    /// use es_store::{PostgresStore, ProjectionStore};
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_store::Error> {
+    /// let store = PostgresStore::new();
+    /// let mut tx = pool.begin().await?;
+    /// store.lock_projection_versions(&mut *tx, "balances").await?;
+    /// let versions = store.projection_versions(&mut *tx, "balances").await?;
+    /// // ... change them ...
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    fn lock_projection_versions(
+        &self,
+        conn: &mut Connection<Self>,
+        projection_name: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+
     /// Removes a checkpoint (nothing when there is none).
     ///
     /// ```no_run

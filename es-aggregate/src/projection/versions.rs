@@ -147,8 +147,14 @@ where
         }
         loop {
             self.close_to_head().await?;
-            if let Some(switched) = self.try_switch().await? {
-                return Ok(switched);
+            match self.try_switch().await {
+                Ok(Some(switched)) => return Ok(switched),
+                Ok(None) => {}
+                // A lock wait that timed out, a deadlock, a lost connection.
+                Err(ProjectionError::Store { source, .. }) if source.is_transient() => {
+                    tracing::warn!(error = %source, "switch failed, trying again");
+                }
+                Err(error) => return Err(error),
             }
             tokio::time::sleep(CLAIM_RETRY).await;
         }
@@ -173,11 +179,7 @@ where
         let name = self.projection.name();
         loop {
             let mut tx = self.pool.begin().await.map_err(|e| self.store_error(e))?;
-            if !self.lock_versions(&mut tx).await? {
-                drop(tx);
-                tokio::time::sleep(CLAIM_RETRY).await;
-                continue;
-            }
+            self.lock_versions(&mut tx).await?;
             let versions = self.list_versions(&mut tx).await?;
             let Some(retired) = versions.into_iter().find(|v| v.version == version) else {
                 return Err(ProjectionError::UnknownVersion {
@@ -234,71 +236,83 @@ where
     pub(super) async fn register(&self) -> Result<ProjectionVersion, ProjectionError> {
         let me = self.projection.version();
         let name = self.projection.name();
-        loop {
-            let mut tx = self.pool.begin().await.map_err(|e| self.store_error(e))?;
-            if !self.lock_versions(&mut tx).await? {
-                drop(tx);
-                tokio::time::sleep(CLAIM_RETRY).await;
-                continue;
+        // Recorded already (every start but the first): no lock.
+        {
+            let mut conn = self.pool.acquire().await.map_err(|e| self.store_error(e))?;
+            let versions = self.list_versions(&mut conn).await?;
+            if let Some(known) = self.known(&versions).map_err(|v| self.superseded(v))? {
+                return Ok(known);
             }
-            let versions = self.list_versions(&mut tx).await?;
-            let active = versions.iter().find(|v| v.state == VersionState::Active);
-            if let Some(active) = active
-                && active.version > me
-            {
-                return Err(self.superseded(active.version));
-            }
-            if let Some(mine) = versions.iter().find(|v| v.version == me) {
-                if mine.state == VersionState::Superseded {
-                    let active = active.map_or(me, |a| a.version);
-                    return Err(self.superseded(active));
-                }
-                let mine = mine.clone();
-                self.rollback(tx).await?;
-                return Ok(mine);
-            }
-            let head = self
-                .store
-                .head_position(&mut tx)
+        }
+        let mut tx = self.pool.begin().await.map_err(|e| self.store_error(e))?;
+        self.lock_versions(&mut tx).await?;
+        let versions = self.list_versions(&mut tx).await?;
+        if let Some(known) = self.known(&versions).map_err(|v| self.superseded(v))? {
+            self.rollback(tx).await?;
+            return Ok(known);
+        }
+        let active = versions.iter().find(|v| v.state == VersionState::Active);
+        let head = self
+            .store
+            .head_position(&mut tx)
+            .await
+            .map_err(|e| self.store_error(e))?;
+        let mut record = if active.is_some() || !versions.is_empty() {
+            ProjectionVersion::new(name, me, VersionState::CatchingUp, head, self.partitions)
+        } else if me > 1
+            && let Some(legacy) = self.legacy_version_1(&mut tx).await?
+        {
+            // A version 1 that ran before versions were recorded keeps
+            // serving while this one catches up.
+            self.store
+                .insert_projection_version(&mut tx, &legacy)
                 .await
                 .map_err(|e| self.store_error(e))?;
-            let mut record = if active.is_some() || !versions.is_empty() {
-                ProjectionVersion::new(name, me, VersionState::CatchingUp, head, self.partitions)
-            } else if me > 1
-                && let Some(legacy) = self.legacy_version_1(&mut tx).await?
-            {
-                // A version 1 that ran before versions were recorded keeps
-                // serving while this one catches up.
-                self.store
-                    .insert_projection_version(&mut tx, &legacy)
+            ProjectionVersion::new(name, me, VersionState::CatchingUp, head, self.partitions)
+        } else {
+            ProjectionVersion::new(name, me, VersionState::Active, head, self.partitions)
+        };
+        if record.state == VersionState::Active {
+            // A version that handled events before versions were recorded
+            // goes on live from where it is.
+            let mut lowest: Option<i64> = None;
+            for (key, _) in self.checkpoint_names() {
+                let at = self
+                    .store
+                    .get_checkpoint(&mut tx, &key)
                     .await
                     .map_err(|e| self.store_error(e))?;
-                ProjectionVersion::new(name, me, VersionState::CatchingUp, head, self.partitions)
-            } else {
-                ProjectionVersion::new(name, me, VersionState::Active, head, self.partitions)
-            };
-            if record.state == VersionState::Active {
-                // A version that handled events before versions were
-                // recorded goes on live from where it is.
-                let mut lowest: Option<i64> = None;
-                for (key, _) in self.checkpoint_names() {
-                    let at = self
-                        .store
-                        .get_checkpoint(&mut tx, &key)
-                        .await
-                        .map_err(|e| self.store_error(e))?;
-                    lowest = Some(lowest.map_or(at, |l| l.min(at)));
-                }
-                if let Some(lowest) = lowest.filter(|l| *l > 0) {
-                    record.replay_until = lowest;
-                }
+                lowest = Some(lowest.map_or(at, |l| l.min(at)));
             }
-            self.store
-                .insert_projection_version(&mut tx, &record)
-                .await
-                .map_err(|e| self.store_error(e))?;
-            tx.commit().await.map_err(|e| self.store_error(e))?;
-            return Ok(record);
+            if let Some(lowest) = lowest.filter(|l| *l > 0) {
+                record.replay_until = lowest;
+            }
+        }
+        self.store
+            .insert_projection_version(&mut tx, &record)
+            .await
+            .map_err(|e| self.store_error(e))?;
+        tx.commit().await.map_err(|e| self.store_error(e))?;
+        Ok(record)
+    }
+
+    /// This version's record among `versions`, if it is there and still
+    /// runs; the active version if this one no longer runs (it was
+    /// superseded, or a newer version is active).
+    fn known(&self, versions: &[ProjectionVersion]) -> Result<Option<ProjectionVersion>, u32> {
+        let me = self.projection.version();
+        let active = versions.iter().find(|v| v.state == VersionState::Active);
+        if let Some(active) = active
+            && active.version > me
+        {
+            return Err(active.version);
+        }
+        match versions.iter().find(|v| v.version == me) {
+            Some(mine) if mine.state == VersionState::Superseded => {
+                Err(active.map_or(me, |a| a.version))
+            }
+            Some(mine) => Ok(Some(mine.clone())),
+            None => Ok(None),
         }
     }
 
@@ -348,23 +362,21 @@ where
             .map_err(|e| self.store_error(e))
     }
 
-    /// Serialises changes to the projection's version records: a claim of
-    /// the checkpoint `name@versions`, which no version uses.
+    /// Serialises changes to the projection's version records, until the
+    /// transaction ends.
     async fn lock_versions(
         &self,
         tx: &mut <S::Database as sqlx::Database>::Connection,
-    ) -> Result<bool, ProjectionError> {
-        let key = format!("{}@versions", self.projection.name());
-        Ok(self
-            .store
-            .claim_checkpoint(tx, &key)
+    ) -> Result<(), ProjectionError> {
+        self.store
+            .lock_projection_versions(tx, self.projection.name())
             .await
-            .map_err(|e| self.store_error(e))?
-            .is_some())
+            .map_err(|e| self.store_error(e))
     }
 
-    /// Claims every checkpoint in `keys`; their positions, or `None` when
-    /// one is held by another transaction.
+    /// Claims every checkpoint in `keys`, waiting for batches in flight to
+    /// end; their positions, or `None` when one cannot be had (being
+    /// created by another transaction).
     async fn claim_all(
         &self,
         tx: &mut <S::Database as sqlx::Database>::Connection,
@@ -374,7 +386,7 @@ where
         for key in keys {
             match self
                 .store
-                .claim_checkpoint(tx, key)
+                .wait_for_checkpoint(tx, key)
                 .await
                 .map_err(|e| self.store_error(e))?
             {
@@ -445,7 +457,8 @@ where
     }
 
     /// The switch, in one transaction: claims this version's checkpoints
-    /// and the active version's (so that no batch of either is in flight),
+    /// and the active version's, waiting for their batches in flight (so
+    /// that none is in flight, and none starts, until it commits),
     /// handles the events this version trails the active one by, promotes
     /// it and records it as active. `None` when a claim was held, or when
     /// the handler failed (the processor's batches meet that event and
@@ -453,9 +466,7 @@ where
     pub(super) async fn try_switch(&self) -> Result<Option<Switched>, ProjectionError> {
         let me = self.projection.version();
         let mut tx = self.pool.begin().await.map_err(|e| self.store_error(e))?;
-        if !self.lock_versions(&mut tx).await? {
-            return Ok(None);
-        }
+        self.lock_versions(&mut tx).await?;
         let versions = self.list_versions(&mut tx).await?;
         let Some(mut mine) = versions.iter().find(|v| v.version == me).cloned() else {
             return Err(ProjectionError::Retired {

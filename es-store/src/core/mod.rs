@@ -92,6 +92,12 @@ pub(crate) struct Statements {
     pub(crate) update_version: Arc<str>,
     /// (name, version).
     pub(crate) delete_version: Arc<str>,
+    /// (name, now): writes the projection's lock row (version 0), which
+    /// holds it until the transaction ends.
+    pub(crate) lock_versions: Arc<str>,
+    /// (name) -> position, waiting for a transaction that holds the
+    /// checkpoint; `None` where a claim waits already (SQLite).
+    pub(crate) wait_checkpoint: Option<Arc<str>>,
     /// (name): removes a checkpoint.
     pub(crate) delete_checkpoint: Arc<str>,
     /// (bounded context, aggregate type, aggregate id, max version) ->

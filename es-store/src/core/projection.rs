@@ -291,6 +291,39 @@ macro_rules! impl_projection {
                 Ok(())
             }
 
+            async fn wait_for_checkpoint(
+                &self,
+                conn: &mut $conn,
+                projection_name: &str,
+            ) -> $crate::Result<Option<i64>> {
+                $crate::validate::projection_name(projection_name)?;
+                if let Some(sql) = &self.sql().wait_checkpoint {
+                    let found: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
+                        .bind(projection_name)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                    if found.is_some() {
+                        return Ok(found);
+                    }
+                }
+                // Missing (a claim creates it), or a backend whose claims wait.
+                codec::claim_checkpoint(self, conn, projection_name).await
+            }
+
+            async fn lock_projection_versions(
+                &self,
+                conn: &mut $conn,
+                projection_name: &str,
+            ) -> $crate::Result<()> {
+                $crate::validate::projection_name(projection_name)?;
+                sqlx::query(sqlx::AssertSqlSafe(self.sql().lock_versions.clone()))
+                    .bind(projection_name)
+                    .bind(codec::time($crate::event::now()))
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            }
+
             async fn delete_checkpoint(
                 &self,
                 conn: &mut $conn,

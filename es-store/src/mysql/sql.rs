@@ -22,7 +22,9 @@ fn migration_2(n: &Names) -> String {
     format!(
         r#"-- The versions of each projection: the one readers are served from
 -- ('active'), new ones catching up beside it ('catching_up'), and old ones
--- replaced but not dropped yet ('superseded'). replay_until is the last
+-- replaced but not dropped yet ('superseded'); version 0 is each
+-- projection's lock row, which changes to the records are serialised on.
+-- replay_until is the last
 -- position the version handles as a replay; partitions is the partition
 -- count of its checkpoints, so that they can be dropped with it.
 CREATE TABLE {versions} (
@@ -386,7 +388,8 @@ pub(crate) fn statements(n: &Names) -> Statements {
         list_versions: format!(
             "SELECT CONVERT(projection_name USING utf8mb4), version, state, replay_until, \
                  partitions, updated_at \
-             FROM {versions} WHERE projection_name = ? ORDER BY version LOCK IN SHARE MODE"
+             FROM {versions} WHERE projection_name = ? AND version > 0 ORDER BY version \
+             LOCK IN SHARE MODE"
         )
         .into(),
         insert_version: format!(
@@ -403,6 +406,17 @@ pub(crate) fn statements(n: &Names) -> Statements {
         .into(),
         delete_version: format!("DELETE FROM {versions} WHERE projection_name = ? AND version = ?")
             .into(),
+        lock_versions: format!(
+            "INSERT INTO {versions} \
+                 (projection_name, version, state, replay_until, partitions, updated_at) \
+             VALUES (?, 0, 'lock', 0, 0, ?) \
+             ON DUPLICATE KEY UPDATE updated_at = VALUES(updated_at)"
+        )
+        .into(),
+        wait_checkpoint: Some(
+            format!("SELECT position FROM {checkpoints} WHERE projection_name = ? FOR UPDATE")
+                .into(),
+        ),
         delete_checkpoint: format!("DELETE FROM {checkpoints} WHERE projection_name = ?").into(),
         relax_durability: None,
         horizon: None,

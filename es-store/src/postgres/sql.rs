@@ -29,7 +29,9 @@ fn migration_8(n: &Names) -> String {
     format!(
         r#"-- The versions of each projection: the one readers are served from
 -- ('active'), new ones catching up beside it ('catching_up'), and old ones
--- replaced but not dropped yet ('superseded'). replay_until is the last
+-- replaced but not dropped yet ('superseded'); version 0 is each
+-- projection's lock row, which changes to the records are serialised on.
+-- replay_until is the last
 -- position the version handles as a replay; partitions is the partition
 -- count of its checkpoints, so that they can be dropped with it.
 CREATE TABLE {versions} (
@@ -408,7 +410,7 @@ pub(crate) fn statements(n: &Names) -> Statements {
         .into(),
         list_versions: format!(
             "SELECT projection_name, version, state, replay_until, partitions, updated_at \
-             FROM {versions} WHERE projection_name = $1 ORDER BY version"
+             FROM {versions} WHERE projection_name = $1 AND version > 0 ORDER BY version"
         )
         .into(),
         insert_version: format!(
@@ -428,6 +430,17 @@ pub(crate) fn statements(n: &Names) -> Statements {
             "DELETE FROM {versions} WHERE projection_name = $1 AND version = $2"
         )
         .into(),
+        lock_versions: format!(
+            "INSERT INTO {versions} AS v \
+                 (projection_name, version, state, replay_until, partitions, updated_at) \
+             VALUES ($1, 0, 'lock', 0, 0, $2) \
+             ON CONFLICT (projection_name, version) DO UPDATE SET updated_at = EXCLUDED.updated_at"
+        )
+        .into(),
+        wait_checkpoint: Some(
+            format!("SELECT position FROM {checkpoints} WHERE projection_name = $1 FOR UPDATE")
+                .into(),
+        ),
         delete_checkpoint: format!("DELETE FROM {checkpoints} WHERE projection_name = $1").into(),
         relax_durability: Some("SET LOCAL synchronous_commit = off".into()),
         horizon: Some(read_horizon(n).into()),
