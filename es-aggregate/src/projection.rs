@@ -46,6 +46,22 @@
 //! ([`ProjectionProcessor::with_lease`]), and cannot commit the batch
 //! when it wakes. Each aggregate lives in one
 //! partition, processed in global order, so its events are handled in order.
+//!
+//! # Rebuilds without downtime
+//!
+//! A projection has a [version](Projection::version). A new version builds
+//! its own read model beside the active one, with checkpoints of its own,
+//! while the active version keeps serving; it takes over when it has
+//! caught up ([`ProjectionProcessor::switch_when_caught_up`], or its
+//! workers' [`run`](ProjectionProcessor::run) by itself), in one
+//! transaction with [`Projection::promote`], so that readers go from one
+//! complete read model to the other. The store records which version is
+//! active ([`ProjectionStore::active_projection_version`]); processors of
+//! a superseded version stop ([`ProjectionError::Superseded`]), and
+//! [`ProjectionProcessor::retire`] drops an old version. Handlers are told
+//! which events they replay ([`Replay`], [`Envelope::replaying`]): those
+//! appended before their version started, or before a
+//! [rebuild](ProjectionProcessor::rebuild).
 
 use std::future::Future;
 use std::sync::Arc;

@@ -83,6 +83,7 @@ macro_rules! projection_conformance_tests {
             versions::a_version_1_from_before_versions_keeps_serving,
             versions::run_switches_to_a_new_version_when_it_has_caught_up,
             versions::a_partitioned_version_takes_over_from_an_unpartitioned_one,
+            versions::retiring_needs_the_projection_to_say_how,
         );
     };
 }

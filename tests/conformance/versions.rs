@@ -668,3 +668,58 @@ pub async fn a_partitioned_version_takes_over_from_an_unpartitioned_one<F: Fixtu
     );
     Arc::into_inner(db).unwrap().finish().await;
 }
+
+/// [`Deposits`] without `retire`.
+struct Kept<F>(Deposits<F>);
+
+impl<F: Fixture> TypedProjection<F::Db> for Kept<F> {
+    type Events = AccountEvent;
+
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn version(&self) -> u32 {
+        self.0.version
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut <F::Db as sqlx::Database>::Connection,
+        event: Envelope<'_, AccountEvent>,
+    ) -> Result<(), HandlerError> {
+        self.0.handle(tx, event).await
+    }
+}
+
+/// A projection that does not say how to drop a version's read model
+/// cannot retire it: the retirement refuses and changes nothing.
+pub async fn retiring_needs_the_projection_to_say_how<F: Fixture>() {
+    let db = F::create().await;
+    create_table(&db, 1).await;
+    create_table(&db, 2).await;
+    for i in 0..5 {
+        deposit(&db, "acc-1", i).await;
+    }
+    processor(&db, 1).catch_up().await.unwrap();
+    let v2 = ProjectionProcessor::typed(
+        db.store().clone(),
+        db.pool().clone(),
+        Kept(Deposits::<F>::new(2)),
+    );
+    assert_eq!(v2.switch_when_caught_up().await.unwrap().previous, Some(1));
+    let refused = v2.retire(1).await;
+    assert!(
+        matches!(&refused, Err(ProjectionError::NoRetire { version: 1, .. })),
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .unwrap_err()
+            .to_string()
+            .contains("does not implement `retire`")
+    );
+    assert_eq!(v2.versions().await.unwrap().len(), 2);
+    assert_eq!(rows(&db, 1).await.len(), 5);
+    db.finish().await;
+}

@@ -124,7 +124,10 @@ where
     /// version is recorded as [superseded](VersionState::Superseded): its
     /// processors stop with [`ProjectionError::Superseded`] at their next
     /// batch, and its read model stays until [`retire`](Self::retire)
-    /// drops it. Under appends that never pause this keeps catching up.
+    /// drops it. Under appends that never pause, the switch comes as soon
+    /// as this version is within a batch of the head (the switch's
+    /// transaction handles the rest, while the active version's batches
+    /// wait), provided it handles events faster than they are appended.
     ///
     /// ```no_run
     /// # use es_aggregate::projection::{Projection, ProjectionProcessor};
