@@ -79,6 +79,7 @@ macro_rules! projection_conformance_tests {
             typed::run_follows_appends_of_this_process_live,
             typed::status_gives_the_lag_in_events_and_time_and_says_when_stalled,
             versions::a_new_version_takes_over_while_writers_append,
+            versions::a_promoted_view_switches_readers_with_the_version,
             versions::a_rebuild_replays_history_and_then_runs_live,
             versions::a_version_1_from_before_versions_keeps_serving,
             versions::run_switches_to_a_new_version_when_it_has_caught_up,

@@ -25,6 +25,8 @@ const NAME: &str = "deposits";
 /// whether it was handled as a replay.
 struct Deposits<F> {
     version: u32,
+    /// Whether `promote` points the view `deposits` at this version.
+    view: bool,
     fixture: PhantomData<fn() -> F>,
 }
 
@@ -32,9 +34,37 @@ impl<F> Deposits<F> {
     fn new(version: u32) -> Self {
         Self {
             version,
+            view: false,
             fixture: PhantomData,
         }
     }
+}
+
+/// How the test's readers find the read model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum ReadPath {
+    /// They look the active version up, then read its table.
+    Lookup,
+    /// They read the view `deposits`, which `promote` points at the new
+    /// version in the switch's transaction.
+    View,
+}
+
+/// Points the view `deposits` at a version's table (with the version as a
+/// column, for the assertions).
+async fn point_view<F: Fixture>(
+    conn: &mut <F::Db as sqlx::Database>::Connection,
+    version: u32,
+) -> Result<(), sqlx::Error> {
+    F::execute_on(conn, "DROP VIEW IF EXISTS deposits".to_owned()).await?;
+    F::execute_on(
+        conn,
+        format!(
+            "CREATE VIEW deposits AS SELECT position, replaying, {version} AS version FROM {}",
+            table(version)
+        ),
+    )
+    .await
 }
 
 fn table(version: u32) -> String {
@@ -72,6 +102,16 @@ impl<F: Fixture> TypedProjection<F::Db> for Deposits<F> {
         Ok(())
     }
 
+    async fn promote(
+        &self,
+        tx: &mut <F::Db as sqlx::Database>::Connection,
+    ) -> Result<(), HandlerError> {
+        if self.view {
+            point_view::<F>(tx, self.version).await?;
+        }
+        Ok(())
+    }
+
     async fn reset(
         &self,
         tx: &mut <F::Db as sqlx::Database>::Connection,
@@ -99,6 +139,12 @@ fn processor<F: Fixture>(db: &F, version: u32) -> Processor<F> {
         Deposits::new(version),
     )
     .with_batch_size(25)
+}
+
+fn processor_for<F: Fixture>(db: &F, version: u32, path: ReadPath) -> Processor<F> {
+    let mut deposits = Deposits::new(version);
+    deposits.view = path == ReadPath::View;
+    ProjectionProcessor::typed(db.store().clone(), db.pool().clone(), deposits).with_batch_size(25)
 }
 
 async fn create_table<F: Fixture>(db: &F, version: u32) {
@@ -171,8 +217,25 @@ struct Read {
 }
 
 /// Reads the read model the way a reader of the application would: looks
-/// up the active version, then reads that version's table.
-async fn read<F: Fixture>(db: &F) -> Read {
+/// up the active version, then reads that version's table; or reads the
+/// view.
+async fn read<F: Fixture>(db: &F, path: ReadPath) -> Read {
+    if path == ReadPath::View {
+        // One statement: the count, and the highest position with the
+        // view's version in its last digit.
+        let mut conn = db.pool().acquire().await.unwrap();
+        let (count, last) = F::pairs_on(
+            &mut conn,
+            "SELECT count(*), COALESCE(MAX(position * 10 + version), 0) FROM deposits".to_owned(),
+        )
+        .await
+        .unwrap()[0];
+        return Read {
+            version: (last % 10) as u32,
+            count,
+            max: last / 10,
+        };
+    }
     let mut tx = db.pool().begin().await.unwrap();
     let version = db
         .store()
@@ -198,10 +261,29 @@ async fn read<F: Fixture>(db: &F) -> Read {
 }
 
 pub async fn a_new_version_takes_over_while_writers_append<F: Fixture>() {
+    blue_green::<F>(ReadPath::Lookup).await
+}
+
+/// The same switch, readers reading a view that the new version's
+/// `promote` replaces in the switch's transaction (where DDL is
+/// transactional: not on MySQL).
+pub async fn a_promoted_view_switches_readers_with_the_version<F: Fixture>() {
+    if !F::TRANSACTIONAL_DDL {
+        eprintln!("skipped: DDL commits the transaction on this backend");
+        return;
+    }
+    blue_green::<F>(ReadPath::View).await
+}
+
+async fn blue_green<F: Fixture>(path: ReadPath) {
     const HISTORY: i64 = 120;
     const WRITERS: usize = 3;
     let db = Arc::new(F::create().await);
     create_table(&*db, 1).await;
+    if path == ReadPath::View {
+        let mut conn = db.pool().acquire().await.unwrap();
+        point_view::<F>(&mut conn, 1).await.unwrap();
+    }
     for i in 0..HISTORY {
         deposit(&*db, &format!("acc-{}", i % 7), i).await;
     }
@@ -251,7 +333,7 @@ pub async fn a_new_version_takes_over_while_writers_append<F: Fixture>() {
             let mut reads = Vec::new();
             loop {
                 let done = *reader_stop.borrow();
-                let r = read(&*db).await;
+                let r = read(&*db, path).await;
                 reads.push(r);
                 let _ = first_read.try_send(());
                 if r.version == 2 && reads.iter().filter(|r| r.version == 2).count() >= 30 {
@@ -274,7 +356,7 @@ pub async fn a_new_version_takes_over_while_writers_append<F: Fixture>() {
     };
     // (the operator's call switches: the workers' own switch is tested
     // below)
-    let v2_worker = processor(&*db, 2).with_auto_switch(false);
+    let v2_worker = processor_for(&*db, 2, path).with_auto_switch(false);
     let (stop_v2, v2_stopped) = oneshot::channel::<()>();
     let v2_task = tokio::spawn(async move {
         v2_worker
@@ -283,7 +365,7 @@ pub async fn a_new_version_takes_over_while_writers_append<F: Fixture>() {
             })
             .await
     });
-    let v2 = processor(&*db, 2);
+    let v2 = processor_for(&*db, 2, path);
     let switched = v2.switch_when_caught_up().await.unwrap();
     assert_eq!((switched.previous, switched.version), (Some(1), 2));
 
@@ -319,7 +401,7 @@ pub async fn a_new_version_takes_over_while_writers_append<F: Fixture>() {
     let positions = all_positions(&*db).await;
     assert_eq!(positions.len() as i64, HISTORY + i64::from(appended_live));
     eprintln!(
-        "blue/green: {} events ({appended_live} appended live), switched at position {}, \
+        "blue/green ({path:?}): {} events ({appended_live} appended live), switched at position {}, \
          {} reads ({} of version 1)",
         positions.len(),
         switched.position,
@@ -417,7 +499,7 @@ pub async fn a_new_version_takes_over_while_writers_append<F: Fixture>() {
         ),
         "{restarted:?}"
     );
-    assert_eq!(read(&*db).await.count, positions.len() as i64);
+    assert_eq!(read(&*db, path).await.count, positions.len() as i64);
 
     Arc::into_inner(db).unwrap().finish().await;
 }
@@ -596,7 +678,7 @@ pub async fn a_partitioned_version_takes_over_from_an_unpartitioned_one<F: Fixtu
             let mut reads = Vec::new();
             loop {
                 let done = *reader_stop.borrow();
-                reads.push(read(&*db).await);
+                reads.push(read(&*db, ReadPath::Lookup).await);
                 if done {
                     return reads;
                 }

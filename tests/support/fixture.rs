@@ -26,6 +26,10 @@ pub trait Fixture: Sized + Send + Sync + 'static {
     /// `None` at once.
     const SINGLE_WRITER: bool = false;
 
+    /// Whether DDL (`CREATE VIEW`, `DROP TABLE`) runs inside a transaction
+    /// (MySQL commits the transaction first).
+    const TRANSACTIONAL_DDL: bool = true;
+
     fn create() -> impl Future<Output = Self> + Send;
     fn pool(&self) -> &sqlx::Pool<Self::Db>;
     fn store(&self) -> &Self::Store;

@@ -141,6 +141,7 @@ async fn purge_stale_databases(admin: &mut MySqlConnection) {
 impl Fixture for MySqlDb {
     type Db = MySql;
     type Store = MySqlStore;
+    const TRANSACTIONAL_DDL: bool = false;
 
     async fn create() -> Self {
         // 16 concurrent appenders plus a reader.
