@@ -806,8 +806,8 @@ where
     }
 
     /// Whether [`run`](Self::run), for a version catching up beside the
-    /// active one, makes it the active one as soon as it has caught up (a
-    /// pass that found nothing more to handle), as
+    /// active one, makes it the active one as soon as it has caught up (at
+    /// the end of a pass over its partitions, each read to the head), as
     /// [`switch_when_caught_up`](Self::switch_when_caught_up) does
     /// (default: yes). Without it the new version follows the feed beside
     /// the active one until something calls `switch_when_caught_up`: to
@@ -1094,8 +1094,11 @@ where
                     }
                 }
             }
-            if !progressed && self.auto_switch && !active {
-                // Caught up beside the active version: take over.
+            if self.auto_switch && !active {
+                // A pass ends when every partition has been read to the
+                // head (or was busy): caught up beside the active version,
+                // take over. (Waiting for a pass that found nothing would
+                // wait for a pause in the appends.)
                 let switched = tokio::select! {
                     biased;
                     () = &mut shutdown => return Ok(()),
