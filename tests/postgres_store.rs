@@ -289,6 +289,7 @@ async fn names_are_configurable_and_validated() {
             "ledger_heads",
             "ledger_snapshots",
             "projection_failures",
+            "read_models",
         ]
     );
     // the default-named store in the test schema did not see it

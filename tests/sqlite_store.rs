@@ -341,6 +341,7 @@ async fn names_are_configurable_and_validated() {
             "ledger_failures",
             "ledger_heads",
             "ledger_snapshots",
+            "read_models",
         ]
     );
     let s = custom
@@ -413,7 +414,7 @@ async fn concurrent_migrations_are_safe() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(applied, 2);
+    assert_eq!(applied, 3);
     conn.close().await.unwrap();
     remove_database(&path);
 }

@@ -12,6 +12,7 @@ mod cache;
 pub mod projection;
 mod repository;
 mod retry;
+mod telemetry;
 pub mod testing;
 mod unit;
 
@@ -21,6 +22,7 @@ pub use projection::{
 };
 pub use repository::{CommandIdReuse, Executed, Loaded, Repository, RepositoryError, Result};
 pub use retry::{Jitter, RetryPolicy};
+pub use telemetry::current_trace_id;
 pub use unit::{UnitOfWork, Work, WorkConn, WorkError};
 
 /// What [`event_set!`] expands to names; not a public API.

@@ -72,6 +72,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::RetryPolicy;
+use crate::telemetry::ProjectionMetrics;
 
 mod typed;
 mod versions;
@@ -163,10 +164,13 @@ pub trait Projection<DB: sqlx::Database = <es_store::DefaultStore as Backend>::D
     ) -> impl Future<Output = Result<(), BatchFailure>> + Send {
         async move {
             for (index, event) in events.iter().enumerate() {
-                self.handle(tx, event).await.map_err(|error| BatchFailure {
-                    index: Some(index),
-                    error,
-                })?;
+                self.handle(tx, event)
+                    .instrument(event_span(event))
+                    .await
+                    .map_err(|error| BatchFailure {
+                        index: Some(index),
+                        error,
+                    })?;
             }
             Ok(())
         }
@@ -277,6 +281,24 @@ pub trait Projection<DB: sqlx::Database = <es_store::DefaultStore as Backend>::D
         let _ = tx;
         async { Err(no_reset()) }
     }
+}
+
+/// The span of one event's handling: where it is in the feed, whose it
+/// is, and the ids that tie it to the command (and trace) that stored it.
+fn event_span(event: &PersistedEvent) -> tracing::Span {
+    tracing::debug_span!(
+        "projection_event",
+        position = event.global_position,
+        bounded_context = %event.bounded_context,
+        aggregate_type = %event.aggregate_type,
+        aggregate_id = %event.aggregate_id,
+        version = event.aggregate_version,
+        event_type = %event.event_type,
+        event_id = %event.event_id,
+        correlation_id = event.correlation_id.map(tracing::field::display),
+        causation_id = event.causation_id.map(tracing::field::display),
+        trace_id = event.trace_id.as_deref(),
+    )
 }
 
 /// The store error a handler failed with, when it is a transient one
@@ -642,6 +664,10 @@ pub struct ProjectionStatus {
     pub checkpoint: i64,
     /// Each partition's checkpoint (one entry without partitions).
     pub partitions: Vec<i64>,
+    /// Who holds each partition now (in the order of `partitions`): a
+    /// worker in the middle of a batch, named on PostgreSQL
+    /// ([`ProjectionStore::checkpoint_holder`]).
+    pub holders: Vec<es_store::CheckpointHolder>,
     /// The highest position in the store.
     pub head: i64,
     /// `head - checkpoint`.
@@ -700,6 +726,9 @@ pub struct ProjectionProcessor<S: Backend, P> {
     give_up_after: Option<u32>,
     lease: Duration,
     auto_switch: bool,
+    /// Registered at the first batch, after the application installed its
+    /// metrics recorder.
+    metrics: std::sync::OnceLock<ProjectionMetrics>,
 }
 
 /// A page being read ahead, while the batch before it is handled.
@@ -777,6 +806,7 @@ where
             give_up_after: None,
             lease: Duration::from_secs(30),
             auto_switch: true,
+            metrics: std::sync::OnceLock::new(),
         }
     }
 
@@ -901,6 +931,11 @@ where
         &self.projection
     }
 
+    fn metrics(&self) -> &ProjectionMetrics {
+        self.metrics
+            .get_or_init(|| ProjectionMetrics::new(self.projection.name()))
+    }
+
     fn store_error(&self, source: impl Into<es_store::Error>) -> ProjectionError {
         ProjectionError::Store {
             projection: self.projection.name().to_owned(),
@@ -971,6 +1006,7 @@ where
             }
             pending = still;
         }
+        self.metrics().caught_up();
         Ok(total)
     }
 
@@ -1128,6 +1164,7 @@ where
             if progressed {
                 continue;
             }
+            self.metrics().caught_up();
             let wake = async {
                 match wakeup.as_mut() {
                     Some(w) => w.wait().await,
@@ -1202,6 +1239,7 @@ where
             .await
             .map_err(|e| self.store_error(e))?;
         let mut partitions = Vec::new();
+        let mut holders = Vec::new();
         let mut oldest_pending: Option<chrono::DateTime<chrono::Utc>> = None;
         for (key, filter) in self.checkpoint_names() {
             let position = self
@@ -1210,6 +1248,12 @@ where
                 .await
                 .map_err(|e| self.store_error(e))?;
             partitions.push(position);
+            holders.push(
+                self.store
+                    .checkpoint_holder(&mut conn, &key)
+                    .await
+                    .map_err(|e| self.store_error(e))?,
+            );
             if position < head {
                 let next = self
                     .store
@@ -1233,6 +1277,7 @@ where
             version: self.projection.version(),
             checkpoint,
             partitions,
+            holders,
             head,
             lag: (head - checkpoint).max(0),
             oldest_pending,
@@ -1240,15 +1285,47 @@ where
         })
     }
 
-    /// Claims one partition's checkpoint, reads one batch after it (or
-    /// takes the page read ahead), handles it and commits it with the new
-    /// checkpoint.
+    /// One batch of a partition ([`Self::claim_and_handle`]), measured.
     async fn batch(
         &self,
         key: &str,
         filter: &EventFilter,
         policy_attempts: &mut u32,
         ahead: &mut Option<ReadAhead>,
+    ) -> Result<Batch, ProjectionError> {
+        let started = std::time::Instant::now();
+        let outcome = self
+            .claim_and_handle(key, filter, policy_attempts, ahead, started)
+            .await;
+        let metrics = self.metrics();
+        match &outcome {
+            Ok(Batch::Handled { events, .. }) if *events > 0 && metrics.lag_due() => {
+                // The lag in events, at most once a second: one read of
+                // the head.
+                let head = async {
+                    let mut conn = self.pool.acquire().await?;
+                    self.store.head_position(&mut conn).await
+                };
+                if let (Ok(head), Some(position)) = (head.await, metrics.last_position()) {
+                    metrics.lag(head - position);
+                }
+            }
+            Err(ProjectionError::Store { .. }) => metrics.store_failure(),
+            _ => {}
+        }
+        outcome
+    }
+
+    /// Claims one partition's checkpoint, reads one batch after it (or
+    /// takes the page read ahead), handles it and commits it with the new
+    /// checkpoint.
+    async fn claim_and_handle(
+        &self,
+        key: &str,
+        filter: &EventFilter,
+        policy_attempts: &mut u32,
+        ahead: &mut Option<ReadAhead>,
+        started: std::time::Instant,
     ) -> Result<Batch, ProjectionError> {
         // Wait for the read ahead before taking a connection: with a pool of
         // one, the read ahead may be waiting for it.
@@ -1306,6 +1383,7 @@ where
                 // Nothing in this stretch of the feed: move past it, and
                 // look further.
                 self.commit_checkpoint(tx, key, page.scanned_to).await?;
+                self.metrics().position(key, page.scanned_to);
                 return Ok(Batch::Handled {
                     events: 0,
                     skipped: 0,
@@ -1332,6 +1410,13 @@ where
                 self.commit_checkpoint(tx, key, page.scanned_to)
                     .instrument(span)
                     .await?;
+                self.metrics().batch(
+                    key,
+                    page.scanned_to,
+                    page.events.len(),
+                    page.events.last().map(|e| e.created_at),
+                    started,
+                );
                 *policy_attempts = 1;
                 Ok(Batch::Handled {
                     events: page.events.len() as u64,
@@ -1411,6 +1496,7 @@ where
             }
         };
         let event = &events[index];
+        self.metrics().handler_failure();
         tracing::warn!(
             projection = self.projection.name(),
             global_position = event.global_position,
@@ -1507,6 +1593,8 @@ where
             .map_err(|e| self.store_error(e))?;
         self.commit_checkpoint(tx, key, failed.global_position)
             .await?;
+        self.metrics().skipped(1);
+        self.metrics().position(key, failed.global_position);
         Ok(Some(before.len() as u64))
     }
 

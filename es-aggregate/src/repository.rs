@@ -13,6 +13,8 @@ use es_store::{
 use serde_json::value::RawValue;
 use tracing::Instrument;
 
+use crate::telemetry;
+
 use crate::cache::StateCache;
 use crate::{Aggregate, RetryPolicy};
 
@@ -498,9 +500,25 @@ where
                 value: to,
             }));
         }
-        let mut loaded = self.starting_point(conn, id, to_version).await?;
-        self.catch_up(conn, id, &mut loaded, to_version).await?;
-        Ok(loaded)
+        let span = tracing::debug_span!(
+            "load",
+            bounded_context = A::Event::BOUNDED_CONTEXT,
+            aggregate_type = A::Event::AGGREGATE_TYPE,
+            aggregate_id = id,
+            to_version,
+            version = tracing::field::Empty,
+        );
+        let loaded = async {
+            let mut loaded = self.starting_point(conn, id, to_version).await?;
+            self.catch_up(conn, id, &mut loaded, to_version).await?;
+            Ok(loaded)
+        }
+        .instrument(span.clone())
+        .await;
+        if let Ok(loaded) = &loaded {
+            span.record("version", loaded.version);
+        }
+        loaded
     }
 
     /// The aggregate's latest snapshot, decoded: the state and version that
@@ -655,6 +673,7 @@ where
         loaded: &mut Loaded<A>,
         tail: Tail,
     ) -> Result<(), A> {
+        let started = std::time::Instant::now();
         let aggregate = Self::aggregate(id);
         let Loaded { state, version } = loaded;
         let from = *version + 1;
@@ -686,6 +705,7 @@ where
                     .await?
             }
         };
+        telemetry::load::<A>(started.elapsed());
         Ok(())
     }
 
@@ -761,13 +781,8 @@ where
         command: &A::Command,
         metadata: &Metadata,
     ) -> Result<Executed<A>, A> {
-        let span = tracing::debug_span!(
-            "execute",
-            bounded_context = A::Event::BOUNDED_CONTEXT,
-            aggregate_type = A::Event::AGGREGATE_TYPE,
-            aggregate_id = id,
-        );
-        async {
+        let metadata = &telemetry::traced(metadata);
+        observe_command(id, metadata, async {
             let given = metadata.command_id;
             let mut call = Call {
                 command_id: given.unwrap_or_else(CommandId::new),
@@ -827,8 +842,7 @@ where
                 );
                 tokio::time::sleep(backoff).await;
             }
-        }
-        .instrument(span)
+        })
         .await
     }
 
@@ -1130,18 +1144,24 @@ where
         command: &A::Command,
         metadata: &Metadata,
     ) -> Result<Executed<A>, A> {
-        let command_id = match metadata.command_id {
-            Some(given) => {
-                if let Some(executed) = self.find_applied(conn, id, command, given, true).await? {
-                    return Ok(executed);
+        let metadata = &telemetry::traced(metadata);
+        observe_command(id, metadata, async {
+            let command_id = match metadata.command_id {
+                Some(given) => {
+                    if let Some(executed) =
+                        self.find_applied(conn, id, command, given, true).await?
+                    {
+                        return Ok(executed);
+                    }
+                    given
                 }
-                given
-            }
-            None => CommandId::new(),
-        };
-        self.try_execute(conn, id, command, metadata, command_id, &mut None)
-            .await
-            .map_err(StoreAttempt::into_error)
+                None => CommandId::new(),
+            };
+            self.try_execute(conn, id, command, metadata, command_id, &mut None)
+                .await
+                .map_err(StoreAttempt::into_error)
+        })
+        .await
     }
 
     /// Whether `id` conflicted within the retry policy's contention window
@@ -1177,25 +1197,28 @@ where
         let command_id = metadata
             .command_id
             .expect("the unit of work names every command");
-        if look_up
-            && let Some(executed) = self
-                .find_applied(conn, id, command, command_id, true)
-                .await?
-        {
-            return Ok(executed);
-        }
-        let mut loaded = None;
-        let outcome = if lock {
-            let mut current = self.starting_point(conn, id, None).await?;
-            self.fold_tail(conn, id, &mut current, Tail::Locked).await?;
-            loaded = Some(current);
-            self.decide_and_append(conn, id, command, metadata, command_id, &mut loaded)
-                .await
-        } else {
-            self.try_execute(conn, id, command, metadata, command_id, &mut loaded)
-                .await
-        };
-        outcome.map_err(StoreAttempt::into_error)
+        observe_command(id, metadata, async {
+            if look_up
+                && let Some(executed) = self
+                    .find_applied(conn, id, command, command_id, true)
+                    .await?
+            {
+                return Ok(executed);
+            }
+            let mut loaded = None;
+            let outcome = if lock {
+                let mut current = self.starting_point(conn, id, None).await?;
+                self.fold_tail(conn, id, &mut current, Tail::Locked).await?;
+                loaded = Some(current);
+                self.decide_and_append(conn, id, command, metadata, command_id, &mut loaded)
+                    .await
+            } else {
+                self.try_execute(conn, id, command, metadata, command_id, &mut loaded)
+                    .await
+            };
+            outcome.map_err(StoreAttempt::into_error)
+        })
+        .await
     }
 
     /// A retry: the same cycle in a transaction that first locks the
@@ -1550,6 +1573,60 @@ impl<E: std::error::Error + 'static> From<RepositoryError<E>> for StoreAttempt<E
         match error {
             RepositoryError::Store(error) => StoreAttempt::Store(error),
             other => StoreAttempt::Other(other),
+        }
+    }
+}
+
+/// Runs a command in its span, and records its outcome on the span and in
+/// the metrics.
+async fn observe_command<A: Aggregate>(
+    id: &str,
+    metadata: &Metadata,
+    command: impl Future<Output = Result<Executed<A>, A>>,
+) -> Result<Executed<A>, A> {
+    let span = command_span::<A>(id, metadata);
+    let started = std::time::Instant::now();
+    let outcome = command.instrument(span.clone()).await;
+    telemetry::command(started, &outcome);
+    record_outcome(&span, &outcome);
+    outcome
+}
+
+/// The span of one command: the aggregate, the command's and correlation
+/// ids; the version reached and the attempts are recorded at the end.
+fn command_span<A: Aggregate>(id: &str, metadata: &Metadata) -> tracing::Span {
+    tracing::debug_span!(
+        "execute",
+        bounded_context = A::Event::BOUNDED_CONTEXT,
+        aggregate_type = A::Event::AGGREGATE_TYPE,
+        aggregate_id = id,
+        command_id = metadata.command_id.map(tracing::field::display),
+        correlation_id = metadata.correlation_id.map(tracing::field::display),
+        causation_id = metadata.causation_id.map(tracing::field::display),
+        trace_id = metadata.trace_id.as_deref(),
+        version = tracing::field::Empty,
+        attempts = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    )
+}
+
+/// Records a command's outcome on its span.
+fn record_outcome<A: Aggregate>(span: &tracing::Span, outcome: &Result<Executed<A>, A>) {
+    match outcome {
+        Ok(executed) => {
+            span.record("version", executed.version);
+            span.record("attempts", executed.attempts);
+            span.record(
+                "outcome",
+                if executed.replayed {
+                    "replayed"
+                } else {
+                    "executed"
+                },
+            );
+        }
+        Err(error) => {
+            span.record("outcome", tracing::field::display(error));
         }
     }
 }

@@ -193,10 +193,17 @@ impl<S: EventStore> UnitOfWork<S> {
         Fut: Future<Output = Result<T, WorkError>> + Send,
         T: Send,
     {
+        let metadata = &crate::telemetry::traced(metadata);
         let given = metadata.command_id.is_some();
         let unit_id = metadata.command_id.unwrap_or_else(CommandId::new);
-        let span = tracing::debug_span!("unit_of_work", %unit_id);
-        async {
+        let span = tracing::debug_span!(
+            "unit_of_work",
+            %unit_id,
+            correlation_id = metadata.correlation_id.map(tracing::field::display),
+            trace_id = metadata.trace_id.as_deref(),
+            runs = tracing::field::Empty,
+        );
+        let outcome = async {
             let mut run = Run {
                 attempt: 1,
                 retries: 0,
@@ -229,6 +236,7 @@ impl<S: EventStore> UnitOfWork<S> {
                             tokio::time::sleep(backoff).await;
                         }
                         run.attempt += 1;
+                        crate::telemetry::unit_rerun("conflict");
                         continue;
                     }
                     Err(Ended::Transient {
@@ -263,11 +271,14 @@ impl<S: EventStore> UnitOfWork<S> {
                 let backoff = self.retry.transient_backoff(run.retries);
                 tracing::debug!(retry = run.retries, ?backoff, maybe_stored = run.maybe_stored, %error,
                     "transient failure, running the unit again");
+                crate::telemetry::unit_rerun("transient");
                 tokio::time::sleep(backoff).await;
             }
         }
-        .instrument(span)
-        .await
+        .instrument(span.clone())
+        .await;
+        crate::telemetry::unit(outcome.as_ref().map(|_| ()));
+        outcome
     }
 
     /// One run of the closure in a transaction of its own.

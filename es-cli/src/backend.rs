@@ -35,18 +35,6 @@ pub struct Applied {
     pub(crate) checksum: Vec<u8>,
 }
 
-/// Whether a checkpoint is claimed by a processor right now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(unreachable_pub)] // named by the sealed trait
-pub enum Claim {
-    /// Nobody holds it.
-    Free,
-    /// A transaction holds it; who, where the backend can tell.
-    Claimed { holder: Option<String> },
-    /// The backend cannot tell without waiting (SQLite).
-    Unknown,
-}
-
 /// A connection registered as listening to the store's notifications
 /// (PostgreSQL).
 #[derive(Debug, Clone)]
@@ -157,14 +145,6 @@ pub(crate) mod sealed {
             name: &str,
             position: Option<i64>,
         ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
-
-        /// Whether the checkpoint `key` is claimed now, without waiting:
-        /// a non-waiting claim in a transaction that is rolled back.
-        fn probe_claim(
-            &self,
-            pool: &sqlx::Pool<Self::Database>,
-            key: &str,
-        ) -> impl Future<Output = Result<Claim, sqlx::Error>> + Send;
 
         /// The connections listening to the store's notifications, where
         /// the backend has them (PostgreSQL).
@@ -380,48 +360,6 @@ mod postgres {
 
         shared_ops!("$1", "$2", "projection_name");
 
-        async fn probe_claim(&self, pool: &PgPool, key: &str) -> Result<Claim, sqlx::Error> {
-            let table = self.checkpoints_table();
-            let mut tx = pool.begin().await?;
-            let free: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                "SELECT position FROM {table} WHERE projection_name = $1 FOR UPDATE SKIP LOCKED"
-            )))
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if free.is_some() {
-                tx.rollback().await?;
-                return Ok(Claim::Free);
-            }
-            // A row lock is not in pg_locks: the row's xmax is the locking
-            // transaction's id, and that transaction holds a lock on its own
-            // id, which names its backend.
-            let holder: Option<(i32, Option<String>, Option<String>)> =
-                sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                    "SELECT a.pid, nullif(a.application_name, ''), host(a.client_addr) \
-                     FROM {table} c \
-                     JOIN pg_catalog.pg_locks l ON l.locktype = 'transactionid' \
-                          AND l.transactionid = c.xmax AND l.mode = 'ExclusiveLock' \
-                          AND l.granted \
-                     JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid \
-                     WHERE c.projection_name = $1"
-                )))
-                .bind(key)
-                .fetch_optional(&mut *tx)
-                .await?;
-            tx.rollback().await?;
-            Ok(Claim::Claimed {
-                holder: holder.map(|(pid, application, client)| {
-                    let mut text = format!("pid {pid}");
-                    let about: Vec<String> = application.into_iter().chain(client).collect();
-                    if !about.is_empty() {
-                        text.push_str(&format!(" ({})", about.join(", ")));
-                    }
-                    text
-                }),
-            })
-        }
-
         async fn listeners(
             &self,
             pool: &PgPool,
@@ -621,12 +559,6 @@ mod sqlite {
 
         shared_ops!("?1", "?2", "projection_name");
 
-        async fn probe_claim(&self, _pool: &SqlitePool, _key: &str) -> Result<Claim, sqlx::Error> {
-            // A claim is the database's write lock, held for one batch:
-            // probing it would wait for the writer, whoever it is.
-            Ok(Claim::Unknown)
-        }
-
         async fn listeners(
             &self,
             _pool: &SqlitePool,
@@ -697,22 +629,6 @@ mod mysql {
 
         // Names are binary strings on MySQL: read them as text.
         shared_ops!("?", "?", "CONVERT(projection_name USING utf8mb4)");
-
-        async fn probe_claim(&self, pool: &MySqlPool, key: &str) -> Result<Claim, sqlx::Error> {
-            let table = self.checkpoints_table();
-            let mut tx = pool.begin().await?;
-            let free: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                "SELECT position FROM {table} WHERE projection_name = ? FOR UPDATE SKIP LOCKED"
-            )))
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await?;
-            tx.rollback().await?;
-            Ok(match free {
-                Some(_) => Claim::Free,
-                None => Claim::Claimed { holder: None },
-            })
-        }
 
         async fn listeners(
             &self,

@@ -65,5 +65,17 @@ pub use publisher::{
 pub use stream::{DEFAULT_DUPLICATE_WINDOW, SetupError, StreamSettings};
 pub use subject::Subjects;
 
+/// The metrics a [`Publisher`] records through the `metrics` facade, each
+/// labelled by `publisher` (its name) and `stream`. Its batches, lag and
+/// failures are recorded as a projection's, under its name (see
+/// `es_store::telemetry`).
+///
+/// ```
+/// assert_eq!(es_nats::telemetry::PUBLISHED, "es_nats_published_total");
+/// ```
+pub mod telemetry {
+    pub use crate::publisher::{DUPLICATES, IN_FLIGHT, PUBLISH_RETRIES, PUBLISHED};
+}
+
 /// The NATS client this crate is built on, to connect with.
 pub use async_nats;

@@ -359,6 +359,29 @@ struct Counters {
     failed_batches: AtomicU64,
     in_flight: AtomicUsize,
     last_sequence: AtomicU64,
+    /// The same, through the `metrics` facade: registered at the first
+    /// batch, after the application installed its recorder.
+    meters: std::sync::OnceLock<Meters>,
+}
+
+/// Counter: events the JetStream stream stored, by `publisher` and `stream`.
+pub const PUBLISHED: &str = "es_nats_published_total";
+/// Counter: events the stream dropped as duplicates (sent again after a
+/// restart or a failed batch, within the duplicate window).
+pub const DUPLICATES: &str = "es_nats_duplicates_total";
+/// Counter: publishes sent again after a failure.
+pub const PUBLISH_RETRIES: &str = "es_nats_publish_retries_total";
+/// Gauge: publishes waiting for their acknowledgement.
+pub const IN_FLIGHT: &str = "es_nats_in_flight";
+
+/// A publisher's metrics. (Its batches, lag and failures are a
+/// projection's: see `es_store::telemetry`.)
+#[derive(Debug)]
+struct Meters {
+    published: metrics::Counter,
+    duplicates: metrics::Counter,
+    retries: metrics::Counter,
+    in_flight: metrics::Gauge,
 }
 
 /// Why an event could not be published: the source of the processor's
@@ -443,10 +466,26 @@ fn transient(error: &NatsPublishError, at_send: bool) -> bool {
 }
 
 impl Publisher {
+    fn meters(&self) -> &Meters {
+        self.counters.meters.get_or_init(|| {
+            let labels = [
+                ("publisher", self.name.clone()),
+                ("stream", self.stream.clone()),
+            ];
+            Meters {
+                published: metrics::counter!(PUBLISHED, &labels),
+                duplicates: metrics::counter!(DUPLICATES, &labels),
+                retries: metrics::counter!(PUBLISH_RETRIES, &labels),
+                in_flight: metrics::gauge!(IN_FLIGHT, &labels),
+            }
+        })
+    }
+
     /// Publishes `events` and waits for every acknowledgement.
     async fn publish_all(&self, events: &[PersistedEvent]) -> Result<(), BatchFailure> {
         let result = self.publish_window(events).await;
         self.counters.in_flight.store(0, Ordering::Relaxed);
+        self.meters().in_flight.set(0.0);
         match &result {
             Ok(()) => self.counters.batches.fetch_add(1, Ordering::Relaxed),
             Err(_) => self.counters.failed_batches.fetch_add(1, Ordering::Relaxed),
@@ -534,15 +573,18 @@ impl Publisher {
             tokio::select! {
                 Some((i, acked)) = in_flight.next(), if !in_flight.is_empty() => {
                     self.counters.in_flight.store(in_flight.len(), Ordering::Relaxed);
+                    let meters = self.meters();
+                    meters.in_flight.set(in_flight.len() as f64);
                     match acked {
                         Ok(ack) => {
                             trouble.remove(&i);
-                            let counter = if ack.duplicate {
-                                &self.counters.duplicates
+                            let (counter, meter) = if ack.duplicate {
+                                (&self.counters.duplicates, &meters.duplicates)
                             } else {
-                                &self.counters.published
+                                (&self.counters.published, &meters.published)
                             };
                             counter.fetch_add(1, Ordering::Relaxed);
+                            meter.increment(1);
                             self.counters.last_sequence.store(ack.sequence, Ordering::Relaxed);
                             let slot = slot_of[i];
                             match parked.get_mut(&slot).and_then(VecDeque::pop_front) {
@@ -621,6 +663,7 @@ impl Publisher {
             )));
         }
         self.counters.retries.fetch_add(1, Ordering::Relaxed);
+        self.meters().retries.increment(1);
         let backoff = Duration::from_millis(50)
             .saturating_mul(1 << entry.attempts.min(6))
             .min(Duration::from_secs(2));

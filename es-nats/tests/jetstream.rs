@@ -180,9 +180,23 @@ async fn consume_exactly_once(url: &str, place: &Place, expected: usize) -> Rece
         );
         *last = *version;
     }
-    // nothing left, nothing awaiting an acknowledgement
-    let info = consumer.info().await.expect("consumer info");
-    assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
+    // Nothing left, nothing awaiting an acknowledgement. The acks were
+    // sent (flushed), but the server takes them in its own time: wait
+    // until it has (a lost one would keep this above 0 until the ack wait
+    // redelivers it, which the deliveries above would then show twice).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = consumer.info().await.expect("consumer info");
+        if (info.num_pending, info.num_ack_pending) == (0, 0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still pending or unacknowledged after 30 s: {:?}",
+            (info.num_pending, info.num_ack_pending)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     received
 }
 
@@ -198,8 +212,27 @@ async fn wait_caught_up(processor: &ProjectionProcessor<PostgresStore, Publisher
     }
 }
 
+/// This test binary's metrics recorder, installed once.
+fn recorder() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static RECORDER: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    RECORDER.get_or_init(|| {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .expect("the only recorder of this test binary")
+    })
+}
+
+/// The value of the sample `series` (name and labels, as rendered).
+fn sample(rendered: &str, series: &str) -> Option<f64> {
+    rendered
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hundred_thousand_events_are_consumed_once_each_in_order() {
+    let metrics = recorder();
     let url = nats_url();
     let db = TestDb::new().await;
     let place = Place::new();
@@ -218,6 +251,23 @@ async fn hundred_thousand_events_are_consumed_once_each_in_order() {
     let status = Publisher::status(&processor).await.unwrap();
     assert_eq!(status.projection.lag, 0);
     assert_eq!(status.projection.name, format!("nats:{}", place.stream));
+    // The same, as metrics: the publisher's and the projection's.
+    let rendered = metrics.render();
+    let labels = format!("{{publisher=\"nats:{0}\",stream=\"{0}\"}}", place.stream);
+    let published = format!("{}{labels}", es::nats::telemetry::PUBLISHED);
+    assert_eq!(
+        sample(&rendered, &published),
+        Some(total as f64),
+        "{rendered}"
+    );
+    let in_flight = format!("{}{labels}", es::nats::telemetry::IN_FLIGHT);
+    assert_eq!(sample(&rendered, &in_flight), Some(0.0));
+    let handled = format!(
+        "{}{{projection=\"nats:{}\"}}",
+        es::store::telemetry::PROJECTION_EVENTS,
+        place.stream
+    );
+    assert_eq!(sample(&rendered, &handled), Some(total as f64));
     let jetstream = async_nats::jetstream::new(connect(&url).await);
     assert_eq!(place.stored(&jetstream).await as i64, total);
 

@@ -412,6 +412,10 @@ pub enum NameField {
     ProjectionName,
     /// `trace_id`.
     TraceId,
+    /// A read-model collection's name ([`Collection`](crate::documents::Collection)).
+    Collection,
+    /// A read-model document's id.
+    DocumentId,
 }
 
 impl NameField {
@@ -430,6 +434,8 @@ impl NameField {
             NameField::EventType => limits::MAX_EVENT_TYPE_BYTES,
             NameField::ProjectionName => limits::MAX_PROJECTION_NAME_BYTES,
             NameField::TraceId => limits::MAX_TRACE_ID_BYTES,
+            NameField::Collection => limits::MAX_COLLECTION_BYTES,
+            NameField::DocumentId => limits::MAX_DOCUMENT_ID_BYTES,
         }
     }
 }
@@ -443,6 +449,8 @@ impl std::fmt::Display for NameField {
             NameField::EventType => "event_type",
             NameField::ProjectionName => "projection name",
             NameField::TraceId => "trace_id",
+            NameField::Collection => "collection",
+            NameField::DocumentId => "document id",
         })
     }
 }
@@ -466,6 +474,8 @@ pub enum TextField {
     Metadata,
     /// A snapshot's `state`.
     SnapshotState,
+    /// A read-model document.
+    Document,
 }
 
 impl std::fmt::Display for TextField {
@@ -475,6 +485,7 @@ impl std::fmt::Display for TextField {
             TextField::Payload => f.write_str("payload"),
             TextField::Metadata => f.write_str("metadata"),
             TextField::SnapshotState => f.write_str("snapshot state"),
+            TextField::Document => f.write_str("document"),
         }
     }
 }

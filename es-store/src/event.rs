@@ -657,6 +657,30 @@ impl Metadata {
         Self::default()
     }
 
+    /// The metadata of a command caused by `event` (a process manager or a
+    /// reaction to it): the same correlation id (the event's own id when it
+    /// has none, so that the chain starts there), the event's id as the
+    /// causation id and its trace id, so that the whole chain of commands
+    /// and events can be followed by one id.
+    ///
+    /// ```
+    /// use es_store::{Metadata, PersistedEvent};
+    /// # fn demo(event: &PersistedEvent) {
+    /// let metadata = Metadata::caused_by(event);
+    /// assert_eq!(metadata.causation_id, Some(event.event_id));
+    /// assert_eq!(metadata.correlation_id, Some(event.correlation_id.unwrap_or(event.event_id)));
+    /// assert_eq!(metadata.trace_id, event.trace_id);
+    /// # }
+    /// ```
+    pub fn caused_by(event: &PersistedEvent) -> Self {
+        Self {
+            correlation_id: Some(event.correlation_id.unwrap_or(event.event_id)),
+            causation_id: Some(event.event_id),
+            trace_id: event.trace_id.clone(),
+            ..Self::default()
+        }
+    }
+
     /// Sets the correlation id.
     pub fn with_correlation_id(mut self, id: Uuid) -> Self {
         self.correlation_id = Some(id);

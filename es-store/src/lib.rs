@@ -46,6 +46,7 @@ compile_error!(
 
 mod command;
 mod core;
+pub mod documents;
 mod domain;
 mod error;
 mod event;
@@ -61,6 +62,7 @@ mod replay;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod store;
+pub mod telemetry;
 mod traits;
 mod validate;
 mod versions;
@@ -95,8 +97,8 @@ pub use postgres::{PostgresStore, PostgresStoreBuilder};
 pub use sqlite::{SqliteStore, SqliteStoreBuilder};
 pub use store::{Dialect, SqlStore, StoreBuilder};
 pub use traits::{
-    AggregateStreamReader, Backend, CheckpointStore, Connection, EventReader, EventStore,
-    ProjectionFailure, ProjectionStore, SnapshotStore, Store, StoredEvent,
+    AggregateStreamReader, Backend, CheckpointHolder, CheckpointStore, Connection, DocumentStore,
+    EventReader, EventStore, ProjectionFailure, ProjectionStore, SnapshotStore, Store, StoredEvent,
 };
 pub use versions::{ProjectionVersion, UnknownVersionState, VersionState};
 

@@ -49,3 +49,9 @@ pub const MAX_PROJECTION_NAME_BYTES: usize = 255;
 /// The longest trace id: 255 bytes (a W3C trace id takes 32, a whole
 /// `traceparent` header 55).
 pub const MAX_TRACE_ID_BYTES: usize = 255;
+
+/// The longest read-model collection name, in bytes.
+pub const MAX_COLLECTION_BYTES: usize = 255;
+
+/// The longest read-model document id, in bytes (an aggregate id fits).
+pub const MAX_DOCUMENT_ID_BYTES: usize = MAX_AGGREGATE_ID_BYTES;

@@ -110,6 +110,7 @@ pub(crate) struct Names {
     pub(crate) checkpoints: Ident,
     pub(crate) snapshots: Ident,
     pub(crate) failures: Ident,
+    pub(crate) documents: Ident,
     /// Whether appends send a notification (PostgreSQL).
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) notify: bool,
@@ -126,6 +127,7 @@ impl Names {
             (self.checkpoints.0.clone(), "the checkpoints table"),
             (self.snapshots.0.clone(), "the snapshots table"),
             (self.failures.0.clone(), "the failures table"),
+            (self.documents.0.clone(), "the read models table"),
         ];
         let events = self.events.as_str();
         for suffix in DERIVED_SUFFIXES {
@@ -190,6 +192,10 @@ impl Names {
     /// adds after its first migration).
     pub(crate) fn versions(&self) -> String {
         self.derived_qualified(VERSIONS)
+    }
+
+    pub(crate) fn documents(&self) -> String {
+        self.qualified(self.documents.as_str())
     }
 
     /// A name derived from the events table (one of [`DERIVED_SUFFIXES`]).

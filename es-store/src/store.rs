@@ -211,6 +211,17 @@ impl<D: Dialect> SqlStore<D> {
         self.inner.names.failures()
     }
 
+    /// The table of read-model documents ([`Collection`](crate::documents::Collection)),
+    /// quoted and qualified.
+    ///
+    /// ```
+    /// # #[cfg(feature = "sqlite")]
+    /// assert_eq!(es_store::SqliteStore::new().documents_table(), r#""read_models""#);
+    /// ```
+    pub fn documents_table(&self) -> String {
+        self.inner.names.documents()
+    }
+
     /// The configured schema (PostgreSQL) or database (MySQL), if any.
     ///
     /// ```
@@ -300,6 +311,7 @@ pub struct StoreBuilder<D: Dialect> {
     checkpoints: String,
     snapshots: String,
     failures: String,
+    documents: String,
     notify: bool,
     dialect: PhantomData<fn() -> D>,
 }
@@ -313,6 +325,7 @@ impl<D: Dialect> Clone for StoreBuilder<D> {
             checkpoints: self.checkpoints.clone(),
             snapshots: self.snapshots.clone(),
             failures: self.failures.clone(),
+            documents: self.documents.clone(),
             notify: self.notify,
             dialect: PhantomData,
         }
@@ -329,6 +342,7 @@ impl<D: Dialect> fmt::Debug for StoreBuilder<D> {
             .field("checkpoints", &self.checkpoints)
             .field("snapshots", &self.snapshots)
             .field("failures", &self.failures)
+            .field("documents", &self.documents)
             .field("notify", &self.notify)
             .finish()
     }
@@ -343,6 +357,7 @@ impl<D: Dialect> Default for StoreBuilder<D> {
             checkpoints: "checkpoints".to_owned(),
             snapshots: "snapshots".to_owned(),
             failures: "projection_failures".to_owned(),
+            documents: "read_models".to_owned(),
             notify: true,
             dialect: PhantomData,
         }
@@ -389,6 +404,13 @@ impl<D: Dialect> StoreBuilder<D> {
         self
     }
 
+    /// Names the table of read-model documents (default `read_models`;
+    /// see [`Collection`](crate::documents::Collection)).
+    pub fn documents_table(mut self, name: impl Into<String>) -> Self {
+        self.documents = name.into();
+        self
+    }
+
     /// PostgreSQL: whether appending transactions send a notification on
     /// the store's notification channel (default: yes) while a listener is
     /// registered, which live projection processors use. PostgreSQL
@@ -412,6 +434,7 @@ impl<D: Dialect> StoreBuilder<D> {
             checkpoints: Ident::table(&rules, "checkpoints table", &self.checkpoints)?,
             snapshots: Ident::table(&rules, "snapshots table", &self.snapshots)?,
             failures: Ident::table(&rules, "failures table", &self.failures)?,
+            documents: Ident::table(&rules, "documents table", &self.documents)?,
             notify: self.notify,
         };
         names.check_distinct()?;

@@ -752,6 +752,31 @@ pub trait ProjectionStore: EventReader + CheckpointStore {
         conn: &mut Connection<Self>,
         projection_name: &str,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// Who holds the checkpoint now, without waiting: a claim that skips a
+    /// held row, in a transaction (nested in the caller's, if any) that is
+    /// rolled back. PostgreSQL names the holder's session (its backend
+    /// pid, application name and client address, found through the row's
+    /// locking transaction); MySQL only says that it is held; SQLite
+    /// cannot tell without waiting for the writer
+    /// ([`CheckpointHolder::Unknown`]). So is a checkpoint not stored
+    /// yet: the first batch of a projection creates its checkpoint, a row
+    /// no other transaction sees until it commits.
+    ///
+    /// ```no_run
+    /// use es_store::{CheckpointHolder, PostgresStore, ProjectionStore};
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_store::Error> {
+    /// let mut conn = pool.acquire().await?;
+    /// match PostgresStore::new().checkpoint_holder(&mut *conn, "balances#0/4").await? {
+    ///     CheckpointHolder::Held { by: Some(session) } => println!("held by {session}"),
+    ///     other => println!("{other:?}"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    fn checkpoint_holder(
+        &self,
+        conn: &mut Connection<Self>,
+        projection_name: &str,
+    ) -> impl Future<Output = Result<CheckpointHolder>> + Send;
 
     /// Lets the caller's transaction commit without waiting for it to be
     /// durable, where the backend can (PostgreSQL: `SET LOCAL
@@ -783,6 +808,37 @@ pub struct ProjectionFailure {
     pub failed_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// Who holds a checkpoint ([`ProjectionStore::checkpoint_holder`]): a
+/// processor in the middle of a batch, or nobody.
+///
+/// ```
+/// use es_store::CheckpointHolder;
+/// let held = CheckpointHolder::Held { by: Some("pid 4242 (worker-1, 10.0.0.7)".into()) };
+/// assert!(held.is_held() && !CheckpointHolder::Free.is_held());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CheckpointHolder {
+    /// Nobody holds it.
+    Free,
+    /// A transaction holds it; its session, where the backend can tell.
+    Held {
+        /// The holder's session (PostgreSQL: `pid N (application,
+        /// client address)`).
+        by: Option<String>,
+    },
+    /// The backend cannot tell without waiting (SQLite), or the
+    /// checkpoint is not stored yet.
+    Unknown,
+}
+
+impl CheckpointHolder {
+    /// Whether a transaction holds it.
+    pub fn is_held(&self) -> bool {
+        matches!(self, CheckpointHolder::Held { .. })
+    }
+}
+
 /// A store with every capability: what code generic over the backend
 /// names with one bound instead of six. Every [`SqlStore`](crate::SqlStore)
 /// is one.
@@ -804,6 +860,7 @@ pub trait Store:
     + CheckpointStore
     + SnapshotStore
     + ProjectionStore
+    + DocumentStore
     + Clone
 {
 }
@@ -815,6 +872,94 @@ impl<T> Store for T where
         + CheckpointStore
         + SnapshotStore
         + ProjectionStore
+        + DocumentStore
         + Clone
 {
+}
+
+/// Read-model documents: JSON values by collection and id, in the
+/// store's documents table (`read_models`), with the same operations and
+/// the same semantics on every backend, so that a projection written
+/// against them runs on any. [`Collection`](crate::documents::Collection)
+/// is the typed way to use them.
+///
+/// Ids compare exactly (bytes: `acc-1`, `ACC-1` and `acc-1 ` are three
+/// documents) and sort bytewise. Collections and ids are names (not empty,
+/// up to [`limits::MAX_COLLECTION_BYTES`](crate::limits::MAX_COLLECTION_BYTES)
+/// and [`limits::MAX_DOCUMENT_ID_BYTES`](crate::limits::MAX_DOCUMENT_ID_BYTES)
+/// bytes, no NUL); a body is any JSON value, JSON `null` reading as absent.
+///
+/// ```no_run
+/// use es_store::{DocumentStore, PostgresStore};
+/// use serde_json::value::RawValue;
+/// # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+/// let store = PostgresStore::new();
+/// let mut tx = pool.begin().await?;
+/// store.put_document(&mut *tx, "balances", "acc-1", &RawValue::from_string(r#"{"balance":5}"#.into())?).await?;
+/// tx.commit().await?;
+/// let mut conn = pool.acquire().await?;
+/// assert_eq!(store.get_document(&mut *conn, "balances", "acc-1").await?.unwrap().get(), r#"{"balance": 5}"#);
+/// # Ok(()) }
+/// ```
+pub trait DocumentStore: Backend {
+    /// Stores `body` as the document `id` of `collection`, replacing it.
+    fn put_document(
+        &self,
+        conn: &mut Connection<Self>,
+        collection: &str,
+        id: &str,
+        body: &serde_json::value::RawValue,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// The document, if there is one.
+    fn get_document(
+        &self,
+        conn: &mut Connection<Self>,
+        collection: &str,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<Box<serde_json::value::RawValue>>>> + Send;
+
+    /// The document, locked until the caller's transaction ends, so that
+    /// what the transaction writes from it cannot be lost to a concurrent
+    /// writer; a missing document is locked too (as a row holding JSON
+    /// `null`, which reads as absent: put or delete it before the
+    /// transaction ends). Call it in a transaction.
+    fn lock_document(
+        &self,
+        conn: &mut Connection<Self>,
+        collection: &str,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<Box<serde_json::value::RawValue>>>> + Send;
+
+    /// Removes the document (nothing if there is none).
+    fn delete_document(
+        &self,
+        conn: &mut Connection<Self>,
+        collection: &str,
+        id: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Removes every document of `collection`; returns how many rows went.
+    fn clear_documents(
+        &self,
+        conn: &mut Connection<Self>,
+        collection: &str,
+    ) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Up to `limit` documents of `collection` with ids after `after`
+    /// (from the first when `None`), by id.
+    fn list_documents(
+        &self,
+        conn: &mut Connection<Self>,
+        collection: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<(String, Box<serde_json::value::RawValue>)>>> + Send;
+
+    /// How many documents `collection` holds.
+    fn count_documents(
+        &self,
+        conn: &mut Connection<Self>,
+        collection: &str,
+    ) -> impl Future<Output = Result<u64>> + Send;
 }

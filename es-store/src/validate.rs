@@ -186,6 +186,22 @@ pub(crate) fn snapshot(snapshot: &crate::Snapshot) -> Result<()> {
     json(&snapshot.state, TextField::SnapshotState, None)
 }
 
+/// Checks a read-model collection name and document id.
+pub(crate) fn document_key(collection: &str, id: &str) -> Result<()> {
+    name(collection, NameField::Collection, None)?;
+    name(id, NameField::DocumentId, None)
+}
+
+/// Checks a read-model collection name.
+pub(crate) fn collection(collection: &str) -> Result<()> {
+    name(collection, NameField::Collection, None)
+}
+
+/// Checks a read-model document's JSON.
+pub(crate) fn document(body: &RawValue) -> Result<()> {
+    json(body, TextField::Document, None)
+}
+
 /// Checks a name: not empty, not longer than its limit, no NUL.
 pub(crate) fn name(value: &str, field: NameField, index: Option<usize>) -> Result<()> {
     if value.is_empty() {

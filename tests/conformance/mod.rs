@@ -3,6 +3,7 @@
 //! instantiated per backend with [`conformance_tests!`].
 #![allow(dead_code, unreachable_pub)]
 
+pub mod documents;
 pub mod projection;
 pub mod repository;
 pub mod store;
@@ -53,6 +54,10 @@ macro_rules! store_conformance_tests {
             store::concurrent_any_appends_all_succeed,
             store::concurrent_readers_never_skip_an_event,
             store::the_next_locker_sees_what_the_holder_committed,
+            documents::documents_round_trip_and_page_by_id,
+            documents::bad_document_input_is_refused_and_nothing_written,
+            documents::concurrent_updates_lose_nothing,
+            documents::documents_commit_and_roll_back_with_the_callers_transaction,
         );
     };
 }
@@ -85,6 +90,7 @@ macro_rules! projection_conformance_tests {
             versions::run_switches_to_a_new_version_when_it_has_caught_up,
             versions::a_partitioned_version_takes_over_from_an_unpartitioned_one,
             versions::retiring_needs_the_projection_to_say_how,
+            documents::one_projection_without_sql_runs_on_every_backend,
         );
     };
 }

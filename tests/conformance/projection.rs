@@ -10,7 +10,10 @@ use es::RetryPolicy;
 use es::aggregate::projection::{
     BatchFailure, ErrorPolicy, HandlerError, Projection, ProjectionError, ProjectionProcessor,
 };
-use es::store::{Event, EventFilter, EventStore, ExpectedVersion, PersistedEvent, ProjectionStore};
+use es::store::{
+    CheckpointHolder, CheckpointStore, Event, EventFilter, EventStore, ExpectedVersion,
+    PersistedEvent, ProjectionStore,
+};
 use serde_json::json;
 
 use crate::support::Fixture;
@@ -633,6 +636,27 @@ pub async fn a_frozen_worker_loses_its_partition_when_its_lease_runs_out<F: Fixt
     let db = Arc::new(F::create().await);
     db.create_read_model().await;
     let events = append_events(&*db, "Lease", "Thing", 3, 30).await;
+    // The checkpoint exists before the freeze (a first batch's checkpoint
+    // is a row only its own transaction sees: its holder is unknown).
+    {
+        let mut conn = db.pool().acquire().await.unwrap();
+        let probe = db
+            .store()
+            .checkpoint_holder(&mut conn, "leased")
+            .await
+            .unwrap();
+        assert_eq!(probe, CheckpointHolder::Unknown);
+        db.store()
+            .update_checkpoint(&mut conn, "leased", 0)
+            .await
+            .unwrap();
+        let probe = db
+            .store()
+            .checkpoint_holder(&mut conn, "leased")
+            .await
+            .unwrap();
+        assert_eq!(probe, CheckpointHolder::Free);
+    }
     let lease = Duration::from_secs(2);
     let behaviour = Arc::new(Behaviour::default());
     // the third event of the first batch
@@ -657,6 +681,18 @@ pub async fn a_frozen_worker_loses_its_partition_when_its_lease_runs_out<F: Fixt
     )
     .with_batch_size(10)
     .with_lease(lease);
+    // The status names the frozen worker as the partition's holder (its
+    // session, on PostgreSQL).
+    let status = survivor.status().await.unwrap();
+    match &status.holders[..] {
+        [CheckpointHolder::Held { by }] => {
+            if std::any::type_name::<F::Db>().contains("Postgres") {
+                let by = by.as_deref().expect("PostgreSQL names the session");
+                assert!(by.starts_with("pid "), "{by}");
+            }
+        }
+        other => panic!("the frozen worker holds the partition: {other:?}"),
+    }
     // waits while the frozen worker holds the partition, then takes it
     let done = survivor.catch_up().await.unwrap();
     let takeover = frozen_at.elapsed();
@@ -680,6 +716,8 @@ pub async fn a_frozen_worker_loses_its_partition_when_its_lease_runs_out<F: Fixt
         "each once, in order"
     );
     assert!(handled.iter().all(|r| r.worker == "survivor"));
+    let status = survivor.status().await.unwrap();
+    assert_eq!(status.holders, [CheckpointHolder::Free]);
     println!(
         "{}: lease {lease:?}, partition taken over {takeover:?} after the freeze",
         std::any::type_name::<F>()

@@ -2,24 +2,14 @@
 
 use std::future::Future;
 
-use es::store::{
-    AggregateStreamReader, Backend, CheckpointStore, EventReader, EventStore, ProjectionStore,
-    SnapshotStore,
-};
+use es::store::Backend;
 
 /// One backend under test, in a fresh database or schema of its own.
 pub trait Fixture: Sized + Send + Sync + 'static {
     /// The sqlx database.
     type Db: sqlx::Database;
     /// The store.
-    type Store: EventStore
-        + AggregateStreamReader
-        + EventReader
-        + CheckpointStore
-        + SnapshotStore
-        + ProjectionStore
-        + Backend<Database = Self::Db>
-        + Clone;
+    type Store: es::store::Store + Backend<Database = Self::Db>;
 
     /// Whether the backend lets one transaction write at a time (SQLite):
     /// a checkpoint claim then waits for the holder instead of being told
@@ -89,6 +79,7 @@ pub fn other_tables<D: es::store::Dialect>(
         .checkpoints_table("other_checkpoints")
         .snapshots_table("other_snapshots")
         .failures_table("other_failures")
+        .documents_table("other_documents")
 }
 
 /// The read model's rows in handling order, as [`Handled`]s.

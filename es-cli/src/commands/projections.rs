@@ -5,11 +5,11 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use es_store::{EventFilter, Partition};
+use es_store::{CheckpointHolder, EventFilter, Partition};
 use serde::Serialize;
 
 use super::{Ctx, ago, confirm, shutdown, table};
-use crate::backend::{Claim, CliStore};
+use crate::backend::CliStore;
 use crate::error::{db_error, projection_error, store_error};
 use crate::progress::Progress;
 use crate::{Error, format};
@@ -144,16 +144,17 @@ pub(crate) async fn gather<S: CliStore>(
                 None
             };
             let claim = if claims {
-                S::probe_claim(&ctx.store, &ctx.pool, &key)
+                ctx.store
+                    .checkpoint_holder(&mut conn, &key)
                     .await
-                    .map_err(db_error)?
+                    .map_err(store_error)?
             } else {
-                Claim::Unknown
+                CheckpointHolder::Unknown
             };
             let (claim, holder) = match claim {
-                Claim::Free => ("free", None),
-                Claim::Claimed { holder } => ("claimed", holder),
-                Claim::Unknown => ("unknown", None),
+                CheckpointHolder::Free => ("free", None),
+                CheckpointHolder::Held { by } => ("claimed", by),
+                _ => ("unknown", None),
             };
             partitions.push(PartitionInfo {
                 key,

@@ -17,7 +17,35 @@ macro_rules! impl_append {
                 let expected = $crate::validate::append(expected, &mut events)?;
                 // Outside a transaction, the append commits by itself.
                 let commits = !sqlx::Connection::is_in_transaction(conn);
-                let appended = codec::append(self, conn, expected, events).await?;
+                let started = std::time::Instant::now();
+                let (context, kind) = (
+                    events[0].bounded_context.clone(),
+                    events[0].aggregate_type.clone(),
+                );
+                let span = tracing::debug_span!(
+                    "append",
+                    bounded_context = %context,
+                    aggregate_type = %kind,
+                    aggregate_id = %events[0].aggregate_id,
+                    expected = %expected,
+                    events = events.len(),
+                    from_version = tracing::field::Empty,
+                    to_version = tracing::field::Empty,
+                    first_position = tracing::field::Empty,
+                );
+                let appended = tracing::Instrument::instrument(
+                    codec::append(self, conn, expected, events),
+                    span.clone(),
+                )
+                .await;
+                let stored = appended.as_ref().map_or(0, |a| a.events.len());
+                $crate::telemetry::record_append(&context, &kind, started, &appended, stored);
+                let appended = appended?;
+                span.record("from_version", appended.from_version());
+                span.record("to_version", appended.to_version());
+                if let Some(first) = appended.global_positions.first() {
+                    span.record("first_position", first);
+                }
                 if commits {
                     self.notify_committed();
                 }

@@ -19,6 +19,7 @@
 //! and its SQL text, rendered into [`Statements`].
 
 mod append;
+mod documents;
 mod projection;
 mod reads;
 
@@ -77,6 +78,12 @@ pub(crate) struct Statements {
     /// that also sets the transaction's lease, where the backend can do
     /// both in one statement (PostgreSQL).
     pub(crate) claim_leased: Option<Arc<str>>,
+    /// (name) -> position, never waiting for a holder: the claim, where it
+    /// skips held rows (not SQLite, whose claim is the write lock).
+    pub(crate) probe_claim: Option<Arc<str>>,
+    /// (name) -> (pid, application, client address) of the session whose
+    /// transaction holds the row (PostgreSQL).
+    pub(crate) claim_holder: Option<Arc<str>>,
     /// (name) -> whether it exists.
     #[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
     pub(crate) checkpoint_exists: Arc<str>,
@@ -118,6 +125,33 @@ pub(crate) struct Statements {
     pub(crate) horizon: Option<Arc<str>>,
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) register_listener: Option<Arc<str>>,
+    /// The read-model documents' statements.
+    pub(crate) documents: DocumentStatements,
+}
+
+/// The statements of read-model documents. A document locked while
+/// absent is a row whose body is JSON `null`, which reads as absent.
+#[derive(Debug)]
+pub(crate) struct DocumentStatements {
+    /// (collection, id, body, now): inserts or replaces.
+    pub(crate) put: Arc<str>,
+    /// (collection, id) -> body.
+    pub(crate) get: Arc<str>,
+    /// (collection, id, now): creates the row with a `null` body when it is
+    /// missing; changes nothing otherwise (MySQL: and locks it).
+    pub(crate) ensure: Arc<str>,
+    /// (collection, id) -> body, locking the row until the transaction
+    /// ends (SQLite: the write lock `ensure` took).
+    pub(crate) get_locked: Arc<str>,
+    /// (collection, id).
+    pub(crate) delete: Arc<str>,
+    /// (collection).
+    pub(crate) clear: Arc<str>,
+    /// (collection, after id, limit) -> (id, body), by id, without the
+    /// `null` bodies.
+    pub(crate) list: Arc<str>,
+    /// (collection) -> how many, without the `null` bodies.
+    pub(crate) count: Arc<str>,
 }
 
 /// The statements of an append, by kind of expected version: the whole
@@ -282,9 +316,11 @@ macro_rules! impl_store {
         $crate::core::impl_append!($dialect, $conn, $row);
         $crate::core::impl_reads!($dialect, $conn, $row);
         $crate::core::impl_projection!($dialect, $conn, $row);
+        $crate::core::impl_documents!($dialect, $conn, $row);
     };
 }
 pub(crate) use append::impl_append;
+pub(crate) use documents::impl_documents;
 pub(crate) use impl_store;
 pub(crate) use projection::impl_projection;
 pub(crate) use reads::impl_reads;

@@ -189,6 +189,59 @@ macro_rules! impl_projection {
                 $crate::ProjectionStore::claim_checkpoint(self, conn, projection_name).await
             }
 
+            async fn checkpoint_holder(
+                &self,
+                conn: &mut $conn,
+                projection_name: &str,
+            ) -> $crate::Result<$crate::CheckpointHolder> {
+                $crate::validate::projection_name(projection_name)?;
+                let Some(probe) = &self.sql().probe_claim else {
+                    return Ok($crate::CheckpointHolder::Unknown);
+                };
+                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                let free: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(probe.clone()))
+                    .bind(projection_name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let exists = free.is_some()
+                    || sqlx::query_scalar::<_, bool>(sqlx::AssertSqlSafe(
+                        self.sql().checkpoint_exists.clone(),
+                    ))
+                    .bind(projection_name)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let holder = if free.is_some() {
+                    $crate::CheckpointHolder::Free
+                } else if !exists {
+                    // Not stored yet: perhaps being created by a first
+                    // batch, whose row nobody else can see.
+                    $crate::CheckpointHolder::Unknown
+                } else {
+                    let by = match &self.sql().claim_holder {
+                        Some(sql) => {
+                            let found: Option<(i32, Option<String>, Option<String>)> =
+                                sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                                    .bind(projection_name)
+                                    .fetch_optional(&mut *tx)
+                                    .await?;
+                            found.map(|(pid, application, client)| {
+                                let about: Vec<String> =
+                                    application.into_iter().chain(client).collect();
+                                if about.is_empty() {
+                                    format!("pid {pid}")
+                                } else {
+                                    format!("pid {pid} ({})", about.join(", "))
+                                }
+                            })
+                        }
+                        None => None,
+                    };
+                    $crate::CheckpointHolder::Held { by }
+                };
+                tx.rollback().await?;
+                Ok(holder)
+            }
+
             async fn lease_transaction(
                 &self,
                 conn: &mut $conn,

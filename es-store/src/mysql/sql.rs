@@ -13,20 +13,21 @@ use crate::names::{EVENT_ID_KEY, LOCKS, Names, POSITION, STREAM_VERSION_KEY};
 pub(crate) fn migrations(names: &Names) -> Vec<(i64, &'static str, String)> {
     vec![
         (1, "event store", migration_1(names)),
-        (2, "projection versions", migration_2(names)),
+        (2, "read models", migration_2(names)),
+        (3, "projection versions", migration_3(names)),
     ]
 }
 
-fn migration_2(n: &Names) -> String {
+fn migration_3(n: &Names) -> String {
     let versions = n.versions();
     format!(
         r#"-- The versions of each projection: the one readers are served from
 -- ('active'), new ones catching up beside it ('catching_up'), and old ones
 -- replaced but not dropped yet ('superseded'); version 0 is each
 -- projection's lock row, which changes to the records are serialised on.
--- replay_until is the last
--- position the version handles as a replay; partitions is the partition
--- count of its checkpoints, so that they can be dropped with it.
+-- replay_until is the last position the version handles as a replay;
+-- partitions is the partition count of its checkpoints, so that they can
+-- be dropped with it.
 CREATE TABLE {versions} (
     projection_name VARBINARY(255) NOT NULL,
     version         BIGINT         NOT NULL,
@@ -38,6 +39,55 @@ CREATE TABLE {versions} (
 ) ENGINE = InnoDB;
 "#
     )
+}
+
+fn migration_2(n: &Names) -> String {
+    let documents = n.documents();
+    format!(
+        r#"-- Read-model documents: JSON values by collection and id, written by
+-- projections through es_store::documents::Collection. Names are bytes,
+-- as the event store's, so that they compare exactly.
+CREATE TABLE {documents} (
+    collection VARBINARY(255)  NOT NULL,
+    id         VARBINARY(500)  NOT NULL,
+    body       LONGTEXT {UTF8} NOT NULL CHECK (json_valid(body)),
+    updated_at DATETIME(6)     NOT NULL DEFAULT {NOW},
+    PRIMARY KEY (collection, id)
+) ENGINE = InnoDB;
+"#
+    )
+}
+
+/// The read-model documents' statements.
+fn document_statements(n: &Names) -> crate::core::DocumentStatements {
+    let documents = n.documents();
+    let key = "collection = ? AND id = ?";
+    let id = text("id");
+    crate::core::DocumentStatements {
+        put: format!(
+            "INSERT INTO {documents} (collection, id, body, updated_at) VALUES (?, ?, ?, ?) \
+             ON DUPLICATE KEY UPDATE body = VALUES(body), updated_at = VALUES(updated_at)"
+        )
+        .into(),
+        get: format!("SELECT body FROM {documents} WHERE {key}").into(),
+        // A duplicate key locks the row it found, exclusively.
+        ensure: format!(
+            "INSERT INTO {documents} (collection, id, body, updated_at) \
+             VALUES (?, ?, 'null', ?) ON DUPLICATE KEY UPDATE id = id"
+        )
+        .into(),
+        get_locked: format!("SELECT body FROM {documents} WHERE {key} FOR UPDATE").into(),
+        delete: format!("DELETE FROM {documents} WHERE {key}").into(),
+        clear: format!("DELETE FROM {documents} WHERE collection = ?").into(),
+        list: format!(
+            "SELECT {id}, body FROM {documents} \
+             WHERE collection = ? AND id > ? AND body <> 'null' \
+             ORDER BY id LIMIT ?"
+        )
+        .into(),
+        count: format!("SELECT count(*) FROM {documents} WHERE collection = ? AND body <> 'null'")
+            .into(),
+    }
 }
 
 /// Names are stored as bytes (`VARBINARY`), so that they compare exactly as
@@ -218,6 +268,12 @@ pub(crate) fn statements(n: &Names) -> Statements {
     let locks = n.derived_qualified(LOCKS);
     let columns = event_columns(&events);
     let aggregate = "bounded_context = ? AND aggregate_type = ? AND aggregate_id = ?";
+    // The claim never waits for a holder: it is also how a holder is
+    // probed for.
+    let claim: std::sync::Arc<str> = format!(
+        "SELECT position FROM {checkpoints} WHERE projection_name = ? FOR UPDATE SKIP LOCKED"
+    )
+    .into();
     Statements {
         append: AppendStatements {
             // The head statements (see `append.rs`). Creates a head:
@@ -332,11 +388,9 @@ pub(crate) fn statements(n: &Names) -> Statements {
                  updated_at = VALUES(updated_at)"
         )
         .into(),
-        claim_checkpoint: format!(
-            "SELECT position FROM {checkpoints} WHERE projection_name = ? \
-             FOR UPDATE SKIP LOCKED"
-        )
-        .into(),
+        claim_checkpoint: claim.clone(),
+        probe_claim: Some(claim),
+        claim_holder: None,
         claim_leased: None,
         checkpoint_exists: format!(
             "SELECT EXISTS (SELECT 1 FROM {checkpoints} WHERE projection_name = ?)"
@@ -421,5 +475,6 @@ pub(crate) fn statements(n: &Names) -> Statements {
         relax_durability: None,
         horizon: None,
         register_listener: None,
+        documents: document_statements(n),
     }
 }

@@ -20,20 +20,21 @@ pub(crate) fn migrations(names: &Names) -> Vec<(i64, &'static str, String)> {
         (5, "event id lookup", migration_5(names)),
         (6, "locked tail", migration_6(names)),
         (7, "lean appends", migration_7(names)),
-        (8, "projection versions", migration_8(names)),
+        (8, "read models", migration_8(names)),
+        (9, "projection versions", migration_9(names)),
     ]
 }
 
-fn migration_8(n: &Names) -> String {
+fn migration_9(n: &Names) -> String {
     let versions = n.versions();
     format!(
         r#"-- The versions of each projection: the one readers are served from
 -- ('active'), new ones catching up beside it ('catching_up'), and old ones
 -- replaced but not dropped yet ('superseded'); version 0 is each
 -- projection's lock row, which changes to the records are serialised on.
--- replay_until is the last
--- position the version handles as a replay; partitions is the partition
--- count of its checkpoints, so that they can be dropped with it.
+-- replay_until is the last position the version handles as a replay;
+-- partitions is the partition count of its checkpoints, so that they can
+-- be dropped with it.
 CREATE TABLE {versions} (
     projection_name text        NOT NULL,
     version         bigint      NOT NULL,
@@ -45,6 +46,72 @@ CREATE TABLE {versions} (
 );
 "#
     )
+}
+
+fn migration_8(n: &Names) -> String {
+    let documents = n.documents();
+    format!(
+        r#"-- Read-model documents: JSON values by collection and id, written by
+-- projections through es_store::documents::Collection. Ids compare and
+-- sort bytewise ("C"), as on the other backends.
+CREATE TABLE {documents} (
+    collection text        COLLATE "C" NOT NULL,
+    id         text        COLLATE "C" NOT NULL,
+    body       jsonb       NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (collection, id)
+);
+"#
+    )
+}
+
+/// (name) -> (pid, application, client address) of the session holding
+/// the checkpoint row. A row lock is not in `pg_locks`: the row's `xmax`
+/// is the locking transaction's id, and that transaction holds a lock on
+/// its own id, which names its backend.
+fn claim_holder(n: &Names) -> String {
+    let checkpoints = n.checkpoints();
+    format!(
+        "SELECT a.pid, nullif(a.application_name, ''), host(a.client_addr) \
+         FROM {checkpoints} c \
+         JOIN pg_catalog.pg_locks l ON l.locktype = 'transactionid' \
+              AND l.transactionid = c.xmax AND l.mode = 'ExclusiveLock' AND l.granted \
+         JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid \
+         WHERE c.projection_name = $1"
+    )
+}
+
+/// The read-model documents' statements.
+fn document_statements(n: &Names) -> crate::core::DocumentStatements {
+    let documents = n.documents();
+    let key = "collection = $1 AND id = $2";
+    crate::core::DocumentStatements {
+        put: format!(
+            "INSERT INTO {documents} (collection, id, body, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (collection, id) \
+             DO UPDATE SET body = EXCLUDED.body, updated_at = EXCLUDED.updated_at"
+        )
+        .into(),
+        get: format!("SELECT body FROM {documents} WHERE {key}").into(),
+        ensure: format!(
+            "INSERT INTO {documents} (collection, id, body, updated_at) \
+             VALUES ($1, $2, 'null', $3) ON CONFLICT (collection, id) DO NOTHING"
+        )
+        .into(),
+        get_locked: format!("SELECT body FROM {documents} WHERE {key} FOR UPDATE").into(),
+        delete: format!("DELETE FROM {documents} WHERE {key}").into(),
+        clear: format!("DELETE FROM {documents} WHERE collection = $1").into(),
+        list: format!(
+            "SELECT id, body FROM {documents} \
+             WHERE collection = $1 AND id > $2 AND body <> 'null'::jsonb \
+             ORDER BY id LIMIT $3"
+        )
+        .into(),
+        count: format!(
+            "SELECT count(*) FROM {documents} WHERE collection = $1 AND body <> 'null'::jsonb"
+        )
+        .into(),
+    }
 }
 
 fn migration_7(n: &Names) -> String {
@@ -291,6 +358,12 @@ pub(crate) fn statements(n: &Names) -> Statements {
     let failures = n.failures();
     let versions = n.versions();
     let aggregate = "bounded_context = $1 AND aggregate_type = $2 AND aggregate_id = $3";
+    // The claim never waits for a holder: it is also how a holder is
+    // probed for.
+    let claim: std::sync::Arc<str> = format!(
+        "SELECT position FROM {checkpoints} WHERE projection_name = $1 FOR UPDATE SKIP LOCKED"
+    )
+    .into();
     Statements {
         append: AppendStatements {
             no_stream: append(n, HeadCheck::NoStream, Batch::Arrays).into(),
@@ -354,13 +427,11 @@ pub(crate) fn statements(n: &Names) -> Statements {
              DO UPDATE SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at"
         )
         .into(),
-        claim_checkpoint: format!(
-            "SELECT position FROM {checkpoints} WHERE projection_name = $1 \
-             FOR UPDATE SKIP LOCKED"
-        )
-        .into(),
+        claim_checkpoint: claim.clone(),
         // The lease is set by the row's own output: when no row is
         // claimed it may not be, and the claim is made again the long way.
+        probe_claim: Some(claim),
+        claim_holder: Some(claim_holder(n).into()),
         claim_leased: Some(
             format!(
                 "SELECT position, \
@@ -445,6 +516,7 @@ pub(crate) fn statements(n: &Names) -> Statements {
         relax_durability: Some("SET LOCAL synchronous_commit = off".into()),
         horizon: Some(read_horizon(n).into()),
         register_listener: Some(register_listener(n).into()),
+        documents: document_statements(n),
     }
 }
 

@@ -8,20 +8,21 @@ use crate::names::{EVENT_ID_KEY, Names, STREAM_VERSION_KEY};
 pub(crate) fn migrations(names: &Names) -> Vec<(i64, &'static str, String)> {
     vec![
         (1, "event store", migration_1(names)),
-        (2, "projection versions", migration_2(names)),
+        (2, "read models", migration_2(names)),
+        (3, "projection versions", migration_3(names)),
     ]
 }
 
-fn migration_2(n: &Names) -> String {
+fn migration_3(n: &Names) -> String {
     let versions = n.versions();
     format!(
         r#"-- The versions of each projection: the one readers are served from
 -- ('active'), new ones catching up beside it ('catching_up'), and old ones
 -- replaced but not dropped yet ('superseded'); version 0 is each
 -- projection's lock row, which changes to the records are serialised on.
--- replay_until is the last
--- position the version handles as a replay; partitions is the partition
--- count of its checkpoints, so that they can be dropped with it.
+-- replay_until is the last position the version handles as a replay;
+-- partitions is the partition count of its checkpoints, so that they can
+-- be dropped with it.
 CREATE TABLE {versions} (
     projection_name TEXT    NOT NULL,
     version         INTEGER NOT NULL,
@@ -33,6 +34,55 @@ CREATE TABLE {versions} (
 ) STRICT, WITHOUT ROWID;
 "#
     )
+}
+
+fn migration_2(n: &Names) -> String {
+    let documents = n.documents();
+    format!(
+        r#"-- Read-model documents: JSON values by collection and id, written by
+-- projections through es_store::documents::Collection.
+CREATE TABLE {documents} (
+    collection TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    body       TEXT NOT NULL CHECK (json_valid(body)),
+    updated_at TEXT NOT NULL DEFAULT {NOW},
+    PRIMARY KEY (collection, id)
+) STRICT, WITHOUT ROWID;
+"#
+    )
+}
+
+/// The read-model documents' statements.
+fn document_statements(n: &Names) -> crate::core::DocumentStatements {
+    let documents = n.documents();
+    let key = "collection = ?1 AND id = ?2";
+    crate::core::DocumentStatements {
+        put: format!(
+            "INSERT INTO {documents} (collection, id, body, updated_at) \
+             VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (collection, id) \
+             DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at"
+        )
+        .into(),
+        get: format!("SELECT body FROM {documents} WHERE {key}").into(),
+        // A write: it takes the database's write lock, which is the lock.
+        ensure: format!(
+            "INSERT INTO {documents} (collection, id, body, updated_at) \
+             VALUES (?1, ?2, 'null', ?3) ON CONFLICT (collection, id) DO NOTHING"
+        )
+        .into(),
+        get_locked: format!("SELECT body FROM {documents} WHERE {key}").into(),
+        delete: format!("DELETE FROM {documents} WHERE {key}").into(),
+        clear: format!("DELETE FROM {documents} WHERE collection = ?1").into(),
+        list: format!(
+            "SELECT id, body FROM {documents} \
+             WHERE collection = ?1 AND id > ?2 AND body <> 'null' \
+             ORDER BY id LIMIT ?3"
+        )
+        .into(),
+        count: format!("SELECT count(*) FROM {documents} WHERE collection = ?1 AND body <> 'null'")
+            .into(),
+    }
 }
 
 /// Timestamps are stored as RFC 3339 text in UTC with exactly six fractional
@@ -243,6 +293,8 @@ pub(crate) fn statements(n: &Names) -> Statements {
                 "SELECT position FROM {checkpoints} WHERE projection_name = ?1"
             )
             .into(),
+            probe_claim: None,
+            claim_holder: None,
             claim_leased: None,
         checkpoint_exists: format!(
                 "SELECT EXISTS (SELECT 1 FROM {checkpoints} WHERE projection_name = ?1)"
@@ -321,6 +373,7 @@ pub(crate) fn statements(n: &Names) -> Statements {
             relax_durability: None,
             horizon: None,
             register_listener: None,
+            documents: document_statements(n),
         }
     }
 }
