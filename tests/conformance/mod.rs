@@ -90,6 +90,7 @@ macro_rules! projection_conformance_tests {
             versions::run_switches_to_a_new_version_when_it_has_caught_up,
             versions::a_partitioned_version_takes_over_from_an_unpartitioned_one,
             versions::retiring_needs_the_projection_to_say_how,
+            versions::an_untyped_projection_is_told_what_it_replays,
             documents::one_projection_without_sql_runs_on_every_backend,
         );
     };

@@ -8,11 +8,12 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use es::aggregate::projection::{
-    Envelope, HandlerError, ProjectionError, ProjectionProcessor, Typed, TypedProjection,
+    BatchFailure, Envelope, HandlerError, Projection, ProjectionError, ProjectionProcessor, Replay,
+    Typed, TypedProjection,
 };
 use es::store::{
     CheckpointStore, DomainEvent as _, EventReader, EventStore, ExpectedVersion, Metadata,
-    ProjectionStore, VersionState,
+    PersistedEvent, ProjectionStore, VersionState,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -803,5 +804,71 @@ pub async fn retiring_needs_the_projection_to_say_how<F: Fixture>() {
     );
     assert_eq!(v2.versions().await.unwrap().len(), 2);
     assert_eq!(rows(&db, 1).await.len(), 5);
+    db.finish().await;
+}
+
+/// An untyped projection that records, in memory, which events it was
+/// told are replayed.
+struct Untyped<F> {
+    seen: std::sync::Mutex<Vec<(i64, bool)>>,
+    fixture: PhantomData<fn() -> F>,
+}
+
+impl<F: Fixture> Projection<F::Db> for Untyped<F> {
+    fn name(&self) -> &str {
+        "untyped_replays"
+    }
+
+    async fn handle(
+        &self,
+        _tx: &mut <F::Db as sqlx::Database>::Connection,
+        _event: &PersistedEvent,
+    ) -> Result<(), HandlerError> {
+        unreachable!("the processor calls handle_batch_with")
+    }
+
+    async fn handle_batch_with(
+        &self,
+        _tx: &mut <F::Db as sqlx::Database>::Connection,
+        events: &[PersistedEvent],
+        replay: &Replay,
+    ) -> Result<(), BatchFailure> {
+        let mut seen = self.seen.lock().unwrap();
+        seen.extend(
+            events
+                .iter()
+                .map(|e| (e.global_position, replay.is_replaying(e))),
+        );
+        Ok(())
+    }
+}
+
+/// Untyped projections are told which events they replay too: the
+/// history there was when the projection first ran, and not what came
+/// after.
+pub async fn an_untyped_projection_is_told_what_it_replays<F: Fixture>() {
+    let db = F::create().await;
+    let mut history = Vec::new();
+    for i in 0..3 {
+        history.push(deposit(&db, "acc-1", i).await);
+    }
+    let untyped = Arc::new(Untyped::<F> {
+        seen: std::sync::Mutex::new(Vec::new()),
+        fixture: PhantomData,
+    });
+    let processor =
+        ProjectionProcessor::shared(db.store().clone(), db.pool().clone(), untyped.clone());
+    processor.catch_up().await.unwrap();
+    let mut live = Vec::new();
+    for i in 0..2 {
+        live.push(deposit(&db, "acc-1", i).await);
+    }
+    processor.catch_up().await.unwrap();
+    let expected: Vec<(i64, bool)> = history
+        .iter()
+        .map(|p| (*p, true))
+        .chain(live.iter().map(|p| (*p, false)))
+        .collect();
+    assert_eq!(*untyped.seen.lock().unwrap(), expected);
     db.finish().await;
 }
