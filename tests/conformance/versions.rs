@@ -367,7 +367,9 @@ async fn blue_green<F: Fixture>(path: ReadPath) {
             .await
     });
     let v2 = processor_for(&*db, 2, path);
+    let started = std::time::Instant::now();
     let switched = v2.switch_when_caught_up().await.unwrap();
+    let switch_took = started.elapsed();
     assert_eq!((switched.previous, switched.version), (Some(1), 2));
 
     // The old version stops at its next batch: writers are still appending.
@@ -402,8 +404,8 @@ async fn blue_green<F: Fixture>(path: ReadPath) {
     let positions = all_positions(&*db).await;
     assert_eq!(positions.len() as i64, HISTORY + i64::from(appended_live));
     eprintln!(
-        "blue/green ({path:?}): {} events ({appended_live} appended live), switched at position {}, \
-         {} reads ({} of version 1)",
+        "blue/green ({path:?}): {} events ({appended_live} appended live), switched at position {} \
+         after {switch_took:?} of catch-up and switch, {} reads ({} of version 1)",
         positions.len(),
         switched.position,
         reads.len(),
