@@ -282,6 +282,7 @@ async fn names_are_configurable_and_validated() {
         [
             "Ledger_Events",
             "Ledger_Events_listeners",
+            "Ledger_Events_projection_versions",
             // each store tracks its own migrations
             "_es_migrations_Ledger_Events",
             "ledger_checkpoints",

@@ -334,6 +334,7 @@ async fn names_are_configurable_and_validated() {
         tables,
         [
             "Ledger_Events",
+            "Ledger_Events_projection_versions",
             // each store tracks its own migrations
             "_es_migrations_Ledger_Events",
             "ledger_checkpoints",
@@ -413,7 +414,7 @@ async fn concurrent_migrations_are_safe() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(applied, 2);
+    assert_eq!(applied, 3);
     conn.close().await.unwrap();
     remove_database(&path);
 }

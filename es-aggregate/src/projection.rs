@@ -46,6 +46,22 @@
 //! ([`ProjectionProcessor::with_lease`]), and cannot commit the batch
 //! when it wakes. Each aggregate lives in one
 //! partition, processed in global order, so its events are handled in order.
+//!
+//! # Rebuilds without downtime
+//!
+//! A projection has a [version](Projection::version). A new version builds
+//! its own read model beside the active one, with checkpoints of its own,
+//! while the active version keeps serving; it takes over when it has
+//! caught up ([`ProjectionProcessor::switch_when_caught_up`], or its
+//! workers' [`run`](ProjectionProcessor::run) by itself), in one
+//! transaction with [`Projection::promote`], so that readers go from one
+//! complete read model to the other. The store records which version is
+//! active ([`ProjectionStore::active_projection_version`]); processors of
+//! a superseded version stop ([`ProjectionError::Superseded`]), and
+//! [`ProjectionProcessor::retire`] drops an old version. Handlers are told
+//! which events they replay ([`Replay`], [`Envelope::replaying`]): those
+//! appended before their version started, or before a
+//! [rebuild](ProjectionProcessor::rebuild).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -59,8 +75,10 @@ use crate::RetryPolicy;
 use crate::telemetry::ProjectionMetrics;
 
 mod typed;
+mod versions;
 
 pub use typed::{Envelope, EventSet, Typed, TypedProjection};
+pub use versions::{Replay, Switched};
 
 /// What a handler may fail with.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
@@ -108,6 +126,18 @@ pub trait Projection<DB: sqlx::Database = <es_store::DefaultStore as Backend>::D
     /// the projection over.
     fn name(&self) -> &str;
 
+    /// The projection's version (1 by default). A new version is a new
+    /// read model built beside the old one, from the start of the feed,
+    /// with checkpoints of its own (`name@v2`, `name@v2#0/4`; version 1
+    /// keeps the plain `name`), and takes over from it when it has caught
+    /// up ([`ProjectionProcessor::switch_when_caught_up`]). Name the
+    /// version's tables after it (`balances_v2`) so that both live side by
+    /// side; see [`promote`](Projection::promote) and
+    /// [`retire`](Projection::retire).
+    fn version(&self) -> u32 {
+        1
+    }
+
     /// Which events the projection wants (all by default). The filter runs
     /// in the database.
     fn filter(&self) -> EventFilter {
@@ -144,6 +174,99 @@ pub trait Projection<DB: sqlx::Database = <es_store::DefaultStore as Backend>::D
             }
             Ok(())
         }
+    }
+
+    /// [`handle`](Projection::handle), told which events are replayed: the
+    /// processor calls it when it replays a failed batch one event at a
+    /// time, to find the event at fault (in a transaction it rolls back).
+    /// By default it ignores `replay` and calls `handle`.
+    fn handle_with(
+        &self,
+        tx: &mut DB::Connection,
+        event: &PersistedEvent,
+        replay: &Replay,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        let _ = replay;
+        self.handle(tx, event)
+    }
+
+    /// [`handle_batch`](Projection::handle_batch), told which of the events
+    /// are replayed: the processor calls this one for every batch, and by
+    /// default it ignores `replay` and calls `handle_batch`. Override it
+    /// (and [`handle_with`](Projection::handle_with)) to hold back side
+    /// effects (mails, calls to other services) for replayed events, with
+    /// [`Replay::is_replaying`].
+    ///
+    /// ```no_run
+    /// use es_aggregate::projection::{BatchFailure, HandlerError, Projection, Replay};
+    /// use es_store::PersistedEvent;
+    /// use sqlx::PgConnection;
+    ///
+    /// struct Welcome;
+    ///
+    /// impl Projection for Welcome {
+    ///     fn name(&self) -> &str {
+    ///         "welcome_mails"
+    ///     }
+    ///
+    ///     async fn handle(&self, _: &mut PgConnection, _: &PersistedEvent) -> Result<(), HandlerError> {
+    ///         Ok(())
+    ///     }
+    ///
+    ///     async fn handle_batch_with(
+    ///         &self,
+    ///         _tx: &mut PgConnection,
+    ///         events: &[PersistedEvent],
+    ///         replay: &Replay,
+    ///     ) -> Result<(), BatchFailure> {
+    ///         for event in events.iter().filter(|e| !replay.is_replaying(e)) {
+    ///             println!("mail the owner of {}", event.aggregate_id);
+    ///         }
+    ///         Ok(())
+    ///     }
+    /// }
+    /// ```
+    fn handle_batch_with(
+        &self,
+        tx: &mut DB::Connection,
+        events: &[PersistedEvent],
+        replay: &Replay,
+    ) -> impl Future<Output = Result<(), BatchFailure>> + Send {
+        let _ = replay;
+        self.handle_batch(tx, events)
+    }
+
+    /// Makes readers see this version's read model, in the transaction that
+    /// records it as the active version
+    /// ([`ProjectionProcessor::switch_when_caught_up`]): on PostgreSQL and
+    /// SQLite, for example, replace a view readers query
+    /// (`CREATE OR REPLACE VIEW balances AS SELECT * FROM balances_v2`),
+    /// which then switches with the version, atomically. Does nothing by
+    /// default, for readers that look the active version up themselves
+    /// ([`ProjectionStore::active_projection_version`]).
+    /// On MySQL, DDL commits the transaction it runs in: swap nothing here,
+    /// look the version up instead.
+    fn promote(
+        &self,
+        tx: &mut DB::Connection,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        let _ = tx;
+        async { Ok(()) }
+    }
+
+    /// Drops the read model of `version` (an older version that was
+    /// replaced, or an abandoned newer one), in the transaction that also
+    /// removes its checkpoints and its record
+    /// ([`ProjectionProcessor::retire`]). A projection that does not say
+    /// how (the default) cannot retire versions: `retire` refuses with
+    /// [`ProjectionError::NoRetire`] and changes nothing.
+    fn retire(
+        &self,
+        tx: &mut DB::Connection,
+        version: u32,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        let _ = (tx, version);
+        async { Err(no_retire()) }
     }
 
     /// Clears the read model before a [rebuild](ProjectionProcessor::rebuild),
@@ -207,6 +330,15 @@ struct NoReset;
 
 pub(crate) fn no_reset() -> HandlerError {
     Box::new(NoReset)
+}
+
+/// What the default [`Projection::retire`] fails with.
+#[derive(Debug, thiserror::Error)]
+#[error("the projection does not implement `retire`")]
+struct NoRetire;
+
+pub(crate) fn no_retire() -> HandlerError {
+    Box::new(NoRetire)
 }
 
 /// Why a batch failed.
@@ -293,6 +425,86 @@ pub enum ProjectionError {
     Reset {
         /// The projection.
         projection: String,
+        /// The error.
+        #[source]
+        source: HandlerError,
+    },
+    /// This processor's version of the projection no longer runs: a newer
+    /// version took over (see
+    /// [`ProjectionProcessor::switch_when_caught_up`]). Its processors
+    /// stop with this error instead of writing a read model nobody reads;
+    /// stop the old deployment.
+    #[error(
+        "version {version} of projection `{projection}` was superseded by version {active}: its processors no longer handle events"
+    )]
+    Superseded {
+        /// The projection.
+        projection: String,
+        /// This processor's version.
+        version: u32,
+        /// The active version.
+        active: u32,
+    },
+    /// This processor's version of the projection was retired
+    /// ([`ProjectionProcessor::retire`]) while no newer version is active
+    /// (an abandoned new version).
+    #[error("version {version} of projection `{projection}` was retired")]
+    Retired {
+        /// The projection.
+        projection: String,
+        /// This processor's version.
+        version: u32,
+    },
+    /// A version was asked to be retired that is not recorded.
+    #[error("projection `{projection}` has no version {version} to retire")]
+    UnknownVersion {
+        /// The projection.
+        projection: String,
+        /// The version asked for.
+        version: u32,
+    },
+    /// The active version was asked to be retired: readers are served from
+    /// it. Switch to another version first.
+    #[error(
+        "version {version} of projection `{projection}` is the active one and cannot be retired"
+    )]
+    RetireActive {
+        /// The projection.
+        projection: String,
+        /// The version.
+        version: u32,
+    },
+    /// A version was asked to be retired by a projection that does not say
+    /// how to drop its read model ([`Projection::retire`] is not
+    /// implemented); nothing was changed.
+    #[error(
+        "projection `{projection}` cannot retire version {version}: it does not implement `retire`, so the version's read model cannot be dropped"
+    )]
+    NoRetire {
+        /// The projection.
+        projection: String,
+        /// The version asked for.
+        version: u32,
+    },
+    /// [`Projection::retire`] failed; nothing was retired.
+    #[error("projection `{projection}` could not retire version {version}: {source}")]
+    Retire {
+        /// The projection.
+        projection: String,
+        /// The version.
+        version: u32,
+        /// The error.
+        #[source]
+        source: HandlerError,
+    },
+    /// [`Projection::promote`] failed; the switch was rolled back and the
+    /// previous version stays active.
+    #[error("projection `{projection}` could not promote version {version}: {source}")]
+    Promote {
+        /// The projection.
+        projection: String,
+        /// The version.
+        version: u32,
         /// The error.
         #[source]
         source: HandlerError,
@@ -446,6 +658,8 @@ impl Drop for Notifier {
 pub struct ProjectionStatus {
     /// The projection.
     pub name: String,
+    /// The processor's version of it.
+    pub version: u32,
     /// The lowest checkpoint among its partitions.
     pub checkpoint: i64,
     /// Each partition's checkpoint (one entry without partitions).
@@ -511,6 +725,7 @@ pub struct ProjectionProcessor<S: Backend, P> {
     prefetch: bool,
     give_up_after: Option<u32>,
     lease: Duration,
+    auto_switch: bool,
     /// Registered at the first batch, after the application installed its
     /// metrics recorder.
     metrics: std::sync::OnceLock<ProjectionMetrics>,
@@ -590,6 +805,7 @@ where
             prefetch: true,
             give_up_after: None,
             lease: Duration::from_secs(30),
+            auto_switch: true,
             metrics: std::sync::OnceLock::new(),
         }
     }
@@ -616,6 +832,26 @@ where
     /// ```
     pub fn with_lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
+        self
+    }
+
+    /// Whether [`run`](Self::run), for a version catching up beside the
+    /// active one, makes it the active one as soon as it has caught up (at
+    /// the end of a pass over its partitions, each read to the head), as
+    /// [`switch_when_caught_up`](Self::switch_when_caught_up) does
+    /// (default: yes). Without it the new version follows the feed beside
+    /// the active one until something calls `switch_when_caught_up`: to
+    /// check the new read model first, say.
+    ///
+    /// ```no_run
+    /// # use es_aggregate::projection::{Projection, ProjectionProcessor};
+    /// # fn demo<P: Projection>(pool: sqlx::PgPool, projection: P) {
+    /// let processor = ProjectionProcessor::new(es_store::PostgresStore::new(), pool, projection)
+    ///     .with_auto_switch(false);
+    /// # }
+    /// ```
+    pub fn with_auto_switch(mut self, auto_switch: bool) -> Self {
+        self.auto_switch = auto_switch;
         self
     }
 
@@ -709,10 +945,13 @@ where
 
     /// The checkpoint name of each partition.
     fn checkpoint_names(&self) -> Vec<(String, EventFilter)> {
-        let name = self.projection.name();
+        let name = es_store::ProjectionVersion::checkpoint_stem(
+            self.projection.name(),
+            self.projection.version(),
+        );
         let filter = self.projection.filter();
         if self.partitions == 1 {
-            return vec![(name.to_owned(), filter)];
+            return vec![(name, filter)];
         }
         (0..self.partitions)
             .map(|index| {
@@ -731,6 +970,7 @@ where
     /// working on. (Under appends that never pause it keeps going: use
     /// [`run`](Self::run) to follow the feed.)
     pub async fn catch_up(&self) -> Result<CatchUp, ProjectionError> {
+        self.register().await?;
         let mut total = CatchUp::default();
         let mut pending = self.checkpoint_names();
         let mut policy_attempts = 1;
@@ -782,6 +1022,12 @@ where
     /// ([`with_give_up_after`](Self::with_give_up_after)), others up to 10
     /// in a row. Returns an error when the error policy gives up on a
     /// handler, or when store failures outlast that.
+    ///
+    /// A version catching up beside the active one becomes the active one
+    /// when it has caught up (unless
+    /// [`with_auto_switch(false)`](Self::with_auto_switch)); a version
+    /// that a newer one superseded stops with
+    /// [`ProjectionError::Superseded`] at its next batch.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), ProjectionError> {
         let mut wakeup = self.wakeup.clone();
         let mut appended = self.store.committed_appends();
@@ -792,6 +1038,33 @@ where
         let backoff =
             RetryPolicy::exponential(u32::MAX, Duration::from_millis(50), Duration::from_secs(5));
         tokio::pin!(shutdown);
+        let mut failures = 0;
+        let mut active;
+        loop {
+            let registered = tokio::select! {
+                biased;
+                () = &mut shutdown => return Ok(()),
+                registered = self.register() => registered,
+            };
+            match registered {
+                Ok(version) => {
+                    active = version.state == es_store::VersionState::Active;
+                    break;
+                }
+                Err(ProjectionError::Store { source, .. })
+                    if source.is_transient()
+                        && self.give_up_after.is_none_or(|limit| failures + 1 < limit) =>
+                {
+                    failures += 1;
+                    tokio::select! {
+                        biased;
+                        () = &mut shutdown => return Ok(()),
+                        () = tokio::time::sleep(backoff.backoff(failures)) => {}
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        }
         // Start the partitions at a different place in each worker so that
         // workers spread out.
         let offset = (std::process::id() as usize + Arc::as_ptr(&self.projection) as usize)
@@ -857,6 +1130,37 @@ where
                     }
                 }
             }
+            if self.auto_switch && !active {
+                // A pass ends when every partition has been read to the
+                // head (or was busy): caught up beside the active version,
+                // take over. (Waiting for a pass that found nothing would
+                // wait for a pause in the appends.)
+                let switched = tokio::select! {
+                    biased;
+                    () = &mut shutdown => return Ok(()),
+                    switched = self.try_switch() => switched,
+                };
+                match switched {
+                    Ok(Some(_)) => active = true,
+                    Ok(None) => {
+                        // A claim was busy (a batch in flight): again, soon.
+                        tokio::select! {
+                            biased;
+                            () = &mut shutdown => return Ok(()),
+                            () = tokio::time::sleep(versions::CLAIM_RETRY) => {}
+                        }
+                        progressed = true;
+                    }
+                    Err(ProjectionError::Store { source, .. }) => {
+                        tracing::warn!(
+                            projection = self.projection.name(),
+                            error = %source,
+                            "could not switch to this version, trying again later"
+                        );
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
             if progressed {
                 continue;
             }
@@ -879,8 +1183,14 @@ where
 
     /// Rebuilds the read model: clears it ([`Projection::reset`]) and
     /// resets every partition's checkpoint to 0 in one transaction, then
-    /// catches up.
+    /// catches up. The events up to the head of the feed at that moment
+    /// are handled as replayed ([`Replay`]).
+    ///
+    /// Readers of this version see its read model cleared and refilled: to
+    /// rebuild without downtime, build a new [version](Projection::version)
+    /// beside it instead ([`switch_when_caught_up`](Self::switch_when_caught_up)).
     pub async fn rebuild(&self) -> Result<CatchUp, ProjectionError> {
+        let mut version = self.register().await?;
         let mut tx = self.pool.begin().await.map_err(|e| self.store_error(e))?;
         // The read model first: a projection that cannot be reset refuses
         // before anything is claimed.
@@ -906,6 +1216,16 @@ where
                 .await
                 .map_err(|e| self.store_error(e))?;
         }
+        version.replay_until = self
+            .store
+            .head_position(&mut tx)
+            .await
+            .map_err(|e| self.store_error(e))?;
+        version.partitions = self.partitions;
+        self.store
+            .update_projection_version(&mut tx, &version)
+            .await
+            .map_err(|e| self.store_error(e))?;
         tx.commit().await.map_err(|e| self.store_error(e))?;
         self.catch_up().await
     }
@@ -954,6 +1274,7 @@ where
             .unwrap_or_default();
         Ok(ProjectionStatus {
             name: self.projection.name().to_owned(),
+            version: self.projection.version(),
             checkpoint,
             partitions,
             holders,
@@ -1050,6 +1371,13 @@ where
                 }),
             });
         }
+        // Only a version that still runs writes (one query, when there is
+        // something to commit).
+        let replay = if page.scanned_to > checkpoint {
+            self.admit(&mut tx).await?
+        } else {
+            Replay::none(self.projection.version())
+        };
         if page.events.is_empty() {
             if page.scanned_to > checkpoint {
                 // Nothing in this stretch of the feed: move past it, and
@@ -1074,7 +1402,7 @@ where
         );
         let handled = self
             .projection
-            .handle_batch(&mut tx, &page.events)
+            .handle_batch_with(&mut tx, &page.events, &replay)
             .instrument(span.clone())
             .await;
         match handled {
@@ -1114,9 +1442,16 @@ where
                 };
                 // Release the claim before anything else claims it again.
                 self.rollback(tx).await?;
-                self.handle_failure(key, checkpoint, &page.events, failure, policy_attempts)
-                    .instrument(span)
-                    .await
+                self.handle_failure(
+                    key,
+                    checkpoint,
+                    &page.events,
+                    failure,
+                    policy_attempts,
+                    &replay,
+                )
+                .instrument(span)
+                .await
             }
         }
     }
@@ -1149,12 +1484,16 @@ where
         events: &[PersistedEvent],
         failure: BatchFailure,
         policy_attempts: &mut u32,
+        replay: &Replay,
     ) -> Result<Batch, ProjectionError> {
         // Whether the event at fault is known (a failure that no single
         // event reproduces is blamed on the first, but never skipped).
         let (index, error, known) = match failure.index {
             Some(index) if index < events.len() => (index, failure.error, true),
-            _ => self.find_failing_event(events, failure.error).await?,
+            _ => {
+                self.find_failing_event(events, failure.error, replay)
+                    .await?
+            }
         };
         let event = &events[index];
         self.metrics().handler_failure();
@@ -1188,7 +1527,14 @@ where
             ErrorPolicy::Skip if !known => Err(give_up(*policy_attempts, error)),
             ErrorPolicy::Skip => {
                 match self
-                    .skip(key, start, &events[..index], event, &error.to_string())
+                    .skip(
+                        key,
+                        start,
+                        &events[..index],
+                        event,
+                        &error.to_string(),
+                        replay,
+                    )
                     .await?
                 {
                     Some(handled) => Ok(Batch::Handled {
@@ -1215,6 +1561,7 @@ where
         before: &[PersistedEvent],
         failed: &PersistedEvent,
         error: &str,
+        replay: &Replay,
     ) -> Result<Option<u64>, ProjectionError> {
         let mut tx = self.pool.begin().await.map_err(|e| self.store_error(e))?;
         let Some(checkpoint) = self
@@ -1230,7 +1577,10 @@ where
             return Ok(None);
         }
         if !before.is_empty()
-            && let Err(failure) = self.projection.handle_batch(&mut tx, before).await
+            && let Err(failure) = self
+                .projection
+                .handle_batch_with(&mut tx, before, replay)
+                .await
         {
             // The handler is not deterministic: the next batch meets it again.
             tracing::warn!(error = %failure.error, "handler failed on events it handled before");
@@ -1256,11 +1606,12 @@ where
         &self,
         events: &[PersistedEvent],
         batch_error: HandlerError,
+        replay: &Replay,
     ) -> Result<(usize, HandlerError, bool), ProjectionError> {
         let mut tx = self.pool.begin().await.map_err(|e| self.store_error(e))?;
         let mut found = (0, batch_error, false);
         for (index, event) in events.iter().enumerate() {
-            if let Err(error) = self.projection.handle(&mut tx, event).await {
+            if let Err(error) = self.projection.handle_with(&mut tx, event, replay).await {
                 found = (index, error, true);
                 break;
             }

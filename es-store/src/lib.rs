@@ -65,6 +65,7 @@ mod store;
 pub mod telemetry;
 mod traits;
 mod validate;
+mod versions;
 
 /// The backends' dialects: the type parameter of [`SqlStore`], each behind
 /// the cargo feature of its name.
@@ -99,6 +100,7 @@ pub use traits::{
     AggregateStreamReader, Backend, CheckpointHolder, CheckpointStore, Connection, DocumentStore,
     EventReader, EventStore, ProjectionFailure, ProjectionStore, SnapshotStore, Store, StoredEvent,
 };
+pub use versions::{ProjectionVersion, UnknownVersionState, VersionState};
 
 /// The store generic code names when it is not told: `PostgresStore`
 /// when the `postgres` feature is on, else `SqliteStore` when `sqlite` is,

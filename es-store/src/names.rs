@@ -187,6 +187,13 @@ impl Names {
         self.qualified(self.failures.as_str())
     }
 
+    /// The table recording each projection's versions and which one is
+    /// active (derived from the events table, like the others the store
+    /// adds after its first migration).
+    pub(crate) fn versions(&self) -> String {
+        self.derived_qualified(VERSIONS)
+    }
+
     pub(crate) fn documents(&self) -> String {
         self.qualified(self.documents.as_str())
     }
@@ -227,8 +234,9 @@ impl Names {
 
 /// Every suffix the backends append to the events table's name for what
 /// they derive from it: PostgreSQL's sequence, unique indexes, listeners
-/// table and functions, SQLite's indexes, and future backends'.
-pub(crate) const DERIVED_SUFFIXES: [&str; 8] = [
+/// table and functions, SQLite's indexes, the projection versions table,
+/// and future backends'.
+pub(crate) const DERIVED_SUFFIXES: [&str; 9] = [
     SEQUENCE,
     EVENT_ID_KEY,
     STREAM_VERSION_KEY,
@@ -237,6 +245,7 @@ pub(crate) const DERIVED_SUFFIXES: [&str; 8] = [
     LOCKED_TAIL,
     POSITION,
     LOCKS,
+    VERSIONS,
 ];
 
 pub(crate) const SEQUENCE: &str = "_global_position_seq";
@@ -247,6 +256,7 @@ pub(crate) const IDS_STORED: &str = "_ids_stored";
 pub(crate) const LOCKED_TAIL: &str = "_locked_tail";
 pub(crate) const POSITION: &str = "_position";
 pub(crate) const LOCKS: &str = "_locks";
+pub(crate) const VERSIONS: &str = "_projection_versions";
 
 #[cfg(feature = "postgres")]
 fn fnv1a(bytes: &[u8]) -> u64 {

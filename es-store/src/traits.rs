@@ -9,7 +9,7 @@ use std::ops::{RangeBounds, RangeFrom};
 
 use crate::{
     AppendResult, AsAggregateRef, Event, EventFilter, EventPage, ExpectedVersion, PersistedEvent,
-    Result, Snapshot, Stream,
+    ProjectionVersion, Result, Snapshot, Stream, VersionState,
 };
 
 /// What every backend names: the sqlx database it runs on.
@@ -597,6 +597,161 @@ pub trait ProjectionStore: EventReader + CheckpointStore {
         lease: std::time::Duration,
     ) -> impl Future<Output = Result<Option<i64>>> + Send;
 
+    /// The recorded versions of a projection, lowest first (none for a
+    /// projection whose processor never ran since versions exist).
+    ///
+    /// ```no_run
+    /// use es_store::{PostgresStore, ProjectionStore};
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_store::Error> {
+    /// let mut conn = pool.acquire().await?;
+    /// for version in PostgresStore::new().projection_versions(&mut *conn, "balances").await? {
+    ///     println!("v{}: {}", version.version, version.state);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    fn projection_versions(
+        &self,
+        conn: &mut Connection<Self>,
+        projection_name: &str,
+    ) -> impl Future<Output = Result<Vec<ProjectionVersion>>> + Send;
+
+    /// The version of the projection readers should be served from: the
+    /// one recorded as [`VersionState::Active`], or `None` when none is
+    /// recorded yet. Readers that name their tables after the version look
+    /// it up here, in the transaction they read the read model in.
+    ///
+    /// ```no_run
+    /// use es_store::{PostgresStore, ProjectionStore};
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_store::Error> {
+    /// let mut tx = pool.begin().await?;
+    /// let version = PostgresStore::new().active_projection_version(&mut *tx, "balances").await?;
+    /// let table = format!("balances_v{}", version.unwrap_or(1));
+    /// # Ok(()) }
+    /// ```
+    fn active_projection_version(
+        &self,
+        conn: &mut Connection<Self>,
+        projection_name: &str,
+    ) -> impl Future<Output = Result<Option<u32>>> + Send {
+        async move {
+            Ok(self
+                .projection_versions(conn, projection_name)
+                .await?
+                .into_iter()
+                .find(|v| v.state == VersionState::Active)
+                .map(|v| v.version))
+        }
+    }
+
+    /// Records a version, unless one with its name and number is recorded
+    /// (then changes nothing).
+    ///
+    /// ```no_run
+    /// use es_store::{PostgresStore, ProjectionStore, ProjectionVersion, VersionState};
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_store::Error> {
+    /// let mut conn = pool.acquire().await?;
+    /// let v1 = ProjectionVersion::new("balances", 1, VersionState::Active, 0, 1);
+    /// PostgresStore::new().insert_projection_version(&mut *conn, &v1).await?;
+    /// # Ok(()) }
+    /// ```
+    fn insert_projection_version(
+        &self,
+        conn: &mut Connection<Self>,
+        version: &ProjectionVersion,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Changes a recorded version's state, replay position and partition
+    /// count to `version`'s.
+    ///
+    /// ```no_run
+    /// use es_store::{PostgresStore, ProjectionStore, ProjectionVersion, VersionState};
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_store::Error> {
+    /// let mut tx = pool.begin().await?;
+    /// let v1 = ProjectionVersion::new("balances", 1, VersionState::Superseded, 0, 1);
+    /// PostgresStore::new().update_projection_version(&mut *tx, &v1).await?;
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    fn update_projection_version(
+        &self,
+        conn: &mut Connection<Self>,
+        version: &ProjectionVersion,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Forgets a version (its checkpoints are removed separately, with
+    /// [`delete_checkpoint`](ProjectionStore::delete_checkpoint)).
+    ///
+    /// ```no_run
+    /// use es_store::{PostgresStore, ProjectionStore};
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_store::Error> {
+    /// let mut conn = pool.acquire().await?;
+    /// PostgresStore::new().delete_projection_version(&mut *conn, "balances", 1).await?;
+    /// # Ok(()) }
+    /// ```
+    fn delete_projection_version(
+        &self,
+        conn: &mut Connection<Self>,
+        projection_name: &str,
+        version: u32,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// [`claim_checkpoint`](ProjectionStore::claim_checkpoint), waiting for
+    /// a transaction that holds the checkpoint to end instead of skipping
+    /// it (PostgreSQL and MySQL wait on the row lock, up to the server's
+    /// lock timeout). `None` only when a checkpoint that did not exist is
+    /// being created by another transaction that holds it. For a switch of
+    /// projection versions, which must take a checkpoint that busy workers
+    /// keep claiming.
+    ///
+    /// ```no_run
+    /// use es_store::{PostgresStore, ProjectionStore};
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_store::Error> {
+    /// let mut tx = pool.begin().await?;
+    /// let position = PostgresStore::new().wait_for_checkpoint(&mut *tx, "balances").await?;
+    /// # Ok(()) }
+    /// ```
+    fn wait_for_checkpoint(
+        &self,
+        conn: &mut Connection<Self>,
+        projection_name: &str,
+    ) -> impl Future<Output = Result<Option<i64>>> + Send;
+
+    /// Serialises changes to a projection's version records: waits for
+    /// another transaction holding the projection's lock, then holds it
+    /// until the caller's transaction ends. Registering a version, a
+    /// switch and a retirement take it first.
+    ///
+    /// ```no_run
+    /// use es_store::{PostgresStore, ProjectionStore};
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_store::Error> {
+    /// let store = PostgresStore::new();
+    /// let mut tx = pool.begin().await?;
+    /// store.lock_projection_versions(&mut *tx, "balances").await?;
+    /// let versions = store.projection_versions(&mut *tx, "balances").await?;
+    /// // ... change them ...
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    fn lock_projection_versions(
+        &self,
+        conn: &mut Connection<Self>,
+        projection_name: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Removes a checkpoint (nothing when there is none).
+    ///
+    /// ```no_run
+    /// use es_store::{PostgresStore, ProjectionStore};
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_store::Error> {
+    /// let mut conn = pool.acquire().await?;
+    /// PostgresStore::new().delete_checkpoint(&mut *conn, "balances").await?;
+    /// # Ok(()) }
+    /// ```
+    fn delete_checkpoint(
+        &self,
+        conn: &mut Connection<Self>,
+        projection_name: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Who holds the checkpoint now, without waiting: a claim that skips a
     /// held row, in a transaction (nested in the caller's, if any) that is
     /// rolled back. PostgreSQL names the holder's session (its backend

@@ -9,6 +9,7 @@ pub mod repository;
 pub mod store;
 pub mod typed;
 pub mod unit;
+pub mod versions;
 
 /// Generates one `#[tokio::test]` per listed test body for a fixture.
 #[macro_export]
@@ -82,6 +83,14 @@ macro_rules! projection_conformance_tests {
             typed::a_rebuild_without_reset_refuses_and_changes_nothing,
             typed::run_follows_appends_of_this_process_live,
             typed::status_gives_the_lag_in_events_and_time_and_says_when_stalled,
+            versions::a_new_version_takes_over_while_writers_append,
+            versions::a_promoted_view_switches_readers_with_the_version,
+            versions::a_rebuild_replays_history_and_then_runs_live,
+            versions::a_version_1_from_before_versions_keeps_serving,
+            versions::run_switches_to_a_new_version_when_it_has_caught_up,
+            versions::a_partitioned_version_takes_over_from_an_unpartitioned_one,
+            versions::retiring_needs_the_projection_to_say_how,
+            versions::an_untyped_projection_is_told_what_it_replays,
             documents::one_projection_without_sql_runs_on_every_backend,
         );
     };

@@ -16,6 +16,10 @@ pub trait Fixture: Sized + Send + Sync + 'static {
     /// `None` at once.
     const SINGLE_WRITER: bool = false;
 
+    /// Whether DDL (`CREATE VIEW`, `DROP TABLE`) runs inside a transaction
+    /// (MySQL commits the transaction first).
+    const TRANSACTIONAL_DDL: bool = true;
+
     fn create() -> impl Future<Output = Self> + Send;
     fn pool(&self) -> &sqlx::Pool<Self::Db>;
     fn store(&self) -> &Self::Store;
@@ -49,6 +53,19 @@ pub trait Fixture: Sized + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
     /// The rows of `handled`, in handling order.
     fn handled(&self) -> impl Future<Output = Vec<Handled>> + Send;
+
+    /// Runs `sql` (without parameters) on `conn`: portable DDL and
+    /// statements with literal values, for read models of the tests.
+    fn execute_on<'c>(
+        conn: &'c mut <Self::Db as sqlx::Database>::Connection,
+        sql: String,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'c;
+    /// The rows of two integers `sql` (without parameters) selects, on
+    /// `conn`.
+    fn pairs_on<'c>(
+        conn: &'c mut <Self::Db as sqlx::Database>::Connection,
+        sql: String,
+    ) -> impl Future<Output = Result<Vec<(i64, i64)>, sqlx::Error>> + Send + 'c;
 }
 
 /// The second store's table names (see [`Fixture::second_store`]), on
@@ -170,5 +187,19 @@ impl Fixture for super::TestDb {
             .await
             .unwrap();
         handled_rows(rows)
+    }
+    async fn execute_on(conn: &mut sqlx::PgConnection, sql: String) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(conn)
+            .await
+            .map(drop)
+    }
+    async fn pairs_on(
+        conn: &mut sqlx::PgConnection,
+        sql: String,
+    ) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_all(conn)
+            .await
     }
 }

@@ -141,6 +141,7 @@ async fn purge_stale_databases(admin: &mut MySqlConnection) {
 impl Fixture for MySqlDb {
     type Db = MySql;
     type Store = MySqlStore;
+    const TRANSACTIONAL_DDL: bool = false;
 
     async fn create() -> Self {
         // 16 concurrent appenders plus a reader.
@@ -212,5 +213,19 @@ impl Fixture for MySqlDb {
             .await
             .unwrap();
         handled_rows(rows)
+    }
+    async fn execute_on(conn: &mut MySqlConnection, sql: String) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(conn)
+            .await
+            .map(drop)
+    }
+    async fn pairs_on(
+        conn: &mut MySqlConnection,
+        sql: String,
+    ) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_all(conn)
+            .await
     }
 }

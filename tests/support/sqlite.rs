@@ -194,4 +194,18 @@ impl Fixture for SqliteDb {
                 .collect(),
         )
     }
+    async fn execute_on(conn: &mut SqliteConnection, sql: String) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(conn)
+            .await
+            .map(drop)
+    }
+    async fn pairs_on(
+        conn: &mut SqliteConnection,
+        sql: String,
+    ) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_all(conn)
+            .await
+    }
 }

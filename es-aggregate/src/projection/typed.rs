@@ -6,7 +6,7 @@ use std::future::Future;
 use es_store::{AggregateRef, DecodeError, DomainEvent, EventFilter, PersistedEvent};
 use serde_json::value::RawValue;
 
-use super::{HandlerError, Projection};
+use super::{BatchFailure, HandlerError, Projection, Replay};
 
 /// The events a [`TypedProjection`] handles: one derived event enum (every
 /// [`DomainEvent`] is an `EventSet`), or several joined into one enum with
@@ -155,12 +155,46 @@ pub struct Envelope<'a, E> {
     /// The decoded event.
     pub event: E,
     stored: &'a PersistedEvent,
+    replaying: bool,
 }
 
 impl<'a, E> Envelope<'a, E> {
-    /// `event`, decoded from `stored`.
+    /// `event`, decoded from `stored`, handled live (not replaying).
     pub fn new(event: E, stored: &'a PersistedEvent) -> Self {
-        Self { event, stored }
+        Self {
+            event,
+            stored,
+            replaying: false,
+        }
+    }
+
+    /// The envelope, handled as a replay or not (see
+    /// [`replaying`](Self::replaying)).
+    ///
+    /// ```
+    /// # use es::DomainEvent;
+    /// # #[derive(Debug, DomainEvent)]
+    /// # #[event(bounded_context = "Billing", aggregate_type = "Account")]
+    /// # enum AccountEvent { Deposited { amount: i64 } }
+    /// # use es_aggregate::projection::Envelope;
+    /// # use es_store::{DomainEvent as _, Metadata, PersistedEvent};
+    /// # let stored = PersistedEvent::new(AccountEvent::Deposited { amount: 5 }.to_event("acc-1", &Metadata::new()).unwrap(), 1, 7);
+    /// let envelope = Envelope::new(AccountEvent::Deposited { amount: 5 }, &stored).replayed(true);
+    /// assert!(envelope.replaying());
+    /// ```
+    pub fn replayed(mut self, replaying: bool) -> Self {
+        self.replaying = replaying;
+        self
+    }
+
+    /// Whether the event is handled as a replay: it was appended before
+    /// this version of the projection started (or before its last
+    /// [rebuild](super::ProjectionProcessor::rebuild)), and the version is
+    /// building its read model from history. Hold back side effects that
+    /// already happened when the event was first handled (mails, calls).
+    /// See [`Replay`].
+    pub fn replaying(&self) -> bool {
+        self.replaying
     }
 
     /// The event as stored (payload undecoded).
@@ -279,6 +313,11 @@ pub trait TypedProjection<
     /// The projection's name: the key of its checkpoint.
     fn name(&self) -> &str;
 
+    /// The projection's version (1 by default); see [`Projection::version`].
+    fn version(&self) -> u32 {
+        1
+    }
+
     /// Handles one event, inside the transaction that will also move the
     /// checkpoint past it.
     fn handle(
@@ -286,6 +325,28 @@ pub trait TypedProjection<
         tx: &mut DB::Connection,
         event: Envelope<'_, Self::Events>,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// Makes readers see this version's read model, in the switch's
+    /// transaction; see [`Projection::promote`]. Does nothing by default.
+    fn promote(
+        &self,
+        tx: &mut DB::Connection,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        let _ = tx;
+        async { Ok(()) }
+    }
+
+    /// Drops the read model of `version`; see [`Projection::retire`].
+    /// Without it, retiring a version refuses
+    /// ([`ProjectionError::NoRetire`](super::ProjectionError::NoRetire)).
+    fn retire(
+        &self,
+        tx: &mut DB::Connection,
+        version: u32,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        let _ = (tx, version);
+        async { Err(super::no_retire()) }
+    }
 
     /// Clears the read model before a
     /// [rebuild](super::ProjectionProcessor::rebuild). Without it, a
@@ -319,8 +380,57 @@ impl<DB: sqlx::Database, P: TypedProjection<DB>> Projection<DB> for Typed<P> {
         TypedProjection::name(&self.0)
     }
 
+    fn version(&self) -> u32 {
+        TypedProjection::version(&self.0)
+    }
+
     fn filter(&self) -> EventFilter {
         P::Events::filter()
+    }
+
+    async fn handle_with(
+        &self,
+        tx: &mut DB::Connection,
+        event: &PersistedEvent,
+        replay: &Replay,
+    ) -> Result<(), HandlerError> {
+        match P::Events::decode(event) {
+            None => Ok(()),
+            Some(Err(error)) => Err(Box::new(error)),
+            Some(Ok(decoded)) => {
+                let envelope = Envelope::new(decoded, event).replayed(replay.is_replaying(event));
+                TypedProjection::handle(&self.0, tx, envelope).await
+            }
+        }
+    }
+
+    async fn handle_batch_with(
+        &self,
+        tx: &mut DB::Connection,
+        events: &[PersistedEvent],
+        replay: &Replay,
+    ) -> Result<(), BatchFailure> {
+        for (index, event) in events.iter().enumerate() {
+            self.handle_with(tx, event, replay)
+                .await
+                .map_err(|error| BatchFailure::at(index, error))?;
+        }
+        Ok(())
+    }
+
+    fn promote(
+        &self,
+        tx: &mut DB::Connection,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        TypedProjection::promote(&self.0, tx)
+    }
+
+    fn retire(
+        &self,
+        tx: &mut DB::Connection,
+        version: u32,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        TypedProjection::retire(&self.0, tx, version)
     }
 
     async fn handle(

@@ -89,6 +89,24 @@ pub(crate) struct Statements {
     pub(crate) checkpoint_exists: Arc<str>,
     /// (name, now): creates a missing checkpoint at 0.
     pub(crate) create_checkpoint: Arc<str>,
+    /// (name) -> (name, version, state, replay until, partitions, updated
+    /// at) of each of the projection's versions, by version.
+    pub(crate) list_versions: Arc<str>,
+    /// (name, version, state, replay until, partitions, now): records a
+    /// version unless it is recorded.
+    pub(crate) insert_version: Arc<str>,
+    /// (state, replay until, partitions, now, name, version).
+    pub(crate) update_version: Arc<str>,
+    /// (name, version).
+    pub(crate) delete_version: Arc<str>,
+    /// (name, now): writes the projection's lock row (version 0), which
+    /// holds it until the transaction ends.
+    pub(crate) lock_versions: Arc<str>,
+    /// (name) -> position, waiting for a transaction that holds the
+    /// checkpoint; `None` where a claim waits already (SQLite).
+    pub(crate) wait_checkpoint: Option<Arc<str>>,
+    /// (name): removes a checkpoint.
+    pub(crate) delete_checkpoint: Arc<str>,
     /// (bounded context, aggregate type, aggregate id, max version) ->
     /// (version, schema version, state, created at).
     pub(crate) load_snapshot: Arc<str>,

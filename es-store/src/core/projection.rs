@@ -255,6 +255,141 @@ macro_rules! impl_projection {
                 Ok(())
             }
 
+            async fn projection_versions(
+                &self,
+                conn: &mut $conn,
+                projection_name: &str,
+            ) -> $crate::Result<Vec<$crate::ProjectionVersion>> {
+                use sqlx::Row as _;
+                $crate::validate::projection_name(projection_name)?;
+                let rows = sqlx::query(sqlx::AssertSqlSafe(self.sql().list_versions.clone()))
+                    .bind(projection_name)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                let number = |value: i64, what: &str| {
+                    u32::try_from(value).map_err(|_| {
+                        sqlx::Error::Decode(
+                            format!("projection {what} {value} out of range").into(),
+                        )
+                    })
+                };
+                rows.iter()
+                    .map(|row| {
+                        let state: String = row.try_get(2)?;
+                        let state = state.parse().map_err(|e: $crate::UnknownVersionState| {
+                            sqlx::Error::Decode(e.into())
+                        })?;
+                        Ok($crate::ProjectionVersion {
+                            name: row.try_get(0)?,
+                            version: number(row.try_get(1)?, "version")?,
+                            state,
+                            replay_until: row.try_get(3)?,
+                            partitions: number(row.try_get(4)?, "partition count")?,
+                            updated_at: codec::get_time(row, 5)?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn insert_projection_version(
+                &self,
+                conn: &mut $conn,
+                version: &$crate::ProjectionVersion,
+            ) -> $crate::Result<()> {
+                $crate::validate::projection_name(&version.name)?;
+                $crate::validate::position(version.replay_until)?;
+                sqlx::query(sqlx::AssertSqlSafe(self.sql().insert_version.clone()))
+                    .bind(&version.name)
+                    .bind(i64::from(version.version))
+                    .bind(version.state.as_str())
+                    .bind(version.replay_until)
+                    .bind(i64::from(version.partitions))
+                    .bind(codec::time(version.updated_at))
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            }
+
+            async fn update_projection_version(
+                &self,
+                conn: &mut $conn,
+                version: &$crate::ProjectionVersion,
+            ) -> $crate::Result<()> {
+                $crate::validate::projection_name(&version.name)?;
+                $crate::validate::position(version.replay_until)?;
+                sqlx::query(sqlx::AssertSqlSafe(self.sql().update_version.clone()))
+                    .bind(version.state.as_str())
+                    .bind(version.replay_until)
+                    .bind(i64::from(version.partitions))
+                    .bind(codec::time($crate::event::now()))
+                    .bind(&version.name)
+                    .bind(i64::from(version.version))
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            }
+
+            async fn delete_projection_version(
+                &self,
+                conn: &mut $conn,
+                projection_name: &str,
+                version: u32,
+            ) -> $crate::Result<()> {
+                $crate::validate::projection_name(projection_name)?;
+                sqlx::query(sqlx::AssertSqlSafe(self.sql().delete_version.clone()))
+                    .bind(projection_name)
+                    .bind(i64::from(version))
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            }
+
+            async fn wait_for_checkpoint(
+                &self,
+                conn: &mut $conn,
+                projection_name: &str,
+            ) -> $crate::Result<Option<i64>> {
+                $crate::validate::projection_name(projection_name)?;
+                if let Some(sql) = &self.sql().wait_checkpoint {
+                    let found: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
+                        .bind(projection_name)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                    if found.is_some() {
+                        return Ok(found);
+                    }
+                }
+                // Missing (a claim creates it), or a backend whose claims wait.
+                codec::claim_checkpoint(self, conn, projection_name).await
+            }
+
+            async fn lock_projection_versions(
+                &self,
+                conn: &mut $conn,
+                projection_name: &str,
+            ) -> $crate::Result<()> {
+                $crate::validate::projection_name(projection_name)?;
+                sqlx::query(sqlx::AssertSqlSafe(self.sql().lock_versions.clone()))
+                    .bind(projection_name)
+                    .bind(codec::time($crate::event::now()))
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            }
+
+            async fn delete_checkpoint(
+                &self,
+                conn: &mut $conn,
+                projection_name: &str,
+            ) -> $crate::Result<()> {
+                $crate::validate::projection_name(projection_name)?;
+                sqlx::query(sqlx::AssertSqlSafe(self.sql().delete_checkpoint.clone()))
+                    .bind(projection_name)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            }
+
             async fn relax_commit_durability(&self, conn: &mut $conn) -> $crate::Result<()> {
                 if let Some(sql) = &self.sql().relax_durability {
                     sqlx::query(sqlx::AssertSqlSafe(sql.clone()))

@@ -14,7 +14,31 @@ pub(crate) fn migrations(names: &Names) -> Vec<(i64, &'static str, String)> {
     vec![
         (1, "event store", migration_1(names)),
         (2, "read models", migration_2(names)),
+        (3, "projection versions", migration_3(names)),
     ]
+}
+
+fn migration_3(n: &Names) -> String {
+    let versions = n.versions();
+    format!(
+        r#"-- The versions of each projection: the one readers are served from
+-- ('active'), new ones catching up beside it ('catching_up'), and old ones
+-- replaced but not dropped yet ('superseded'); version 0 is each
+-- projection's lock row, which changes to the records are serialised on.
+-- replay_until is the last position the version handles as a replay;
+-- partitions is the partition count of its checkpoints, so that they can
+-- be dropped with it.
+CREATE TABLE {versions} (
+    projection_name VARBINARY(255) NOT NULL,
+    version         BIGINT         NOT NULL,
+    state           VARCHAR(16) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    replay_until    BIGINT         NOT NULL,
+    partitions      BIGINT         NOT NULL,
+    updated_at      DATETIME(6)    NOT NULL DEFAULT {NOW},
+    PRIMARY KEY (projection_name, version)
+) ENGINE = InnoDB;
+"#
+    )
 }
 
 fn migration_2(n: &Names) -> String {
@@ -239,6 +263,7 @@ pub(crate) fn statements(n: &Names) -> Statements {
     let checkpoints = n.checkpoints();
     let snapshots = n.snapshots();
     let failures = n.failures();
+    let versions = n.versions();
     let positions = n.derived_qualified(POSITION);
     let locks = n.derived_qualified(LOCKS);
     let columns = event_columns(&events);
@@ -409,6 +434,44 @@ pub(crate) fn statements(n: &Names) -> Statements {
             event_type = text("event_type"),
         )
         .into(),
+        // The name is read back as text (the column is binary). A locking
+        // read: a projection batch runs under REPEATABLE READ, whose
+        // snapshot may predate the switch that committed before its claim;
+        // the latest records are what decides whether its version still
+        // runs.
+        list_versions: format!(
+            "SELECT CONVERT(projection_name USING utf8mb4), version, state, replay_until, \
+                 partitions, updated_at \
+             FROM {versions} WHERE projection_name = ? AND version > 0 ORDER BY version \
+             LOCK IN SHARE MODE"
+        )
+        .into(),
+        insert_version: format!(
+            "INSERT INTO {versions} \
+                 (projection_name, version, state, replay_until, partitions, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?) \
+             ON DUPLICATE KEY UPDATE version = version"
+        )
+        .into(),
+        update_version: format!(
+            "UPDATE {versions} SET state = ?, replay_until = ?, partitions = ?, updated_at = ? \
+             WHERE projection_name = ? AND version = ?"
+        )
+        .into(),
+        delete_version: format!("DELETE FROM {versions} WHERE projection_name = ? AND version = ?")
+            .into(),
+        lock_versions: format!(
+            "INSERT INTO {versions} \
+                 (projection_name, version, state, replay_until, partitions, updated_at) \
+             VALUES (?, 0, 'lock', 0, 0, ?) \
+             ON DUPLICATE KEY UPDATE updated_at = VALUES(updated_at)"
+        )
+        .into(),
+        wait_checkpoint: Some(
+            format!("SELECT position FROM {checkpoints} WHERE projection_name = ? FOR UPDATE")
+                .into(),
+        ),
+        delete_checkpoint: format!("DELETE FROM {checkpoints} WHERE projection_name = ?").into(),
         relax_durability: None,
         horizon: None,
         register_listener: None,

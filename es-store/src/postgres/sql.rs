@@ -21,7 +21,31 @@ pub(crate) fn migrations(names: &Names) -> Vec<(i64, &'static str, String)> {
         (6, "locked tail", migration_6(names)),
         (7, "lean appends", migration_7(names)),
         (8, "read models", migration_8(names)),
+        (9, "projection versions", migration_9(names)),
     ]
+}
+
+fn migration_9(n: &Names) -> String {
+    let versions = n.versions();
+    format!(
+        r#"-- The versions of each projection: the one readers are served from
+-- ('active'), new ones catching up beside it ('catching_up'), and old ones
+-- replaced but not dropped yet ('superseded'); version 0 is each
+-- projection's lock row, which changes to the records are serialised on.
+-- replay_until is the last position the version handles as a replay;
+-- partitions is the partition count of its checkpoints, so that they can
+-- be dropped with it.
+CREATE TABLE {versions} (
+    projection_name text        NOT NULL,
+    version         bigint      NOT NULL,
+    state           text        NOT NULL,
+    replay_until    bigint      NOT NULL,
+    partitions      bigint      NOT NULL,
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (projection_name, version)
+);
+"#
+    )
 }
 
 fn migration_8(n: &Names) -> String {
@@ -332,6 +356,7 @@ pub(crate) fn statements(n: &Names) -> Statements {
     let checkpoints = n.checkpoints();
     let snapshots = n.snapshots();
     let failures = n.failures();
+    let versions = n.versions();
     let aggregate = "bounded_context = $1 AND aggregate_type = $2 AND aggregate_id = $3";
     // The claim never waits for a holder: it is also how a holder is
     // probed for.
@@ -454,6 +479,40 @@ pub(crate) fn statements(n: &Names) -> Statements {
              WHERE projection_name = $1 ORDER BY global_position"
         )
         .into(),
+        list_versions: format!(
+            "SELECT projection_name, version, state, replay_until, partitions, updated_at \
+             FROM {versions} WHERE projection_name = $1 AND version > 0 ORDER BY version"
+        )
+        .into(),
+        insert_version: format!(
+            "INSERT INTO {versions} \
+                 (projection_name, version, state, replay_until, partitions, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (projection_name, version) DO NOTHING"
+        )
+        .into(),
+        update_version: format!(
+            "UPDATE {versions} SET state = $1, replay_until = $2, partitions = $3, \
+                 updated_at = $4 \
+             WHERE projection_name = $5 AND version = $6"
+        )
+        .into(),
+        delete_version: format!(
+            "DELETE FROM {versions} WHERE projection_name = $1 AND version = $2"
+        )
+        .into(),
+        lock_versions: format!(
+            "INSERT INTO {versions} AS v \
+                 (projection_name, version, state, replay_until, partitions, updated_at) \
+             VALUES ($1, 0, 'lock', 0, 0, $2) \
+             ON CONFLICT (projection_name, version) DO UPDATE SET updated_at = EXCLUDED.updated_at"
+        )
+        .into(),
+        wait_checkpoint: Some(
+            format!("SELECT position FROM {checkpoints} WHERE projection_name = $1 FOR UPDATE")
+                .into(),
+        ),
+        delete_checkpoint: format!("DELETE FROM {checkpoints} WHERE projection_name = $1").into(),
         relax_durability: Some("SET LOCAL synchronous_commit = off".into()),
         horizon: Some(read_horizon(n).into()),
         register_listener: Some(register_listener(n).into()),

@@ -9,7 +9,31 @@ pub(crate) fn migrations(names: &Names) -> Vec<(i64, &'static str, String)> {
     vec![
         (1, "event store", migration_1(names)),
         (2, "read models", migration_2(names)),
+        (3, "projection versions", migration_3(names)),
     ]
+}
+
+fn migration_3(n: &Names) -> String {
+    let versions = n.versions();
+    format!(
+        r#"-- The versions of each projection: the one readers are served from
+-- ('active'), new ones catching up beside it ('catching_up'), and old ones
+-- replaced but not dropped yet ('superseded'); version 0 is each
+-- projection's lock row, which changes to the records are serialised on.
+-- replay_until is the last position the version handles as a replay;
+-- partitions is the partition count of its checkpoints, so that they can
+-- be dropped with it.
+CREATE TABLE {versions} (
+    projection_name TEXT    NOT NULL,
+    version         INTEGER NOT NULL,
+    state           TEXT    NOT NULL,
+    replay_until    INTEGER NOT NULL,
+    partitions      INTEGER NOT NULL,
+    updated_at      TEXT    NOT NULL DEFAULT {NOW},
+    PRIMARY KEY (projection_name, version)
+) STRICT, WITHOUT ROWID;
+"#
+    )
 }
 
 fn migration_2(n: &Names) -> String {
@@ -158,6 +182,7 @@ pub(crate) fn statements(n: &Names) -> Statements {
         let checkpoints = n.checkpoints();
         let snapshots = n.snapshots();
         let failures = n.failures();
+        let versions = n.versions();
         // The head statements are the first statement of every append, and
         // they write: SQLite takes the write lock when a writing statement
         // starts, whether or not it changes a row, so everything after them
@@ -311,6 +336,40 @@ pub(crate) fn statements(n: &Names) -> Statements {
                  WHERE projection_name = ?1 ORDER BY global_position"
             )
             .into(),
+            list_versions: format!(
+                "SELECT projection_name, version, state, replay_until, partitions, updated_at \
+                 FROM {versions} WHERE projection_name = ?1 AND version > 0 ORDER BY version"
+            )
+            .into(),
+            insert_version: format!(
+                "INSERT INTO {versions} \
+                     (projection_name, version, state, replay_until, partitions, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (projection_name, version) DO NOTHING"
+            )
+            .into(),
+            update_version: format!(
+                "UPDATE {versions} SET state = ?1, replay_until = ?2, partitions = ?3, \
+                     updated_at = ?4 \
+                 WHERE projection_name = ?5 AND version = ?6"
+            )
+            .into(),
+            delete_version: format!(
+                "DELETE FROM {versions} WHERE projection_name = ?1 AND version = ?2"
+            )
+            .into(),
+            lock_versions: format!(
+                "INSERT INTO {versions} \
+                     (projection_name, version, state, replay_until, partitions, updated_at) \
+                 VALUES (?1, 0, 'lock', 0, 0, ?2) \
+                 ON CONFLICT (projection_name, version) \
+                 DO UPDATE SET updated_at = excluded.updated_at"
+            )
+            .into(),
+            // A claim waits for the write lock already.
+            wait_checkpoint: None,
+            delete_checkpoint: format!("DELETE FROM {checkpoints} WHERE projection_name = ?1")
+                .into(),
             relax_durability: None,
             horizon: None,
             register_listener: None,
