@@ -285,7 +285,7 @@ pub trait Projection<DB: sqlx::Database = <es_store::DefaultStore as Backend>::D
 
 /// The span of one event's handling: where it is in the feed, whose it
 /// is, and the ids that tie it to the command (and trace) that stored it.
-fn event_span(event: &PersistedEvent) -> tracing::Span {
+pub(crate) fn event_span(event: &PersistedEvent) -> tracing::Span {
     tracing::debug_span!(
         "projection_event",
         position = event.global_position,

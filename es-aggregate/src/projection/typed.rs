@@ -5,6 +5,7 @@ use std::future::Future;
 
 use es_store::{AggregateRef, DecodeError, DomainEvent, EventFilter, PersistedEvent};
 use serde_json::value::RawValue;
+use tracing::Instrument;
 
 use super::{BatchFailure, HandlerError, Projection, Replay};
 
@@ -412,6 +413,7 @@ impl<DB: sqlx::Database, P: TypedProjection<DB>> Projection<DB> for Typed<P> {
     ) -> Result<(), BatchFailure> {
         for (index, event) in events.iter().enumerate() {
             self.handle_with(tx, event, replay)
+                .instrument(super::event_span(event))
                 .await
                 .map_err(|error| BatchFailure::at(index, error))?;
         }
