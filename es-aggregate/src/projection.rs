@@ -518,6 +518,76 @@ pub enum ProjectionError {
         #[source]
         source: es_store::Error,
     },
+    /// The handler said what it writes to is unavailable for now (it
+    /// failed with a [`Transient`]): the batch was rolled back, nothing
+    /// skipped. [`run`](ProjectionProcessor::run) tries it again after a
+    /// backoff, as it does transient store failures.
+    #[error("projection `{projection}`: unavailable for now: {source}")]
+    Unavailable {
+        /// The projection.
+        projection: String,
+        /// What the handler failed with (inside its [`Transient`]).
+        #[source]
+        source: HandlerError,
+    },
+}
+
+impl ProjectionError {
+    /// Whether trying again later may succeed: a transient store failure
+    /// ([`es_store::Error::is_transient`]) or [`ProjectionError::Unavailable`].
+    ///
+    /// ```
+    /// use es_aggregate::ProjectionError;
+    /// let unavailable = ProjectionError::Unavailable {
+    ///     projection: "to-search-index".into(),
+    ///     source: "the index is restarting".into(),
+    /// };
+    /// assert!(unavailable.is_transient());
+    /// ```
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ProjectionError::Store { source, .. } => source.is_transient(),
+            ProjectionError::Unavailable { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// A handler's failure that is not the events' fault: what it writes to
+/// (a service it calls, a broker, another database) is unavailable for
+/// now. The processor treats it as it treats a transient store failure:
+/// the batch is rolled back and tried again after a backoff, never skipped
+/// nor counted against the [`ErrorPolicy`], and `run` keeps going
+/// ([`ProjectionProcessor::with_give_up_after`] bounds it). A handler's
+/// `?` on a transient sqlx or store error is recognised without it.
+///
+/// ```
+/// use es_aggregate::projection::{HandlerError, Transient};
+///
+/// fn send(index_up: bool) -> Result<(), HandlerError> {
+///     if !index_up {
+///         return Err(Transient::new(std::io::Error::other("search index restarting")).into());
+///     }
+///     Ok(())
+/// }
+/// let error = send(false).unwrap_err();
+/// assert!(error.is::<Transient>());
+/// assert_eq!(error.to_string(), "search index restarting");
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct Transient(HandlerError);
+
+impl Transient {
+    /// Marks `error` as transient.
+    pub fn new(error: impl Into<HandlerError>) -> Self {
+        Self(error.into())
+    }
+
+    /// The error it marks.
+    pub fn into_inner(self) -> HandlerError {
+        self.0
+    }
 }
 
 /// A signal that new events may be there. Cheap to clone; see [`Notifier`].
@@ -1094,28 +1164,32 @@ where
                             policy_attempts = 1;
                             break;
                         }
-                        Err(ProjectionError::Store { projection, source }) => {
-                            let failures = if source.is_transient() {
+                        Err(
+                            error @ (ProjectionError::Store { .. }
+                            | ProjectionError::Unavailable { .. }),
+                        ) => {
+                            let transient = error.is_transient();
+                            let failures = if transient {
                                 transient_failures += 1;
                                 transient_failures
                             } else {
                                 other_failures += 1;
                                 other_failures
                             };
-                            let limit = if source.is_transient() {
+                            let limit = if transient {
                                 self.give_up_after
                             } else {
                                 Some(10)
                             };
                             if limit.is_some_and(|limit| failures >= limit) {
-                                return Err(ProjectionError::Store { projection, source });
+                                return Err(error);
                             }
                             let wait = backoff.backoff(transient_failures + other_failures);
                             tracing::warn!(
                                 projection = self.projection.name(),
-                                error = %source,
+                                %error,
                                 ?wait,
-                                "store error, retrying"
+                                "batch failed, retrying"
                             );
                             tokio::select! {
                                 biased;
@@ -1310,7 +1384,9 @@ where
                     metrics.lag(head - position);
                 }
             }
-            Err(ProjectionError::Store { .. }) => metrics.store_failure(),
+            Err(ProjectionError::Store { .. } | ProjectionError::Unavailable { .. }) => {
+                metrics.store_failure()
+            }
             _ => {}
         }
         outcome
@@ -1428,6 +1504,19 @@ where
                 // connection, a deadlock): the store's failure, retried as
                 // one, not the events' (never skipped or counted against
                 // the error policy).
+                if failure.error.is::<Transient>() {
+                    if let Err(rollback) = tx.rollback().await {
+                        tracing::debug!(%rollback, "could not roll back a failed batch");
+                    }
+                    let source = match failure.error.downcast::<Transient>() {
+                        Ok(transient) => transient.into_inner(),
+                        Err(other) => other,
+                    };
+                    return Err(ProjectionError::Unavailable {
+                        projection: self.projection.name().to_owned(),
+                        source,
+                    });
+                }
                 let failure = match transient_store_error(failure.error) {
                     Ok(source) => {
                         if let Err(rollback) = tx.rollback().await {

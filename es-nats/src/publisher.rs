@@ -12,6 +12,7 @@ use async_nats::jetstream::{self, context::PublishError as NatsPublishError};
 use bytes::Bytes;
 use es_aggregate::projection::{
     BatchFailure, HandlerError, Projection, ProjectionError, ProjectionProcessor, ProjectionStatus,
+    Transient,
 };
 use es_store::{EventFilter, PersistedEvent, ProjectionStore};
 use futures_util::StreamExt;
@@ -386,7 +387,7 @@ struct Meters {
 
 /// Why an event could not be published: the source of the processor's
 /// error (a [`ProjectionError::Handler`] for `Refused`, a
-/// [`ProjectionError::Store`] for `Unavailable`).
+/// [`ProjectionError::Unavailable`] for `Unavailable`).
 ///
 /// ```no_run
 /// # use es::aggregate::projection::ProjectionProcessor;
@@ -655,12 +656,9 @@ impl Publisher {
                 source: error,
             };
             tracing::warn!(publisher = self.name, %error, "JetStream unavailable, the batch is tried again");
-            // The processor retries a transient store failure without
-            // skipping the batch or counting it against its error policy:
-            // this is one, of the feed's sink.
-            return Err(BatchFailure::whole_batch(sqlx::Error::Io(
-                std::io::Error::other(error),
-            )));
+            // The processor retries a transient failure without skipping
+            // the batch or counting it against its error policy.
+            return Err(BatchFailure::whole_batch(Transient::new(error)));
         }
         self.counters.retries.fetch_add(1, Ordering::Relaxed);
         self.meters().retries.increment(1);

@@ -21,7 +21,7 @@
 //! | [`PROJECTION_BATCHES`] | counter | `projection` | batches handled and committed |
 //! | [`PROJECTION_EVENTS`] | counter | `projection` | events handled |
 //! | [`PROJECTION_BATCH_DURATION`] | histogram (seconds) | `projection` | one batch: claim, read, handle, commit |
-//! | [`PROJECTION_FAILURES`] | counter | `projection`, `kind` | failed batches: `kind` is `store` (retried) or `handler` (the error policy decides) |
+//! | [`PROJECTION_FAILURES`] | counter | `projection`, `kind` | failed batches: `kind` is `store` (the store, or what a handler writes to, was unavailable: retried) or `handler` (the error policy decides) |
 //! | [`PROJECTION_SKIPPED`] | counter | `projection` | events the error policy skipped (recorded as failures) |
 //! | [`PROJECTION_LAG_EVENTS`] | gauge | `projection` | the feed's head minus the checkpoint of the partition it last moved, measured at most once a second while it works; 0 when it finds nothing more |
 //! | [`PROJECTION_LAG_SECONDS`] | gauge | `projection` | the age of the last event handled (0 when it finds nothing more) |

@@ -75,6 +75,7 @@ macro_rules! projection_conformance_tests {
             projection::the_stop_policy_names_the_projection_the_event_and_its_position,
             projection::the_retry_policy_retries_then_gives_up,
             projection::the_skip_policy_records_the_event_and_goes_on,
+            projection::a_transient_handler_failure_is_retried_and_never_skipped,
             projection::a_whole_batch_failure_is_traced_to_its_event,
             projection::the_skip_policy_skips_nothing_it_cannot_pin_down,
             projection::a_rebuild_resets_and_replays,

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use es::RetryPolicy;
 use es::aggregate::projection::{
     BatchFailure, ErrorPolicy, HandlerError, Projection, ProjectionError, ProjectionProcessor,
+    Transient,
 };
 use es::store::{
     CheckpointHolder, CheckpointStore, Event, EventFilter, EventStore, ExpectedVersion,
@@ -37,6 +38,8 @@ pub struct Behaviour {
     pub calls: AtomicU64,
     /// Stop in the middle of a handler call until the test says to go on.
     pub pause: Mutex<Option<Pause>>,
+    /// Fail as [`Transient`]: what the handler writes to is unavailable.
+    pub transient: std::sync::atomic::AtomicBool,
 }
 
 /// Where a handler stops, and how it tells the test and hears back from it.
@@ -127,7 +130,11 @@ impl<F: Fixture> Recorder<F> {
                 if left != u32::MAX {
                     self.behaviour.failures_left.fetch_sub(1, Ordering::SeqCst);
                 }
-                return Err(format!("boom at {}", event.global_position).into());
+                let error = format!("boom at {}", event.global_position);
+                if self.behaviour.transient.load(Ordering::SeqCst) {
+                    return Err(Transient::new(error).into());
+                }
+                return Err(error.into());
             }
         }
         let row = Handled {
@@ -527,6 +534,65 @@ pub async fn the_retry_policy_retries_then_gives_up<F: Fixture>() {
         "{err:?}"
     );
     db.finish().await;
+}
+
+/// A handler that says what it writes to is unavailable ([`Transient`])
+/// is neither skipped nor counted against the error policy: `catch_up`
+/// reports it, typed, and `run` tries the batch again until it passes.
+pub async fn a_transient_handler_failure_is_retried_and_never_skipped<F: Fixture>() {
+    let db = Arc::new(F::create().await);
+    let behaviour = Arc::new(Behaviour::default());
+    behaviour.transient.store(true, Ordering::SeqCst);
+    let events = ten_events_failing_at_the_fifth(&*db, &behaviour, 3).await;
+    let p = Arc::new(
+        processor(
+            &*db,
+            Recorder::<F>::new("unavailable", "w", behaviour.clone()),
+        )
+        .with_error_policy(ErrorPolicy::Skip),
+    );
+    let err = p.catch_up().await.unwrap_err();
+    assert!(
+        matches!(&err, ProjectionError::Unavailable { projection, .. } if projection == "unavailable")
+            && err.is_transient(),
+        "{err:?}"
+    );
+    assert!(
+        db.handled().await.is_empty(),
+        "the batch was rolled back whole"
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = {
+        let p = p.clone();
+        tokio::spawn(async move {
+            p.run(async {
+                let _ = stopped.await;
+            })
+            .await
+        })
+    };
+    // run retries after its backoff, without a wakeup: the two failures
+    // left, then the batch passes.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while db.handled().await.len() < events.len() {
+        assert!(
+            Instant::now() < deadline,
+            "run did not get past the failures"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    assert_eq!(behaviour.failures_left.load(Ordering::SeqCst), 0);
+    assert_eq!(positions(&db.handled().await), event_positions(&events));
+    let mut conn = db.pool().acquire().await.unwrap();
+    let skipped = db.store().failures(&mut conn, "unavailable").await.unwrap();
+    assert!(skipped.is_empty(), "nothing skipped: {skipped:?}");
+    drop(conn);
+    drop(p);
+    if let Ok(db) = Arc::try_unwrap(db) {
+        db.finish().await;
+    }
 }
 
 pub async fn the_skip_policy_records_the_event_and_goes_on<F: Fixture>() {
