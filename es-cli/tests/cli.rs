@@ -599,6 +599,46 @@ async fn projections<F: Target>() {
     stop.send(()).unwrap();
     worker.await.unwrap().unwrap();
     assert!(counter.calls() >= before + 8, "replayed");
+
+    // A version 2 building beside the active version 1: the list names
+    // each version and its state.
+    {
+        use es::store::{ProjectionVersion, VersionState};
+        let mut conn = db.pool().acquire().await.unwrap();
+        let store = db.store();
+        let head = store.head_position(&mut conn).await.unwrap();
+        for (version, state) in [(1, VersionState::Active), (2, VersionState::CatchingUp)] {
+            let record = ProjectionVersion::new("counter", version, state, head, 2);
+            store
+                .insert_projection_version(&mut conn, &record)
+                .await
+                .unwrap();
+        }
+        store
+            .update_checkpoint(&mut conn, "counter@v2", 3)
+            .await
+            .unwrap();
+    }
+    let run = es(&flags, &["projections", "--json"]).await.ok();
+    let listed = run.json_lines();
+    let version = |name: &str| {
+        let p = listed
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {run:#?}"));
+        (p["version"].clone(), p["state"].clone(), p["lag"].clone())
+    };
+    assert_eq!(version("counter").0, 1);
+    assert_eq!(version("counter").1, "active");
+    assert_eq!(version("counter@v2").0, 2);
+    assert_eq!(version("counter@v2").1, "catching_up");
+    assert!(version("counter@v2").2.as_i64() > Some(0), "{run:#?}");
+    let run = es(&flags, &["projections"]).await.ok();
+    assert!(run.stdout.contains("counter (v1, active)"), "{run:#?}");
+    assert!(
+        run.stdout.contains("counter@v2 (v2, catching up)"),
+        "{run:#?}"
+    );
     db.finish().await;
 }
 

@@ -46,6 +46,25 @@ pub(crate) struct ProjectionInfo {
     pub(crate) partitions: Vec<PartitionInfo>,
     /// Skipped events recorded.
     pub(crate) failures: i64,
+    /// Its version (`name@vN` for versions above 1).
+    pub(crate) version: u32,
+    /// The version's state, when it is recorded: `active`, `catching_up`
+    /// (built beside the active one) or `superseded` (waiting to be
+    /// retired).
+    pub(crate) state: Option<String>,
+}
+
+/// A projection's name and version from its checkpoints' name: `name@vN`
+/// is version N of `name` (the names `Projection::version` gives),
+/// anything else version 1.
+pub(crate) fn split_version(name: &str) -> (&str, u32) {
+    if let Some((base, version)) = name.rsplit_once("@v")
+        && let Ok(version) = version.parse::<u32>()
+        && version > 1
+    {
+        return (base, version);
+    }
+    (name, 1)
 }
 
 /// A checkpoint name split into the projection and its partition
@@ -121,7 +140,21 @@ pub(crate) async fn gather<S: CliStore>(
         .await
         .map_err(store_error)?;
     let mut list = Vec::new();
+    let mut versions: BTreeMap<String, Vec<es_store::ProjectionVersion>> = BTreeMap::new();
     for (name, (registered, keys)) in projections {
+        let (base, version) = split_version(&name);
+        if !versions.contains_key(base) {
+            let recorded = ctx
+                .store
+                .projection_versions(&mut conn, base)
+                .await
+                .map_err(store_error)?;
+            versions.insert(base.to_owned(), recorded);
+        }
+        let state = versions[base]
+            .iter()
+            .find(|v| v.version == version)
+            .map(|v| v.state.as_str().to_owned());
         let filter = ctx
             .registered(&name)
             .map_or_else(EventFilter::all, |r| r.filter());
@@ -178,6 +211,8 @@ pub(crate) async fn gather<S: CliStore>(
             head,
             partitions,
             failures,
+            version,
+            state,
         });
     }
     Ok((head, list))
@@ -215,11 +250,18 @@ pub(crate) async fn list<S: CliStore>(ctx: &Ctx<S>, json: bool) -> Result<(), Er
         .to_vec(),
     ];
     for projection in &projections {
-        let name = if projection.registered || !ctx.embedded {
+        let mut name = if projection.registered || !ctx.embedded {
             projection.name.clone()
         } else {
             format!("{} (not registered here)", projection.name)
         };
+        if let Some(state) = &projection.state {
+            name.push_str(&format!(
+                " (v{}, {})",
+                projection.version,
+                state.replace('_', " ")
+            ));
+        }
         if projection.partitions.is_empty() {
             rows.push(vec![
                 name.clone(),
