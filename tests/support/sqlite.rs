@@ -41,13 +41,28 @@ impl SqliteDb {
     }
 
     /// A pool on the database file at `path`, with the store's options.
+    /// Opening a new file while another connection switches it to WAL can
+    /// be refused at once (`database is locked`: SQLite cannot wait for
+    /// that lock), so a refused open is tried again, as a process
+    /// starting beside others would.
     pub async fn connect(path: &Path, max_connections: u32) -> SqlitePool {
-        SqlitePoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(SqliteStore::connect_options(path))
-            .await
-            .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
+        let mut attempts = 0;
+        loop {
+            let opened = SqlitePoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(SqliteStore::connect_options(path))
+                .await
+                .map_err(es::store::Error::from);
+            match opened {
+                Ok(pool) => return pool,
+                Err(e) if attempts < 100 && e.is_transient() => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("cannot open {}: {e}", path.display()),
+            }
+        }
     }
 
     /// Closes the pool and removes the files. Tests call it at their end;

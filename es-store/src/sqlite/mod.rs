@@ -211,6 +211,12 @@ impl SqlStore<Sqlite> {
     /// for the write lock rather than failing). Adjust them further with
     /// sqlx's builder methods.
     ///
+    /// Several processes opening a new file at the same moment: the switch
+    /// to WAL takes a lock SQLite cannot wait for, so another process's
+    /// open may be refused with `database is locked` (a transient
+    /// [`Error`](crate::Error)) while one switches it; open again. Once
+    /// the file is in WAL mode (the first open), opens never wait.
+    ///
     /// ```no_run
     /// # async fn demo() -> Result<(), sqlx::Error> {
     /// use es_store::SqliteStore;
