@@ -1504,30 +1504,29 @@ where
                 // connection, a deadlock): the store's failure, retried as
                 // one, not the events' (never skipped or counted against
                 // the error policy).
-                if failure.error.is::<Transient>() {
-                    if let Err(rollback) = tx.rollback().await {
-                        tracing::debug!(%rollback, "could not roll back a failed batch");
-                    }
-                    let source = match failure.error.downcast::<Transient>() {
-                        Ok(transient) => transient.into_inner(),
-                        Err(other) => other,
-                    };
-                    return Err(ProjectionError::Unavailable {
+                // A handler whose target is unavailable ([`Transient`])
+                // fails the same way.
+                let failure = match failure.error.downcast::<Transient>() {
+                    Ok(transient) => Err(ProjectionError::Unavailable {
                         projection: self.projection.name().to_owned(),
-                        source,
-                    });
-                }
-                let failure = match transient_store_error(failure.error) {
-                    Ok(source) => {
+                        source: transient.into_inner(),
+                    }),
+                    Err(error) => match transient_store_error(error) {
+                        Ok(source) => Err(self.store_error(source)),
+                        Err(error) => Ok(BatchFailure {
+                            index: failure.index,
+                            error,
+                        }),
+                    },
+                };
+                let failure = match failure {
+                    Ok(failure) => failure,
+                    Err(transient) => {
                         if let Err(rollback) = tx.rollback().await {
                             tracing::debug!(%rollback, "could not roll back a failed batch");
                         }
-                        return Err(self.store_error(source));
+                        return Err(transient);
                     }
-                    Err(error) => BatchFailure {
-                        index: failure.index,
-                        error,
-                    },
                 };
                 // Release the claim before anything else claims it again.
                 self.rollback(tx).await?;

@@ -147,19 +147,26 @@ pub(crate) mod sealed {
         ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
 
         /// The connections listening to the store's notifications, where
-        /// the backend has them (PostgreSQL).
+        /// the backend has them (PostgreSQL; none elsewhere).
         fn listeners(
             &self,
             pool: &sqlx::Pool<Self::Database>,
             names: &Names,
-        ) -> impl Future<Output = Result<Option<Vec<Listener>>, sqlx::Error>> + Send;
+        ) -> impl Future<Output = Result<Option<Vec<Listener>>, sqlx::Error>> + Send {
+            let _ = (pool, names);
+            async { Ok(None) }
+        }
 
-        /// What `tail --follow` waits on.
+        /// What `tail --follow` waits on (polling, where the backend has no
+        /// notifications).
         fn follower(
             &self,
             pool: &sqlx::Pool<Self::Database>,
             names: &Names,
-        ) -> impl Future<Output = Result<Follower, Error>> + Send;
+        ) -> impl Future<Output = Result<Follower, Error>> + Send {
+            let _ = (pool, names);
+            async { Ok(Follower::polling()) }
+        }
 
         /// The projections a service registered for this backend.
         fn registered(registry: &Registry) -> &[Factory<Self>];
@@ -559,18 +566,6 @@ mod sqlite {
 
         shared_ops!("?1", "?2", "projection_name");
 
-        async fn listeners(
-            &self,
-            _pool: &SqlitePool,
-            _names: &Names,
-        ) -> Result<Option<Vec<Listener>>, sqlx::Error> {
-            Ok(None)
-        }
-
-        async fn follower(&self, _pool: &SqlitePool, _names: &Names) -> Result<Follower, Error> {
-            Ok(Follower::polling())
-        }
-
         fn registered(registry: &Registry) -> &[Factory<Self>] {
             &registry.sqlite
         }
@@ -629,18 +624,6 @@ mod mysql {
 
         // Names are binary strings on MySQL: read them as text.
         shared_ops!("?", "?", "CONVERT(projection_name USING utf8mb4)");
-
-        async fn listeners(
-            &self,
-            _pool: &MySqlPool,
-            _names: &Names,
-        ) -> Result<Option<Vec<Listener>>, sqlx::Error> {
-            Ok(None)
-        }
-
-        async fn follower(&self, _pool: &MySqlPool, _names: &Names) -> Result<Follower, Error> {
-            Ok(Follower::polling())
-        }
 
         fn registered(registry: &Registry) -> &[Factory<Self>] {
             &registry.mysql

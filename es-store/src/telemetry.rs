@@ -79,34 +79,28 @@ pub const PROJECTION_LAG_SECONDS: &str = "es_projection_lag_seconds";
 /// Gauge: a projection partition's checkpoint.
 pub const PROJECTION_POSITION: &str = "es_projection_position";
 
-/// Records one append: its duration and outcome, and the events stored.
+/// Records one append of an aggregate of `bounded_context` and
+/// `aggregate_type`: its duration and outcome, and the events stored.
 pub(crate) fn record_append(
-    bounded_context: &str,
-    aggregate_type: &str,
+    bounded_context: String,
+    aggregate_type: String,
     started: Instant,
     outcome: &crate::Result<crate::AppendResult>,
-    stored: usize,
 ) {
-    let outcome_label = match outcome {
-        Ok(_) => "ok",
-        Err(crate::Error::OptimisticConcurrency { .. }) => "conflict",
-        Err(_) => "error",
+    let (outcome_label, stored) = match outcome {
+        Ok(appended) => ("ok", appended.events.len()),
+        Err(crate::Error::OptimisticConcurrency { .. }) => ("conflict", 0),
+        Err(_) => ("error", 0),
     };
     let labels = [
-        ("bounded_context", bounded_context.to_owned()),
-        ("aggregate_type", aggregate_type.to_owned()),
+        metrics::Label::new("bounded_context", bounded_context),
+        metrics::Label::new("aggregate_type", aggregate_type),
     ];
-    metrics::histogram!(
-        APPEND_DURATION,
-        &[
-            labels[0].clone(),
-            labels[1].clone(),
-            ("outcome", outcome_label.to_owned()),
-        ]
-    )
-    .record(started.elapsed());
+    let mut with_outcome = labels.to_vec();
+    with_outcome.push(metrics::Label::new("outcome", outcome_label));
+    metrics::histogram!(APPEND_DURATION, with_outcome).record(started.elapsed());
     if stored > 0 {
-        metrics::counter!(EVENTS_APPENDED, &labels).increment(stored as u64);
+        metrics::counter!(EVENTS_APPENDED, Vec::from(labels)).increment(stored as u64);
     }
 }
 

@@ -38,8 +38,7 @@ macro_rules! impl_append {
                     span.clone(),
                 )
                 .await;
-                let stored = appended.as_ref().map_or(0, |a| a.events.len());
-                $crate::telemetry::record_append(&context, &kind, started, &appended, stored);
+                $crate::telemetry::record_append(context, kind, started, &appended);
                 let appended = appended?;
                 span.record("from_version", appended.from_version());
                 span.record("to_version", appended.to_version());
