@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use es_store::{
     AggregateKey, AggregateRef, AggregateStreamReader, CommandId, Connection, DecodeError,
-    DomainEvent, Error as StoreError, EventStore, ExpectedVersion, Metadata, PersistedEvent,
-    Snapshot, SnapshotStore, StoredEvent,
+    DomainEvent, Error as StoreError, EventIdConflictReason, EventStore, ExpectedVersion, Metadata,
+    PersistedEvent, Snapshot, SnapshotStore, StoredEvent,
 };
 use serde_json::value::RawValue;
 use tracing::Instrument;
@@ -757,6 +757,14 @@ where
     /// `handle` being a pure function of the state and the command (as it
     /// must be for conflict retries too).
     ///
+    /// Copies of the command sent at the same time (a client retrying its
+    /// `Idempotency-Key` while the first request still runs) get the same
+    /// answer: exactly one runs the command, every other returns its
+    /// outcome with [`Executed::replayed`], never a refusal or a conflict
+    /// caused by the first copy's events. A copy that is refused, decides
+    /// nothing, or finds its batch stored looks the id up again before it
+    /// answers, so this costs nothing when no copy races.
+    ///
     /// This holds for as long as the command's events are stored: the id
     /// is recognised by its events' ids, which the store keeps unique
     /// forever. A command that produced no events leaves no trace, so the
@@ -958,6 +966,21 @@ where
                         .await);
                 }
                 Ok(mut executed) => {
+                    if call.verify && executed.events.is_empty() {
+                        // Perhaps nothing to do because a concurrent copy
+                        // of the command did it.
+                        match self
+                            .find_applied(&mut conn, id, command, call.command_id, true)
+                            .await
+                        {
+                            Ok(Some(stored)) => return Err(Failure::Replayed(Box::new(stored))),
+                            Ok(None) => {}
+                            Err(RepositoryError::Store(error)) => {
+                                return Err(call.failed::<A>(id, error));
+                            }
+                            Err(error) => return Err(Failure::Final(error)),
+                        }
+                    }
                     if let Some(cache) = &self.cache {
                         cache.put(id, executed.version, &executed.state);
                     }
@@ -1003,6 +1026,22 @@ where
                     }
                 }
                 call.failed::<A>(id, error)
+            }
+            StoreAttempt::Other(RepositoryError::Rejected(refusal)) if call.verify => {
+                // Perhaps refused because a concurrent copy of the command
+                // committed between the look-up and the load.
+                match self
+                    .find_applied(conn, id, command, call.command_id, true)
+                    .await
+                {
+                    Ok(Some(executed)) => Failure::Replayed(Box::new(executed)),
+                    Ok(None) => Failure::Final(RepositoryError::Rejected(refusal)),
+                    Err(RepositoryError::Store(lookup)) if lookup.is_transient() => {
+                        call.look_up = true;
+                        Failure::Transient(lookup)
+                    }
+                    Err(other) => Failure::Final(other),
+                }
             }
             StoreAttempt::Other(error) => Failure::Final(error),
         }
@@ -1146,22 +1185,72 @@ where
     ) -> Result<Executed<A>, A> {
         let metadata = &telemetry::traced(metadata);
         observe_command(id, metadata, async {
-            let command_id = match metadata.command_id {
-                Some(given) => {
-                    if let Some(executed) =
-                        self.find_applied(conn, id, command, given, true).await?
-                    {
-                        return Ok(executed);
-                    }
-                    given
-                }
-                None => CommandId::new(),
+            let (command_id, look_up) = match metadata.command_id {
+                Some(given) => (given, true),
+                None => (CommandId::new(), false),
             };
-            self.try_execute(conn, id, command, metadata, command_id, &mut None)
+            self.execute_once_in(conn, id, command, metadata, command_id, look_up, false)
                 .await
-                .map_err(StoreAttempt::into_error)
         })
         .await
+    }
+
+    /// A command in a transaction (the caller's or a unit's), tried once.
+    ///
+    /// With `look_up` (the command's id may be stored already), the id is
+    /// looked up first, and again when the command is refused, decides
+    /// nothing, or its batch turns out to be stored at other versions: a
+    /// concurrent copy of the command may have committed after the first
+    /// look-up, and its outcome is then the answer. With `lock`, the
+    /// command is decided under the aggregate's lock.
+    #[allow(clippy::too_many_arguments)]
+    async fn execute_once_in(
+        &self,
+        conn: &mut Connection<S>,
+        id: &str,
+        command: &A::Command,
+        metadata: &Metadata,
+        command_id: CommandId,
+        look_up: bool,
+        lock: bool,
+    ) -> Result<Executed<A>, A> {
+        if look_up
+            && let Some(executed) = self
+                .find_applied(conn, id, command, command_id, true)
+                .await?
+        {
+            return Ok(executed);
+        }
+        let mut loaded = None;
+        let outcome = if lock {
+            let mut current = self.starting_point(conn, id, None).await?;
+            self.fold_tail(conn, id, &mut current, Tail::Locked).await?;
+            loaded = Some(current);
+            self.decide_and_append(conn, id, command, metadata, command_id, &mut loaded)
+                .await
+        } else {
+            self.try_execute(conn, id, command, metadata, command_id, &mut loaded)
+                .await
+        };
+        let stored_elsewhere = match &outcome {
+            Ok(executed) => look_up && executed.events.is_empty(),
+            Err(StoreAttempt::Other(RepositoryError::Rejected(_))) => look_up,
+            // Not after a refusal that aborted the transaction (Unverified):
+            // nothing can be read in it any more.
+            Err(StoreAttempt::Store(StoreError::EventIdConflict {
+                reason: EventIdConflictReason::StoredConcurrently,
+                ..
+            })) => true,
+            Err(_) => false,
+        };
+        if stored_elsewhere
+            && let Some(executed) = self
+                .find_applied(conn, id, command, command_id, true)
+                .await?
+        {
+            return Ok(executed);
+        }
+        outcome.map_err(StoreAttempt::into_error)
     }
 
     /// Whether `id` conflicted within the retry policy's contention window
@@ -1198,25 +1287,8 @@ where
             .command_id
             .expect("the unit of work names every command");
         observe_command(id, metadata, async {
-            if look_up
-                && let Some(executed) = self
-                    .find_applied(conn, id, command, command_id, true)
-                    .await?
-            {
-                return Ok(executed);
-            }
-            let mut loaded = None;
-            let outcome = if lock {
-                let mut current = self.starting_point(conn, id, None).await?;
-                self.fold_tail(conn, id, &mut current, Tail::Locked).await?;
-                loaded = Some(current);
-                self.decide_and_append(conn, id, command, metadata, command_id, &mut loaded)
-                    .await
-            } else {
-                self.try_execute(conn, id, command, metadata, command_id, &mut loaded)
-                    .await
-            };
-            outcome.map_err(StoreAttempt::into_error)
+            self.execute_once_in(conn, id, command, metadata, command_id, look_up, lock)
+                .await
         })
         .await
     }
@@ -1336,12 +1408,21 @@ where
             .append(conn, ExpectedVersion::at(version), to_store)
             .await
             .map_err(StoreAttempt::sent)?;
+        if appended.replayed && appended.from_version() != version + 1 {
+            // Stored by a concurrent copy of the command (or a lost
+            // attempt), decided on another state: its outcome is looked up.
+            return Err(StoreAttempt::Store(StoreError::EventIdConflict {
+                event_id: appended.events[0].event_id,
+                reason: EventIdConflictReason::StoredConcurrently,
+            }));
+        }
         let Loaded { mut state, .. } = loaded.take().expect("loaded above");
         for event in &events {
             state.apply(event);
         }
         let new_version = appended.to_version();
         if let Some(snapshots) = &self.snapshots
+            && !appended.replayed
             && new_version / snapshots.every > version / snapshots.every
         {
             // The snapshot is only a cache: its failure must neither fail
@@ -1366,7 +1447,9 @@ where
             attempts: 1,
             transient_retries: 0,
             command_id,
-            replayed: false,
+            // Stored by a concurrent copy of the command, decided on the
+            // same state: the stored outcome is this one.
+            replayed: appended.replayed,
         })
     }
 

@@ -59,7 +59,11 @@ use crate::{
 /// - **Idempotent units.** With [`UnitOfWork::run_with`] and a
 ///   [`Metadata::with_command_id`] (an HTTP `Idempotency-Key`, say), the
 ///   unit is looked up on every run, across calls and processes, as
-///   [`Repository::execute_with`] does for one command.
+///   [`Repository::execute_with`] does for one command. Copies of the unit
+///   run at the same time get one answer: one commits, the others return
+///   its outcome ([`Work::replayed`]); a copy that meets the first one's
+///   events (refused because of them, or refused the same event ids) runs
+///   again and looks every command up.
 ///
 /// The closure must decide the same way on the same state (it runs more
 /// than once), and use the unit's repositories only on the unit's database.
@@ -209,15 +213,29 @@ impl<S: EventStore> UnitOfWork<S> {
                 retries: 0,
                 maybe_stored: false,
                 contended: HashSet::new(),
+                look_up: false,
             };
             loop {
-                let look_up = given || run.maybe_stored;
+                let look_up = given || run.maybe_stored || run.look_up;
                 let outcome = self
                     .run_once(&mut work, metadata, unit_id, look_up, &run)
                     .await;
                 let error = match outcome {
                     Ok(value) => return Ok(value),
                     Err(Ended::Final(error)) => return Err(error),
+                    Err(Ended::Stored(error)) => {
+                        if run.attempt >= self.retry.max_attempts() {
+                            return Err(error.with_attempts(run.attempt));
+                        }
+                        // The other transaction committed (a refusal on
+                        // an event id waits for that): no backoff.
+                        tracing::debug!(attempt = run.attempt, %error,
+                            "the unit's events are stored by another run, looking them up");
+                        run.look_up = true;
+                        run.attempt += 1;
+                        crate::telemetry::unit_rerun("stored");
+                        continue;
+                    }
                     Err(Ended::Conflict(error)) => {
                         if run.attempt >= self.retry.max_attempts() {
                             return Err(error.with_attempts(run.attempt));
@@ -355,6 +373,7 @@ impl<S: EventStore> UnitOfWork<S> {
                 }
                 Err(match error {
                     error if error.is_conflict() => Ended::Conflict(error),
+                    WorkError::Store(StoreError::EventIdConflict { .. }) => Ended::Stored(error),
                     WorkError::Store(error) if error.is_transient() => Ended::Transient {
                         error,
                         unsure: false,
@@ -400,11 +419,19 @@ struct Run {
     maybe_stored: bool,
     /// The aggregates that conflicted: decided under their lock.
     contended: HashSet<AggregateKey>,
+    /// Whether a run found a command's events stored by another
+    /// transaction (a concurrent copy of the unit): the next runs look
+    /// every command up.
+    look_up: bool,
 }
 
 /// How a run ended, when not with success.
 enum Ended {
     Conflict(WorkError),
+    /// A command's event ids were stored by another transaction (a
+    /// concurrent copy of the unit that committed first): run again,
+    /// looking every command up.
+    Stored(WorkError),
     Transient {
         error: StoreError,
         /// The failure came with the commit.

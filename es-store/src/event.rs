@@ -528,6 +528,7 @@ impl Stream {
 /// let result = AppendResult::new(vec![PersistedEvent::new(event, 1, 7)]);
 /// assert_eq!((result.from_version(), result.to_version()), (1, 1));
 /// assert_eq!(result.global_positions, vec![7]);
+/// assert!(!result.replayed);
 /// # Ok::<(), es_store::Error>(())
 /// ```
 #[derive(Debug, Clone)]
@@ -537,6 +538,12 @@ pub struct AppendResult {
     pub events: Vec<PersistedEvent>,
     /// The global position of each event, in append order.
     pub global_positions: Vec<i64>,
+    /// Whether the batch was stored before this append (the same event ids
+    /// and content, by an earlier append whose reply was lost or by a
+    /// concurrent one), so that this append wrote nothing and returns what
+    /// is stored. The events' versions are then the stored ones, which need
+    /// not follow the version this append expected.
+    pub replayed: bool,
 }
 
 impl AppendResult {
@@ -546,6 +553,7 @@ impl AppendResult {
         Self {
             events,
             global_positions,
+            replayed: false,
         }
     }
 

@@ -48,7 +48,7 @@ pub(crate) fn stored_result(
             reason: EventIdConflictReason::NotTheSameBatch,
         });
     }
-    Ok(AppendResult::new(
-        stored.into_iter().map(|(event, _)| event).collect(),
-    ))
+    let mut result = AppendResult::new(stored.into_iter().map(|(event, _)| event).collect());
+    result.replayed = true;
+    Ok(result)
 }

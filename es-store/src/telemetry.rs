@@ -17,7 +17,7 @@
 //! | [`COMMAND_RETRIES`] | counter | `bounded_context`, `aggregate_type`, `reason` | attempts run again: `reason` is `conflict` or `transient` |
 //! | [`LOAD_DURATION`] | histogram (seconds) | `bounded_context`, `aggregate_type` | reading and folding an aggregate's events (after its snapshot, if any): once per command attempt, and per load |
 //! | [`UNITS`] | counter | `outcome` | units of work, by outcome: `committed`, `replayed`, `rejected`, `conflict`, `unavailable`, `outcome_unknown`, `failed` |
-//! | [`UNIT_RERUNS`] | counter | `reason` | units of work run again: `conflict` or `transient` |
+//! | [`UNIT_RERUNS`] | counter | `reason` | units of work run again: `conflict`, `transient`, or `stored` (a concurrent copy of the unit committed its events first) |
 //! | [`PROJECTION_BATCHES`] | counter | `projection` | batches handled and committed |
 //! | [`PROJECTION_EVENTS`] | counter | `projection` | events handled |
 //! | [`PROJECTION_BATCH_DURATION`] | histogram (seconds) | `projection` | one batch: claim, read, handle, commit |

@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod documents;
+pub mod idempotency;
 pub mod projection;
 pub mod repository;
 pub mod store;
@@ -126,6 +127,8 @@ macro_rules! repository_conformance_tests {
             unit::a_unit_commits_all_or_nothing_and_types_every_refusal,
             unit::a_conflicting_unit_runs_again_whole_on_fresh_state,
             unit::an_idempotent_unit_returns_its_original_outcome,
+            idempotency::idempotency_key_raced_by_concurrent_copies_through_the_repository,
+            idempotency::idempotency_key_raced_by_concurrent_copies_through_a_unit_of_work,
         );
     };
 }

@@ -369,6 +369,10 @@ pub async fn retried_batch_returns_the_original_result<F: Fixture>() {
         let batch = events("a", size);
         let original = append(&db, expected, batch.clone()).await.unwrap();
         let again = append(&db, expected, batch.clone()).await.unwrap();
+        assert!(
+            !original.replayed && again.replayed,
+            "the result says it was stored before"
+        );
         assert_eq!(again.global_positions, original.global_positions);
         assert_eq!(
             (again.from_version(), again.to_version()),
@@ -378,6 +382,7 @@ pub async fn retried_batch_returns_the_original_result<F: Fixture>() {
         assert_eq!(ids, batch.iter().map(|e| e.event_id).collect::<Vec<_>>());
         // also under another expected version: still the stored result
         let third = append(&db, ExpectedVersion::Any, batch).await.unwrap();
+        assert!(third.replayed);
         assert_eq!(third.global_positions, original.global_positions);
     }
     // a new aggregate's creation, retried
@@ -389,6 +394,7 @@ pub async fn retried_batch_returns_the_original_result<F: Fixture>() {
         .await
         .unwrap();
     assert_eq!(first.global_positions, again.global_positions);
+    assert!(!first.replayed && again.replayed);
     assert_eq!(stream(&db, "a").await.version(), 8);
     assert_eq!(db.event_rows().await, 9);
     db.finish().await;
