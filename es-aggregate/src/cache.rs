@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::repository::Loaded;
+use crate::repository::outcome::Loaded;
 
 /// Up to `capacity` aggregates' latest known state and version, by id,
 /// least recently used evicted first.

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use es_store::telemetry as names;
 
 use crate::Aggregate;
-use crate::repository::{Executed, RepositoryError};
+use crate::repository::error::RepositoryError;
+use crate::repository::outcome::Executed;
 use es_store::DomainEvent;
 
 /// `metadata`, with the current trace id when it names none (with the
