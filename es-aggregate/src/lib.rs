@@ -9,6 +9,7 @@
 
 mod aggregate;
 mod cache;
+mod failure;
 pub mod projection;
 mod repository;
 mod retry;
@@ -17,6 +18,7 @@ pub mod testing;
 mod unit;
 
 pub use aggregate::Aggregate;
+pub use failure::FailureKind;
 pub use projection::{
     ErrorPolicy, Projection, ProjectionError, ProjectionProcessor, TypedProjection,
 };

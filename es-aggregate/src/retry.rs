@@ -357,6 +357,106 @@ fn random_unit() -> f64 {
     (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// The tries of one call (a command, or a unit of work): the one place that
+/// counts attempts and transient retries, waits their backoffs, remembers
+/// whether a failed try may have been stored, and says when the policy is
+/// spent. The repository and the unit of work drive their loops with it.
+#[derive(Debug)]
+pub(crate) struct Tries {
+    policy: RetryPolicy,
+    /// The attempt number: 1, plus one per attempt run again.
+    pub(crate) attempt: u32,
+    /// The transient failures retried.
+    pub(crate) retries: u32,
+    /// Whether a failed try may have committed what it wrote, and no try
+    /// has shown since that it did not.
+    pub(crate) maybe_stored: bool,
+}
+
+/// The transient retries of a [`Tries`] are spent.
+#[derive(Debug)]
+pub(crate) struct Exhausted {
+    /// How many transient failures were retried.
+    pub(crate) retries: u32,
+    /// Whether what was tried may have been stored.
+    pub(crate) maybe_stored: bool,
+    /// The last failure.
+    pub(crate) source: Box<es_store::Error>,
+}
+
+impl Tries {
+    pub(crate) fn new(policy: RetryPolicy) -> Self {
+        Self {
+            policy,
+            attempt: 1,
+            retries: 0,
+            maybe_stored: false,
+        }
+    }
+
+    /// Whether another attempt is allowed; counts it if so. For a run
+    /// again at once (the cause is gone), with no backoff.
+    pub(crate) fn next_attempt(&mut self) -> bool {
+        if self.attempt >= self.policy.max_attempts() {
+            return false;
+        }
+        self.attempt += 1;
+        true
+    }
+
+    /// After an optimistic-concurrency conflict: whether another attempt
+    /// is allowed; if so, counts it and waits the policy's backoff (none
+    /// when retries take the aggregate's lock: they queue there instead).
+    pub(crate) async fn after_conflict(&mut self) -> bool {
+        let retry = self.attempt;
+        if !self.next_attempt() {
+            return false;
+        }
+        if !self.policy.lock_on_retry() {
+            let backoff = self.policy.backoff(retry);
+            tracing::debug!(attempt = retry, ?backoff, "conflict, trying again");
+            tokio::time::sleep(backoff).await;
+        } else {
+            tracing::debug!(attempt = retry, "conflict, trying again under the lock");
+        }
+        true
+    }
+
+    /// After a transient failure (`unsure`: it came after a write was sent,
+    /// which may have been committed): waits the backoff and counts the
+    /// retry, or says the policy's transient retries are spent.
+    pub(crate) async fn after_transient(
+        &mut self,
+        error: es_store::Error,
+        unsure: bool,
+    ) -> Result<(), Exhausted> {
+        self.maybe_stored |= unsure;
+        if self.retries >= self.policy.max_transient_retries() {
+            return Err(Exhausted {
+                retries: self.retries,
+                maybe_stored: self.maybe_stored,
+                source: Box::new(error),
+            });
+        }
+        self.retries += 1;
+        let backoff = self.policy.transient_backoff(self.retries);
+        tracing::debug!(
+            retry = self.retries,
+            ?backoff,
+            maybe_stored = self.maybe_stored,
+            %error,
+            "transient failure, trying again"
+        );
+        tokio::time::sleep(backoff).await;
+        Ok(())
+    }
+
+    /// A try showed that nothing of the earlier ones is stored.
+    pub(crate) fn proved_absent(&mut self) {
+        self.maybe_stored = false;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,5 +483,28 @@ mod tests {
             RetryPolicy::exponential(0, Duration::ZERO, Duration::ZERO).max_attempts(),
             1
         );
+    }
+
+    #[tokio::test]
+    async fn tries_count_attempts_and_retries_and_end_with_what_may_be_stored() {
+        let policy = RetryPolicy::fixed(3, Duration::ZERO).with_transient_retries(
+            2,
+            Duration::ZERO,
+            Duration::ZERO,
+        );
+        let mut tries = Tries::new(policy);
+        assert!(tries.after_conflict().await);
+        assert!(tries.after_conflict().await);
+        assert!(!tries.after_conflict().await, "three attempts in all");
+        assert_eq!(tries.attempt, 3);
+        let lost = || es_store::Error::from(sqlx::Error::PoolTimedOut);
+        assert!(tries.after_transient(lost(), true).await.is_ok());
+        tries.proved_absent();
+        assert!(tries.after_transient(lost(), false).await.is_ok());
+        let spent = tries.after_transient(lost(), false).await.unwrap_err();
+        assert_eq!((spent.retries, spent.maybe_stored), (2, false));
+        let mut unsure = Tries::new(RetryPolicy::none());
+        let spent = unsure.after_transient(lost(), true).await.unwrap_err();
+        assert_eq!((spent.retries, spent.maybe_stored), (0, true));
     }
 }

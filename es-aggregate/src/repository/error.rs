@@ -4,7 +4,8 @@ use std::fmt;
 
 use es_store::{AggregateKey, CommandId, DecodeError, Error as StoreError, ExpectedVersion};
 
-use crate::Aggregate;
+use crate::retry::Exhausted;
+use crate::{Aggregate, FailureKind};
 #[cfg(doc)]
 use crate::{Executed, RetryPolicy};
 #[cfg(doc)]
@@ -171,16 +172,70 @@ impl<E: std::error::Error + 'static> RepositoryError<E> {
 }
 
 impl<E: std::error::Error + 'static> RepositoryError<E> {
+    /// The command's failure from the retries that ran out.
+    pub(crate) fn exhausted(
+        aggregate: AggregateKey,
+        command_id: CommandId,
+        spent: Exhausted,
+    ) -> Self {
+        let Exhausted {
+            retries,
+            maybe_stored,
+            source,
+        } = spent;
+        if maybe_stored {
+            RepositoryError::OutcomeUnknown {
+                aggregate,
+                command_id,
+                retries,
+                source,
+            }
+        } else {
+            RepositoryError::Unavailable {
+                aggregate,
+                command_id,
+                retries,
+                source,
+            }
+        }
+    }
+
+    /// What kind of failure this is: the predicates below answer from it.
+    ///
+    /// ```
+    /// use es_aggregate::{FailureKind, RepositoryError};
+    /// use es_store::Error as StoreError;
+    ///
+    /// let refused = RepositoryError::Rejected(std::io::Error::other("insufficient funds"));
+    /// assert_eq!(refused.kind(), FailureKind::Rejected);
+    /// let busy = RepositoryError::<std::io::Error>::from(StoreError::from(sqlx::Error::PoolTimedOut));
+    /// assert_eq!(busy.kind(), FailureKind::Store { transient: true });
+    /// ```
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            RepositoryError::Rejected(_) => FailureKind::Rejected,
+            RepositoryError::Conflict { .. } => FailureKind::Conflict,
+            RepositoryError::Unavailable { .. } => FailureKind::Unavailable,
+            RepositoryError::OutcomeUnknown { .. } => FailureKind::OutcomeUnknown,
+            RepositoryError::Store(error) => FailureKind::Store {
+                transient: error.is_transient(),
+            },
+            RepositoryError::Decode { .. } | RepositoryError::CommandIdReused { .. } => {
+                FailureKind::Other
+            }
+        }
+    }
+
     /// Whether the command lost the optimistic-concurrency check on every
     /// attempt ([`RepositoryError::Conflict`]).
     pub fn is_conflict(&self) -> bool {
-        matches!(self, RepositoryError::Conflict { .. })
+        self.kind().is_conflict()
     }
 
     /// Whether the aggregate refused the command
     /// ([`RepositoryError::Rejected`]).
     pub fn is_rejected(&self) -> bool {
-        matches!(self, RepositoryError::Rejected(_))
+        self.kind().is_rejected()
     }
 
     /// Whether the failure is passing: trying again later may succeed
@@ -204,11 +259,7 @@ impl<E: std::error::Error + 'static> RepositoryError<E> {
     /// assert!(E::from(StoreError::from(sqlx::Error::PoolTimedOut)).is_transient());
     /// ```
     pub fn is_transient(&self) -> bool {
-        match self {
-            RepositoryError::Unavailable { .. } | RepositoryError::OutcomeUnknown { .. } => true,
-            RepositoryError::Store(error) => error.is_transient(),
-            _ => false,
-        }
+        self.kind().is_transient()
     }
 
     /// Whether the caller knows what the command did: false only for
@@ -230,7 +281,7 @@ impl<E: std::error::Error + 'static> RepositoryError<E> {
     /// assert!(RepositoryError::<std::io::Error>::from(StoreError::NoEvents).outcome_known());
     /// ```
     pub fn outcome_known(&self) -> bool {
-        !matches!(self, RepositoryError::OutcomeUnknown { .. })
+        self.kind().outcome_known()
     }
 }
 

@@ -2,8 +2,6 @@
 //! decide, append), and the variants in a caller's transaction or a unit
 //! of work.
 
-use std::time::Duration;
-
 use es_store::{
     AggregateKey, AggregateStreamReader, CommandId, Connection, DomainEvent, Error as StoreError,
     EventIdConflictReason, EventStore, ExpectedVersion, Metadata, SnapshotStore,
@@ -14,6 +12,7 @@ use super::load::Tail;
 use super::{Executed, Loaded, Repository, RepositoryError, Result};
 #[cfg(doc)]
 use crate::RetryPolicy;
+use crate::retry::Tries;
 use crate::{Aggregate, telemetry};
 
 impl<A, S> Repository<A, S>
@@ -108,59 +107,27 @@ where
                 command_id: given.unwrap_or_else(CommandId::new),
                 verify: given.is_some(),
                 look_up: given.is_some(),
-                maybe_stored: false,
-                attempt: 1,
-                retries: 0,
                 try_cache: true,
+                tries: Tries::new(self.retry),
             };
             loop {
-                let error = match self.run_call(&mut call, id, command, metadata).await {
-                    Ok(mut executed) => {
-                        executed.attempts = call.attempt;
-                        executed.transient_retries = call.retries;
-                        return Ok(executed);
-                    }
-                    Err(Failure::Replayed(mut executed)) => {
-                        executed.attempts = call.attempt;
-                        executed.transient_retries = call.retries;
-                        return Ok(*executed);
-                    }
+                let (error, unsure) = match self.run_call(&mut call, id, command, metadata).await {
+                    Ok(executed) => return Ok(call.finish(executed)),
+                    Err(Failure::Replayed(executed)) => return Ok(call.finish(*executed)),
                     Err(Failure::Final(error)) => return Err(error),
-                    Err(Failure::Transient(error)) => error,
+                    Err(Failure::Transient { error, unsure }) => (error, unsure),
                 };
                 if let Some(cache) = &self.cache {
                     cache.evict(id);
                 }
-                if call.retries >= self.retry.max_transient_retries() {
+                if let Err(spent) = call.tries.after_transient(error, unsure).await {
                     let aggregate = Self::aggregate(id).to_owned();
-                    let (command_id, retries, source) =
-                        (call.command_id, call.retries, Box::new(error));
-                    return Err(if call.maybe_stored {
-                        RepositoryError::OutcomeUnknown {
-                            aggregate,
-                            command_id,
-                            retries,
-                            source,
-                        }
-                    } else {
-                        RepositoryError::Unavailable {
-                            aggregate,
-                            command_id,
-                            retries,
-                            source,
-                        }
-                    });
+                    return Err(RepositoryError::exhausted(
+                        aggregate,
+                        call.command_id,
+                        spent,
+                    ));
                 }
-                call.retries += 1;
-                let backoff = self.retry.transient_backoff(call.retries);
-                tracing::debug!(
-                    retry = call.retries,
-                    ?backoff,
-                    maybe_stored = call.maybe_stored,
-                    %error,
-                    "transient failure, retrying"
-                );
-                tokio::time::sleep(backoff).await;
             }
         })
         .await
@@ -182,7 +149,7 @@ where
         if call.look_up {
             // After a failure of our own, what is stored is ours: no need
             // to check that it is the same command.
-            let verify = call.verify && !call.maybe_stored;
+            let verify = call.verify && !call.tries.maybe_stored;
             match self
                 .find_applied(&mut conn, id, command, call.command_id, verify)
                 .await
@@ -190,7 +157,7 @@ where
                 Ok(Some(executed)) => return Ok(executed),
                 Ok(None) => {
                     call.look_up = false;
-                    call.maybe_stored = false;
+                    call.tries.proved_absent();
                 }
                 Err(RepositoryError::Store(error)) => return Err(call.failed::<A>(id, error)),
                 Err(error) => return Err(Failure::Final(error)),
@@ -242,33 +209,22 @@ where
         // most likely lose.
         let start_locked = lock && self.contended.is_contended(id, window);
         loop {
-            let outcome = if lock && (call.attempt > 1 || start_locked) {
+            let outcome = if lock && (call.tries.attempt > 1 || start_locked) {
                 self.try_execute_locked(&mut conn, id, command, metadata, command_id, &mut loaded)
                     .await
             } else {
                 self.try_execute(&mut conn, id, command, metadata, command_id, &mut loaded)
                     .await
             };
-            match outcome {
-                Err(StoreAttempt::Store(error @ StoreError::OptimisticConcurrency { .. }))
-                    if call.attempt < self.retry.max_attempts() =>
-                {
-                    if lock {
-                        self.contended.record(id, window);
-                    }
-                    // A locked retry waits in the aggregate's lock queue
-                    // instead of sleeping.
-                    let backoff = if lock {
-                        Duration::ZERO
-                    } else {
-                        self.retry.backoff(call.attempt)
-                    };
-                    tracing::debug!(attempt = call.attempt, ?backoff, %error, "conflict, retrying");
-                    if !backoff.is_zero() {
-                        tokio::time::sleep(backoff).await;
-                    }
-                    call.attempt += 1;
+            if let Err(StoreAttempt::Store(StoreError::OptimisticConcurrency { .. })) = &outcome {
+                if lock {
+                    self.contended.record(id, window);
                 }
+                if call.tries.after_conflict().await {
+                    continue;
+                }
+            }
+            match outcome {
                 Err(failed) => {
                     if let Some(cache) = &self.cache {
                         cache.evict(id);
@@ -296,7 +252,7 @@ where
                     if let Some(cache) = &self.cache {
                         cache.put(id, executed.version, &executed.state);
                     }
-                    executed.attempts = call.attempt;
+                    executed.attempts = call.tries.attempt;
                     return Ok(executed);
                 }
             }
@@ -318,9 +274,11 @@ where
     ) -> Failure<A> {
         match failed {
             StoreAttempt::Unsure(error) if error.is_transient() => {
-                call.maybe_stored = true;
                 call.look_up = true;
-                Failure::Transient(error)
+                Failure::Transient {
+                    error,
+                    unsure: true,
+                }
             }
             StoreAttempt::Store(error) | StoreAttempt::Unsure(error) => {
                 if let StoreError::EventIdConflict { .. } = error {
@@ -332,7 +290,7 @@ where
                         Ok(None) => {}
                         Err(RepositoryError::Store(lookup)) if lookup.is_transient() => {
                             call.look_up = true;
-                            return Failure::Transient(lookup);
+                            return Failure::transient(lookup);
                         }
                         Err(other) => return Failure::Final(other),
                     }
@@ -350,7 +308,7 @@ where
                     Ok(None) => Failure::Final(RepositoryError::Rejected(refusal)),
                     Err(RepositoryError::Store(lookup)) if lookup.is_transient() => {
                         call.look_up = true;
-                        Failure::Transient(lookup)
+                        Failure::transient(lookup)
                     }
                     Err(other) => Failure::Final(other),
                 }
@@ -676,8 +634,9 @@ pub(super) enum StoreAttempt<E: std::error::Error + 'static> {
 
 /// How one try of a command call ended, when not with success.
 pub(super) enum Failure<A: Aggregate> {
-    /// A transient failure: try again after a backoff.
-    Transient(StoreError),
+    /// A transient failure: try again after a backoff. `unsure`: it came
+    /// after the events were sent, which may have been committed.
+    Transient { error: StoreError, unsure: bool },
     /// The command's events were found stored: their outcome.
     Replayed(Box<Executed<A>>),
     /// The answer.
@@ -694,13 +653,9 @@ pub(super) struct Call {
     /// Whether the next try must first look up whether the events are
     /// stored.
     look_up: bool,
-    /// Whether a failed try may have committed the events, and no lookup
-    /// has said otherwise since.
-    maybe_stored: bool,
-    /// The attempt number (1 + conflicts retried).
-    attempt: u32,
-    /// The transient failures retried.
-    retries: u32,
+    /// The attempts, transient retries and whether a failed try may have
+    /// committed the events (and no lookup has said otherwise since).
+    tries: Tries,
     /// Whether the state cache may still be tried.
     try_cache: bool,
 }
@@ -709,8 +664,8 @@ impl Call {
     /// What a store failure means at this point of the call.
     fn failed<A: Aggregate>(&self, id: &str, error: StoreError) -> Failure<A> {
         if error.is_transient() {
-            Failure::Transient(error)
-        } else if self.maybe_stored {
+            Failure::transient(error)
+        } else if self.tries.maybe_stored {
             Failure::Final(RepositoryError::OutcomeUnknown {
                 aggregate: AggregateKey::new(
                     A::Event::BOUNDED_CONTEXT,
@@ -718,11 +673,28 @@ impl Call {
                     id,
                 ),
                 command_id: self.command_id,
-                retries: self.retries,
+                retries: self.tries.retries,
                 source: Box::new(error),
             })
         } else {
-            Failure::Final(RepositoryError::from_store(error, self.attempt))
+            Failure::Final(RepositoryError::from_store(error, self.tries.attempt))
+        }
+    }
+
+    /// The call's answer: what the last try gave, with the call's counts.
+    fn finish<A: Aggregate>(&self, mut executed: Executed<A>) -> Executed<A> {
+        executed.attempts = self.tries.attempt;
+        executed.transient_retries = self.tries.retries;
+        executed
+    }
+}
+
+impl<A: Aggregate> Failure<A> {
+    /// A transient failure before anything was sent.
+    fn transient(error: StoreError) -> Self {
+        Failure::Transient {
+            error,
+            unsure: false,
         }
     }
 }
