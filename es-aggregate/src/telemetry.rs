@@ -248,3 +248,60 @@ impl ProjectionMetrics {
         self.skipped.increment(events);
     }
 }
+
+/// A command's outcome.
+type CommandResult<A> = crate::repository::Result<Executed<A>, A>;
+
+/// Runs a command in its span, and records its outcome on the span and in
+/// the metrics.
+pub(crate) async fn observe_command<A: Aggregate>(
+    id: &str,
+    metadata: &es_store::Metadata,
+    command: impl Future<Output = CommandResult<A>>,
+) -> CommandResult<A> {
+    let span = command_span::<A>(id, metadata);
+    let started = std::time::Instant::now();
+    let outcome = tracing::Instrument::instrument(command, span.clone()).await;
+    self::command(started, &outcome);
+    record_outcome(&span, &outcome);
+    outcome
+}
+
+/// The span of one command: the aggregate, the command's and correlation
+/// ids; the version reached and the attempts are recorded at the end.
+pub(crate) fn command_span<A: Aggregate>(id: &str, metadata: &es_store::Metadata) -> tracing::Span {
+    tracing::debug_span!(
+        "execute",
+        bounded_context = A::Event::BOUNDED_CONTEXT,
+        aggregate_type = A::Event::AGGREGATE_TYPE,
+        aggregate_id = id,
+        command_id = metadata.command_id.map(tracing::field::display),
+        correlation_id = metadata.correlation_id.map(tracing::field::display),
+        causation_id = metadata.causation_id.map(tracing::field::display),
+        trace_id = metadata.trace_id.as_deref(),
+        version = tracing::field::Empty,
+        attempts = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    )
+}
+
+/// Records a command's outcome on its span.
+pub(crate) fn record_outcome<A: Aggregate>(span: &tracing::Span, outcome: &CommandResult<A>) {
+    match outcome {
+        Ok(executed) => {
+            span.record("version", executed.version);
+            span.record("attempts", executed.attempts);
+            span.record(
+                "outcome",
+                if executed.replayed {
+                    "replayed"
+                } else {
+                    "executed"
+                },
+            );
+        }
+        Err(error) => {
+            span.record("outcome", tracing::field::display(error));
+        }
+    }
+}

@@ -6,14 +6,14 @@ use es_store::{
     AggregateKey, AggregateStreamReader, CommandId, Connection, DomainEvent, Error as StoreError,
     EventIdConflictReason, EventStore, ExpectedVersion, Metadata, SnapshotStore,
 };
-use tracing::Instrument;
 
 use super::load::Tail;
 use super::{Executed, Loaded, Repository, RepositoryError, Result};
+use crate::Aggregate;
 #[cfg(doc)]
 use crate::RetryPolicy;
 use crate::retry::Tries;
-use crate::{Aggregate, telemetry};
+use crate::telemetry::{self, observe_command};
 
 impl<A, S> Repository<A, S>
 where
@@ -317,149 +317,6 @@ where
         }
     }
 
-    /// Executes a command on the caller's connection or transaction, with
-    /// no retry (a conflict or a transient failure aborts what the caller
-    /// is doing; the caller decides whether to run it all again), and no
-    /// metadata. Use it to commit a command atomically with your own writes
-    /// or with commands on other aggregates; [`UnitOfWork`](crate::UnitOfWork)
-    /// does that with the retries.
-    ///
-    /// ```no_run
-    /// # use es_aggregate::{Aggregate, Repository};
-    /// # async fn demo<A: Aggregate>(repository: Repository<A>, debit: A::Command, credit: A::Command) -> Result<(), Box<dyn std::error::Error>> {
-    /// let mut tx = repository.pool().begin().await?;
-    /// repository.execute_in(&mut *tx, "acc-1", &debit).await?;
-    /// repository.execute_in(&mut *tx, "acc-2", &credit).await?;
-    /// tx.commit().await?; // both or neither
-    /// # Ok(()) }
-    /// ```
-    pub async fn execute_in(
-        &self,
-        conn: &mut Connection<S>,
-        id: &str,
-        command: &A::Command,
-    ) -> Result<Executed<A>, A> {
-        self.execute_in_with(conn, id, command, &Metadata::default())
-            .await
-    }
-
-    /// [`Repository::execute_in`] with metadata (correlation and causation
-    /// ids, free fields) on every event produced.
-    ///
-    /// With a [`Metadata::command_id`], a command applied before returns
-    /// its original outcome and a reused id is
-    /// [`RepositoryError::CommandIdReused`], as with
-    /// [`Repository::execute_with`].
-    ///
-    /// ```no_run
-    /// # use es_aggregate::{Aggregate, Repository};
-    /// # async fn demo<A: Aggregate>(repository: Repository<A>, command: A::Command) -> Result<(), Box<dyn std::error::Error>> {
-    /// let metadata = es_store::Metadata::new().with_correlation_id(uuid::Uuid::now_v7());
-    /// let mut tx = repository.pool().begin().await?;
-    /// repository.execute_in_with(&mut *tx, "acc-1", &command, &metadata).await?;
-    /// tx.commit().await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn execute_in_with(
-        &self,
-        conn: &mut Connection<S>,
-        id: &str,
-        command: &A::Command,
-        metadata: &Metadata,
-    ) -> Result<Executed<A>, A> {
-        let metadata = &telemetry::traced(metadata);
-        observe_command(id, metadata, async {
-            let (command_id, look_up) = match metadata.command_id {
-                Some(given) => (given, true),
-                None => (CommandId::new(), false),
-            };
-            self.execute_once_in(conn, id, command, metadata, command_id, look_up, false)
-                .await
-        })
-        .await
-    }
-
-    /// A command in a transaction (the caller's or a unit's), tried once.
-    ///
-    /// With `look_up` (the command's id may be stored already), the id is
-    /// looked up first, and again when the command is refused, decides
-    /// nothing, or its batch turns out to be stored at other versions: a
-    /// concurrent copy of the command may have committed after the first
-    /// look-up, and its outcome is then the answer. With `lock`, the
-    /// command is decided under the aggregate's lock.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn execute_once_in(
-        &self,
-        conn: &mut Connection<S>,
-        id: &str,
-        command: &A::Command,
-        metadata: &Metadata,
-        command_id: CommandId,
-        look_up: bool,
-        lock: bool,
-    ) -> Result<Executed<A>, A> {
-        if look_up
-            && let Some(executed) = self
-                .find_applied(conn, id, command, command_id, true)
-                .await?
-        {
-            return Ok(executed);
-        }
-        let mut loaded = None;
-        let outcome = if lock {
-            let mut current = self.starting_point(conn, id, None).await?;
-            self.fold_tail(conn, id, &mut current, Tail::Locked).await?;
-            loaded = Some(current);
-            self.decide_and_append(conn, id, command, metadata, command_id, &mut loaded)
-                .await
-        } else {
-            self.try_execute(conn, id, command, metadata, command_id, &mut loaded)
-                .await
-        };
-        let stored_elsewhere = match &outcome {
-            Ok(executed) => look_up && executed.events.is_empty(),
-            Err(StoreAttempt::Other(RepositoryError::Rejected(_))) => look_up,
-            // Not after a refusal that aborted the transaction (Unverified):
-            // nothing can be read in it any more.
-            Err(StoreAttempt::Store(StoreError::EventIdConflict {
-                reason: EventIdConflictReason::StoredConcurrently,
-                ..
-            })) => true,
-            Err(_) => false,
-        };
-        if stored_elsewhere
-            && let Some(executed) = self
-                .find_applied(conn, id, command, command_id, true)
-                .await?
-        {
-            return Ok(executed);
-        }
-        outcome.map_err(StoreAttempt::into_error)
-    }
-
-    /// A command of a unit of work, in its transaction, with the id the
-    /// unit gave it (in `metadata`): looked up first when the unit may have
-    /// been committed before (`look_up`), and decided under the
-    /// aggregate's lock when it conflicted in an earlier run (`lock`).
-    pub(crate) async fn execute_in_unit(
-        &self,
-        conn: &mut Connection<S>,
-        id: &str,
-        command: &A::Command,
-        metadata: &Metadata,
-        look_up: bool,
-        lock: bool,
-    ) -> Result<Executed<A>, A> {
-        let command_id = metadata
-            .command_id
-            .expect("the unit of work names every command");
-        observe_command(id, metadata, async {
-            self.execute_once_in(conn, id, command, metadata, command_id, look_up, lock)
-                .await
-        })
-        .await
-    }
-
     /// A retry: the same cycle in a transaction that first locks the
     /// aggregate, so that no other writer can get in between.
     pub(super) async fn try_execute_locked(
@@ -702,7 +559,7 @@ impl<A: Aggregate> Failure<A> {
 impl<E: std::error::Error + 'static> StoreAttempt<E> {
     /// What the attempt's failure is to a caller who does not retry: in
     /// the caller's transaction, the outcome is the commit's to decide.
-    fn into_error(self) -> RepositoryError<E> {
+    pub(super) fn into_error(self) -> RepositoryError<E> {
         match self {
             StoreAttempt::Store(error) | StoreAttempt::Unsure(error) => {
                 RepositoryError::from_store(error, 1)
@@ -727,60 +584,6 @@ impl<E: std::error::Error + 'static> From<RepositoryError<E>> for StoreAttempt<E
         match error {
             RepositoryError::Store(error) => StoreAttempt::Store(error),
             other => StoreAttempt::Other(other),
-        }
-    }
-}
-
-/// Runs a command in its span, and records its outcome on the span and in
-/// the metrics.
-pub(super) async fn observe_command<A: Aggregate>(
-    id: &str,
-    metadata: &Metadata,
-    command: impl Future<Output = Result<Executed<A>, A>>,
-) -> Result<Executed<A>, A> {
-    let span = command_span::<A>(id, metadata);
-    let started = std::time::Instant::now();
-    let outcome = command.instrument(span.clone()).await;
-    telemetry::command(started, &outcome);
-    record_outcome(&span, &outcome);
-    outcome
-}
-
-/// The span of one command: the aggregate, the command's and correlation
-/// ids; the version reached and the attempts are recorded at the end.
-pub(super) fn command_span<A: Aggregate>(id: &str, metadata: &Metadata) -> tracing::Span {
-    tracing::debug_span!(
-        "execute",
-        bounded_context = A::Event::BOUNDED_CONTEXT,
-        aggregate_type = A::Event::AGGREGATE_TYPE,
-        aggregate_id = id,
-        command_id = metadata.command_id.map(tracing::field::display),
-        correlation_id = metadata.correlation_id.map(tracing::field::display),
-        causation_id = metadata.causation_id.map(tracing::field::display),
-        trace_id = metadata.trace_id.as_deref(),
-        version = tracing::field::Empty,
-        attempts = tracing::field::Empty,
-        outcome = tracing::field::Empty,
-    )
-}
-
-/// Records a command's outcome on its span.
-pub(super) fn record_outcome<A: Aggregate>(span: &tracing::Span, outcome: &Result<Executed<A>, A>) {
-    match outcome {
-        Ok(executed) => {
-            span.record("version", executed.version);
-            span.record("attempts", executed.attempts);
-            span.record(
-                "outcome",
-                if executed.replayed {
-                    "replayed"
-                } else {
-                    "executed"
-                },
-            );
-        }
-        Err(error) => {
-            span.record("outcome", tracing::field::display(error));
         }
     }
 }

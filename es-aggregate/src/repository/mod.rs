@@ -12,6 +12,7 @@ mod idempotency;
 mod load;
 pub(crate) mod outcome;
 mod snapshots;
+mod transaction;
 
 use std::fmt;
 use std::sync::Arc;
