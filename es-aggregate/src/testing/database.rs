@@ -17,7 +17,7 @@ use crate::{Aggregate, Repository, UnitOfWork, Work, WorkError};
 ///
 /// ```
 /// # #[cfg(feature = "sqlite")]
-/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// use es_aggregate::testing::TestDatabase;
 /// use es_store::EventStore;
 ///
