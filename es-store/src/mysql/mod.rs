@@ -3,6 +3,7 @@
 
 mod append;
 mod codec;
+mod packet;
 mod sql;
 
 use sqlx::{Acquire, MySqlConnection};
@@ -42,6 +43,10 @@ impl sealed::Dialect for MySql {
             lease.as_secs().clamp(1, 31_536_000)
         ))
     }
+
+    // MariaDB's `json_valid`, which checks every JSON column, refuses
+    // more (MySQL 8's stops at 100).
+    const MAX_JSON_DEPTH: usize = crate::limits::MAX_JSON_DEPTH_MYSQL;
 
     const BEGIN_WRITE: Option<&'static str> =
         Some("SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION");
