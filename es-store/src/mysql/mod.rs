@@ -142,6 +142,19 @@ impl Dialect for MySql {
 /// (lengths within [`limits`](crate::limits), text without NUL), so
 /// MySQL's non-strict SQL modes never get to truncate anything.
 ///
+/// JSON may nest at most
+/// [`limits::MAX_JSON_DEPTH_MYSQL`](crate::limits::MAX_JSON_DEPTH_MYSQL)
+/// (31) levels, what MariaDB's `json_valid` accepts. Each statement that
+/// carries JSON is measured against the server's `max_allowed_packet`
+/// first: an event, snapshot or document too large for it is
+/// [`Error::PacketTooLarge`](crate::Error::PacketTooLarge), and a batch
+/// too large for one insert is split into inserts that fit. The limit is
+/// read from the server once per store (not for statements under 1 KiB,
+/// which fit every server), and again before refusing.
+///
+/// Sessions must not run at READ UNCOMMITTED to read the feed (see
+/// above).
+///
 /// # Table names
 ///
 /// ```
