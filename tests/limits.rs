@@ -877,7 +877,9 @@ mod mariadb {
     // ---- isolation ------------------------------------------------------
 
     /// The isolation check rides on the statement that reads the head: a
-    /// gap-safe read is still two statements, the head and the page.
+    /// gap-safe read is still two statements, the head and the page. (The
+    /// first read of a store may try one variable name more: MariaDB
+    /// before 11.1 has no `transaction_isolation`.)
     #[test]
     fn isolation_check_adds_no_round_trip_to_a_read() {
         use support::round_trips::count_statements;
@@ -902,7 +904,11 @@ mod mariadb {
             statements_again[0].contains("isolation"),
             "{statements_again:#?}"
         );
-        assert!(!statements.is_empty());
+        let first_read = without_connection_setup(statements)
+            .into_iter()
+            .filter(|s| s.contains("isolation") || s.contains("LIMIT ?"))
+            .count();
+        assert!((2..=3).contains(&first_read), "{first_read}");
         count_statements(db.drop());
     }
 

@@ -103,7 +103,8 @@ pub(crate) struct ServerFacts {
     #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
     pub(crate) max_packet: std::sync::atomic::AtomicU64,
     /// MySQL: which variable names the session's isolation level (1:
-    /// `tx_isolation`, MariaDB; 2: `transaction_isolation`, MySQL 8).
+    /// `transaction_isolation`, MySQL 8 and MariaDB 11.1+; 2:
+    /// `tx_isolation`, MariaDB before 11.1).
     #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
     pub(crate) isolation_variable: std::sync::atomic::AtomicU8,
 }

@@ -69,8 +69,8 @@ pub(crate) struct Statements {
     /// () -> the highest stored position, 0 when empty.
     pub(crate) head_position: Arc<str>,
     /// MySQL: () -> (the highest stored position, the session's isolation
-    /// level), the level read from `@@tx_isolation` (MariaDB) or from
-    /// `@@transaction_isolation` (MySQL 8, MariaDB 11.1+).
+    /// level), the level read from `@@transaction_isolation` (MySQL 8,
+    /// MariaDB 11.1+) or from `@@tx_isolation` (MariaDB before 11.1).
     #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
     pub(crate) head_and_isolation: Option<[Arc<str>; 2]>,
     /// (name) -> position.

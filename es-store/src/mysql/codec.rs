@@ -69,8 +69,8 @@ pub(super) fn json_text(row: &MySqlRow, index: usize) -> Result<&str> {
     Ok(row.try_get_unchecked(index)?)
 }
 
-/// `ER_UNKNOWN_SYSTEM_VARIABLE`: MySQL 8 has no `tx_isolation`, MariaDB
-/// before 11.1 no `transaction_isolation`.
+/// `ER_UNKNOWN_SYSTEM_VARIABLE`: MariaDB before 11.1 has no
+/// `transaction_isolation` (only `tx_isolation`, which MySQL 8 dropped).
 const UNKNOWN_SYSTEM_VARIABLE: u16 = 1193;
 
 /// Positions are drawn under a lock held until commit, so they commit in

@@ -365,7 +365,7 @@ pub(crate) fn statements(n: &Names) -> Statements {
         .into(),
         // The gap-safe read's horizon, with the level it runs at, in one
         // round trip.
-        head_and_isolation: Some(["tx_isolation", "transaction_isolation"].map(|variable| {
+        head_and_isolation: Some(["transaction_isolation", "tx_isolation"].map(|variable| {
             format!(
                 "SELECT CAST(COALESCE(MAX(global_position), 0) AS SIGNED), \
                      CAST(@@SESSION.{variable} AS CHAR) FROM {events}"
