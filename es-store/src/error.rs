@@ -206,6 +206,95 @@ pub enum Error {
         reason: UnstorableTextReason,
     },
 
+    /// A JSON value (payload, metadata, snapshot state or read-model
+    /// document) nests arrays and objects deeper than the backend stores:
+    /// [`limits::MAX_JSON_DEPTH`] (100) levels on PostgreSQL and SQLite,
+    /// [`limits::MAX_JSON_DEPTH_MYSQL`] (31) on MySQL and MariaDB (see
+    /// [`SqlStore::max_json_depth`](crate::SqlStore::max_json_depth)).
+    ///
+    /// The depth counts arrays and objects, not scalars: `1` is 0 deep,
+    /// `[1]` and `{"a":1}` are 1 deep, `{"a":[1]}` is 2 deep. Refused
+    /// before anything is sent, so the caller's transaction stays usable:
+    /// PostgreSQL would fail the statement past its stack limit (and abort
+    /// the transaction), MariaDB's and SQLite's JSON checks would refuse
+    /// the row, and serde_json reads back at most 127 levels.
+    ///
+    /// ```
+    /// use es_store::{Error, Event, TextField};
+    /// use serde_json::value::RawValue;
+    ///
+    /// # async fn demo(store: es_store::PostgresStore, conn: &mut sqlx::PgConnection) -> Result<(), Error> {
+    /// # use es_store::{EventStore, ExpectedVersion};
+    /// let deep = format!("{}{}", "[".repeat(101), "]".repeat(101));
+    /// let payload = RawValue::from_string(deep).map_err(Error::Serialization)?;
+    /// let event = Event::from_raw("Billing", "Account", "acc-1", "Nested", payload);
+    /// let refused = store.append(conn, ExpectedVersion::Any, vec![event]).await;
+    /// assert!(matches!(
+    ///     refused,
+    ///     Err(Error::JsonTooDeep { field: TextField::Payload, depth: 101, max: 100, .. })
+    /// ));
+    /// # Ok(()) }
+    /// let error = Error::JsonTooDeep { field: TextField::Metadata, index: Some(1), depth: 32, max: 31 };
+    /// assert_eq!(
+    ///     error.to_string(),
+    ///     "metadata (event 1) nests arrays and objects 32 levels deep, deeper than the 31 allowed",
+    /// );
+    /// assert!(!error.is_transient());
+    /// ```
+    #[error("{field}{} nests arrays and objects {depth} levels deep, deeper than the {max} allowed", at_index(*.index))]
+    JsonTooDeep {
+        /// Which JSON value.
+        field: TextField,
+        /// The position of the offending event in the batch, when it is one.
+        index: Option<usize>,
+        /// How deep it nests.
+        depth: usize,
+        /// The backend's limit.
+        max: usize,
+    },
+
+    /// The statement that would store a value is larger than the server's
+    /// `max_allowed_packet` (MySQL and MariaDB only): the server would
+    /// drop the connection, and with it the caller's transaction.
+    ///
+    /// The size is that of the packet the driver would send: the event's
+    /// payload, metadata and names with the statement's framing (an event
+    /// of the batch whose own row is too large for one statement is
+    /// named by `index`; a batch whose events fit one by one is split into
+    /// statements that each fit), or a snapshot's or document's whole
+    /// statement. Refused before anything is sent, never transient: raise
+    /// `max_allowed_packet` on the server, or store less. The limit is read
+    /// from the server once per store, and read again before refusing.
+    ///
+    /// ```
+    /// use es_store::{Error, TextField};
+    ///
+    /// let error = Error::PacketTooLarge {
+    ///     field: TextField::Payload,
+    ///     index: Some(0),
+    ///     size: 52_428_912,
+    ///     max: 16_777_216,
+    /// };
+    /// assert_eq!(
+    ///     error.to_string(),
+    ///     "payload (event 0) needs a statement of 52428912 bytes, more than the server's \
+    ///      max_allowed_packet of 16777216",
+    /// );
+    /// assert!(!error.is_transient());
+    /// ```
+    #[error("{field}{} needs a statement of {size} bytes, more than the server's max_allowed_packet of {max}", at_index(*.index))]
+    PacketTooLarge {
+        /// What is too large: an event's [`TextField::Payload`], a
+        /// [`TextField::SnapshotState`] or a [`TextField::Document`].
+        field: TextField,
+        /// The position of the offending event in the batch, when it is one.
+        index: Option<usize>,
+        /// The packet's size in bytes.
+        size: u64,
+        /// The server's `max_allowed_packet`, in bytes.
+        max: u64,
+    },
+
     /// One batch holds the same event id twice.
     #[error("event id {event_id} appears twice in one append (events {first} and {second})")]
     DuplicateEventIdInBatch {
@@ -240,9 +329,26 @@ pub enum Error {
         reason: std::borrow::Cow<'static, str>,
     },
 
-    /// The gap-safe global read ran in a transaction whose isolation level
-    /// keeps an old snapshot; it needs READ COMMITTED (PostgreSQL's default).
-    #[error("read_events needs a READ COMMITTED transaction, this one is {level}")]
+    /// The gap-safe global read ran at an isolation level under which it
+    /// could skip or invent events: on PostgreSQL any level but READ
+    /// COMMITTED (the default; REPEATABLE READ and SERIALIZABLE keep an old
+    /// snapshot), on MySQL and MariaDB READ UNCOMMITTED (which sees events
+    /// that may yet roll back). `level` is as the server names it.
+    ///
+    /// ```
+    /// use es_store::Error;
+    ///
+    /// let error = Error::UnsupportedIsolation { level: "READ-UNCOMMITTED".into() };
+    /// assert_eq!(
+    ///     error.to_string(),
+    ///     "read_events cannot run at isolation level READ-UNCOMMITTED: \
+    ///      PostgreSQL needs READ COMMITTED, MySQL and MariaDB refuse READ UNCOMMITTED",
+    /// );
+    /// ```
+    #[error(
+        "read_events cannot run at isolation level {level}: PostgreSQL needs READ COMMITTED, \
+         MySQL and MariaDB refuse READ UNCOMMITTED"
+    )]
     UnsupportedIsolation {
         /// The transaction's isolation level.
         level: String,

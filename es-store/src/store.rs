@@ -32,6 +32,9 @@ pub(crate) mod sealed {
         /// The statement that begins a transaction that reads and then
         /// writes, where the driver's `BEGIN` is not the right one.
         const BEGIN_WRITE: Option<&'static str> = None;
+        /// The deepest JSON the backend stores and reads back (see
+        /// [`limits`](crate::limits)).
+        const MAX_JSON_DEPTH: usize = crate::limits::MAX_JSON_DEPTH;
         /// The statement that makes the server end the caller's
         /// transaction (closing its session) once it has been idle for
         /// `lease`: a frozen or vanished client then loses its locks.
@@ -86,6 +89,24 @@ pub(crate) struct Inner {
     pub(crate) sql: Statements,
     /// This process's signal of appends committed to the events table.
     pub(crate) committed: tokio::sync::watch::Sender<u64>,
+    /// What the store learnt of its server (MySQL: `max_allowed_packet`,
+    /// and how to read the session's isolation level), read once.
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    pub(crate) server: ServerFacts,
+}
+
+/// What a store reads from its server once, lazily, and keeps: 0 is
+/// "not read yet".
+#[derive(Debug, Default)]
+pub(crate) struct ServerFacts {
+    /// MySQL: the session's `max_allowed_packet`, in bytes.
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    pub(crate) max_packet: std::sync::atomic::AtomicU64,
+    /// MySQL: which variable names the session's isolation level (1:
+    /// `transaction_isolation`, MySQL 8 and MariaDB 11.1+; 2:
+    /// `tx_isolation`, MariaDB before 11.1).
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    pub(crate) isolation_variable: std::sync::atomic::AtomicU8,
 }
 
 /// The in-process signal of committed appends of each events table, by
@@ -233,6 +254,24 @@ impl<D: Dialect> SqlStore<D> {
     /// ```
     pub fn schema(&self) -> Option<&str> {
         self.inner.names.schema.as_ref().map(Ident::as_str)
+    }
+
+    /// The deepest nesting of arrays and objects this store keeps in a
+    /// JSON value (payload, metadata, snapshot state, document):
+    /// [`limits::MAX_JSON_DEPTH`](crate::limits::MAX_JSON_DEPTH) (100) on
+    /// PostgreSQL and SQLite,
+    /// [`limits::MAX_JSON_DEPTH_MYSQL`](crate::limits::MAX_JSON_DEPTH_MYSQL)
+    /// (31) on MySQL and MariaDB. Deeper values are refused with
+    /// [`Error::JsonTooDeep`](crate::Error::JsonTooDeep).
+    ///
+    /// ```
+    /// # #[cfg(feature = "postgres")]
+    /// assert_eq!(es_store::PostgresStore::new().max_json_depth(), 100);
+    /// # #[cfg(feature = "mysql")]
+    /// assert_eq!(es_store::MySqlStore::new().max_json_depth(), 31);
+    /// ```
+    pub fn max_json_depth(&self) -> usize {
+        D::MAX_JSON_DEPTH
     }
 
     /// The migrations for this store's names, as a sqlx
@@ -445,6 +484,7 @@ impl<D: Dialect> StoreBuilder<D> {
                 names,
                 sql,
                 committed,
+                server: ServerFacts::default(),
             }),
             dialect: PhantomData,
         })

@@ -12,8 +12,12 @@ use crate::{Error, Event, ExpectedVersion, NameField, Result, TextField, Unstora
 
 /// Checks an append and normalises what a backend stores (timestamps to
 /// microseconds). Returns the expected version with `Exact(0)` folded into
-/// `NoStream`.
-pub(crate) fn append(expected: ExpectedVersion, events: &mut [Event]) -> Result<ExpectedVersion> {
+/// `NoStream`. `max_depth` is the backend's JSON nesting limit.
+pub(crate) fn append(
+    expected: ExpectedVersion,
+    events: &mut [Event],
+    max_depth: usize,
+) -> Result<ExpectedVersion> {
     let expected = match expected {
         ExpectedVersion::Exact(v) if v < 0 => {
             return Err(Error::NegativeVersion {
@@ -49,8 +53,8 @@ pub(crate) fn append(expected: ExpectedVersion, events: &mut [Event]) -> Result<
         if let Some(trace_id) = &event.trace_id {
             storable_name(trace_id, NameField::TraceId, Some(index))?;
         }
-        json(&event.payload, TextField::Payload, Some(index))?;
-        json(&event.metadata, TextField::Metadata, Some(index))?;
+        json(&event.payload, TextField::Payload, Some(index), max_depth)?;
+        json(&event.metadata, TextField::Metadata, Some(index), max_depth)?;
     }
     unique_ids(events)?;
     for event in events.iter_mut() {
@@ -171,7 +175,7 @@ pub(crate) fn position(position: i64) -> Result<()> {
 }
 
 /// Checks a snapshot to save.
-pub(crate) fn snapshot(snapshot: &crate::Snapshot) -> Result<()> {
+pub(crate) fn snapshot(snapshot: &crate::Snapshot, max_depth: usize) -> Result<()> {
     aggregate(
         &snapshot.bounded_context,
         &snapshot.aggregate_type,
@@ -183,7 +187,7 @@ pub(crate) fn snapshot(snapshot: &crate::Snapshot) -> Result<()> {
             value: snapshot.version,
         });
     }
-    json(&snapshot.state, TextField::SnapshotState, None)
+    json(&snapshot.state, TextField::SnapshotState, None, max_depth)
 }
 
 /// Checks a read-model collection name and document id.
@@ -198,8 +202,8 @@ pub(crate) fn collection(collection: &str) -> Result<()> {
 }
 
 /// Checks a read-model document's JSON.
-pub(crate) fn document(body: &RawValue) -> Result<()> {
-    json(body, TextField::Document, None)
+pub(crate) fn document(body: &RawValue, max_depth: usize) -> Result<()> {
+    json(body, TextField::Document, None, max_depth)
 }
 
 /// Checks a name: not empty, not longer than its limit, no NUL.
@@ -233,17 +237,86 @@ fn storable_name(value: &str, field: NameField, index: Option<usize>) -> Result<
     Ok(())
 }
 
-/// Checks JSON text for what PostgreSQL's `jsonb` refuses.
-fn json(value: &RawValue, field: TextField, index: Option<usize>) -> Result<()> {
-    match unstorable_in_json(value.get()) {
-        Some((offset, reason)) => Err(Error::UnstorableText {
+/// Checks JSON text for what PostgreSQL's `jsonb` refuses, and for
+/// nesting deeper than `max_depth`.
+fn json(value: &RawValue, field: TextField, index: Option<usize>, max_depth: usize) -> Result<()> {
+    if let Some((offset, reason)) = unstorable_in_json(value.get()) {
+        return Err(Error::UnstorableText {
             field,
             index,
             offset,
             reason,
-        }),
-        None => Ok(()),
+        });
     }
+    if let Some(depth) = deeper_than(value.get(), max_depth) {
+        return Err(Error::JsonTooDeep {
+            field,
+            index,
+            depth,
+            max: max_depth,
+        });
+    }
+    Ok(())
+}
+
+/// The depth of JSON text (see [`json_depth`]) when it is deeper than
+/// `max`.
+///
+/// Most values hold fewer brackets than the limit, counted at `memchr`'s
+/// speed (brackets in strings counted too, so the count is a bound):
+/// those cannot be too deep, and are not scanned further.
+fn deeper_than(text: &str, max: usize) -> Option<usize> {
+    let bound = memchr::memchr2_iter(b'[', b'{', text.as_bytes())
+        .take(max + 1)
+        .count();
+    if bound <= max {
+        return None;
+    }
+    Some(json_depth(text)).filter(|depth| *depth > max)
+}
+
+/// How deep valid JSON text nests arrays and objects: 0 for a scalar, 1
+/// for `[]`, `[1]` or `{"a":1}`, 2 for `{"a":[1]}`.
+///
+/// One pass with a counter, no recursion, so that text nested a million
+/// levels deep is measured, not a stack overflow. Strings are skipped
+/// with `memchr` (a bracket in a string does not count); an escape is a
+/// backslash and the character after it, so `"\"` ends where it should.
+/// Text that is not valid JSON gets some number, never a panic.
+pub(crate) fn json_depth(text: &str) -> usize {
+    let bytes = text.as_bytes();
+    let (mut depth, mut deepest, mut at) = (0usize, 0usize, 0usize);
+    while let Some(&byte) = bytes.get(at) {
+        match byte {
+            b'"' => {
+                // Past the closing quote, or the end of a cut-off string.
+                at += 1;
+                loop {
+                    let rest = bytes.get(at..).unwrap_or_default();
+                    match memchr::memchr2(b'"', b'\\', rest) {
+                        Some(found) if rest[found] == b'\\' => at += found + 2,
+                        Some(found) => {
+                            at += found + 1;
+                            break;
+                        }
+                        None => {
+                            at = bytes.len();
+                            break;
+                        }
+                    }
+                }
+                continue;
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        at += 1;
+    }
+    deepest
 }
 
 /// Finds, in JSON text, the first escape `\u0000` or escaped surrogate
@@ -302,6 +375,101 @@ fn hex4(bytes: &[u8], at: usize) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::{MAX_JSON_DEPTH, MAX_JSON_DEPTH_MYSQL};
+
+    fn nested(depth: usize) -> String {
+        format!("{}{}", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    #[test]
+    fn json_depth_counts_arrays_and_objects_not_strings() {
+        assert_eq!(json_depth("1"), 0);
+        assert_eq!(json_depth(r#""[{[{""#), 0);
+        assert_eq!(json_depth("[]"), 1);
+        assert_eq!(json_depth(r#"{"a":1}"#), 1);
+        assert_eq!(json_depth(r#"{"a":[1]}"#), 2);
+        assert_eq!(json_depth(r#"{"a":[{}]}"#), 3);
+        assert_eq!(json_depth(r#"[[1],[[2]],{"b":{"c":[]}}]"#), 4);
+        // brackets in strings and keys, escaped quotes and backslashes
+        assert_eq!(json_depth(r#"{"[[[": "]]]{{{", "x": ["\"[", "\\"]}"#), 2);
+        assert_eq!(json_depth(r#"["\\", ["\\\"]"]]"#), 2);
+        assert_eq!(json_depth(r#"["a\u005b", []]"#), 2);
+        // cut-off or invalid text gets a number, never a panic
+        for text in ["", "[", "]]]", "\"", r#"["\"#, r#"["abc"#, "{{{"] {
+            let _ = json_depth(text);
+        }
+        assert_eq!(json_depth(&nested(MAX_JSON_DEPTH)), MAX_JSON_DEPTH);
+    }
+
+    #[test]
+    fn json_depth_measures_a_million_levels_without_recursion() {
+        let text = nested(1_000_000);
+        assert_eq!(json_depth(&text), 1_000_000);
+        assert_eq!(deeper_than(&text, MAX_JSON_DEPTH), Some(1_000_000));
+    }
+
+    #[test]
+    fn depth_limit_is_checked_at_and_past_the_limit() {
+        for max in [MAX_JSON_DEPTH, MAX_JSON_DEPTH_MYSQL] {
+            assert_eq!(deeper_than(&nested(max), max), None);
+            assert_eq!(deeper_than(&nested(max + 1), max), Some(max + 1));
+            // many brackets side by side are not deep
+            let wide = format!("[{}]", vec!["[]"; 10 * max].join(","));
+            assert_eq!(deeper_than(&wide, max), None);
+            // brackets in strings are not deep either
+            let quoted = format!("[\"{}\"]", "[".repeat(10 * max));
+            assert_eq!(deeper_than(&quoted, max), None);
+        }
+        let raw = RawValue::from_string(nested(MAX_JSON_DEPTH + 1)).unwrap();
+        assert!(matches!(
+            json(&raw, TextField::Metadata, Some(2), MAX_JSON_DEPTH),
+            Err(Error::JsonTooDeep {
+                field: TextField::Metadata,
+                index: Some(2),
+                depth: 101,
+                max: 100
+            })
+        ));
+        let mut event = event("a");
+        event.payload = RawValue::from_string(nested(MAX_JSON_DEPTH_MYSQL + 1)).unwrap();
+        let mut events = vec![event.clone()];
+        assert!(append(ExpectedVersion::Any, &mut events, MAX_JSON_DEPTH).is_ok());
+        assert!(matches!(
+            append(ExpectedVersion::Any, &mut events, MAX_JSON_DEPTH_MYSQL),
+            Err(Error::JsonTooDeep {
+                field: TextField::Payload,
+                index: Some(0),
+                depth: 32,
+                max: 31
+            })
+        ));
+    }
+
+    /// What the store accepts, the store and the derive can read back:
+    /// a stored value is held as a `RawValue` (whose parser does not
+    /// recurse), and decoded, upcast or compared with serde_json, which
+    /// stops at 128 levels.
+    #[test]
+    fn json_at_the_depth_limit_is_read_back_by_serde_json() {
+        for max in [MAX_JSON_DEPTH, MAX_JSON_DEPTH_MYSQL] {
+            let text = format!("{}1{}", r#"{"a":["#.repeat(max / 2), "]}".repeat(max / 2));
+            let text = if max % 2 == 1 {
+                format!("[{text}]")
+            } else {
+                text
+            };
+            assert_eq!(json_depth(&text), max);
+            let raw = RawValue::from_string(text.clone()).unwrap();
+            assert!(serde_json::from_str::<serde_json::Value>(raw.get()).is_ok());
+            let spaced = RawValue::from_string(text.replace(':', ": ")).unwrap();
+            assert!(crate::core::same_json(&raw, &spaced).unwrap());
+        }
+        // serde_json's own limit, which the store's stays under
+        assert!(serde_json::from_str::<serde_json::Value>(&nested(127)).is_ok());
+        assert!(serde_json::from_str::<serde_json::Value>(&nested(128)).is_err());
+        // a RawValue holds any depth, so reading rows never fails on it
+        assert!(RawValue::from_string(nested(100_000)).is_ok());
+    }
 
     fn event(id: &str) -> Event {
         Event::new("Billing", "Account", id, "Opened", &serde_json::json!({})).unwrap()
@@ -311,7 +479,7 @@ mod tests {
     fn exact_zero_is_no_stream() {
         let mut events = vec![event("a")];
         assert_eq!(
-            append(ExpectedVersion::Exact(0), &mut events).unwrap(),
+            append(ExpectedVersion::Exact(0), &mut events, MAX_JSON_DEPTH).unwrap(),
             ExpectedVersion::NoStream
         );
     }
@@ -321,7 +489,7 @@ mod tests {
         for len in [2, 17, 100] {
             let mut events: Vec<_> = (0..len).map(|_| event("a")).collect();
             events[len - 1].event_id = events[0].event_id;
-            let err = append(ExpectedVersion::Any, &mut events).unwrap_err();
+            let err = append(ExpectedVersion::Any, &mut events, MAX_JSON_DEPTH).unwrap_err();
             assert!(
                 matches!(err, Error::DuplicateEventIdInBatch { first: 0, second, .. } if second == len - 1),
                 "{err:?}"
@@ -378,7 +546,7 @@ mod tests {
         let payload = crate::event::to_raw(&serde_json::json!({"a": "x\0y"})).unwrap();
         assert_eq!(payload.get(), r#"{"a":"x\u0000y"}"#);
         assert!(matches!(
-            json(&payload, TextField::Payload, Some(3)),
+            json(&payload, TextField::Payload, Some(3), MAX_JSON_DEPTH),
             Err(Error::UnstorableText {
                 field: TextField::Payload,
                 index: Some(3),
@@ -388,7 +556,7 @@ mod tests {
         ));
         let lone = RawValue::from_string(r#"["\ud800"]"#.to_owned()).unwrap();
         assert!(matches!(
-            json(&lone, TextField::Metadata, None),
+            json(&lone, TextField::Metadata, None, MAX_JSON_DEPTH),
             Err(Error::UnstorableText {
                 reason: UnstorableTextReason::LoneSurrogate,
                 ..
@@ -421,10 +589,10 @@ mod tests {
         ));
         // an empty trace id is allowed, a long one is not
         let mut events = vec![event("a").with_trace_id("")];
-        assert!(append(ExpectedVersion::Any, &mut events).is_ok());
+        assert!(append(ExpectedVersion::Any, &mut events, MAX_JSON_DEPTH).is_ok());
         let mut events = vec![event("a"), event("a").with_trace_id("t".repeat(256))];
         assert!(matches!(
-            append(ExpectedVersion::Any, &mut events),
+            append(ExpectedVersion::Any, &mut events, MAX_JSON_DEPTH),
             Err(Error::NameTooLong {
                 field: NameField::TraceId,
                 index: Some(1),

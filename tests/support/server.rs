@@ -351,6 +351,8 @@ pub struct TestServer {
     /// The MariaDB server process (PostgreSQL's runs detached, under
     /// `pg_ctl`).
     mysqld: Option<Child>,
+    /// More options for the server's command line (MariaDB's `mariadbd`).
+    server_args: Vec<String>,
     running: bool,
     watchdog: Option<Child>,
 }
@@ -366,7 +368,17 @@ impl TestServer {
         Self::try_new(Backend::MySql).unwrap_or_else(|message| panic!("{message}"))
     }
 
+    /// A private MariaDB server started with more options, such as
+    /// `--max-allowed-packet=1M`.
+    pub fn mysql_with(args: &[&str]) -> TestServer {
+        Self::try_new_with(Backend::MySql, args).unwrap_or_else(|message| panic!("{message}"))
+    }
+
     fn try_new(backend: Backend) -> Result<TestServer, String> {
+        Self::try_new_with(backend, &[])
+    }
+
+    fn try_new_with(backend: Backend, server_args: &[&str]) -> Result<TestServer, String> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let binaries = find_binaries(backend)?;
         let run_as = (backend == Backend::Postgres && running_as_root()).then_some("postgres");
@@ -409,6 +421,7 @@ impl TestServer {
             port,
             run_as,
             mysqld: None,
+            server_args: server_args.iter().map(|arg| (*arg).to_owned()).collect(),
             running: false,
             watchdog: None,
         };
@@ -647,6 +660,7 @@ impl TestServer {
                     .arg(format!("--tmpdir={}", self.dir.display()))
                     .arg(format!("--port={}", self.port))
                     .arg("--bind-address=127.0.0.1")
+                    .args(&self.server_args)
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(Stdio::null());

@@ -14,7 +14,7 @@ macro_rules! impl_append {
                 expected: $crate::ExpectedVersion,
                 mut events: Vec<$crate::Event>,
             ) -> $crate::Result<$crate::AppendResult> {
-                let expected = $crate::validate::append(expected, &mut events)?;
+                let expected = $crate::validate::append(expected, &mut events, self.max_json_depth())?;
                 // Outside a transaction, the append commits by itself.
                 let commits = !sqlx::Connection::is_in_transaction(conn);
                 let started = std::time::Instant::now();

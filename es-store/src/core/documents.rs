@@ -13,7 +13,8 @@ macro_rules! impl_documents {
                 body: &serde_json::value::RawValue,
             ) -> $crate::Result<()> {
                 $crate::validate::document_key(collection, id)?;
-                $crate::validate::document(body)?;
+                $crate::validate::document(body, self.max_json_depth())?;
+                codec::check_document(self, conn, collection, id, body).await?;
                 sqlx::query(sqlx::AssertSqlSafe(self.sql().documents.put.clone()))
                     .bind(collection)
                     .bind(id)

@@ -68,6 +68,11 @@ pub(crate) struct Statements {
     pub(crate) read_events: Arc<str>,
     /// () -> the highest stored position, 0 when empty.
     pub(crate) head_position: Arc<str>,
+    /// MySQL: () -> (the highest stored position, the session's isolation
+    /// level), the level read from `@@transaction_isolation` (MySQL 8,
+    /// MariaDB 11.1+) or from `@@tx_isolation` (MariaDB before 11.1).
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    pub(crate) head_and_isolation: Option<[Arc<str>; 2]>,
     /// (name) -> position.
     pub(crate) get_checkpoint: Arc<str>,
     /// (name, position, now).

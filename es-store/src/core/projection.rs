@@ -82,7 +82,8 @@ macro_rules! impl_projection {
                 conn: &mut $conn,
                 snapshot: &$crate::Snapshot,
             ) -> $crate::Result<()> {
-                $crate::validate::snapshot(snapshot)?;
+                $crate::validate::snapshot(snapshot, self.max_json_depth())?;
+                codec::check_snapshot(self, conn, snapshot).await?;
                 sqlx::query(sqlx::AssertSqlSafe(self.sql().save_snapshot.clone()))
                     .bind(&snapshot.bounded_context)
                     .bind(&snapshot.aggregate_type)

@@ -6,10 +6,15 @@
 use sqlx::mysql::MySqlQueryResult;
 use sqlx::{AssertSqlSafe, Connection as _, MySqlConnection};
 
+use std::ops::Range;
+
 use super::MySqlStore;
 use super::codec::{DEADLOCK, DUPLICATE_KEY, error_number};
+use super::packet;
 use crate::names::EVENT_ID_KEY;
-use crate::{AppendResult, Error, Event, EventIdConflictReason, ExpectedVersion, Result};
+use crate::{
+    AppendResult, Error, Event, EventIdConflictReason, ExpectedVersion, Result, TextField,
+};
 
 /// How an append attempt ended inside its savepoint or transaction.
 enum Attempt {
@@ -34,11 +39,14 @@ pub(crate) async fn append(
         expected,
         actual: None,
     };
+    // Measured before anything is sent: a statement the server cannot
+    // take would cost the connection, and the caller's transaction.
+    let inserts = inserts(store, conn, &events).await?;
     // A savepoint in the caller's transaction, or a transaction of our own.
     // Both are sqlx transactions, so a cancelled append is rolled back
     // before the connection runs anything else.
     let mut tx = conn.begin().await?;
-    let attempt = attempt(store, &mut tx, expected, &events).await;
+    let attempt = attempt(store, &mut tx, expected, &events, &inserts).await;
     let attempt = match attempt {
         Ok(Attempt::Stored(rows)) => {
             tx.commit().await?;
@@ -46,6 +54,13 @@ pub(crate) async fn append(
         }
         Ok(refused) => refused,
         Err(error) => {
+            // The server may have been set to a smaller packet since the
+            // limit was read: read it again before the next append.
+            if matches!(error, sqlx::Error::Io(_))
+                || error_number(&error) == Some(packet::PACKET_TOO_LARGE)
+            {
+                packet::forget_limit(store);
+            }
             // A deadlock rolled the whole transaction back already, and
             // the savepoint with it.
             let deadlock = error_number(&error) == Some(DEADLOCK);
@@ -97,6 +112,7 @@ async fn attempt(
     conn: &mut MySqlConnection,
     expected: ExpectedVersion,
     events: &[Event],
+    inserts: &[Range<usize>],
 ) -> std::result::Result<Attempt, sqlx::Error> {
     let first = &events[0];
     let count = events.len() as i64;
@@ -166,7 +182,7 @@ async fn attempt(
         version
     };
     let base_position = draw(store, conn, count).await?;
-    let inserted = insert(store, conn, events, base_version, base_position).await;
+    let inserted = insert(store, conn, events, inserts, base_version, base_position).await;
     match inserted {
         Ok(rows) if rows == count as u64 => Ok(Attempt::Stored(
             (1..=count)
@@ -185,12 +201,43 @@ async fn attempt(
 /// 65,535 per statement.
 const ROWS_PER_INSERT: usize = 1000;
 
-/// Inserts the batch with multi-row `VALUES`, in statements of up to
-/// [`ROWS_PER_INSERT`] rows; returns the rows stored.
+/// The batch's insert statements, as ranges of events: up to
+/// [`ROWS_PER_INSERT`] rows each, and each within the server's
+/// `max_allowed_packet`. An event whose row alone is too large is refused,
+/// [`Error::PacketTooLarge`], before anything is sent.
+///
+/// A batch small enough for any server needs no look-up; otherwise the
+/// limit is read once per store, and read again before refusing.
+async fn inserts(
+    store: &MySqlStore,
+    conn: &mut MySqlConnection,
+    events: &[Event],
+) -> Result<Vec<Range<usize>>> {
+    let split = |max| packet::split(events, packet::largest(max), ROWS_PER_INSERT);
+    if let Ok(statements) = split(packet::SMALLEST_LIMIT)
+        && statements.len() == 1
+    {
+        return Ok(statements);
+    }
+    if let Ok(statements) = split(packet::limit(store, conn, false).await?) {
+        return Ok(statements);
+    }
+    let max = packet::limit(store, conn, true).await?;
+    split(max).map_err(|(index, size)| Error::PacketTooLarge {
+        field: TextField::Payload,
+        index: Some(index),
+        size,
+        max,
+    })
+}
+
+/// Inserts the batch with multi-row `VALUES`, one statement per range of
+/// `inserts`; returns the rows stored.
 async fn insert(
     store: &MySqlStore,
     conn: &mut MySqlConnection,
     events: &[Event],
+    inserts: &[Range<usize>],
     base_version: i64,
     base_position: i64,
 ) -> std::result::Result<u64, sqlx::Error> {
@@ -207,12 +254,12 @@ async fn insert(
         &first.aggregate_id,
     );
     let mut stored = 0;
-    for (chunk, batch) in events.chunks(ROWS_PER_INSERT).enumerate() {
+    for range in inserts {
         const ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
-        let sql = crate::core::values_sql(&prefix, ROW, batch.len(), "");
+        let sql = crate::core::values_sql(&prefix, ROW, range.len(), "");
         let mut query = sqlx::query(AssertSqlSafe(sql));
-        for (i, event) in batch.iter().enumerate() {
-            let n = (chunk * ROWS_PER_INSERT + i + 1) as i64;
+        for (i, event) in events[range.clone()].iter().enumerate() {
+            let n = (range.start + i + 1) as i64;
             query = query
                 .bind(base_position + n)
                 .bind(event.event_id)

@@ -10,9 +10,10 @@ use sqlx::{AssertSqlSafe, MySqlConnection, Row};
 use uuid::Uuid;
 
 use super::MySqlStore;
-use crate::{Error, ProjectionStore, Result};
+use crate::{Error, Result};
 
 pub(super) use super::append::append;
+pub(super) use super::packet::{check_document, check_snapshot};
 pub(super) use crate::core::{json_id_list as id_list, json_name_list as name_list};
 
 /// `ER_DUP_ENTRY`: a unique key refused a row.
@@ -68,11 +69,48 @@ pub(super) fn json_text(row: &MySqlRow, index: usize) -> Result<&str> {
     Ok(row.try_get_unchecked(index)?)
 }
 
+/// `ER_UNKNOWN_SYSTEM_VARIABLE`: MariaDB before 11.1 has no
+/// `transaction_isolation` (only `tx_isolation`, which MySQL 8 dropped).
+const UNKNOWN_SYSTEM_VARIABLE: u16 = 1193;
+
 /// Positions are drawn under a lock held until commit, so they commit in
 /// order and the head is safe: see "Gap-safe global reads" on
-/// [`MySqlStore`].
+/// [`MySqlStore`]. Unless the session reads uncommitted rows: then the
+/// head may be a position that rolls back and is drawn again, and the
+/// read is refused ([`Error::UnsupportedIsolation`]).
+///
+/// The level comes with the head, in the same statement: no round trip
+/// of its own. It is the session's level, read from the variable this
+/// server has (tried in turn the first time, then remembered per store).
 pub(super) async fn safe_position(store: &MySqlStore, conn: &mut MySqlConnection) -> Result<i64> {
-    store.head_position(conn).await
+    use std::sync::atomic::Ordering;
+    let statements = store
+        .sql()
+        .head_and_isolation
+        .as_ref()
+        .expect("rendered for MySQL");
+    let known = &store.inner.server.isolation_variable;
+    let mut which = usize::from(known.load(Ordering::Relaxed) == 2);
+    let (head, level): (i64, String) = loop {
+        let read = sqlx::query_as(AssertSqlSafe(statements[which].clone()))
+            .fetch_one(&mut *conn)
+            .await;
+        match read {
+            Ok(row) => {
+                known.store(which as u8 + 1, Ordering::Relaxed);
+                break row;
+            }
+            // Refused before it ran: the caller's transaction is intact.
+            Err(error) if which == 0 && error_number(&error) == Some(UNKNOWN_SYSTEM_VARIABLE) => {
+                which = 1;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    };
+    if level.eq_ignore_ascii_case("READ-UNCOMMITTED") {
+        return Err(Error::UnsupportedIsolation { level });
+    }
+    Ok(head)
 }
 
 /// Claims an existing checkpoint with `FOR UPDATE SKIP LOCKED`, and

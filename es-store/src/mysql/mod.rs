@@ -3,6 +3,7 @@
 
 mod append;
 mod codec;
+mod packet;
 mod sql;
 
 use sqlx::{Acquire, MySqlConnection};
@@ -42,6 +43,10 @@ impl sealed::Dialect for MySql {
             lease.as_secs().clamp(1, 31_536_000)
         ))
     }
+
+    // MariaDB's `json_valid`, which checks every JSON column, refuses
+    // more (MySQL 8's stops at 100).
+    const MAX_JSON_DEPTH: usize = crate::limits::MAX_JSON_DEPTH_MYSQL;
 
     const BEGIN_WRITE: Option<&'static str> =
         Some("SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION");
@@ -136,6 +141,19 @@ impl Dialect for MySql {
 /// timestamps assume; keep it. Every input is checked before it is sent
 /// (lengths within [`limits`](crate::limits), text without NUL), so
 /// MySQL's non-strict SQL modes never get to truncate anything.
+///
+/// JSON may nest at most
+/// [`limits::MAX_JSON_DEPTH_MYSQL`](crate::limits::MAX_JSON_DEPTH_MYSQL)
+/// (31) levels, what MariaDB's `json_valid` accepts. Each statement that
+/// carries JSON is measured against the server's `max_allowed_packet`
+/// first: an event, snapshot or document too large for it is
+/// [`Error::PacketTooLarge`](crate::Error::PacketTooLarge), and a batch
+/// too large for one insert is split into inserts that fit. The limit is
+/// read from the server once per store (not for statements under 1 KiB,
+/// which fit every server), and again before refusing.
+///
+/// Sessions must not run at READ UNCOMMITTED to read the feed (see
+/// above).
 ///
 /// # Table names
 ///

@@ -363,6 +363,15 @@ pub(crate) fn statements(n: &Names) -> Statements {
             "SELECT CAST(COALESCE(MAX(global_position), 0) AS SIGNED) FROM {events}"
         )
         .into(),
+        // The gap-safe read's horizon, with the level it runs at, in one
+        // round trip.
+        head_and_isolation: Some(["transaction_isolation", "tx_isolation"].map(|variable| {
+            format!(
+                "SELECT CAST(COALESCE(MAX(global_position), 0) AS SIGNED), \
+                     CAST(@@SESSION.{variable} AS CHAR) FROM {events}"
+            )
+            .into()
+        })),
         // The accepted bounded contexts and aggregate types come as JSON
         // arrays (NULL: all).
         read_events: format!(

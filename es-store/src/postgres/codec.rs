@@ -14,6 +14,27 @@ use crate::{Error, Result};
 
 pub(super) use super::append::append;
 
+/// No statement size to check: the server has no packet limit that would
+/// cost the connection (see [`limits`](crate::limits)).
+pub(super) async fn check_snapshot(
+    _: &PostgresStore,
+    _: &mut PgConnection,
+    _: &crate::Snapshot,
+) -> Result<()> {
+    Ok(())
+}
+
+/// No statement size to check (see `check_snapshot`).
+pub(super) async fn check_document(
+    _: &PostgresStore,
+    _: &mut PgConnection,
+    _: &str,
+    _: &str,
+    _: &RawValue,
+) -> Result<()> {
+    Ok(())
+}
+
 pub(super) fn uuid(id: Uuid) -> Uuid {
     id
 }

@@ -418,6 +418,7 @@ pub(crate) fn statements(n: &Names) -> Statements {
         )
         .into(),
         head_position: format!("SELECT coalesce(max(global_position), 0) FROM {events}").into(),
+        head_and_isolation: None,
         get_checkpoint: format!("SELECT position FROM {checkpoints} WHERE projection_name = $1")
             .into(),
         update_checkpoint: format!(

@@ -13,6 +13,27 @@ use super::SqliteStore;
 use crate::{Error, ProjectionStore, Result};
 
 pub(super) use super::append::append;
+
+/// No statement size to check: the server has no packet limit that would
+/// cost the connection (see [`limits`](crate::limits)).
+pub(super) async fn check_snapshot(
+    _: &SqliteStore,
+    _: &mut SqliteConnection,
+    _: &crate::Snapshot,
+) -> Result<()> {
+    Ok(())
+}
+
+/// No statement size to check (see `check_snapshot`).
+pub(super) async fn check_document(
+    _: &SqliteStore,
+    _: &mut SqliteConnection,
+    _: &str,
+    _: &str,
+    _: &RawValue,
+) -> Result<()> {
+    Ok(())
+}
 pub(super) use crate::core::{json_id_list as id_list, json_name_list as name_list};
 
 /// SQLite's primary result code for "the database is locked"; its extended

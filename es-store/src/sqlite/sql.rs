@@ -266,6 +266,7 @@ pub(crate) fn statements(n: &Names) -> Statements {
             )
             .into(),
             head_position: format!("SELECT coalesce(max(global_position), 0) FROM {events}").into(),
+            head_and_isolation: None,
             // ?2 and ?3 are the accepted bounded contexts and aggregate
             // types as JSON arrays (NULL: all).
             read_events: format!(
