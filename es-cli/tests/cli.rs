@@ -200,6 +200,9 @@ struct Counter {
     calls: AtomicU64,
     resets: AtomicU64,
     fail_amount: AtomicI64,
+    /// While set, every event fails as "unavailable" (retried, never
+    /// skipped): a worker that runs but makes no progress.
+    blocked: std::sync::atomic::AtomicBool,
 }
 
 impl Counter {
@@ -222,6 +225,9 @@ impl<DB: sqlx::Database> Projection<DB> for Counter {
         _: &mut DB::Connection,
         event: &PersistedEvent,
     ) -> Result<(), HandlerError> {
+        if self.blocked.load(Ordering::SeqCst) {
+            return Err(es::aggregate::projection::Transient::new("blocked by the test").into());
+        }
         let payload: serde_json::Value = serde_json::from_str(event.payload.get())?;
         let fail = self.fail_amount.load(Ordering::SeqCst);
         if event.event_type == "Deposited" && fail != 0 && payload["amount"] == fail {
@@ -1216,8 +1222,9 @@ async fn rebuild_without_a_worker_changes_nothing<F: Target>() {
         );
     }
 
-    // A worker that ran (and recorded itself) but stopped: the rebuild
-    // rewinds, sees no progress within its bound, and stops saying so.
+    // A worker runs (and has recorded itself) but makes no progress: the
+    // rebuild rewinds, sees no progress within its bound, and stops
+    // saying so.
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let worker = {
         let processor = processor(&db, &counter);
@@ -1236,8 +1243,7 @@ async fn rebuild_without_a_worker_changes_nothing<F: Target>() {
     })
     .await
     .expect("the worker recorded itself");
-    stop.send(()).unwrap();
-    worker.await.unwrap().unwrap();
+    counter.blocked.store(true, Ordering::SeqCst);
     let run = es(
         &flags,
         &[
@@ -1257,6 +1263,8 @@ async fn rebuild_without_a_worker_changes_nothing<F: Target>() {
         "{run:#?}"
     );
     assert!(last.contains("It stays rewound"), "{run:#?}");
+    stop.send(()).unwrap();
+    worker.await.unwrap().unwrap();
     assert_eq!(checkpoints(&db).await, [0, 0]);
     // The rewind records, as a rebuild does, that what is there now is
     // replayed.
