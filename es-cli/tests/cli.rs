@@ -1323,6 +1323,17 @@ async fn rebuild_of_a_side_effect_projection_is_refused<F: Target>() {
     announcer().catch_up().await.unwrap();
     let before = checkpoints_of(&db, "announcer").await;
     assert!(before.iter().all(|c| *c > 0), "{before:?}");
+    let listed = es(&flags, &["projections", "--json"])
+        .await
+        .ok()
+        .json_lines();
+    let announced = listed.iter().find(|p| p["name"] == "announcer").unwrap();
+    assert_eq!(announced["side_effects"], true, "{announced}");
+    let run = es(&flags, &["projections"]).await.ok();
+    assert!(
+        run.stdout.contains("announcer (v1, active) [side effects]"),
+        "{run:#?}"
+    );
 
     for args in [
         &["projections", "rebuild", "announcer", "--yes"][..],
@@ -1442,6 +1453,13 @@ async fn postgres_schema_of_the_store_is_named() {
         .await
         .fails(4, "run `es migrate`")
         .fails(4, "schema \"es_bank\"");
+    // Creating a store beside it anyway is allowed, and says so.
+    let run = es(&flags, &["migrate"]).await.ok();
+    assert!(
+        run.stderr
+            .contains("creating a new, empty store; the database holds others: schema \"es_bank\""),
+        "{run:#?}"
+    );
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE \"{database}\" WITH (FORCE)"
     )))

@@ -69,11 +69,47 @@ impl<S: CliStore> Ctx<S> {
     /// none.
     async fn no_store(&self) -> Error {
         let names = &self.location.names;
+        let listed = self.stores_elsewhere().await;
+        if listed.is_empty() {
+            return Error::NotMigrated(format!(
+                "no event store in {}: its tables are missing (run `es migrate`)",
+                self.describe()
+            ));
+        }
+        let stores = if listed.len() == 1 {
+            "a store"
+        } else {
+            "stores"
+        };
+        if names.schema.is_some() || names.events_table.is_some() {
+            // Asked for this place: creating the store there may be meant.
+            return Error::NotMigrated(format!(
+                "no event store in {}: its tables are missing (run `es migrate` to create one \
+                 there; the database holds {stores} elsewhere: {})",
+                self.describe(),
+                listed.join("; ")
+            ));
+        }
+        Error::NotMigrated(format!(
+            "no event store in {}: its tables are missing there, but the database holds \
+             {stores} elsewhere: {}. Point es at it with the flags shown (or the config file's \
+             keys); `es migrate` would create another, empty store here",
+            self.describe(),
+            listed.join("; ")
+        ))
+    }
+
+    /// The stores the database holds elsewhere than where the names point
+    /// (found by their migrations tables), as messages list them: where
+    /// each is and the flags that reach it. A failure to look is no
+    /// failure of the command: it finds none.
+    async fn stores_elsewhere(&self) -> Vec<String> {
+        const LISTED: usize = 20;
+        let names = &self.location.names;
         let ours = match names.events() {
             "events" => "_es_migrations".to_owned(),
             events => format!("_es_migrations_{events}"),
         };
-        // A failure to look is not the command's failure: say what is known.
         let found: Vec<FoundStore> = S::find_stores(&self.pool)
             .await
             .unwrap_or_default()
@@ -86,13 +122,6 @@ impl<S: CliStore> Ctx<S> {
                 !(here && store.table == ours)
             })
             .collect();
-        if found.is_empty() {
-            return Error::NotMigrated(format!(
-                "no event store in {}: its tables are missing (run `es migrate`)",
-                self.describe()
-            ));
-        }
-        const LISTED: usize = 20;
         let mut listed: Vec<String> = found
             .iter()
             .take(LISTED)
@@ -118,27 +147,7 @@ impl<S: CliStore> Ctx<S> {
         if found.len() > LISTED {
             listed.push(format!("and {} more", found.len() - LISTED));
         }
-        let stores = if found.len() == 1 {
-            "a store"
-        } else {
-            "stores"
-        };
-        if names.schema.is_some() || names.events_table.is_some() {
-            // Asked for this place: creating the store there may be meant.
-            return Error::NotMigrated(format!(
-                "no event store in {}: its tables are missing (run `es migrate` to create one \
-                 there; the database holds {stores} elsewhere: {})",
-                self.describe(),
-                listed.join("; ")
-            ));
-        }
-        Error::NotMigrated(format!(
-            "no event store in {}: its tables are missing there, but the database holds \
-             {stores} elsewhere: {}. Point es at it with the flags shown (or the config file's \
-             keys); `es migrate` would create another, empty store here",
-            self.describe(),
-            listed.join("; ")
-        ))
+        listed
     }
 
     pub(crate) async fn conn(&self) -> Result<sqlx::pool::PoolConnection<S::Database>, Error> {
@@ -254,6 +263,17 @@ async fn migrate<S: CliStore>(ctx: &Ctx<S>, dry_run: bool) -> Result<(), Error> 
         return print_migrations(&ctx.store, &applied, &ctx.location);
     }
     let before: Vec<i64> = applied.iter().map(|a| a.version).collect();
+    if before.is_empty() {
+        // A new store: say so where the database holds others (the one
+        // meant may be one of them).
+        let elsewhere = ctx.stores_elsewhere().await;
+        if !elsewhere.is_empty() {
+            eprintln!(
+                "es: note: creating a new, empty store; the database holds others: {}",
+                elsewhere.join("; ")
+            );
+        }
+    }
     ctx.store
         .migrate_store(&ctx.pool)
         .await

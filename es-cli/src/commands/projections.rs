@@ -52,6 +52,12 @@ pub(crate) struct ProjectionInfo {
     /// (built beside the active one) or `superseded` (waiting to be
     /// retired).
     pub(crate) state: Option<String>,
+    /// Whether it declares side effects (as its processor recorded it, or
+    /// its code says in the embedded CLI): `reset` and `rebuild` refuse it
+    /// without `--force`.
+    pub(crate) side_effects: bool,
+    /// When a running worker of the version last recorded itself.
+    pub(crate) worker_seen_at: Option<DateTime<Utc>>,
 }
 
 /// A projection's name and version from its checkpoints' name: `name@vN`
@@ -151,10 +157,11 @@ pub(crate) async fn gather<S: CliStore>(
                 .map_err(store_error)?;
             versions.insert(base.to_owned(), recorded);
         }
-        let state = versions[base]
-            .iter()
-            .find(|v| v.version == version)
-            .map(|v| v.state.as_str().to_owned());
+        let record = versions[base].iter().find(|v| v.version == version);
+        let state = record.map(|v| v.state.as_str().to_owned());
+        let side_effects = record.is_some_and(|v| v.side_effects)
+            || ctx.registered(&name).is_some_and(|r| r.has_side_effects());
+        let worker_seen_at = record.and_then(|v| v.worker_seen_at);
         let filter = ctx
             .registered(&name)
             .map_or_else(EventFilter::all, |r| r.filter());
@@ -213,6 +220,8 @@ pub(crate) async fn gather<S: CliStore>(
             failures,
             version,
             state,
+            side_effects,
+            worker_seen_at,
         });
     }
     Ok((head, list))
@@ -261,6 +270,9 @@ pub(crate) async fn list<S: CliStore>(ctx: &Ctx<S>, json: bool) -> Result<(), Er
                 projection.version,
                 state.replace('_', " ")
             ));
+        }
+        if projection.side_effects {
+            name.push_str(" [side effects]");
         }
         if projection.partitions.is_empty() {
             rows.push(vec![
