@@ -85,6 +85,9 @@ pub struct Switched {
 /// holds (a batch in flight).
 pub(super) const CLAIM_RETRY: Duration = Duration::from_millis(20);
 
+/// How long a worker waits, at most, to record that it runs.
+const RECORD_WORKER_WITHIN: Duration = Duration::from_secs(2);
+
 impl<S, P> ProjectionProcessor<S, P>
 where
     S: ProjectionStore + Clone,
@@ -325,8 +328,9 @@ where
     /// Records that a worker runs this version
     /// ([`ProjectionStore::record_projection_worker`]): [`run`](Self::run)
     /// does every [`ProjectionVersion::WORKER_HEARTBEAT`]. A failure is
-    /// logged, not returned: the record is for operators' tools, and the
-    /// worker goes on handling events.
+    /// logged, not returned, and it waits a few seconds at most (for a
+    /// connection, or for a switch holding the record): the record is for
+    /// operators' tools, and the worker goes on handling events.
     pub(super) async fn record_worker(&self) {
         let recorded = async {
             let mut conn = self.pool.acquire().await?;
@@ -338,13 +342,16 @@ where
                 )
                 .await
         };
-        if let Err(error) = recorded.await {
-            tracing::warn!(
-                projection = self.projection.name(),
-                %error,
-                "could not record that this worker runs"
-            );
-        }
+        let error = match tokio::time::timeout(RECORD_WORKER_WITHIN, recorded).await {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("no answer within {RECORD_WORKER_WITHIN:?}"),
+        };
+        tracing::warn!(
+            projection = self.projection.name(),
+            %error,
+            "could not record that this worker runs"
+        );
     }
 
     /// This version's record among `versions`, if it is there and still
