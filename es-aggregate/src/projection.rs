@@ -144,6 +144,40 @@ pub trait Projection<DB: sqlx::Database = <es_store::DefaultStore as Backend>::D
         EventFilter::all()
     }
 
+    /// Whether handling an event does something besides writing the read
+    /// model in the batch's transaction, that a replay would do again:
+    /// publishing it (es-nats's `Publisher`), mailing, calling another
+    /// service. False by default. The processor records it with the
+    /// projection's version ([`ProjectionVersion::side_effects`](es_store::ProjectionVersion::side_effects)),
+    /// and the `es` command line refuses to rewind or rebuild a projection
+    /// that declares it unless forced (`--force`).
+    ///
+    /// ```
+    /// use es_aggregate::projection::{HandlerError, Projection};
+    /// use es_store::PersistedEvent;
+    ///
+    /// struct WelcomeMails;
+    ///
+    /// impl Projection<sqlx::Sqlite> for WelcomeMails {
+    ///     fn name(&self) -> &str {
+    ///         "welcome_mails"
+    ///     }
+    ///
+    ///     fn has_side_effects(&self) -> bool {
+    ///         true
+    ///     }
+    ///
+    ///     async fn handle(&self, _: &mut sqlx::SqliteConnection, _: &PersistedEvent) -> Result<(), HandlerError> {
+    ///         Ok(()) // ... send the mail ...
+    ///     }
+    /// }
+    ///
+    /// assert!(Projection::<sqlx::Sqlite>::has_side_effects(&WelcomeMails));
+    /// ```
+    fn has_side_effects(&self) -> bool {
+        false
+    }
+
     /// Handles one event, inside the transaction that will also move the
     /// checkpoint past it. Decoding into a derived event enum is one call:
     /// `AccountEvent::from_persisted(event)?`.
@@ -1139,6 +1173,9 @@ where
         // workers spread out.
         let offset = (std::process::id() as usize + Arc::as_ptr(&self.projection) as usize)
             % partitions.len();
+        // Say that a worker runs, now and every heartbeat (for operators'
+        // tools: see `ProjectionVersion::worker_seen_at`).
+        let mut next_beat = tokio::time::Instant::now();
         loop {
             // What is committed from here on wakes the wait below.
             appended.borrow_and_update();
@@ -1146,6 +1183,15 @@ where
             for i in 0..partitions.len() {
                 let (key, filter) = &partitions[(offset + i) % partitions.len()];
                 loop {
+                    if next_beat <= tokio::time::Instant::now() {
+                        tokio::select! {
+                            biased;
+                            () = &mut shutdown => return Ok(()),
+                            () = self.record_worker() => {}
+                        }
+                        next_beat = tokio::time::Instant::now()
+                            + es_store::ProjectionVersion::WORKER_HEARTBEAT;
+                    }
                     let batch = tokio::select! {
                         biased;
                         () = &mut shutdown => return Ok(()),
@@ -1251,6 +1297,7 @@ where
                 _ = appended.changed() => {}
                 () = wake => {}
                 () = tokio::time::sleep(self.poll_interval) => {}
+                () = tokio::time::sleep_until(next_beat) => {}
             }
         }
     }

@@ -47,6 +47,43 @@ pub struct Listener {
     pub(crate) alive: bool,
 }
 
+/// A store found in the database (by its migrations table), for the
+/// message that says where the stores are when the one asked for is not
+/// there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(unreachable_pub)] // named by the sealed trait
+pub struct FoundStore {
+    /// Its schema (PostgreSQL) or database (MySQL); empty on SQLite.
+    pub(crate) schema: String,
+    /// Its migrations table: `_es_migrations`, or
+    /// `_es_migrations_<events table>`.
+    pub(crate) table: String,
+    /// Whether `schema` is the connection's current one (where the store
+    /// goes when no schema is named).
+    pub(crate) current: bool,
+}
+
+impl FoundStore {
+    /// Its events table, when it is not the default one.
+    pub(crate) fn events_table(&self) -> Option<&str> {
+        self.table
+            .strip_prefix("_es_migrations_")
+            .filter(|events| !events.is_empty())
+    }
+}
+
+/// Turns rows of (schema, table, current) into found stores.
+fn found(rows: Vec<(String, String, bool)>) -> Vec<FoundStore> {
+    rows.into_iter()
+        .filter(|(_, table, _)| table == "_es_migrations" || table.starts_with("_es_migrations_"))
+        .map(|(schema, table, current)| FoundStore {
+            schema,
+            table,
+            current,
+        })
+        .collect()
+}
+
 /// Waits for new events in `tail --follow`: a notification where the
 /// backend sends them, else the polling interval.
 #[allow(unreachable_pub)] // named by the sealed trait
@@ -145,6 +182,12 @@ pub(crate) mod sealed {
             name: &str,
             position: Option<i64>,
         ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+
+        /// Every store in the database the pool is on, found by its
+        /// migrations table, by schema and table.
+        fn find_stores(
+            pool: &sqlx::Pool<Self::Database>,
+        ) -> impl Future<Output = Result<Vec<FoundStore>, sqlx::Error>> + Send;
 
         /// The connections listening to the store's notifications, where
         /// the backend has them (PostgreSQL; none elsewhere).
@@ -308,7 +351,8 @@ macro_rules! connect_pool {
                 let _ = sqlx::Connection::close(conn).await;
                 None
             }
-            Ok(Err(error)) => Some(error.to_string()),
+            // sqlx's message may echo what it was given.
+            Ok(Err(error)) => Some($location.secrets().scrub(&error.to_string())),
             Err(_) => Some(format!("no answer within {} s", $timeout.as_secs())),
         };
         if let Some(reason) = reason {
@@ -326,7 +370,20 @@ macro_rules! connect_pool {
 }
 
 fn bad_url(backend: &str, location: &Location, error: impl std::fmt::Display) -> Error {
+    // sqlx's message may quote a parameter's value.
+    let error = location.secrets().scrub(&error.to_string());
     Error::Usage(format!("bad {backend} URL `{}`: {error}", location.shown()))
+}
+
+/// The location's URL as sqlx is given it: without the query parameters
+/// sqlx does not read (it would log their values), which a note names.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+fn url_for_sqlx(url: &str, known: &[&str]) -> String {
+    let (url, dropped) = crate::redact::for_sqlx(url, known);
+    for key in dropped {
+        eprintln!("es: note: ignoring the URL parameter `{key}`, which sqlx does not read");
+    }
+    url
 }
 
 #[cfg(feature = "postgres")]
@@ -353,10 +410,10 @@ mod postgres {
             _create: bool,
             timeout: Duration,
         ) -> Result<PgPool, Error> {
-            let options: PgConnectOptions = location
-                .url
-                .parse()
-                .map_err(|e| bad_url(Self::NAME, location, e))?;
+            let options: PgConnectOptions =
+                url_for_sqlx(&location.url, crate::redact::POSTGRES_PARAMETERS)
+                    .parse()
+                    .map_err(|e| bad_url(Self::NAME, location, e))?;
             let options = options.application_name("es-cli");
             connect_pool!(PgConnection, PgPoolOptions, options, location, timeout)
         }
@@ -366,6 +423,19 @@ mod postgres {
         }
 
         shared_ops!("$1", "$2", "projection_name");
+
+        async fn find_stores(pool: &PgPool) -> Result<Vec<FoundStore>, sqlx::Error> {
+            let rows = sqlx::query_as(
+                "SELECT n.nspname::text, c.relname::text, n.nspname = current_schema() \
+                 FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind IN ('r', 'p') AND c.relname LIKE '\\_es\\_migrations%' \
+                 ORDER BY 1, 2",
+            )
+            .fetch_all(pool)
+            .await?;
+            Ok(found(rows))
+        }
 
         async fn listeners(
             &self,
@@ -566,6 +636,17 @@ mod sqlite {
 
         shared_ops!("?1", "?2", "projection_name");
 
+        async fn find_stores(pool: &SqlitePool) -> Result<Vec<FoundStore>, sqlx::Error> {
+            let rows = sqlx::query_as(
+                "SELECT '', name, 1 FROM sqlite_master \
+                 WHERE type = 'table' AND name LIKE '\\_es\\_migrations%' ESCAPE '\\' \
+                 ORDER BY 2",
+            )
+            .fetch_all(pool)
+            .await?;
+            Ok(found(rows))
+        }
+
         fn registered(registry: &Registry) -> &[Factory<Self>] {
             &registry.sqlite
         }
@@ -600,12 +681,13 @@ mod mysql {
             _create: bool,
             timeout: Duration,
         ) -> Result<MySqlPool, Error> {
-            let url = match location.url.split_once("://") {
+            let url = url_for_sqlx(&location.url, crate::redact::MYSQL_PARAMETERS);
+            let url = match url.split_once("://") {
                 // sqlx knows the scheme as mysql:// only.
                 Some((scheme, rest)) if scheme.eq_ignore_ascii_case("mariadb") => {
                     format!("mysql://{rest}")
                 }
-                _ => location.url.clone(),
+                _ => url,
             };
             let options: MySqlConnectOptions =
                 url.parse().map_err(|e| bad_url(Self::NAME, location, e))?;
@@ -624,6 +706,23 @@ mod mysql {
 
         // Names are binary strings on MySQL: read them as text.
         shared_ops!("?", "?", "CONVERT(projection_name USING utf8mb4)");
+
+        async fn find_stores(pool: &MySqlPool) -> Result<Vec<FoundStore>, sqlx::Error> {
+            let rows: Vec<(String, String, i64)> = sqlx::query_as(
+                "SELECT CONVERT(table_schema USING utf8mb4), CONVERT(table_name USING utf8mb4), \
+                        CAST(table_schema <=> DATABASE() AS SIGNED) \
+                 FROM information_schema.tables \
+                 WHERE table_name LIKE '\\_es\\_migrations%' \
+                 ORDER BY 1, 2",
+            )
+            .fetch_all(pool)
+            .await?;
+            Ok(found(
+                rows.into_iter()
+                    .map(|(schema, table, current)| (schema, table, current != 0))
+                    .collect(),
+            ))
+        }
 
         fn registered(registry: &Registry) -> &[Factory<Self>] {
             &registry.mysql

@@ -53,6 +53,8 @@ pub(crate) trait Registered<S: CliStore>: Send + Sync {
     fn name(&self) -> &str;
     /// Which events it reads.
     fn filter(&self) -> EventFilter;
+    /// Whether its code declares side effects.
+    fn has_side_effects(&self) -> bool;
     /// Its checkpoints and lag.
     fn status(&self) -> BoxFuture<'_, Result<ProjectionStatus, ProjectionError>>;
     /// `ProjectionProcessor::rebuild`.
@@ -81,6 +83,10 @@ where
 
     fn filter(&self) -> EventFilter {
         self.projection().filter()
+    }
+
+    fn has_side_effects(&self) -> bool {
+        self.projection().has_side_effects()
     }
 
     fn status(&self) -> BoxFuture<'_, Result<ProjectionStatus, ProjectionError>> {

@@ -8,8 +8,8 @@ use std::process::ExitCode;
 /// | code | meaning |
 /// |---|---|
 /// | 0 | success |
-/// | 1 | a failure at run time: the database, the connection, a handler ([`Error::Connect`], [`Error::Store`], [`Error::Projection`], [`Error::Io`], [`Error::Failed`]) |
-/// | 2 | bad usage: arguments, the URL, the config file, table names, a confirmation not given ([`Error::Args`], [`Error::Usage`]) |
+/// | 1 | a failure at run time: the database, the connection, a handler, no worker to rebuild a projection ([`Error::Connect`], [`Error::Store`], [`Error::Projection`], [`Error::Io`], [`Error::Failed`], [`Error::NoWorker`]) |
+/// | 2 | bad usage: arguments, the URL, the config file, table names, a confirmation not given, a rewind of a projection with side effects without `--force` ([`Error::Args`], [`Error::Usage`], [`Error::SideEffects`]) |
 /// | 3 | not found: an unknown projection, an aggregate without events, a failure that is not recorded ([`Error::NotFound`]) |
 /// | 4 | the store is not there: its tables are missing, run `es migrate` ([`Error::NotMigrated`]) |
 /// | 5 | the command needs the projection's code: run it from the service's embedded CLI ([`Error::NeedsEmbedded`]) |
@@ -65,6 +65,55 @@ pub enum Error {
     /// Ctrl-C (or SIGTERM) while the command was waiting.
     #[error("interrupted{0}")]
     Interrupted(String),
+    /// A reset or rebuild refused, before anything changed, because the
+    /// projection declares side effects
+    /// ([`Projection::has_side_effects`](es_aggregate::projection::Projection::has_side_effects)):
+    /// replaying the feed into it would do them again (publish every event
+    /// again, mail again). `--force` overrides.
+    ///
+    /// ```
+    /// let error = es_cli::Error::SideEffects { projection: "publisher".into(), action: "rebuild" };
+    /// assert_eq!(error.exit_code(), 2);
+    /// assert!(error.to_string().contains("--force"));
+    /// ```
+    #[error(
+        "refusing to {action} `{projection}`: it declares side effects \
+         (Projection::has_side_effects), which a replay does again for every event it replays \
+         (publishing, mails, calls); nothing was changed. Pass --force to {action} it anyway"
+    )]
+    SideEffects {
+        /// The projection, as listed.
+        projection: String,
+        /// `reset` or `rebuild`.
+        action: &'static str,
+    },
+    /// A rebuild by the plain `es` (which does not have the projection's
+    /// code, and leaves the replay to the projection's workers) found no
+    /// running worker of the projection within the wait it was given, and
+    /// changed nothing.
+    ///
+    /// ```
+    /// let error = es_cli::Error::NoWorker {
+    ///     projection: "balances".into(),
+    ///     waited: std::time::Duration::from_secs(60),
+    /// };
+    /// assert_eq!(error.exit_code(), 1);
+    /// assert!(error.to_string().contains("nothing was changed"));
+    /// ```
+    #[error(
+        "no worker of `{projection}` ran within {}: nothing was changed (its checkpoints stay \
+         where they were). Start its workers (a running worker records itself every {} s), \
+         then rebuild again, or wait longer with --worker-timeout; a service's embedded CLI \
+         rebuilds it in-process",
+        crate::format::duration(*waited),
+        es_store::ProjectionVersion::WORKER_HEARTBEAT.as_secs()
+    )]
+    NoWorker {
+        /// The projection, as listed.
+        projection: String,
+        /// How long the rebuild waited for a worker.
+        waited: std::time::Duration,
+    },
 }
 
 impl From<es_store::Error> for Error {
@@ -84,7 +133,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Args(e) => e.exit_code().clamp(0, 255) as u8,
-            Error::Usage(_) => 2,
+            Error::Usage(_) | Error::SideEffects { .. } => 2,
             Error::NotFound(_) => 3,
             Error::NotMigrated(_) => 4,
             Error::NeedsEmbedded(_) => 5,
@@ -93,7 +142,8 @@ impl Error {
             | Error::Store(_)
             | Error::Projection(_)
             | Error::Io(_)
-            | Error::Failed(_) => 1,
+            | Error::Failed(_)
+            | Error::NoWorker { .. } => 1,
         }
     }
 

@@ -8,8 +8,8 @@
 //! es stream CONTEXT TYPE ID [--from N] [--to N] [--json]
 //! es tail [--from POSITION | --last N] [--follow] [--filter context=..,type=..] [--json]
 //! es projections [--json]                   checkpoints, lag, partitions, claims
-//! es projections reset NAME [--yes]
-//! es projections rebuild NAME [--yes] [--timeout SECONDS]
+//! es projections reset NAME [--yes] [--force]
+//! es projections rebuild NAME [--yes] [--force] [--timeout SECONDS] [--worker-timeout SECONDS]
 //! es failures [NAME] [--json]
 //! es failures discard NAME POSITION|--all
 //! es failures retry NAME POSITION|--all     (the embedded CLI only)
@@ -21,7 +21,14 @@
 //! table names are flags (`--schema`, `--events-table`, ...) or keys of the
 //! config file, as [`StoreBuilder`](es_store::StoreBuilder) names them.
 //! Failures are one line on stderr, `es: ...`, with the exit codes of
-//! [`Error`].
+//! [`Error`]. No output shows a password: a URL is shown rebuilt from its
+//! parts with the password and secret parameters as `***`, or not at all
+//! when it does not parse.
+//!
+//! The plain `es` rebuilds a projection by rewinding it for its running
+//! workers to replay: it waits (`--worker-timeout`, 60 s) for one to run
+//! before it changes anything, and refuses a projection that declares side
+//! effects ([`Projection::has_side_effects`]) unless given `--force`.
 //!
 //! # Embedding it in a service
 //!
@@ -73,6 +80,7 @@ mod embedded;
 mod error;
 mod format;
 mod progress;
+mod redact;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -184,12 +192,20 @@ impl Cli {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) if error.is_broken_pipe() => ExitCode::SUCCESS,
             Err(Error::Args(error)) => {
-                // --help, --version, and usage errors, as clap prints them.
-                let _ = error.print();
+                if error.use_stderr() {
+                    // Usage errors, as clap prints them, but clap quotes
+                    // what it was given: a URL there is shown redacted.
+                    // (es-cli builds clap without colours.)
+                    let text = error.render().to_string();
+                    let _ = write!(std::io::stderr(), "{}", redact::scrub_urls(&text));
+                } else {
+                    // --help, --version.
+                    let _ = error.print();
+                }
                 ExitCode::from(error.exit_code().clamp(0, 255) as u8)
             }
             Err(error) => {
-                let message = error.to_string();
+                let message = redact::scrub_urls(&error.to_string());
                 let _ = writeln!(std::io::stderr(), "es: {}", format::one_line(&message));
                 error.exit()
             }

@@ -200,6 +200,9 @@ struct Counter {
     calls: AtomicU64,
     resets: AtomicU64,
     fail_amount: AtomicI64,
+    /// While set, every event fails as "unavailable" (retried, never
+    /// skipped): a worker that runs but makes no progress.
+    blocked: std::sync::atomic::AtomicBool,
 }
 
 impl Counter {
@@ -222,6 +225,9 @@ impl<DB: sqlx::Database> Projection<DB> for Counter {
         _: &mut DB::Connection,
         event: &PersistedEvent,
     ) -> Result<(), HandlerError> {
+        if self.blocked.load(Ordering::SeqCst) {
+            return Err(es::aggregate::projection::Transient::new("blocked by the test").into());
+        }
         let payload: serde_json::Value = serde_json::from_str(event.payload.get())?;
         let fail = self.fail_amount.load(Ordering::SeqCst);
         if event.event_type == "Deposited" && fail != 0 && payload["amount"] == fail {
@@ -540,29 +546,8 @@ async fn projections<F: Target>() {
     }
     drop(conn);
 
-    // Nobody works on it: the rebuild gives up after its timeout (after
-    // its progress lines).
-    let run = es(
-        &flags,
-        &[
-            "projections",
-            "rebuild",
-            "counter",
-            "--yes",
-            "--timeout",
-            "1",
-        ],
-    )
-    .await;
-    assert_eq!(run.code, 1, "{run:#?}");
-    let last = run.stderr.lines().last().unwrap();
-    assert!(
-        last.starts_with("es: `counter` did not catch up within"),
-        "{run:#?}"
-    );
-    assert!(last.ends_with("are its workers running?"), "{run:#?}");
-
-    // A worker runs: the rebuild follows it until it caught up.
+    // A worker runs: the rebuild waits for it to record itself (whenever
+    // it starts), rewinds and follows it until it caught up.
     let before = counter.calls();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let worker = {
@@ -742,7 +727,7 @@ async fn bad_input_is_one_line_and_an_exit_code() {
         &["status"],
     )
     .await
-    .fails(2, "bad PostgreSQL URL");
+    .fails(2, "does not parse (invalid port number)");
     // Nothing listens on port 1.
     es(&url("postgres://app:secret@127.0.0.1:1/test"), &["status"])
         .await
@@ -877,6 +862,683 @@ async fn embedded<F: Target>() {
     db.finish().await;
 }
 
+// ---------------------------------------------------------------- redact
+
+/// Runs `es` with `RUST_LOG=trace` (and `env`), and returns all it
+/// printed, stdout and stderr.
+async fn es_output(flags: &[String], args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut command = es_command(flags, args);
+    command.env("RUST_LOG", "trace");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = tokio::time::timeout(RUN_TIMEOUT, command.output())
+        .await
+        .expect("es ended")
+        .expect("run es");
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Asserts that nothing `es` printed holds any of `secrets`.
+fn assert_hidden(run: &Run, secrets: &[&str], case: &str) {
+    for secret in secrets {
+        assert!(
+            !run.stdout.contains(secret) && !run.stderr.contains(secret),
+            "{case}: `{secret}` printed: {run:#?}"
+        );
+    }
+    assert!(!run.stderr.contains("panicked"), "{case}: {run:#?}");
+}
+
+/// `url` with its database (path) replaced by `database`.
+fn with_database(url: &str, database: &str) -> String {
+    let mut url = url::Url::parse(url).expect("a test server URL");
+    url.set_path(&format!("/{database}"));
+    url.to_string()
+}
+
+/// However the password is given, and however malformed the URL, no
+/// output of `es` holds it: not the errors (its own, sqlx's, clap's, the
+/// server's), not what a successful command prints, not a log line; a URL
+/// that does not parse is not shown at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redact_passwords_never_reach_the_output() {
+    // (Nothing listens on port 1: each connection is refused at once.)
+    let refused: &[(&str, &[&str], i32, &str)] = &[
+        (
+            "postgres://app:Xq7Secret@127.0.0.1:1/test",
+            &["Xq7Secret"],
+            1,
+            "postgres://app:***@127.0.0.1:1/test",
+        ),
+        (
+            "postgresql://app@127.0.0.1:1/test?password=Xq7Secret&sslmode=disable",
+            &["Xq7Secret"],
+            1,
+            "password=***&sslmode=disable",
+        ),
+        (
+            "postgres://app@127.0.0.1:1/test?sslpassword=Xq7Secret&pasword=Yw8Secret",
+            &["Xq7Secret", "Yw8Secret"],
+            1,
+            "ignoring the URL parameter `pasword`",
+        ),
+        (
+            "postgres://app:Xq7%2FSe%40cret@127.0.0.1:1/test",
+            &["Xq7%2FSe%40cret", "Xq7/Se@cret", "Xq7"],
+            1,
+            "postgres://app:***@127.0.0.1:1/test",
+        ),
+        (
+            "postgres://app:Xq7@Secret@127.0.0.1:1/test",
+            &["Xq7@Secret", "Xq7"],
+            1,
+            "postgres://app:***@127.0.0.1:1/test",
+        ),
+        (
+            "mysql://root:Xq7Secret@127.0.0.1:1/test",
+            &["Xq7Secret"],
+            1,
+            "mysql://root:***@127.0.0.1:1/test",
+        ),
+        (
+            "mariadb://root@127.0.0.1:1/test?password=Xq7Secret",
+            &["Xq7Secret"],
+            1,
+            "cannot connect to MySQL at mariadb://root@127.0.0.1:1/test",
+        ),
+        // Malformed: a raw `/`, `?` or `#` in the password, a scheme
+        // without its colon or slashes: not shown at all.
+        (
+            "postgres://app:Xq7/Yw8Secret@127.0.0.1:1/test",
+            &["Xq7", "Yw8Secret"],
+            2,
+            "is not shown",
+        ),
+        (
+            "postgres://app:Xq7?Yw8Secret@127.0.0.1:1/test",
+            &["Xq7", "Yw8Secret"],
+            2,
+            "not shown",
+        ),
+        (
+            "postgres://app:Xq7#Yw8Secret@127.0.0.1:1/test",
+            &["Xq7", "Yw8Secret"],
+            2,
+            "not shown",
+        ),
+        (
+            "postgres://app:123/456789@127.0.0.1:1/test",
+            &["456789"],
+            2,
+            "an `@` after its host",
+        ),
+        (
+            "postgres//app:Xq7Secret@127.0.0.1:1/test",
+            &["Xq7Secret"],
+            2,
+            "not shown",
+        ),
+        (
+            "postgres:app:Xq7Secret@127.0.0.1:1/test",
+            &["Xq7Secret"],
+            2,
+            "not shown",
+        ),
+        (
+            "mysql://root:Xq7/Yw8Secret@127.0.0.1:1/test",
+            &["Xq7", "Yw8Secret"],
+            2,
+            "not shown",
+        ),
+        (
+            "http://app:Xq7Secret@127.0.0.1:1/test",
+            &["Xq7Secret"],
+            2,
+            "http://app:***@127.0.0.1:1/test",
+        ),
+        (
+            "sqlite:/nonexistent/es.db?key=Xq7Secret",
+            &["Xq7Secret"],
+            2,
+            "sqlite:/nonexistent/es.db?key=***",
+        ),
+    ];
+    for (url, secrets, code, says) in refused {
+        let flags = vec!["--url".to_owned(), url.to_string()];
+        let run = es_output(&flags, &["status"], &[]).await;
+        assert_hidden(&run, secrets, url);
+        assert_eq!(run.code, *code, "{url}: {run:#?}");
+        assert!(run.stderr.contains(says), "{url}: `{says}` in {run:#?}");
+        // The same URL from the environment and from a config file.
+        let run = es_output(&[], &["status"], &[("DATABASE_URL", url)]).await;
+        assert_hidden(&run, secrets, url);
+        assert_eq!(run.code, *code, "{url}: {run:#?}");
+        let config =
+            std::env::temp_dir().join(format!("es_cli_{}.toml", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&config, format!("url = {:?}\n", url)).unwrap();
+        let flags = vec!["--config".to_owned(), config.display().to_string()];
+        let run = es_output(&flags, &["status"], &[]).await;
+        std::fs::remove_file(&config).unwrap();
+        assert_hidden(&run, secrets, url);
+        assert_eq!(run.code, *code, "{url}: {run:#?}");
+    }
+
+    // A config file's values, where the file is wrong; a URL given as the
+    // config file; a URL where clap expected a subcommand or a number.
+    let config =
+        std::env::temp_dir().join(format!("es_cli_{}.toml", uuid::Uuid::new_v4().simple()));
+    for (text, says) in [
+        ("url = 9876543210\n", "invalid type"),
+        ("url = [\"postgres://a:Xq7Secret@h/db\"]\n", "invalid type"),
+        (
+            "url = \"postgres://a:Xq7Secret@h/db\"\npassword = \"Xq7Secret\"\n",
+            "unknown field",
+        ),
+        ("url = \"postgres://a:Xq7Secret@h/db\n", "not valid TOML"),
+    ] {
+        std::fs::write(&config, text).unwrap();
+        let flags = vec!["--config".to_owned(), config.display().to_string()];
+        let run = es_output(&flags, &["status"], &[]).await;
+        assert_hidden(&run, &["Xq7Secret", "9876543210"], text);
+        run.fails(2, says);
+    }
+    std::fs::remove_file(&config).unwrap();
+    let url = "postgres://app:Xq7Secret@127.0.0.1:1/test";
+    for args in [
+        &["--config", url, "status"][..],
+        &[url, "status"],
+        &["--url", url, "tail", "--last", url],
+        &["--url", url, "stream", "B", "A", url, "--to", url],
+    ] {
+        let run = es_output(&[], args, &[]).await;
+        assert_hidden(&run, &["Xq7Secret"], &format!("{args:?}"));
+        assert_eq!(run.code, 2, "{args:?}: {run:#?}");
+    }
+
+    // Successful runs on the real servers print the URL redacted. (The test
+    // server trusts its clients: the password is not checked.)
+    let db = support::TestDb::new().await;
+    let mut parsed = url::Url::parse(&support::database_url()).unwrap();
+    parsed.set_password(Some("Xq7Secret")).unwrap();
+    parsed.set_query(Some("password=Yw8Secret&application_name=es-redact"));
+    let flags = vec![
+        "--url".to_owned(),
+        parsed.to_string(),
+        "--schema".to_owned(),
+        db.schema.clone(),
+    ];
+    for args in [&["status"][..], &["migrate", "--dry-run"], &["projections"]] {
+        let run = es_output(&flags, args, &[]).await;
+        assert_hidden(&run, &["Xq7Secret", "Yw8Secret"], &format!("{args:?}"));
+        assert_eq!(run.code, 0, "{args:?}: {run:#?}");
+    }
+    let run = es_output(&flags, &["status"], &[]).await;
+    assert!(run.stdout.contains(":***@"), "{run:#?}");
+    assert!(run.stdout.contains("password=***"), "{run:#?}");
+    db.finish().await;
+    // The server refuses a password root does not have: its message is
+    // printed, the password is not.
+    let mut my = url::Url::parse(&support::mysql_url()).unwrap();
+    my.set_password(Some("Xq7Secret")).unwrap();
+    let flags = vec!["--url".to_owned(), my.to_string()];
+    let run = es_output(&flags, &["status"], &[]).await;
+    assert_hidden(&run, &["Xq7Secret"], "mysql with a wrong password");
+    assert_eq!(run.code, 1, "{run:#?}");
+}
+
+// -------------------------------------------------------------- negative
+
+/// Every numeric argument of every subcommand refuses a negative number
+/// alike (`--last=-5` is no longer taken as 0), before anything is read
+/// or changed.
+async fn negative_numbers_are_refused<F: Target>() {
+    let db = F::create().await;
+    let flags = db.flags();
+    seed(db.store().clone(), db.pool().clone()).await;
+    let counter = Arc::new(Counter::default());
+    counter.fail_amount.store(13, Ordering::SeqCst);
+    processor(&db, &counter).catch_up().await.unwrap();
+    let before = checkpoints(&db).await;
+    let position = {
+        let mut conn = db.pool().acquire().await.unwrap();
+        db.store().failures(&mut conn, "counter").await.unwrap()[0].global_position
+    };
+    for args in [
+        &["tail", "--last=-5"][..],
+        &["tail", "--last", "-5"],
+        &["tail", "--from=-1"],
+        &["tail", "--from", "-1"],
+        &["tail", "--limit=-1"],
+        &["tail", "--follow", "--poll-interval=-500"],
+        &["stream", "Billing", "Account", "x", "--from=-1"],
+        &["stream", "Billing", "Account", "x", "--to", "-1"],
+        &["projections", "rebuild", "counter", "--yes", "--timeout=-1"],
+        &[
+            "projections",
+            "rebuild",
+            "counter",
+            "--yes",
+            "--worker-timeout",
+            "-1",
+        ],
+        &["failures", "discard", "counter", "-1"],
+        &["failures", "retry", "counter", "-1"],
+        &["--connect-timeout=-1", "status"],
+        &["tail", "--last=-99999999999999999999999"],
+    ] {
+        let run = es(&flags, args).await;
+        assert_eq!(run.code, 2, "{args:?}: {run:#?}");
+        assert!(
+            run.stderr.contains("must not be negative"),
+            "{args:?}: {run:#?}"
+        );
+        assert_eq!(run.stdout, "", "{args:?}: {run:#?}");
+    }
+    assert_eq!(checkpoints(&db).await, before, "nothing rewound");
+    let mut conn = db.pool().acquire().await.unwrap();
+    let failures = db.store().failures(&mut conn, "counter").await.unwrap();
+    assert_eq!(failures[0].global_position, position, "nothing discarded");
+    drop(conn);
+    // 0 is a count like any other.
+    let run = es(&flags, &["tail", "--last=0"]).await.ok();
+    assert_eq!(run.stdout, "", "{run:#?}");
+    let run = es(&flags, &["tail", "--from=0", "--limit=0"]).await.ok();
+    assert_eq!(run.stdout, "", "{run:#?}");
+    db.finish().await;
+}
+
+// --------------------------------------------------------------- rebuild
+
+/// The checkpoint names of `counter`'s two partitions, and their
+/// positions.
+async fn checkpoints<F: Fixture>(db: &F) -> Vec<i64> {
+    checkpoints_of(db, "counter").await
+}
+
+async fn checkpoints_of<F: Fixture>(db: &F, name: &str) -> Vec<i64> {
+    let mut conn = db.pool().acquire().await.unwrap();
+    let mut positions = Vec::new();
+    for i in 0..2 {
+        let key = format!("{name}#{i}/2");
+        positions.push(db.store().get_checkpoint(&mut conn, &key).await.unwrap());
+    }
+    positions
+}
+
+/// The plain `es` leaves the replay to the projection's workers: with
+/// none running, a rebuild stops after its bound and changes nothing (it
+/// used to rewind first and then wait for ever); with a worker that
+/// stopped after recording itself, it stops when nothing progresses, and
+/// says the projection stays rewound.
+async fn rebuild_without_a_worker_changes_nothing<F: Target>() {
+    let db = F::create().await;
+    let flags = db.flags();
+    seed(db.store().clone(), db.pool().clone()).await;
+    let counter = Arc::new(Counter::default());
+    processor(&db, &counter).catch_up().await.unwrap();
+    let before = checkpoints(&db).await;
+    let record = || async {
+        let mut conn = db.pool().acquire().await.unwrap();
+        db.store()
+            .projection_versions(&mut conn, "counter")
+            .await
+            .unwrap()
+            .remove(0)
+    };
+    let recorded = record().await;
+    assert!(before.iter().all(|c| *c > 0), "{before:?}");
+
+    for bound in [
+        &["--worker-timeout", "1"][..],
+        &["--timeout", "1"],
+        &["--worker-timeout", "0"],
+    ] {
+        let started = std::time::Instant::now();
+        let mut args = vec!["projections", "rebuild", "counter", "--yes"];
+        args.extend(bound);
+        let run = es(&flags, &args).await;
+        assert_eq!(run.code, 1, "{run:#?}");
+        let last = run.stderr.lines().last().unwrap();
+        assert!(
+            last.starts_with("es: no worker of `counter` ran within"),
+            "{run:#?}"
+        );
+        assert!(last.contains("nothing was changed"), "{run:#?}");
+        assert!(started.elapsed() < RUN_TIMEOUT / 2, "bounded: {run:#?}");
+        assert_eq!(
+            checkpoints(&db).await,
+            before,
+            "{bound:?}: checkpoints unchanged"
+        );
+        let after = record().await;
+        assert_eq!(
+            after.replay_until, recorded.replay_until,
+            "record unchanged"
+        );
+    }
+
+    // A worker runs (and has recorded itself) but makes no progress: the
+    // rebuild rewinds, sees no progress within its bound, and stops
+    // saying so.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = {
+        let processor = processor(&db, &counter);
+        tokio::spawn(async move {
+            processor
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+        })
+    };
+    tokio::time::timeout(RUN_TIMEOUT, async {
+        while record().await.worker_seen_at.is_none() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the worker recorded itself");
+    counter.blocked.store(true, Ordering::SeqCst);
+    let run = es(
+        &flags,
+        &[
+            "projections",
+            "rebuild",
+            "counter",
+            "--yes",
+            "--worker-timeout",
+            "1",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 1, "{run:#?}");
+    let last = run.stderr.lines().last().unwrap();
+    assert!(
+        last.starts_with("es: `counter` made no progress for"),
+        "{run:#?}"
+    );
+    assert!(last.contains("It stays rewound"), "{run:#?}");
+    stop.send(()).unwrap();
+    worker.await.unwrap().unwrap();
+    assert_eq!(checkpoints(&db).await, [0, 0]);
+    // The rewind records, as a rebuild does, that what is there now is
+    // replayed.
+    let head = {
+        let mut conn = db.pool().acquire().await.unwrap();
+        db.store().head_position(&mut conn).await.unwrap()
+    };
+    assert_eq!(record().await.replay_until, head);
+    db.finish().await;
+}
+
+/// A projection with side effects (it "announces" what it handles, as
+/// es-nats's `Publisher` publishes).
+struct Announcer(Arc<Counter>);
+
+impl<DB: sqlx::Database> Projection<DB> for Announcer {
+    fn name(&self) -> &str {
+        "announcer"
+    }
+
+    fn has_side_effects(&self) -> bool {
+        true
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut DB::Connection,
+        event: &PersistedEvent,
+    ) -> Result<(), HandlerError> {
+        Projection::<DB>::handle(&*self.0, tx, event).await
+    }
+
+    async fn reset(&self, tx: &mut DB::Connection) -> Result<(), HandlerError> {
+        Projection::<DB>::reset(&*self.0, tx).await
+    }
+}
+
+/// A rebuild or reset of a projection that declares side effects is
+/// refused, before anything changes and before asking, by the plain `es`
+/// (which reads the declaration its processor recorded) and by the
+/// embedded CLI (which has its code); `--force` goes on and says what it
+/// skips.
+async fn rebuild_of_a_side_effect_projection_is_refused<F: Target>() {
+    let db = F::create().await;
+    let flags = db.flags();
+    seed(db.store().clone(), db.pool().clone()).await;
+    let counter = Arc::new(Counter::default());
+    let announcer = || {
+        ProjectionProcessor::new(
+            db.store().clone(),
+            db.pool().clone(),
+            Announcer(counter.clone()),
+        )
+        .with_partitions(2)
+    };
+    announcer().catch_up().await.unwrap();
+    let before = checkpoints_of(&db, "announcer").await;
+    assert!(before.iter().all(|c| *c > 0), "{before:?}");
+    let listed = es(&flags, &["projections", "--json"])
+        .await
+        .ok()
+        .json_lines();
+    let announced = listed.iter().find(|p| p["name"] == "announcer").unwrap();
+    assert_eq!(announced["side_effects"], true, "{announced}");
+    let run = es(&flags, &["projections"]).await.ok();
+    assert!(
+        run.stdout.contains("announcer (v1, active) [side effects]"),
+        "{run:#?}"
+    );
+
+    for args in [
+        &["projections", "rebuild", "announcer", "--yes"][..],
+        &["projections", "rebuild", "announcer"],
+        &["projections", "reset", "announcer", "--yes"],
+    ] {
+        es(&flags, args)
+            .await
+            .fails(2, "it declares side effects")
+            .fails(2, "nothing was changed");
+        assert_eq!(checkpoints_of(&db, "announcer").await, before, "{args:?}");
+    }
+
+    // The embedded CLI, with the projection's code: refused too.
+    let cli = || {
+        let counter = counter.clone();
+        es_cli::Cli::new().projection(move |store: F::Store, pool| {
+            ProjectionProcessor::new(store, pool, Announcer(counter.clone())).with_partitions(2)
+        })
+    };
+    let run = |args: &[&str]| {
+        let mut all = vec!["es".to_owned()];
+        all.extend(flags.iter().cloned());
+        all.extend(args.iter().map(|a| a.to_string()));
+        cli().execute(all)
+    };
+    let error = run(&["projections", "rebuild", "announcer", "--yes"])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, es_cli::Error::SideEffects { projection, action: "rebuild" } if projection == "announcer"),
+        "{error}"
+    );
+    assert_eq!(error.exit_code(), 2);
+    assert_eq!(counter.resets.load(Ordering::SeqCst), 0, "read model kept");
+    assert_eq!(checkpoints_of(&db, "announcer").await, before);
+    let error = run(&["projections", "reset", "announcer", "--yes"])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, es_cli::Error::SideEffects { .. }),
+        "{error}"
+    );
+    assert_eq!(counter.resets.load(Ordering::SeqCst), 0, "read model kept");
+
+    // --force: on it goes, saying what it skips.
+    let calls = counter.calls();
+    run(&["projections", "rebuild", "announcer", "--yes", "--force"])
+        .await
+        .unwrap();
+    assert_eq!(counter.resets.load(Ordering::SeqCst), 1);
+    assert!(counter.calls() >= calls + 7, "replayed");
+    let run = es(
+        &flags,
+        &["projections", "reset", "announcer", "--yes", "--force"],
+    )
+    .await
+    .ok();
+    assert!(
+        run.stderr
+            .contains("--force: `announcer` declares side effects"),
+        "{run:#?}"
+    );
+    assert_eq!(checkpoints_of(&db, "announcer").await, [0, 0]);
+    db.finish().await;
+}
+
+// ---------------------------------------------------------------- schema
+
+/// Pointed at the bank example's PostgreSQL database (its store in schema
+/// `es_bank`) without `--schema`, `es` names that schema instead of
+/// suggesting `es migrate` (which would create a second, empty store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_schema_of_the_store_is_named() {
+    // A database of its own, with the bank example's layout.
+    let database = format!("es_cli_bank_{}", uuid::Uuid::new_v4().simple());
+    let admin = sqlx::PgPool::connect(&support::database_url())
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE \"{database}\""
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let url = with_database(&support::database_url(), &database);
+    {
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        let store = es::store::PostgresStore::builder()
+            .schema("es_bank")
+            .build()
+            .unwrap();
+        store.migrate(&pool).await.unwrap();
+        seed(store, pool.clone()).await;
+        pool.close().await;
+    }
+    let flags = vec!["--url".to_owned(), url.clone()];
+    for args in [&["status"][..], &["projections"], &["tail"]] {
+        let run = es(&flags, args)
+            .await
+            .fails(4, "schema \"es_bank\" (--schema es_bank)");
+        assert!(
+            run.stderr.contains("would create another, empty store"),
+            "{run:#?}"
+        );
+        assert!(!run.stderr.contains("run `es migrate`"), "{run:#?}");
+    }
+    // Pointed there, it works; pointed at another schema on purpose, it
+    // offers `es migrate` and names the store too.
+    let mut there = flags.clone();
+    there.extend(["--schema".to_owned(), "es_bank".to_owned()]);
+    let status = &es(&there, &["status", "--json"]).await.ok().json_lines()[0];
+    assert_eq!(status["events"], 7, "{status}");
+    let mut elsewhere = flags.clone();
+    elsewhere.extend(["--schema".to_owned(), "es_other".to_owned()]);
+    es(&elsewhere, &["status"])
+        .await
+        .fails(4, "run `es migrate`")
+        .fails(4, "schema \"es_bank\"");
+    // Creating a store beside it anyway is allowed, and says so.
+    let run = es(&flags, &["migrate"]).await.ok();
+    assert!(
+        run.stderr
+            .contains("creating a new, empty store; the database holds others: schema \"es_bank\""),
+        "{run:#?}"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE \"{database}\" WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+}
+
+/// On MySQL a store's schema is a database: pointed at one without a
+/// store, `es` names the databases that hold one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_schema_of_the_store_is_named() {
+    let admin = sqlx::MySqlPool::connect(&support::mysql_url())
+        .await
+        .unwrap();
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    // (Named to sort before the other tests' databases in the list.)
+    let (empty, bank) = (
+        format!("es_cli_empty_{suffix}"),
+        format!("es_cli_bank_{suffix}"),
+    );
+    for database in [&empty, &bank] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{database}`")))
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
+    {
+        let pool = sqlx::MySqlPool::connect(&with_database(&support::mysql_url(), &bank))
+            .await
+            .unwrap();
+        es::store::MySqlStore::new().migrate(&pool).await.unwrap();
+        pool.close().await;
+    }
+    let flags = vec![
+        "--url".to_owned(),
+        with_database(&support::mysql_url(), &empty),
+    ];
+    let run = es(&flags, &["status"])
+        .await
+        .fails(4, &format!("database \"{bank}\" (--schema {bank})"));
+    assert!(!run.stderr.contains("run `es migrate`"), "{run:#?}");
+    let mut there = flags.clone();
+    there.extend(["--schema".to_owned(), bank.clone()]);
+    es(&there, &["status"]).await.ok();
+    for database in [&empty, &bank] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE `{database}`")))
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
+}
+
+/// SQLite has no schemas, but one file may hold stores on other events
+/// tables: `es` names them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_schema_of_the_store_is_named() {
+    let path = std::env::temp_dir().join(format!("es_cli_{}.db", uuid::Uuid::new_v4().simple()));
+    {
+        let pool = SqliteDb::connect(&path, 1).await;
+        let store = es::store::SqliteStore::builder()
+            .events_table("ledger")
+            .build()
+            .unwrap();
+        store.migrate(&pool).await.unwrap();
+        pool.close().await;
+    }
+    let flags = vec!["--url".to_owned(), format!("sqlite:{}", path.display())];
+    es(&flags, &["status"])
+        .await
+        .fails(4, "events table \"ledger\" (--events-table ledger)");
+    let mut there = flags.clone();
+    there.extend(["--events-table".to_owned(), "ledger".to_owned()]);
+    es(&there, &["status"]).await.ok();
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
 /// One test per backend for each test body above, named
 /// `<body>::<backend>`.
 macro_rules! on_every_backend {
@@ -904,4 +1566,13 @@ macro_rules! on_every_backend {
     };
 }
 
-on_every_backend!(reads, follow, projections, failures, embedded);
+on_every_backend!(
+    reads,
+    follow,
+    projections,
+    failures,
+    embedded,
+    negative_numbers_are_refused,
+    rebuild_without_a_worker_changes_nothing,
+    rebuild_of_a_side_effect_projection_is_refused,
+);

@@ -687,6 +687,12 @@ impl<DB: sqlx::Database> Projection<DB> for Publisher {
         self.filter.clone()
     }
 
+    /// Publishing is a side effect: a rewind publishes every replayed
+    /// event again (the `es` command line refuses it without `--force`).
+    fn has_side_effects(&self) -> bool {
+        true
+    }
+
     async fn handle(
         &self,
         _tx: &mut DB::Connection,

@@ -678,6 +678,53 @@ pub trait ProjectionStore: EventReader + CheckpointStore {
         version: &ProjectionVersion,
     ) -> impl Future<Output = Result<()>> + Send;
 
+    /// Records whether a recorded version's projection declares side
+    /// effects ([`ProjectionVersion::side_effects`]); changes nothing else
+    /// (nor a version that is not recorded). Processors record it when they
+    /// start. Does nothing by default (a store that does not record it).
+    ///
+    /// ```no_run
+    /// use es_store::{PostgresStore, ProjectionStore};
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_store::Error> {
+    /// let mut conn = pool.acquire().await?;
+    /// PostgresStore::new().record_projection_side_effects(&mut *conn, "publisher", 1, true).await?;
+    /// # Ok(()) }
+    /// ```
+    fn record_projection_side_effects(
+        &self,
+        conn: &mut Connection<Self>,
+        projection_name: &str,
+        version: u32,
+        side_effects: bool,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = (conn, projection_name, version, side_effects);
+        async { Ok(()) }
+    }
+
+    /// Records that a worker runs this version now
+    /// ([`ProjectionVersion::worker_seen_at`]); changes nothing else (nor a
+    /// version that is not recorded). A running processor calls it every
+    /// [`ProjectionVersion::WORKER_HEARTBEAT`], so that operators' tools can
+    /// tell whether anything will replay a projection they rewind. Does
+    /// nothing by default (a store that does not record it).
+    ///
+    /// ```no_run
+    /// use es_store::{PostgresStore, ProjectionStore};
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), es_store::Error> {
+    /// let mut conn = pool.acquire().await?;
+    /// PostgresStore::new().record_projection_worker(&mut *conn, "balances", 1).await?;
+    /// # Ok(()) }
+    /// ```
+    fn record_projection_worker(
+        &self,
+        conn: &mut Connection<Self>,
+        projection_name: &str,
+        version: u32,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = (conn, projection_name, version);
+        async { Ok(()) }
+    }
+
     /// Forgets a version (its checkpoints are removed separately, with
     /// [`delete_checkpoint`](ProjectionStore::delete_checkpoint)).
     ///

@@ -85,10 +85,27 @@ pub struct ProjectionVersion {
     pub partitions: u32,
     /// When the record last changed.
     pub updated_at: chrono::DateTime<chrono::Utc>,
+    /// Whether the projection declares side effects (effects outside its
+    /// read model's transaction, such as publishing or mailing, that a
+    /// replay would do again), as its processor last recorded it. Tools
+    /// that rewind projections (the `es` command line) read it here and
+    /// refuse to rewind such a projection unless forced.
+    pub side_effects: bool,
+    /// When a worker running this version last recorded that it runs
+    /// ([`ProjectionStore::record_projection_worker`](crate::ProjectionStore::record_projection_worker),
+    /// every [`WORKER_HEARTBEAT`](Self::WORKER_HEARTBEAT)); `None` when none
+    /// has. The worker's clock.
+    pub worker_seen_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl ProjectionVersion {
-    /// A version record, stamped now.
+    /// How often a running worker records that it runs
+    /// ([`worker_seen_at`](Self::worker_seen_at)). A record not refreshed
+    /// for a few of these has no worker running.
+    pub const WORKER_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// A version record, stamped now, without side effects and with no
+    /// worker seen.
     pub fn new(
         name: impl Into<String>,
         version: u32,
@@ -103,7 +120,21 @@ impl ProjectionVersion {
             replay_until,
             partitions: partitions.max(1),
             updated_at: crate::event::now(),
+            side_effects: false,
+            worker_seen_at: None,
         }
+    }
+
+    /// This record, saying whether the projection declares side effects.
+    ///
+    /// ```
+    /// use es_store::{ProjectionVersion, VersionState};
+    /// let v1 = ProjectionVersion::new("publisher", 1, VersionState::Active, 0, 1).with_side_effects(true);
+    /// assert!(v1.side_effects);
+    /// ```
+    pub fn with_side_effects(mut self, side_effects: bool) -> Self {
+        self.side_effects = side_effects;
+        self
     }
 
     /// The name of this version's checkpoint (or of its partitions'

@@ -93,6 +93,7 @@ macro_rules! projection_conformance_tests {
             versions::a_partitioned_version_takes_over_from_an_unpartitioned_one,
             versions::retiring_needs_the_projection_to_say_how,
             versions::an_untyped_projection_is_told_what_it_replays,
+            versions::processors_record_side_effects_and_running_workers,
             documents::one_projection_without_sql_runs_on_every_backend,
         );
     };

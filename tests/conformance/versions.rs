@@ -874,3 +874,150 @@ pub async fn an_untyped_projection_is_told_what_it_replays<F: Fixture>() {
     assert_eq!(*untyped.seen.lock().unwrap(), expected);
     db.finish().await;
 }
+
+/// A projection that publishes what it handles (a side effect), or says
+/// it does not.
+struct Publishes {
+    side_effects: bool,
+}
+
+impl<DB: sqlx::Database> Projection<DB> for Publishes {
+    fn name(&self) -> &str {
+        "publishes"
+    }
+
+    fn has_side_effects(&self) -> bool {
+        self.side_effects
+    }
+
+    async fn handle(&self, _: &mut DB::Connection, _: &PersistedEvent) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+/// [`Publishes`], typed.
+struct TypedPublishes;
+
+impl<DB: sqlx::Database> TypedProjection<DB> for TypedPublishes {
+    type Events = AccountEvent;
+
+    fn name(&self) -> &str {
+        "typed_publishes"
+    }
+
+    fn has_side_effects(&self) -> bool {
+        true
+    }
+
+    async fn handle(
+        &self,
+        _: &mut DB::Connection,
+        _: Envelope<'_, AccountEvent>,
+    ) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+/// What operators' tools read before they rewind a projection: whether
+/// it declares side effects (recorded when its processor starts, and
+/// again when the declaration changed), and whether a worker runs it
+/// (recorded by `run`, not by a one-off catch-up).
+pub async fn processors_record_side_effects_and_running_workers<F: Fixture>() {
+    let db = F::create().await;
+    deposit(&db, "acc-1", 1).await;
+    let record = |name: &'static str| {
+        let (store, pool) = (db.store().clone(), db.pool().clone());
+        async move {
+            let mut conn = pool.acquire().await.unwrap();
+            let mut versions = store.projection_versions(&mut *conn, name).await.unwrap();
+            assert_eq!(versions.len(), 1, "{versions:?}");
+            versions.remove(0)
+        }
+    };
+    let publishes = |side_effects| {
+        ProjectionProcessor::new(
+            db.store().clone(),
+            db.pool().clone(),
+            Publishes { side_effects },
+        )
+        .with_poll_interval(std::time::Duration::from_millis(20))
+    };
+    publishes(true).catch_up().await.unwrap();
+    let first = record("publishes").await;
+    assert!(first.side_effects);
+    assert_eq!(
+        first.worker_seen_at, None,
+        "a catch-up is not a running worker"
+    );
+    ProjectionProcessor::typed(db.store().clone(), db.pool().clone(), TypedPublishes)
+        .catch_up()
+        .await
+        .unwrap();
+    assert!(record("typed_publishes").await.side_effects);
+    // A declaration that changed (or a record from before declarations)
+    // is recorded at the next start.
+    publishes(false).catch_up().await.unwrap();
+    assert!(!record("publishes").await.side_effects);
+    publishes(true).catch_up().await.unwrap();
+    assert!(record("publishes").await.side_effects);
+
+    // A running worker records itself when it starts.
+    let (stop, stopped) = oneshot::channel::<()>();
+    let worker = {
+        let processor = publishes(true);
+        tokio::spawn(async move {
+            processor
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+        })
+    };
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            if let Some(seen) = record("publishes").await.worker_seen_at {
+                break seen;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the running worker recorded itself");
+    assert!(
+        (chrono::Utc::now() - seen).num_seconds().abs() < 60,
+        "{seen}"
+    );
+    stop.send(()).unwrap();
+    worker.await.unwrap().unwrap();
+    let after = record("publishes").await;
+    assert_eq!(
+        (after.state, after.replay_until, after.partitions),
+        (first.state, first.replay_until, first.partitions),
+        "nothing else changed"
+    );
+
+    // Bad input is refused and writes nothing; a version not recorded is
+    // left alone.
+    let before = record("publishes").await.worker_seen_at;
+    let mut conn = db.pool().acquire().await.unwrap();
+    let store = db.store();
+    assert!(
+        store
+            .record_projection_worker(&mut *conn, "", 1)
+            .await
+            .is_err()
+    );
+    assert!(
+        store
+            .record_projection_side_effects(&mut *conn, "", 1, true)
+            .await
+            .is_err()
+    );
+    store
+        .record_projection_worker(&mut *conn, "publishes", 7)
+        .await
+        .unwrap();
+    drop(conn);
+    assert_eq!(record("publishes").await.worker_seen_at, before);
+    db.finish().await;
+}

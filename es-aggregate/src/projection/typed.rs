@@ -319,6 +319,12 @@ pub trait TypedProjection<
         1
     }
 
+    /// Whether handling an event has effects a replay would do again
+    /// (false by default); see [`Projection::has_side_effects`].
+    fn has_side_effects(&self) -> bool {
+        false
+    }
+
     /// Handles one event, inside the transaction that will also move the
     /// checkpoint past it.
     fn handle(
@@ -387,6 +393,10 @@ impl<DB: sqlx::Database, P: TypedProjection<DB>> Projection<DB> for Typed<P> {
 
     fn filter(&self) -> EventFilter {
         P::Events::filter()
+    }
+
+    fn has_side_effects(&self) -> bool {
+        TypedProjection::has_side_effects(&self.0)
     }
 
     async fn handle_with(

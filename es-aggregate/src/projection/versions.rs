@@ -85,6 +85,9 @@ pub struct Switched {
 /// holds (a batch in flight).
 pub(super) const CLAIM_RETRY: Duration = Duration::from_millis(20);
 
+/// How long a worker waits, at most, to record that it runs.
+const RECORD_WORKER_WITHIN: Duration = Duration::from_secs(2);
+
 impl<S, P> ProjectionProcessor<S, P>
 where
     S: ProjectionStore + Clone,
@@ -244,7 +247,7 @@ where
             let mut conn = self.pool.acquire().await.map_err(|e| self.store_error(e))?;
             let versions = self.list_versions(&mut conn).await?;
             if let Some(known) = self.known(&versions).map_err(|v| self.superseded(v))? {
-                return Ok(known);
+                return self.declare_side_effects(&mut conn, known).await;
             }
         }
         let mut tx = self.pool.begin().await.map_err(|e| self.store_error(e))?;
@@ -252,15 +255,17 @@ where
         let versions = self.list_versions(&mut tx).await?;
         if let Some(known) = self.known(&versions).map_err(|v| self.superseded(v))? {
             self.rollback(tx).await?;
-            return Ok(known);
+            let mut conn = self.pool.acquire().await.map_err(|e| self.store_error(e))?;
+            return self.declare_side_effects(&mut conn, known).await;
         }
+        let declared = self.projection.has_side_effects();
         let active = versions.iter().find(|v| v.state == VersionState::Active);
         let head = self
             .store
             .head_position(&mut tx)
             .await
             .map_err(|e| self.store_error(e))?;
-        let mut record = if active.is_some() || !versions.is_empty() {
+        let record = if active.is_some() || !versions.is_empty() {
             ProjectionVersion::new(name, me, VersionState::CatchingUp, head, self.partitions)
         } else if me > 1
             && let Some(legacy) = self.legacy_version_1(&mut tx).await?
@@ -268,13 +273,14 @@ where
             // A version 1 that ran before versions were recorded keeps
             // serving while this one catches up.
             self.store
-                .insert_projection_version(&mut tx, &legacy)
+                .insert_projection_version(&mut tx, &legacy.with_side_effects(declared))
                 .await
                 .map_err(|e| self.store_error(e))?;
             ProjectionVersion::new(name, me, VersionState::CatchingUp, head, self.partitions)
         } else {
             ProjectionVersion::new(name, me, VersionState::Active, head, self.partitions)
         };
+        let mut record = record.with_side_effects(declared);
         if record.state == VersionState::Active {
             // A version that handled events before versions were recorded
             // goes on live from where it is.
@@ -297,6 +303,55 @@ where
             .map_err(|e| self.store_error(e))?;
         tx.commit().await.map_err(|e| self.store_error(e))?;
         Ok(record)
+    }
+
+    /// `known`, after recording whether the projection declares side
+    /// effects where its record says otherwise (a record from before
+    /// projections declared them, or a declaration that changed), so that
+    /// tools that rewind projections see it.
+    async fn declare_side_effects(
+        &self,
+        conn: &mut <S::Database as sqlx::Database>::Connection,
+        mut known: ProjectionVersion,
+    ) -> Result<ProjectionVersion, ProjectionError> {
+        let declared = self.projection.has_side_effects();
+        if known.side_effects != declared {
+            self.store
+                .record_projection_side_effects(conn, &known.name, known.version, declared)
+                .await
+                .map_err(|e| self.store_error(e))?;
+            known.side_effects = declared;
+        }
+        Ok(known)
+    }
+
+    /// Records that a worker runs this version
+    /// ([`ProjectionStore::record_projection_worker`]): [`run`](Self::run)
+    /// does every [`ProjectionVersion::WORKER_HEARTBEAT`]. A failure is
+    /// logged, not returned, and it waits a few seconds at most (for a
+    /// connection, or for a switch holding the record): the record is for
+    /// operators' tools, and the worker goes on handling events.
+    pub(super) async fn record_worker(&self) {
+        let recorded = async {
+            let mut conn = self.pool.acquire().await?;
+            self.store
+                .record_projection_worker(
+                    &mut conn,
+                    self.projection.name(),
+                    self.projection.version(),
+                )
+                .await
+        };
+        let error = match tokio::time::timeout(RECORD_WORKER_WITHIN, recorded).await {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("no answer within {RECORD_WORKER_WITHIN:?}"),
+        };
+        tracing::warn!(
+            projection = self.projection.name(),
+            %error,
+            "could not record that this worker runs"
+        );
     }
 
     /// This version's record among `versions`, if it is there and still

@@ -130,9 +130,6 @@ const PAGE: i64 = 500;
 /// the database), printing each event; with `--follow`, waits for more.
 pub(crate) async fn tail<S: CliStore>(ctx: &Ctx<S>, options: TailOptions) -> Result<(), Error> {
     ctx.require_store().await?;
-    if options.from.is_some_and(|p| p < 0) {
-        return Err(Error::Usage("--from must not be negative".into()));
-    }
     let mut from = match options.from {
         Some(from) => from,
         None => {
@@ -142,7 +139,7 @@ pub(crate) async fn tail<S: CliStore>(ctx: &Ctx<S>, options: TailOptions) -> Res
                 .head_position(&mut conn)
                 .await
                 .map_err(store_error)?;
-            (head - options.last.unwrap_or(10).max(0)).max(0)
+            (head - options.last.unwrap_or(10)).max(0)
         }
     };
     let mut follower = if options.follow {
@@ -165,6 +162,9 @@ async fn read_on<S: CliStore>(
 ) -> Result<(), Error> {
     let mut out = std::io::stdout();
     let mut printed = 0u64;
+    if options.limit == Some(0) {
+        return Ok(());
+    }
     let mut failures = 0u32;
     let stop = shutdown();
     tokio::pin!(stop);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::args::{Args, Command, FailuresAction, ProjectionsAction};
-use crate::backend::{Applied, CliStore};
+use crate::backend::{Applied, CliStore, FoundStore};
 use crate::config::Location;
 use crate::embedded::{Registered, Registry};
 use crate::error::{db_error, store_error};
@@ -58,11 +58,96 @@ impl<S: CliStore> Ctx<S> {
     pub(crate) async fn require_store(&self) -> Result<Vec<Applied>, Error> {
         match self.applied().await? {
             Some(applied) if !applied.is_empty() => Ok(applied),
-            _ => Err(Error::NotMigrated(format!(
+            _ => Err(self.no_store().await),
+        }
+    }
+
+    /// [`Error::NotMigrated`] for a store that is not where the names
+    /// say: naming the stores the database holds elsewhere (another
+    /// schema, another events table), where `es migrate` would create a
+    /// second, empty store; suggesting `es migrate` only when there are
+    /// none.
+    async fn no_store(&self) -> Error {
+        let names = &self.location.names;
+        let listed = self.stores_elsewhere().await;
+        if listed.is_empty() {
+            return Error::NotMigrated(format!(
                 "no event store in {}: its tables are missing (run `es migrate`)",
                 self.describe()
-            ))),
+            ));
         }
+        let stores = if listed.len() == 1 {
+            "a store"
+        } else {
+            "stores"
+        };
+        if names.schema.is_some() || names.events_table.is_some() {
+            // Asked for this place: creating the store there may be meant.
+            return Error::NotMigrated(format!(
+                "no event store in {}: its tables are missing (run `es migrate` to create one \
+                 there; the database holds {stores} elsewhere: {})",
+                self.describe(),
+                listed.join("; ")
+            ));
+        }
+        Error::NotMigrated(format!(
+            "no event store in {}: its tables are missing there, but the database holds \
+             {stores} elsewhere: {}. Point es at it with the flags shown (or the config file's \
+             keys); `es migrate` would create another, empty store here",
+            self.describe(),
+            listed.join("; ")
+        ))
+    }
+
+    /// The stores the database holds elsewhere than where the names point
+    /// (found by their migrations tables), as messages list them: where
+    /// each is and the flags that reach it. A failure to look is no
+    /// failure of the command: it finds none.
+    async fn stores_elsewhere(&self) -> Vec<String> {
+        const LISTED: usize = 20;
+        let names = &self.location.names;
+        let ours = match names.events() {
+            "events" => "_es_migrations".to_owned(),
+            events => format!("_es_migrations_{events}"),
+        };
+        let found: Vec<FoundStore> = S::find_stores(&self.pool)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|store| {
+                let here = match &names.schema {
+                    Some(schema) => *schema == store.schema,
+                    None => store.current,
+                };
+                !(here && store.table == ours)
+            })
+            .collect();
+        let mut listed: Vec<String> = found
+            .iter()
+            .take(LISTED)
+            .map(|store| {
+                let mut flags = Vec::new();
+                let mut place = Vec::new();
+                if !store.schema.is_empty() {
+                    let kind = if S::NAME == "MySQL" {
+                        "database"
+                    } else {
+                        "schema"
+                    };
+                    place.push(format!("{kind} \"{}\"", store.schema));
+                    flags.push(format!("--schema {}", store.schema));
+                }
+                if let Some(events) = store.events_table() {
+                    place.push(format!("events table \"{events}\""));
+                    flags.push(format!("--events-table {events}"));
+                }
+                format!("{} ({})", place.join(", "), flags.join(" "))
+            })
+            .collect();
+        if found.len() > LISTED {
+            listed.push(format!("and {} more", found.len() - LISTED));
+        }
+        listed
     }
 
     pub(crate) async fn conn(&self) -> Result<sqlx::pool::PoolConnection<S::Database>, Error> {
@@ -136,11 +221,23 @@ async fn dispatch<S: CliStore>(ctx: &Ctx<S>, command: Command) -> Result<(), Err
         }
         Command::Projections { action, json } => match action {
             None => projections::list(ctx, json).await,
-            Some(ProjectionsAction::Reset { name, yes }) => {
-                projections::reset(ctx, &name, yes).await
+            Some(ProjectionsAction::Reset { name, yes, force }) => {
+                projections::reset(ctx, &name, yes, force).await
             }
-            Some(ProjectionsAction::Rebuild { name, yes, timeout }) => {
-                projections::rebuild(ctx, &name, yes, timeout.map(Duration::from_secs)).await
+            Some(ProjectionsAction::Rebuild {
+                name,
+                yes,
+                force,
+                timeout,
+                worker_timeout,
+            }) => {
+                let options = projections::RebuildOptions {
+                    yes,
+                    force,
+                    timeout: timeout.map(Duration::from_secs),
+                    worker_timeout: Duration::from_secs(worker_timeout),
+                };
+                projections::rebuild(ctx, &name, options).await
             }
         },
         Command::Failures { action, name, json } => match action {
@@ -166,6 +263,17 @@ async fn migrate<S: CliStore>(ctx: &Ctx<S>, dry_run: bool) -> Result<(), Error> 
         return print_migrations(&ctx.store, &applied, &ctx.location);
     }
     let before: Vec<i64> = applied.iter().map(|a| a.version).collect();
+    if before.is_empty() {
+        // A new store: say so where the database holds others (the one
+        // meant may be one of them).
+        let elsewhere = ctx.stores_elsewhere().await;
+        if !elsewhere.is_empty() {
+            eprintln!(
+                "es: note: creating a new, empty store; the database holds others: {}",
+                elsewhere.join("; ")
+            );
+        }
+    }
     ctx.store
         .migrate_store(&ctx.pool)
         .await

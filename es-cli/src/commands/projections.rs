@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use es_store::{CheckpointHolder, EventFilter, Partition};
+use es_store::{CheckpointHolder, EventFilter, Partition, ProjectionVersion};
 use serde::Serialize;
 
 use super::{Ctx, ago, confirm, shutdown, table};
@@ -52,6 +52,12 @@ pub(crate) struct ProjectionInfo {
     /// (built beside the active one) or `superseded` (waiting to be
     /// retired).
     pub(crate) state: Option<String>,
+    /// Whether it declares side effects (as its processor recorded it, or
+    /// its code says in the embedded CLI): `reset` and `rebuild` refuse it
+    /// without `--force`.
+    pub(crate) side_effects: bool,
+    /// When a running worker of the version last recorded itself.
+    pub(crate) worker_seen_at: Option<DateTime<Utc>>,
 }
 
 /// A projection's name and version from its checkpoints' name: `name@vN`
@@ -151,10 +157,11 @@ pub(crate) async fn gather<S: CliStore>(
                 .map_err(store_error)?;
             versions.insert(base.to_owned(), recorded);
         }
-        let state = versions[base]
-            .iter()
-            .find(|v| v.version == version)
-            .map(|v| v.state.as_str().to_owned());
+        let record = versions[base].iter().find(|v| v.version == version);
+        let state = record.map(|v| v.state.as_str().to_owned());
+        let side_effects = record.is_some_and(|v| v.side_effects)
+            || ctx.registered(&name).is_some_and(|r| r.has_side_effects());
+        let worker_seen_at = record.and_then(|v| v.worker_seen_at);
         let filter = ctx
             .registered(&name)
             .map_or_else(EventFilter::all, |r| r.filter());
@@ -213,6 +220,8 @@ pub(crate) async fn gather<S: CliStore>(
             failures,
             version,
             state,
+            side_effects,
+            worker_seen_at,
         });
     }
     Ok((head, list))
@@ -261,6 +270,9 @@ pub(crate) async fn list<S: CliStore>(ctx: &Ctx<S>, json: bool) -> Result<(), Er
                 projection.version,
                 state.replace('_', " ")
             ));
+        }
+        if projection.side_effects {
+            name.push_str(" [side effects]");
         }
         if projection.partitions.is_empty() {
             rows.push(vec![
@@ -364,6 +376,29 @@ async fn rewind<S: CliStore>(
             .await
             .map_err(store_error)?;
     }
+    // As `ProjectionProcessor::rebuild` does: the events up to the head are
+    // replayed (`Replay`), so that handlers that hold back side effects for
+    // replayed events do so. (The claims held keep a switch of versions
+    // out meanwhile.)
+    let (base, version) = split_version(name);
+    let recorded = ctx
+        .store
+        .projection_versions(&mut tx, base)
+        .await
+        .map_err(store_error)?
+        .into_iter()
+        .find(|v| v.version == version);
+    if let Some(mut record) = recorded {
+        record.replay_until = ctx
+            .store
+            .head_position(&mut tx)
+            .await
+            .map_err(store_error)?;
+        ctx.store
+            .update_projection_version(&mut tx, &record)
+            .await
+            .map_err(store_error)?;
+    }
     if let Some(registered) = ctx.registered(name) {
         registered.reset_read_model(&mut tx).await.map_err(|e| {
             Error::Failed(format!("could not reset the read model of `{name}`: {e}"))
@@ -384,10 +419,63 @@ const NOT_CLEARED: &str = "its read model is not cleared (this es binary does no
     projection's code): the handler sees every event again, so it must tolerate that, or clear \
     the read model yourself first; a service's embedded CLI runs Projection::reset";
 
+/// The recorded version of the projection listed as `name` (`name@vN`
+/// for version N).
+async fn version_record<S: CliStore>(
+    ctx: &Ctx<S>,
+    name: &str,
+) -> Result<Option<ProjectionVersion>, Error> {
+    let (base, version) = split_version(name);
+    let mut conn = ctx.conn().await?;
+    Ok(ctx
+        .store
+        .projection_versions(&mut conn, base)
+        .await
+        .map_err(store_error)?
+        .into_iter()
+        .find(|v| v.version == version))
+}
+
+/// Refuses, before anything is changed, to `action` (reset or rebuild) a
+/// projection that declares side effects (its code, in the embedded CLI,
+/// or what its processor recorded with its version), unless forced; when
+/// forced, says what is skipped.
+async fn check_side_effects<S: CliStore>(
+    ctx: &Ctx<S>,
+    name: &str,
+    action: &'static str,
+    force: bool,
+) -> Result<(), Error> {
+    let declared = ctx.registered(name).is_some_and(|r| r.has_side_effects())
+        || version_record(ctx, name)
+            .await?
+            .is_some_and(|record| record.side_effects);
+    if !declared {
+        return Ok(());
+    }
+    if !force {
+        return Err(Error::SideEffects {
+            projection: name.to_owned(),
+            action,
+        });
+    }
+    eprintln!(
+        "es: --force: `{name}` declares side effects; the {action} goes on, and they are done \
+         again for every event it replays"
+    );
+    Ok(())
+}
+
 /// `es projections reset NAME`.
-pub(crate) async fn reset<S: CliStore>(ctx: &Ctx<S>, name: &str, yes: bool) -> Result<(), Error> {
+pub(crate) async fn reset<S: CliStore>(
+    ctx: &Ctx<S>,
+    name: &str,
+    yes: bool,
+    force: bool,
+) -> Result<(), Error> {
     ctx.require_store().await?;
     let keys = keys_of(ctx, name).await?;
+    check_side_effects(ctx, name, "reset", force).await?;
     let registered = ctx.registered(name).is_some();
     let question = if registered {
         format!(
@@ -429,15 +517,89 @@ fn done(checkpoints: &[i64], target: i64) -> u64 {
     (sum / checkpoints.len() as i64) as u64
 }
 
+/// What `es projections rebuild` was asked for.
+pub(crate) struct RebuildOptions {
+    /// Confirmed already.
+    pub(crate) yes: bool,
+    /// Rebuild a projection that declares side effects.
+    pub(crate) force: bool,
+    /// How long the whole rebuild may take.
+    pub(crate) timeout: Option<Duration>,
+    /// How long to wait for a worker (plain `es`): before the rewind, for
+    /// one to run; after it, for its progress.
+    pub(crate) worker_timeout: Duration,
+}
+
+/// How recently a worker must have recorded itself to count as running:
+/// a few of its heartbeats.
+fn worker_window() -> Duration {
+    ProjectionVersion::WORKER_HEARTBEAT * 3
+}
+
+/// Whether a worker recorded itself at `seen` recently (a time ahead of
+/// this clock counts: clocks differ).
+fn is_recent(seen: Option<DateTime<Utc>>) -> bool {
+    seen.is_some_and(|at| format::age(at) <= worker_window())
+}
+
+/// Waits, up to `bound`, for a running worker of `name` (one that recorded
+/// itself recently, or does so while this waits). Changes nothing.
+async fn wait_for_worker<S: CliStore>(
+    ctx: &Ctx<S>,
+    name: &str,
+    bound: Duration,
+) -> Result<(), Error> {
+    let started = Instant::now();
+    let first = version_record(ctx, name)
+        .await?
+        .and_then(|r| r.worker_seen_at);
+    let mut seen = first;
+    let mut told = false;
+    loop {
+        if is_recent(seen) || seen != first {
+            return Ok(());
+        }
+        let left = bound.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return Err(Error::NoWorker {
+                projection: name.to_owned(),
+                waited: bound,
+            });
+        }
+        if !told {
+            eprintln!(
+                "waiting up to {} for a worker of `{name}` to run; nothing is changed until one \
+                 does",
+                format::duration(bound)
+            );
+            told = true;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(left.min(Duration::from_millis(200))) => {}
+            () = shutdown() => return Err(Error::Interrupted(": nothing was changed".into())),
+        }
+        seen = version_record(ctx, name)
+            .await?
+            .and_then(|r| r.worker_seen_at);
+    }
+}
+
 /// `es projections rebuild NAME`.
 pub(crate) async fn rebuild<S: CliStore>(
     ctx: &Ctx<S>,
     name: &str,
-    yes: bool,
-    timeout: Option<Duration>,
+    options: RebuildOptions,
 ) -> Result<(), Error> {
+    let started = Instant::now();
+    let RebuildOptions {
+        yes,
+        force,
+        timeout,
+        worker_timeout,
+    } = options;
     ctx.require_store().await?;
     let keys = keys_of(ctx, name).await?;
+    check_side_effects(ctx, name, "rebuild", force).await?;
     match ctx.registered(name).cloned() {
         Some(registered) => {
             confirm(
@@ -458,7 +620,7 @@ pub(crate) async fn rebuild<S: CliStore>(
                 tokio::spawn(async move { registered.rebuild().await })
             };
             tokio::pin!(task);
-            let deadline = timeout.map(|t| Instant::now() + t);
+            let deadline = timeout.and_then(|t| started.checked_add(t));
             let caught = loop {
                 tokio::select! {
                     joined = &mut task => break joined,
@@ -509,12 +671,16 @@ pub(crate) async fn rebuild<S: CliStore>(
                 ),
                 &format!("rebuild `{name}`"),
             )?;
+            // Only the projection's workers replay it: with none running,
+            // rewinding it would leave it rewound, and nothing would follow.
+            let bound = timeout.map_or(worker_timeout, |t| t.min(worker_timeout));
+            wait_for_worker(ctx, name, bound).await?;
             rewind(ctx, name, &keys).await?;
             eprintln!(
                 "rewound the {} checkpoint(s) of `{name}` to 0; {NOT_CLEARED}",
                 keys.len()
             );
-            follow_rebuild(ctx, name, &keys, timeout).await
+            follow_rebuild(ctx, name, &keys, started, timeout, worker_timeout).await
         }
     }
 }
@@ -525,7 +691,9 @@ async fn follow_rebuild<S: CliStore>(
     ctx: &Ctx<S>,
     name: &str,
     keys: &[(String, i64)],
+    started: Instant,
     timeout: Option<Duration>,
+    worker_timeout: Duration,
 ) -> Result<(), Error> {
     let target = {
         let mut conn = ctx.conn().await?;
@@ -535,7 +703,6 @@ async fn follow_rebuild<S: CliStore>(
             .map_err(store_error)?
     };
     let mut progress = Progress::new(format!("rebuild {name}"), target as u64);
-    let started = Instant::now();
     let (mut last, mut moved_at) = (0u64, Instant::now());
     loop {
         let rows = ctx
@@ -572,8 +739,16 @@ async fn follow_rebuild<S: CliStore>(
         if timeout.is_some_and(|t| started.elapsed() > t) {
             return Err(Error::Failed(format!(
                 "`{name}` did not catch up within {} (at {now_done} of {target}): are its workers \
-                 running?",
+                 running? It stays rewound: its workers go on replaying the feed",
                 format::duration(started.elapsed())
+            )));
+        }
+        if moved_at.elapsed() > worker_timeout {
+            return Err(Error::Failed(format!(
+                "`{name}` made no progress for {} (at {now_done} of {target}): have its workers \
+                 stopped, or is one stuck on an event? It stays rewound: its workers replay the \
+                 feed from there when they run",
+                format::duration(moved_at.elapsed())
             )));
         }
         tokio::select! {

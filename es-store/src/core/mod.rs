@@ -95,11 +95,16 @@ pub(crate) struct Statements {
     /// (name, now): creates a missing checkpoint at 0.
     pub(crate) create_checkpoint: Arc<str>,
     /// (name) -> (name, version, state, replay until, partitions, updated
-    /// at) of each of the projection's versions, by version.
+    /// at, side effects, worker seen at) of each of the projection's
+    /// versions, by version.
     pub(crate) list_versions: Arc<str>,
-    /// (name, version, state, replay until, partitions, now): records a
-    /// version unless it is recorded.
+    /// (name, version, state, replay until, partitions, now, side
+    /// effects): records a version unless it is recorded.
     pub(crate) insert_version: Arc<str>,
+    /// (side effects, name, version).
+    pub(crate) record_side_effects: Arc<str>,
+    /// (now, name, version): a worker of the version runs.
+    pub(crate) record_worker: Arc<str>,
     /// (state, replay until, partitions, now, name, version).
     pub(crate) update_version: Arc<str>,
     /// (name, version).

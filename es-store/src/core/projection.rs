@@ -287,6 +287,8 @@ macro_rules! impl_projection {
                             replay_until: row.try_get(3)?,
                             partitions: number(row.try_get(4)?, "partition count")?,
                             updated_at: codec::get_time(row, 5)?,
+                            side_effects: row.try_get(6)?,
+                            worker_seen_at: row.try_get(7)?,
                         })
                     })
                     .collect()
@@ -306,6 +308,40 @@ macro_rules! impl_projection {
                     .bind(version.replay_until)
                     .bind(i64::from(version.partitions))
                     .bind(codec::time(version.updated_at))
+                    .bind(version.side_effects)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            }
+
+            async fn record_projection_side_effects(
+                &self,
+                conn: &mut $conn,
+                projection_name: &str,
+                version: u32,
+                side_effects: bool,
+            ) -> $crate::Result<()> {
+                $crate::validate::projection_name(projection_name)?;
+                sqlx::query(sqlx::AssertSqlSafe(self.sql().record_side_effects.clone()))
+                    .bind(side_effects)
+                    .bind(projection_name)
+                    .bind(i64::from(version))
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            }
+
+            async fn record_projection_worker(
+                &self,
+                conn: &mut $conn,
+                projection_name: &str,
+                version: u32,
+            ) -> $crate::Result<()> {
+                $crate::validate::projection_name(projection_name)?;
+                sqlx::query(sqlx::AssertSqlSafe(self.sql().record_worker.clone()))
+                    .bind(codec::time($crate::event::now()))
+                    .bind(projection_name)
+                    .bind(i64::from(version))
                     .execute(&mut *conn)
                     .await?;
                 Ok(())

@@ -15,7 +15,21 @@ pub(crate) fn migrations(names: &Names) -> Vec<(i64, &'static str, String)> {
         (1, "event store", migration_1(names)),
         (2, "read models", migration_2(names)),
         (3, "projection versions", migration_3(names)),
+        (4, "projection workers", migration_4(names)),
     ]
+}
+
+fn migration_4(n: &Names) -> String {
+    let versions = n.versions();
+    format!(
+        r#"-- What operators' tools need before they rewind a projection: whether it
+-- declares side effects (a replay would do them again), and when a worker
+-- running the version last said so (every few seconds while it runs).
+ALTER TABLE {versions}
+    ADD COLUMN side_effects   BOOLEAN     NOT NULL DEFAULT FALSE,
+    ADD COLUMN worker_seen_at DATETIME(6) NULL;
+"#
+    )
 }
 
 fn migration_3(n: &Names) -> String {
@@ -450,16 +464,25 @@ pub(crate) fn statements(n: &Names) -> Statements {
         // runs.
         list_versions: format!(
             "SELECT CONVERT(projection_name USING utf8mb4), version, state, replay_until, \
-                 partitions, updated_at \
+                 partitions, updated_at, side_effects, worker_seen_at \
              FROM {versions} WHERE projection_name = ? AND version > 0 ORDER BY version \
              LOCK IN SHARE MODE"
         )
         .into(),
         insert_version: format!(
             "INSERT INTO {versions} \
-                 (projection_name, version, state, replay_until, partitions, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?) \
+                 (projection_name, version, state, replay_until, partitions, updated_at, \
+                  side_effects) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) \
              ON DUPLICATE KEY UPDATE version = version"
+        )
+        .into(),
+        record_side_effects: format!(
+            "UPDATE {versions} SET side_effects = ? WHERE projection_name = ? AND version = ?"
+        )
+        .into(),
+        record_worker: format!(
+            "UPDATE {versions} SET worker_seen_at = ? WHERE projection_name = ? AND version = ?"
         )
         .into(),
         update_version: format!(

@@ -22,7 +22,21 @@ pub(crate) fn migrations(names: &Names) -> Vec<(i64, &'static str, String)> {
         (7, "lean appends", migration_7(names)),
         (8, "read models", migration_8(names)),
         (9, "projection versions", migration_9(names)),
+        (10, "projection workers", migration_10(names)),
     ]
+}
+
+fn migration_10(n: &Names) -> String {
+    let versions = n.versions();
+    format!(
+        r#"-- What operators' tools need before they rewind a projection: whether it
+-- declares side effects (a replay would do them again), and when a worker
+-- running the version last said so (every few seconds while it runs).
+ALTER TABLE {versions}
+    ADD COLUMN side_effects   boolean     NOT NULL DEFAULT false,
+    ADD COLUMN worker_seen_at timestamptz;
+"#
+    )
 }
 
 fn migration_9(n: &Names) -> String {
@@ -481,15 +495,26 @@ pub(crate) fn statements(n: &Names) -> Statements {
         )
         .into(),
         list_versions: format!(
-            "SELECT projection_name, version, state, replay_until, partitions, updated_at \
+            "SELECT projection_name, version, state, replay_until, partitions, updated_at, \
+                 side_effects, worker_seen_at \
              FROM {versions} WHERE projection_name = $1 AND version > 0 ORDER BY version"
         )
         .into(),
         insert_version: format!(
             "INSERT INTO {versions} \
-                 (projection_name, version, state, replay_until, partitions, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) \
+                 (projection_name, version, state, replay_until, partitions, updated_at, \
+                  side_effects) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
              ON CONFLICT (projection_name, version) DO NOTHING"
+        )
+        .into(),
+        record_side_effects: format!(
+            "UPDATE {versions} SET side_effects = $1 WHERE projection_name = $2 AND version = $3"
+        )
+        .into(),
+        record_worker: format!(
+            "UPDATE {versions} SET worker_seen_at = $1 \
+             WHERE projection_name = $2 AND version = $3"
         )
         .into(),
         update_version: format!(

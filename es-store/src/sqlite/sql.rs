@@ -10,7 +10,21 @@ pub(crate) fn migrations(names: &Names) -> Vec<(i64, &'static str, String)> {
         (1, "event store", migration_1(names)),
         (2, "read models", migration_2(names)),
         (3, "projection versions", migration_3(names)),
+        (4, "projection workers", migration_4(names)),
     ]
+}
+
+fn migration_4(n: &Names) -> String {
+    let versions = n.versions();
+    format!(
+        r#"-- What operators' tools need before they rewind a projection: whether it
+-- declares side effects (a replay would do them again), and when a worker
+-- running the version last said so (every few seconds while it runs).
+ALTER TABLE {versions}
+    ADD COLUMN side_effects INTEGER NOT NULL DEFAULT 0 CHECK (side_effects IN (0, 1));
+ALTER TABLE {versions} ADD COLUMN worker_seen_at TEXT;
+"#
+    )
 }
 
 fn migration_3(n: &Names) -> String {
@@ -338,15 +352,27 @@ pub(crate) fn statements(n: &Names) -> Statements {
             )
             .into(),
             list_versions: format!(
-                "SELECT projection_name, version, state, replay_until, partitions, updated_at \
+                "SELECT projection_name, version, state, replay_until, partitions, updated_at, \
+                     side_effects, worker_seen_at \
                  FROM {versions} WHERE projection_name = ?1 AND version > 0 ORDER BY version"
             )
             .into(),
             insert_version: format!(
                 "INSERT INTO {versions} \
-                     (projection_name, version, state, replay_until, partitions, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                     (projection_name, version, state, replay_until, partitions, updated_at, \
+                      side_effects) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
                  ON CONFLICT (projection_name, version) DO NOTHING"
+            )
+            .into(),
+            record_side_effects: format!(
+                "UPDATE {versions} SET side_effects = ?1 \
+                 WHERE projection_name = ?2 AND version = ?3"
+            )
+            .into(),
+            record_worker: format!(
+                "UPDATE {versions} SET worker_seen_at = ?1 \
+                 WHERE projection_name = ?2 AND version = ?3"
             )
             .into(),
             update_version: format!(
