@@ -1234,6 +1234,9 @@ where
     /// that a newer one superseded stops with
     /// [`ProjectionError::Superseded`] at its next batch.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), ProjectionError> {
+        if let Some(refused) = self.invalid_setting() {
+            return Err(refused);
+        }
         let mut wakeup = self.wakeup.clone();
         let mut appended = self.store.committed_appends();
         let partitions = self.checkpoint_names();
