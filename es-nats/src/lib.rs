@@ -59,8 +59,8 @@ pub use consumer::{
     Undecodable,
 };
 pub use publisher::{
-    DEFAULT_MAX_IN_FLIGHT, PublishError, Publisher, PublisherBuilder, PublisherStats,
-    PublisherStatus,
+    DEFAULT_MAX_IN_FLIGHT, MAX_IN_FLIGHT, MAX_PUBLISH_WAIT, MIN_ACK_TIMEOUT, PublishError,
+    Publisher, PublisherBuilder, PublisherStats, PublisherStatus,
 };
 pub use stream::{DEFAULT_DUPLICATE_WINDOW, SetupError, StreamSettings};
 pub use subject::Subjects;
