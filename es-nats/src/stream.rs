@@ -306,9 +306,11 @@ pub enum SetupError {
     },
     /// A builder setting is out of its allowed range (see
     /// [`PublisherBuilder::max_in_flight`](crate::PublisherBuilder::max_in_flight),
-    /// [`outage_timeout`](crate::PublisherBuilder::outage_timeout) and
-    /// [`ack_timeout`](crate::PublisherBuilder::ack_timeout)); refused
-    /// before anything was sent to the server.
+    /// [`outage_timeout`](crate::PublisherBuilder::outage_timeout),
+    /// [`ack_timeout`](crate::PublisherBuilder::ack_timeout),
+    /// [`ConsumerBuilder::batch`](crate::ConsumerBuilder::batch) and
+    /// [`ack_wait`](crate::ConsumerBuilder::ack_wait)); refused before
+    /// anything was sent to the server.
     ///
     /// ```
     /// let refused = es_nats::SetupError::InvalidSetting {

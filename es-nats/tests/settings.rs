@@ -11,13 +11,20 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{connect, nats_url, unique};
+use es::DomainEvent;
 use es::nats::{
-    MAX_IN_FLIGHT, MAX_PUBLISH_WAIT, MIN_ACK_TIMEOUT, Publisher, PublisherBuilder, SetupError,
-    StreamSettings, Subjects,
+    Consumer, ConsumerError, MAX_ACK_WAIT, MAX_CONSUMER_BATCH, MAX_IN_FLIGHT, MAX_PUBLISH_WAIT,
+    MIN_ACK_TIMEOUT, Publisher, PublisherBuilder, SetupError, StreamSettings, Subjects,
 };
 
+#[derive(Debug, Clone, PartialEq, DomainEvent)]
+#[event(bounded_context = "Settings", aggregate_type = "Thing")]
+enum ThingEvent {
+    Happened,
+}
+
 #[test]
-fn publisher_settings_out_of_range_are_refused_typed_in_a_child_process() {
+fn publisher_and_consumer_settings_out_of_range_are_refused_typed_in_a_child_process() {
     let name = "settings_child_publisher";
     let output = Command::new(std::env::current_exe().expect("the test binary"))
         .args([
@@ -46,11 +53,11 @@ fn publisher_settings_out_of_range_are_refused_typed_in_a_child_process() {
     print!("{stdout}");
 }
 
-/// Each publisher setting out of range is refused by `build` with
-/// [`SetupError::InvalidSetting`], and no stream is created; the ends of
-/// each range are accepted.
+/// Each publisher and consumer setting out of range is refused by
+/// `build` with [`SetupError::InvalidSetting`], and no stream or consumer
+/// is created; the ends of each range are accepted.
 #[tokio::test]
-#[ignore = "run in a child process by publisher_settings_out_of_range_are_refused_typed_in_a_child_process"]
+#[ignore = "run in a child process by publisher_and_consumer_settings_out_of_range_are_refused_typed_in_a_child_process"]
 async fn settings_child_publisher() {
     if std::env::var_os("ES_SETTINGS_CHILD").is_none() {
         return;
@@ -106,5 +113,43 @@ async fn settings_child_publisher() {
         .await
         .expect("the narrowest settings are accepted");
     assert_eq!(narrowest.stats().max_in_flight, 1, "0 is taken as 1");
+
+    // the consumer, on the stream the publisher made
+    let consumer = || {
+        Consumer::<ThingEvent>::builder(client.clone(), &stream, "settings")
+            .subjects(Subjects::prefixed(stream.to_lowercase()))
+    };
+    let out_of_range = [
+        ("batch", consumer().batch(usize::MAX)),
+        ("batch", consumer().batch(MAX_CONSUMER_BATCH + 1)),
+        ("ack_wait", consumer().ack_wait(Duration::MAX)),
+        (
+            "ack_wait",
+            consumer().ack_wait(MAX_ACK_WAIT + Duration::from_nanos(1)),
+        ),
+    ];
+    for (setting, builder) in out_of_range {
+        match builder.build().await {
+            Err(ConsumerError::Setup(SetupError::InvalidSetting {
+                setting: named,
+                value,
+                allowed,
+            })) if named == setting => {
+                println!("consumer {setting}({value}) refused, allowed {allowed}");
+            }
+            other => panic!("consumer {setting} out of range: {:?}", other.err()),
+        }
+    }
+    let stream_info = jetstream.get_stream(&stream).await.unwrap();
+    assert!(
+        stream_info.consumer_info("settings").await.is_err(),
+        "no consumer was created"
+    );
+    consumer()
+        .batch(MAX_CONSUMER_BATCH)
+        .ack_wait(MAX_ACK_WAIT)
+        .build()
+        .await
+        .expect("the widest consumer settings are accepted");
     jetstream.delete_stream(&stream).await.unwrap();
 }
