@@ -11,7 +11,7 @@ use std::time::Duration;
 use es::aggregate::projection::{HandlerError, Projection, ProjectionError, ProjectionProcessor};
 use es::store::{Event, EventStore, ExpectedVersion, PersistedEvent};
 use serde_json::json;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, oneshot, watch};
 
 use super::projection::{Behaviour, Recorder};
 use crate::support::Fixture;
@@ -373,4 +373,177 @@ pub async fn a_rebuild_beside_partitioned_workers_handles_each_event_once<F: Fix
 /// counted twice without an error.
 pub async fn a_rebuild_beside_partitioned_workers_counts_each_event_once<F: Fixture>() {
     rebuilds_beside_running_workers::<F, Tally<F>>().await;
+}
+
+/// Writes each event's position into `versioned_v<version>` (the
+/// position is the key); its `reset` can be made to stop until the test
+/// says to go on.
+pub struct Versioned<F> {
+    version: u32,
+    pause: std::sync::Mutex<Option<(oneshot::Sender<()>, oneshot::Receiver<()>)>>,
+    _fixture: PhantomData<fn() -> F>,
+}
+
+impl<F: Fixture> Versioned<F> {
+    fn new(version: u32) -> Self {
+        Self {
+            version,
+            pause: std::sync::Mutex::new(None),
+            _fixture: PhantomData,
+        }
+    }
+
+    /// Makes the next `reset` stop: the first receiver completes when it
+    /// has stopped (inside the rebuild's transaction), and it goes on when
+    /// the returned sender is used or dropped.
+    fn pause_reset(&self) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
+        let (reached, reached_rx) = oneshot::channel();
+        let (resume_tx, resume) = oneshot::channel();
+        *self.pause.lock().unwrap() = Some((reached, resume));
+        (reached_rx, resume_tx)
+    }
+
+    async fn positions(db: &F, version: u32) -> Vec<i64> {
+        let mut conn = db.pool().acquire().await.unwrap();
+        F::pairs_on(
+            &mut conn,
+            format!("SELECT position, position FROM versioned_v{version} ORDER BY position"),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect()
+    }
+}
+
+impl<F: Fixture> Projection<F::Db> for Versioned<F> {
+    fn name(&self) -> &str {
+        "versioned"
+    }
+
+    fn version(&self) -> u32 {
+        self.version
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut <F::Db as sqlx::Database>::Connection,
+        event: &PersistedEvent,
+    ) -> Result<(), HandlerError> {
+        F::execute_on(
+            tx,
+            format!(
+                "INSERT INTO versioned_v{} (position) VALUES ({})",
+                self.version, event.global_position
+            ),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn reset(
+        &self,
+        tx: &mut <F::Db as sqlx::Database>::Connection,
+    ) -> Result<(), HandlerError> {
+        let pause = self.pause.lock().unwrap().take();
+        if let Some((reached, resume)) = pause {
+            reached.send(()).ok();
+            resume.await.ok();
+        }
+        F::execute_on(tx, format!("DELETE FROM versioned_v{}", self.version)).await?;
+        Ok(())
+    }
+}
+
+/// A rebuild of version 1 and a switch to version 2 at the same moment:
+/// the rebuild holds the lock a switch takes, from before it resets until
+/// it commits, so the switch waits for it (and a rebuild that came after
+/// the switch would find its version superseded). Exactly one version is
+/// active at the end, version 2 with every event once, and version 1 is
+/// superseded, not brought back to life by the rebuild's stale record.
+pub async fn a_rebuild_and_a_switch_to_a_new_version_leave_one_active_version<F: Fixture>() {
+    let db = Arc::new(F::create().await);
+    {
+        let mut conn = db.pool().acquire().await.unwrap();
+        for version in [1, 2] {
+            F::execute_on(
+                &mut conn,
+                format!("CREATE TABLE versioned_v{version} (position BIGINT NOT NULL PRIMARY KEY)"),
+            )
+            .await
+            .unwrap();
+        }
+    }
+    let mut writers = Writers::start(&db, 1);
+    writers.append(20, 20).await;
+    let v1 = Arc::new(ProjectionProcessor::new(
+        db.store().clone(),
+        db.pool().clone(),
+        Versioned::<F>::new(1),
+    ));
+    assert_eq!(v1.catch_up().await.unwrap().events, 20);
+    let v2 = Arc::new(ProjectionProcessor::new(
+        db.store().clone(),
+        db.another_pool().await,
+        Versioned::<F>::new(2),
+    ));
+    assert_eq!(v2.catch_up().await.unwrap().events, 20);
+
+    let (reached, resume) = v1.projection().pause_reset();
+    let rebuild = {
+        let v1 = v1.clone();
+        tokio::spawn(async move { v1.rebuild().await })
+    };
+    reached.await.expect("the rebuild resets");
+    let mut switch = {
+        let v2 = v2.clone();
+        tokio::spawn(async move { v2.switch_when_caught_up().await })
+    };
+    // The switch waits for the rebuild (it cannot end while the reset is
+    // stopped); let the rebuild go on once it has ended or after a moment.
+    // Either way the outcome below must hold.
+    let switched_early = tokio::time::timeout(Duration::from_millis(300), &mut switch)
+        .await
+        .ok();
+    resume.send(()).ok();
+    let rebuilt = rebuild.await.unwrap();
+    let switched = match switched_early {
+        Some(switched) => switched,
+        None => switch.await,
+    }
+    .unwrap()
+    .expect("the switch succeeds");
+    assert_eq!(switched.version, 2);
+    match rebuilt {
+        Ok(done) => assert_eq!(done.events, 20, "the rebuild replayed version 1"),
+        Err(ProjectionError::Superseded {
+            version: 1,
+            active: 2,
+            ..
+        }) => {}
+        Err(other) => panic!("the rebuild failed: {other}"),
+    }
+    let versions = v2.versions().await.unwrap();
+    let states: Vec<(u32, es::store::VersionState)> =
+        versions.iter().map(|v| (v.version, v.state)).collect();
+    assert_eq!(
+        states,
+        [
+            (1, es::store::VersionState::Superseded),
+            (2, es::store::VersionState::Active)
+        ],
+        "one active version"
+    );
+    let all: Vec<i64> = writers
+        .finish()
+        .await
+        .iter()
+        .map(|e| e.global_position)
+        .collect();
+    assert_eq!(Versioned::<F>::positions(&db, 2).await, all);
+    drop((v1, v2));
+    if let Ok(db) = Arc::try_unwrap(db) {
+        db.finish().await;
+    }
 }
