@@ -1404,7 +1404,10 @@ where
     /// waits for the batches in flight to commit (or roll back), and no
     /// batch starts until the reset commits; a batch after it starts from
     /// checkpoint 0 (a page a worker read ahead is used only if it begins
-    /// where the checkpoint is). The reset also holds the lock a version
+    /// where the checkpoint is). Its transaction has the processor's
+    /// [lease](Self::with_lease), as a batch has: a rebuild frozen while it
+    /// holds the partitions loses them, and cannot commit, when the lease
+    /// runs out. The reset also holds the lock a version
     /// switch and a retirement take, so a version superseded meanwhile
     /// refuses ([`ProjectionError::Superseded`]). A transient store
     /// failure of the reset (a lock wait that timed out, a deadlock) is

@@ -547,3 +547,81 @@ pub async fn a_rebuild_and_a_switch_to_a_new_version_leave_one_active_version<F:
         db.finish().await;
     }
 }
+
+/// A rebuild frozen while it holds every partition (stopped inside its
+/// reset) loses them when its lease runs out, as a frozen worker does: a
+/// worker then takes the partition over, and the frozen rebuild cannot
+/// commit its reset. (SQLite has one writer: a frozen holder keeps the
+/// lock until it resumes.)
+pub async fn a_frozen_rebuild_loses_the_partitions_when_its_lease_runs_out<F: Fixture>() {
+    if F::SINGLE_WRITER {
+        return;
+    }
+    let db = Arc::new(F::create().await);
+    {
+        let mut conn = db.pool().acquire().await.unwrap();
+        F::execute_on(
+            &mut conn,
+            "CREATE TABLE versioned_v1 (position BIGINT NOT NULL PRIMARY KEY)".to_owned(),
+        )
+        .await
+        .unwrap();
+    }
+    let mut writers = Writers::start(&db, 1);
+    writers.append(10, 10).await;
+    let lease = es::aggregate::projection::MIN_LEASE;
+    let rebuilder = Arc::new(
+        ProjectionProcessor::new(
+            db.store().clone(),
+            db.another_pool().await,
+            Versioned::<F>::new(1),
+        )
+        .with_lease(lease),
+    );
+    assert_eq!(rebuilder.catch_up().await.unwrap().events, 10);
+    let (reached, resume) = rebuilder.projection().pause_reset();
+    let rebuild = {
+        let rebuilder = rebuilder.clone();
+        tokio::spawn(async move { rebuilder.rebuild().await })
+    };
+    reached.await.expect("the rebuild resets");
+    let frozen_at = std::time::Instant::now();
+    writers.append(5, 5).await;
+    let worker = ProjectionProcessor::new(
+        db.store().clone(),
+        db.pool().clone(),
+        Versioned::<F>::new(1),
+    )
+    .with_lease(lease);
+    // waits while the frozen rebuild holds the partition, then takes it
+    let done = worker.catch_up().await.unwrap();
+    let takeover = frozen_at.elapsed();
+    assert_eq!(done.events, 5, "the worker goes on from its checkpoint");
+    assert!(
+        takeover + Duration::from_millis(500) >= lease,
+        "taken over after the lease, not before: {takeover:?}"
+    );
+    resume.send(()).ok();
+    // The frozen reset cannot commit: the rebuild fails, or (a commit
+    // refused as a lost connection is tried again) resets and replays anew.
+    match rebuild.await.unwrap() {
+        Ok(done) => assert_eq!(done.events, 15),
+        Err(ProjectionError::Reset { .. } | ProjectionError::Store { .. }) => {}
+        Err(other) => panic!("{other}"),
+    }
+    let all: Vec<i64> = writers
+        .finish()
+        .await
+        .iter()
+        .map(|e| e.global_position)
+        .collect();
+    assert_eq!(Versioned::<F>::positions(&db, 1).await, all, "each once");
+    println!(
+        "{}: lease {lease:?}, partition taken from the frozen rebuild after {takeover:?}",
+        std::any::type_name::<F>()
+    );
+    drop(rebuilder);
+    if let Ok(db) = Arc::try_unwrap(db) {
+        db.finish().await;
+    }
+}

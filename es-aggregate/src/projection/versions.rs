@@ -416,6 +416,12 @@ where
     /// created by another transaction): nothing was changed.
     pub(super) async fn try_reset(&self) -> Result<bool, ProjectionError> {
         let mut tx = self.pool.begin().await.map_err(|e| self.store_error(e))?;
+        // It holds every partition, as a batch holds one: a rebuild frozen
+        // here loses them when its lease runs out, as a worker would.
+        self.store
+            .lease_transaction(&mut tx, self.lease)
+            .await
+            .map_err(|e| self.store_error(e))?;
         self.lock_versions(&mut tx).await?;
         let versions = self.list_versions(&mut tx).await?;
         let Some(mut version) = self.known(&versions).map_err(|v| self.superseded(v))? else {
