@@ -552,6 +552,45 @@ pub enum ProjectionError {
         #[source]
         source: es_store::Error,
     },
+    /// A setting of the processor is out of its allowed range (a
+    /// partition count over [`MAX_PARTITIONS`], a batch over
+    /// [`MAX_BATCH_SIZE`], a polling interval under
+    /// [`MIN_POLL_INTERVAL`], a lease outside [`MIN_LEASE`]..=[`MAX_LEASE`]):
+    /// the processor refused to start, and nothing was read or written.
+    /// Returned by [`catch_up`](ProjectionProcessor::catch_up),
+    /// [`run`](ProjectionProcessor::run),
+    /// [`rebuild`](ProjectionProcessor::rebuild),
+    /// [`switch_when_caught_up`](ProjectionProcessor::switch_when_caught_up)
+    /// and [`status`](ProjectionProcessor::status).
+    ///
+    /// ```
+    /// use es_aggregate::ProjectionError;
+    /// let refused = ProjectionError::InvalidSetting {
+    ///     projection: "balances".into(),
+    ///     setting: "with_partitions",
+    ///     value: "4294967295".into(),
+    ///     allowed: "1..=1024".into(),
+    /// };
+    /// assert_eq!(
+    ///     refused.to_string(),
+    ///     "projection `balances`: with_partitions(4294967295) is out of range (allowed: 1..=1024); nothing was done"
+    /// );
+    /// assert!(!refused.is_transient());
+    /// ```
+    #[error(
+        "projection `{projection}`: {setting}({value}) is out of range (allowed: {allowed}); nothing was done"
+    )]
+    InvalidSetting {
+        /// The projection.
+        projection: String,
+        /// The setter of the setting (`with_partitions`, `with_batch_size`,
+        /// `with_poll_interval`, `with_lease`).
+        setting: &'static str,
+        /// The value it was given.
+        value: String,
+        /// The values it allows.
+        allowed: String,
+    },
     /// The handler said what it writes to is unavailable for now (it
     /// failed with a [`Transient`]): the batch was rolled back, nothing
     /// skipped. [`run`](ProjectionProcessor::run) tries it again after a
@@ -815,6 +854,37 @@ pub struct CatchUp {
     pub skipped: u64,
 }
 
+/// The most partitions a processor takes
+/// ([`ProjectionProcessor::with_partitions`]): each is a checkpoint that
+/// every pass, [`status`](ProjectionProcessor::status) and
+/// [`rebuild`](ProjectionProcessor::rebuild) visits, and far more than the
+/// workers a projection can usefully have.
+pub const MAX_PARTITIONS: u32 = 1024;
+
+/// The largest batch ([`ProjectionProcessor::with_batch_size`]): a batch
+/// is held in memory (twice, with its read ahead) and handled in one
+/// transaction.
+pub const MAX_BATCH_SIZE: u32 = 10_000;
+
+/// The shortest polling interval ([`ProjectionProcessor::with_poll_interval`]):
+/// shorter would make [`run`](ProjectionProcessor::run) a busy loop
+/// against the database.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(1);
+
+/// The shortest lease ([`ProjectionProcessor::with_lease`]): MySQL counts
+/// it in whole seconds, and a shorter one would take partitions from
+/// workers that merely paused.
+pub const MIN_LEASE: Duration = Duration::from_secs(1);
+
+/// The longest lease ([`ProjectionProcessor::with_lease`]): PostgreSQL
+/// keeps it in `idle_in_transaction_session_timeout`, a 32-bit number of
+/// milliseconds (about 24.8 days).
+pub const MAX_LEASE: Duration = Duration::from_millis(i32::MAX as u64);
+
+/// How many times in a row a rebuild's reset is tried again after a
+/// transient store failure (a lock wait that timed out, a deadlock).
+const REBUILD_TRANSIENT_RETRIES: u32 = 10;
+
 /// Feeds one projection from the store.
 pub struct ProjectionProcessor<S: Backend, P> {
     store: S,
@@ -926,6 +996,10 @@ where
     /// inside a batch, say), or the batch fails. On SQLite one process
     /// holds the write lock until it resumes, whatever the lease.
     ///
+    /// Allowed: [`MIN_LEASE`]..=[`MAX_LEASE`] (1 s to about 24.8 days);
+    /// outside it [`catch_up`](Self::catch_up), [`run`](Self::run) and the
+    /// others refuse to start with [`ProjectionError::InvalidSetting`].
+    ///
     /// ```no_run
     /// # use es_aggregate::projection::{Projection, ProjectionProcessor};
     /// # fn demo<P: Projection>(pool: sqlx::PgPool, projection: P) {
@@ -977,22 +1051,45 @@ where
         self
     }
 
-    /// Events per batch (and per transaction), at least 1.
+    /// Events per batch (and per transaction): 1..=[`MAX_BATCH_SIZE`] (0
+    /// is taken as 1). A larger one is refused when the processor starts
+    /// ([`ProjectionError::InvalidSetting`]).
     pub fn with_batch_size(mut self, batch_size: u32) -> Self {
         self.batch_size = i64::from(batch_size.max(1));
         self
     }
 
-    /// How long [`run`](Self::run) waits for a wakeup before looking anyway.
+    /// How long [`run`](Self::run) waits for a wakeup before looking anyway
+    /// (default 1 s): at least [`MIN_POLL_INTERVAL`] (a shorter one is
+    /// refused when the processor starts, with
+    /// [`ProjectionError::InvalidSetting`]: it would poll the database in
+    /// a busy loop), and no longest (`Duration::MAX` never polls, and
+    /// relies on wakeups).
     pub fn with_poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval;
         self
     }
 
-    /// Splits the projection's aggregates into `count` partitions (at least
-    /// 1), each with its own checkpoint, so that several workers share the
-    /// work. Every worker of a projection must use the same count; changing
-    /// it needs a rebuild.
+    /// Splits the projection's aggregates into `count` partitions
+    /// (1..=[`MAX_PARTITIONS`]; 0 is taken as 1), each with its own
+    /// checkpoint, so that several workers share the work. Every worker of
+    /// a projection must use the same count; changing it needs a rebuild.
+    /// A count over the maximum is refused when the processor starts
+    /// ([`ProjectionError::InvalidSetting`]), before anything is sized by
+    /// it.
+    ///
+    /// ```no_run
+    /// # use es_aggregate::projection::{Projection, ProjectionProcessor};
+    /// # async fn demo<P: Projection>(pool: sqlx::PgPool, projection: P) {
+    /// let processor = ProjectionProcessor::new(es_store::PostgresStore::new(), pool, projection)
+    ///     .with_partitions(u32::MAX);
+    /// let refused = processor.catch_up().await.unwrap_err();
+    /// assert!(matches!(
+    ///     refused,
+    ///     es_aggregate::ProjectionError::InvalidSetting { setting: "with_partitions", .. }
+    /// ));
+    /// # }
+    /// ```
     pub fn with_partitions(mut self, count: u32) -> Self {
         self.partitions = count.max(1);
         self
@@ -1045,6 +1142,44 @@ where
             projection: self.projection.name().to_owned(),
             source: source.into(),
         }
+    }
+
+    /// The first setting out of its allowed range, if any: refused before
+    /// anything is sized by it or sent to the database.
+    pub(crate) fn invalid_setting(&self) -> Option<ProjectionError> {
+        let (setting, value, allowed) = if self.partitions > MAX_PARTITIONS {
+            (
+                "with_partitions",
+                self.partitions.to_string(),
+                format!("1..={MAX_PARTITIONS}"),
+            )
+        } else if self.batch_size > i64::from(MAX_BATCH_SIZE) {
+            (
+                "with_batch_size",
+                self.batch_size.to_string(),
+                format!("1..={MAX_BATCH_SIZE}"),
+            )
+        } else if self.poll_interval < MIN_POLL_INTERVAL {
+            (
+                "with_poll_interval",
+                format!("{:?}", self.poll_interval),
+                format!("at least {MIN_POLL_INTERVAL:?}"),
+            )
+        } else if !(MIN_LEASE..=MAX_LEASE).contains(&self.lease) {
+            (
+                "with_lease",
+                format!("{:?}", self.lease),
+                format!("{MIN_LEASE:?}..={MAX_LEASE:?}"),
+            )
+        } else {
+            return None;
+        };
+        Some(ProjectionError::InvalidSetting {
+            projection: self.projection.name().to_owned(),
+            setting,
+            value,
+            allowed,
+        })
     }
 
     /// The checkpoint name of each partition.
@@ -1133,6 +1268,9 @@ where
     /// that a newer one superseded stops with
     /// [`ProjectionError::Superseded`] at its next batch.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), ProjectionError> {
+        if let Some(refused) = self.invalid_setting() {
+            return Err(refused);
+        }
         let mut wakeup = self.wakeup.clone();
         let mut appended = self.store.committed_appends();
         let partitions = self.checkpoint_names();
@@ -1307,52 +1445,58 @@ where
     /// catches up. The events up to the head of the feed at that moment
     /// are handled as replayed ([`Replay`]).
     ///
+    /// Safe beside running workers, in this process or others, and beside
+    /// other rebuilds: each event ends up in the read model exactly once.
+    /// Before it clears anything, the rebuild owns every partition: it
+    /// waits for the batches in flight to commit (or roll back), and no
+    /// batch starts until the reset commits; a batch after it starts from
+    /// checkpoint 0 (a page a worker read ahead is used only if it begins
+    /// where the checkpoint is). Its transaction has the processor's
+    /// [lease](Self::with_lease), as a batch has: a rebuild frozen while it
+    /// holds the partitions loses them, and cannot commit, when the lease
+    /// runs out. The reset also holds the lock a version
+    /// switch and a retirement take, so a version superseded meanwhile
+    /// refuses ([`ProjectionError::Superseded`]). A transient store
+    /// failure of the reset (a lock wait that timed out, a deadlock) is
+    /// tried again, up to 10 times in a row. On MySQL, `reset` must not
+    /// run DDL (`TRUNCATE`): it would commit the reset's transaction, and
+    /// its claims, early; delete the rows instead.
+    ///
     /// Readers of this version see its read model cleared and refilled: to
     /// rebuild without downtime, build a new [version](Projection::version)
     /// beside it instead ([`switch_when_caught_up`](Self::switch_when_caught_up)).
     pub async fn rebuild(&self) -> Result<CatchUp, ProjectionError> {
-        let mut version = self.register().await?;
-        let mut tx = self.pool.begin().await.map_err(|e| self.store_error(e))?;
-        // The read model first: a projection that cannot be reset refuses
-        // before anything is claimed.
-        if let Err(source) = self.projection.reset(&mut tx).await {
-            let projection = self.projection.name().to_owned();
-            return Err(if source.is::<NoReset>() {
-                ProjectionError::NoReset { projection }
-            } else {
-                ProjectionError::Reset { projection, source }
-            });
-        }
-        // Claim every partition, so that no processor is midway.
-        for (key, _) in self.checkpoint_names() {
-            loop {
-                match self.store.claim_checkpoint(&mut tx, &key).await {
-                    Ok(Some(_)) => break,
-                    Ok(None) => tokio::time::sleep(Duration::from_millis(20)).await,
-                    Err(e) => return Err(self.store_error(e)),
+        self.register().await?;
+        let mut failures = 0;
+        loop {
+            match self.try_reset().await {
+                Ok(true) => break,
+                // A checkpoint being created by another transaction.
+                Ok(false) => {}
+                // A lock wait that timed out, a deadlock, a lost
+                // connection: nothing was reset; again, a few times.
+                Err(ProjectionError::Store { source, .. })
+                    if source.is_transient() && failures < REBUILD_TRANSIENT_RETRIES =>
+                {
+                    failures += 1;
+                    tracing::warn!(
+                        projection = self.projection.name(),
+                        error = %source,
+                        "could not reset for a rebuild, trying again"
+                    );
                 }
+                Err(error) => return Err(error),
             }
-            self.store
-                .update_checkpoint(&mut tx, &key, 0)
-                .await
-                .map_err(|e| self.store_error(e))?;
+            tokio::time::sleep(versions::CLAIM_RETRY).await;
         }
-        version.replay_until = self
-            .store
-            .head_position(&mut tx)
-            .await
-            .map_err(|e| self.store_error(e))?;
-        version.partitions = self.partitions;
-        self.store
-            .update_projection_version(&mut tx, &version)
-            .await
-            .map_err(|e| self.store_error(e))?;
-        tx.commit().await.map_err(|e| self.store_error(e))?;
         self.catch_up().await
     }
 
     /// The projection's checkpoint and lag, in events and in time.
     pub async fn status(&self) -> Result<ProjectionStatus, ProjectionError> {
+        if let Some(refused) = self.invalid_setting() {
+            return Err(refused);
+        }
         let mut conn = self.pool.acquire().await.map_err(|e| self.store_error(e))?;
         let head = self
             .store

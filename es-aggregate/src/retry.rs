@@ -21,6 +21,12 @@ use std::time::Duration;
 /// unknown first looks the ids up, and returns the stored outcome if the
 /// lost attempt was committed.
 ///
+/// Every number is accepted, none panics: attempts below 1 are taken as 1,
+/// a maximum below the initial backoff as the initial one, a multiplier
+/// below 1 (or NaN, or infinite) as 1, and the waits saturate at the
+/// maximum, up to `Duration::MAX` (which `tokio::time::sleep` takes as
+/// "far in the future"), instead of overflowing.
+///
 /// ```
 /// use std::time::Duration;
 /// use es_aggregate::{Jitter, RetryPolicy};
@@ -303,15 +309,13 @@ impl RetryPolicy {
     /// The wait before transient retry number `retry` (1 for the first),
     /// with its equal jitter applied.
     pub fn transient_backoff(&self, retry: u32) -> Duration {
-        let exponent = retry.saturating_sub(1).min(64) as i32;
         let TransientRetries {
             initial_backoff,
             max_backoff,
             ..
         } = self.transient;
-        let nominal = initial_backoff.as_secs_f64() * 2f64.powi(exponent);
-        let capped = Duration::from_secs_f64(nominal.min(max_backoff.as_secs_f64()));
-        capped / 2 + (capped / 2).mul_f64(random_unit())
+        let capped = grown(initial_backoff, max_backoff, 2.0, retry);
+        capped / 2 + fraction(capped / 2, random_unit())
     }
 
     /// How long an aggregate counts as contended after a conflict; see
@@ -339,15 +343,41 @@ impl RetryPolicy {
     /// The wait before retry number `retry` (1 for the first retry), with
     /// jitter applied.
     pub fn backoff(&self, retry: u32) -> Duration {
-        let exponent = retry.saturating_sub(1).min(64) as i32;
-        let nominal = self.initial_backoff.as_secs_f64() * self.multiplier.powi(exponent);
-        let capped = Duration::from_secs_f64(nominal.min(self.max_backoff.as_secs_f64()));
+        let capped = grown(
+            self.initial_backoff,
+            self.max_backoff,
+            self.multiplier,
+            retry,
+        );
         match self.jitter {
             Jitter::None => capped,
-            Jitter::Full => capped.mul_f64(random_unit()),
-            Jitter::Equal => capped / 2 + (capped / 2).mul_f64(random_unit()),
+            Jitter::Full => fraction(capped, random_unit()),
+            Jitter::Equal => capped / 2 + fraction(capped / 2, random_unit()),
         }
     }
+}
+
+/// `initial * multiplier^(retry - 1)`, capped at `max`: saturating, so
+/// that no duration or multiplier (up to `Duration::MAX`, a multiplier of
+/// `f64::MAX`) overflows or panics.
+fn grown(initial: Duration, max: Duration, multiplier: f64, retry: u32) -> Duration {
+    let max = max.max(initial);
+    if initial.is_zero() {
+        return Duration::ZERO;
+    }
+    let exponent = retry.saturating_sub(1).min(64) as i32;
+    let nominal = initial.as_secs_f64() * multiplier.powi(exponent);
+    // An infinite (or NaN) product is past the maximum too.
+    if !nominal.is_finite() || nominal >= max.as_secs_f64() {
+        return max;
+    }
+    Duration::try_from_secs_f64(nominal).map_or(max, |d| d.clamp(initial, max))
+}
+
+/// `share` (in [0, 1)) of `d`, never more than `d` (a product rounded up
+/// past `Duration::MAX` would panic in `Duration::mul_f64`).
+fn fraction(d: Duration, share: f64) -> Duration {
+    Duration::try_from_secs_f64(d.as_secs_f64() * share).map_or(d, |part| part.min(d))
 }
 
 /// A uniformly distributed number in [0, 1), from the standard library's
@@ -474,6 +504,43 @@ mod tests {
                 .map(|_| equal.backoff(1))
                 .all(|d| d >= Duration::from_millis(5) && d <= Duration::from_millis(10))
         );
+    }
+
+    /// Settings at their extremes never panic: durations up to
+    /// `Duration::MAX`, multipliers up to `f64::MAX` (NaN and infinities
+    /// are taken as 1), any retry number.
+    #[test]
+    fn settings_at_their_extremes_never_panic_or_overflow() {
+        let huge = [
+            Duration::ZERO,
+            Duration::from_nanos(1),
+            Duration::from_secs(u64::MAX / 2),
+            Duration::MAX,
+        ];
+        for initial in huge {
+            for max in huge {
+                for multiplier in [1.0, 2.0, 1e300, f64::MAX, f64::INFINITY, f64::NAN] {
+                    for jitter in [Jitter::None, Jitter::Full, Jitter::Equal] {
+                        let policy = RetryPolicy::exponential(u32::MAX, initial, max)
+                            .with_multiplier(multiplier)
+                            .with_jitter(jitter)
+                            .with_transient_retries(u32::MAX, initial, max);
+                        for retry in [0, 1, 2, 64, 65, u32::MAX] {
+                            let wait = policy.backoff(retry);
+                            assert!(wait <= max.max(initial), "{wait:?} over {max:?}");
+                            assert!(policy.transient_backoff(retry) <= max.max(initial));
+                        }
+                    }
+                }
+            }
+        }
+        let none = RetryPolicy::fixed(0, Duration::MAX).with_jitter(Jitter::None);
+        assert_eq!(none.backoff(u32::MAX), Duration::MAX);
+        assert_eq!(none.max_attempts(), 1);
+        let grows = RetryPolicy::exponential(3, Duration::from_secs(1), Duration::MAX)
+            .with_jitter(Jitter::None);
+        assert_eq!(grows.backoff(3), Duration::from_secs(4));
+        assert_eq!(grows.backoff(u32::MAX), Duration::MAX, "saturates");
     }
 
     #[test]

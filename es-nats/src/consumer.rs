@@ -599,7 +599,9 @@ impl<E: EventSet> ConsumerBuilder<E> {
 
     /// How long JetStream waits for an acknowledgement before delivering
     /// a message again (default 30 s). A handler retried in place keeps
-    /// its message in progress.
+    /// its message in progress. At most [`MAX_ACK_WAIT`] (0 lets the
+    /// server choose its default); a longer one is refused by
+    /// [`build`](Self::build) with [`SetupError::InvalidSetting`].
     pub fn ack_wait(mut self, wait: Duration) -> Self {
         self.ack_wait = wait;
         self
@@ -611,7 +613,9 @@ impl<E: EventSet> ConsumerBuilder<E> {
         self
     }
 
-    /// Messages pulled at a time (default 256).
+    /// Messages pulled at a time (default 256): 1..=[`MAX_CONSUMER_BATCH`]
+    /// (0 is taken as 1); a larger batch is refused by
+    /// [`build`](Self::build) with [`SetupError::InvalidSetting`].
     pub fn batch(mut self, batch: usize) -> Self {
         self.batch = batch.max(1);
         self
@@ -648,8 +652,11 @@ impl<E: EventSet> ConsumerBuilder<E> {
     }
 
     /// Creates the durable consumer, or binds to it if it exists (a
-    /// consumer keeps the configuration it was created with).
+    /// consumer keeps the configuration it was created with). A setting
+    /// out of its range is refused first, with
+    /// [`SetupError::InvalidSetting`] (in [`ConsumerError::Setup`]).
     pub async fn build(self) -> Result<Consumer<E>, ConsumerError> {
+        self.check()?;
         let jetstream = jetstream::new(self.client);
         let stream = jetstream
             .get_stream(&self.stream)
@@ -684,6 +691,40 @@ impl<E: EventSet> ConsumerBuilder<E> {
             double_ack: self.double_ack,
             batch: self.batch,
             events: PhantomData,
+        })
+    }
+}
+
+/// The most messages a [`Consumer`] pulls at a time
+/// ([`ConsumerBuilder::batch`]): they are held in memory until handled.
+pub const MAX_CONSUMER_BATCH: usize = 10_000;
+
+/// The longest [`ConsumerBuilder::ack_wait`]: a message whose handler
+/// died is delivered again after it.
+pub const MAX_ACK_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+impl<E> ConsumerBuilder<E> {
+    /// Refuses settings out of their range, before anything is sent.
+    fn check(&self) -> Result<(), SetupError> {
+        let (setting, value, allowed) = if self.batch > MAX_CONSUMER_BATCH {
+            (
+                "batch",
+                self.batch.to_string(),
+                format!("1..={MAX_CONSUMER_BATCH}"),
+            )
+        } else if self.ack_wait > MAX_ACK_WAIT {
+            (
+                "ack_wait",
+                format!("{:?}", self.ack_wait),
+                format!("0s..={MAX_ACK_WAIT:?}"),
+            )
+        } else {
+            return Ok(());
+        };
+        Err(SetupError::InvalidSetting {
+            setting,
+            value,
+            allowed,
         })
     }
 }

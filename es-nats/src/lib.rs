@@ -55,12 +55,12 @@ mod stream;
 pub mod subject;
 
 pub use consumer::{
-    Consumer, ConsumerBuilder, ConsumerError, Delivery, EventHandler, OnFailure, OnUndecodable,
-    Undecodable,
+    Consumer, ConsumerBuilder, ConsumerError, Delivery, EventHandler, MAX_ACK_WAIT,
+    MAX_CONSUMER_BATCH, OnFailure, OnUndecodable, Undecodable,
 };
 pub use publisher::{
-    DEFAULT_MAX_IN_FLIGHT, PublishError, Publisher, PublisherBuilder, PublisherStats,
-    PublisherStatus,
+    DEFAULT_MAX_IN_FLIGHT, MAX_IN_FLIGHT, MAX_PUBLISH_WAIT, MIN_ACK_TIMEOUT, PublishError,
+    Publisher, PublisherBuilder, PublisherStats, PublisherStatus,
 };
 pub use stream::{DEFAULT_DUPLICATE_WINDOW, SetupError, StreamSettings};
 pub use subject::Subjects;

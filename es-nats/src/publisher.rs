@@ -24,6 +24,20 @@ use crate::{SetupError, StreamSettings, Subjects, headers};
 /// Unacknowledged publishes in flight at most, unless told.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 512;
 
+/// The most unacknowledged publishes in flight a publisher allows
+/// ([`PublisherBuilder::max_in_flight`]): each holds its message and its
+/// acknowledgement's future.
+pub const MAX_IN_FLIGHT: usize = 65_536;
+
+/// The longest [`outage_timeout`](PublisherBuilder::outage_timeout) and
+/// [`ack_timeout`](PublisherBuilder::ack_timeout): a batch's transaction
+/// stays open while it waits, far past any sane lease.
+pub const MAX_PUBLISH_WAIT: Duration = Duration::from_secs(3600);
+
+/// The shortest [`ack_timeout`](PublisherBuilder::ack_timeout): shorter,
+/// every publish would time out and be sent again at once.
+pub const MIN_ACK_TIMEOUT: Duration = Duration::from_millis(1);
+
 /// Publishes the store's feed to a JetStream stream: a [`Projection`],
 /// run by a [`ProjectionProcessor`], so its checkpoints, partitions,
 /// claims across processes, error policies and
@@ -248,9 +262,11 @@ impl PublisherBuilder {
     }
 
     /// Unacknowledged publishes in flight at most (default
-    /// [`DEFAULT_MAX_IN_FLIGHT`], at least 1): the backpressure on the
-    /// server and the memory a batch holds. A batch larger than this is
-    /// sent as a sliding window.
+    /// [`DEFAULT_MAX_IN_FLIGHT`]; 1..=[`MAX_IN_FLIGHT`], 0 is taken as 1):
+    /// the backpressure on the server and the memory a batch holds. A
+    /// batch larger than this is sent as a sliding window. A larger value
+    /// is refused by [`build`](Self::build) with
+    /// [`SetupError::InvalidSetting`].
     pub fn max_in_flight(mut self, max: usize) -> Self {
         self.max_in_flight = max.max(1);
         self
@@ -260,14 +276,19 @@ impl PublisherBuilder {
     /// server before the batch fails (default 10 s), to be retried by the
     /// processor. Keep it below the processor's
     /// [lease](ProjectionProcessor::with_lease) (30 s by default): the
-    /// batch's transaction is idle meanwhile.
+    /// batch's transaction is idle meanwhile. At most
+    /// [`MAX_PUBLISH_WAIT`] (zero fails the batch at the first failed
+    /// publish); a longer one is refused by [`build`](Self::build) with
+    /// [`SetupError::InvalidSetting`].
     pub fn outage_timeout(mut self, timeout: Duration) -> Self {
         self.outage_timeout = timeout;
         self
     }
 
     /// How long to wait for one acknowledgement (default 5 s) before
-    /// sending the event again.
+    /// sending the event again: [`MIN_ACK_TIMEOUT`]..=[`MAX_PUBLISH_WAIT`],
+    /// else refused by [`build`](Self::build) with
+    /// [`SetupError::InvalidSetting`].
     pub fn ack_timeout(mut self, timeout: Duration) -> Self {
         self.ack_timeout = timeout;
         self
@@ -276,8 +297,21 @@ impl PublisherBuilder {
     /// Creates the stream or checks it ([`StreamSettings::ensure`]) and
     /// makes the publisher. Fails with [`SetupError::NoJetStream`] when the
     /// server has no JetStream, [`SetupError::StreamMismatch`] when the
-    /// stream differs.
+    /// stream differs, and with [`SetupError::InvalidSetting`] (before
+    /// anything is sent) when a setting is out of its range.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: async_nats::Client) {
+    /// let refused = es_nats::Publisher::builder(client)
+    ///     .max_in_flight(usize::MAX)
+    ///     .build()
+    ///     .await
+    ///     .unwrap_err();
+    /// assert!(matches!(refused, es_nats::SetupError::InvalidSetting { setting: "max_in_flight", .. }));
+    /// # }
+    /// ```
     pub async fn build(self) -> Result<Publisher, SetupError> {
+        self.check()?;
         let jetstream = jetstream::ContextBuilder::new()
             .timeout(self.ack_timeout)
             // never the limit: the window below is
@@ -298,6 +332,41 @@ impl PublisherBuilder {
             outage_timeout: self.outage_timeout,
             counters: Arc::default(),
         })
+    }
+}
+
+impl PublisherBuilder {
+    /// Refuses settings out of their range.
+    fn check(&self) -> Result<(), SetupError> {
+        let refuse = |setting, value: String, allowed: String| {
+            Err(SetupError::InvalidSetting {
+                setting,
+                value,
+                allowed,
+            })
+        };
+        if self.max_in_flight > MAX_IN_FLIGHT {
+            return refuse(
+                "max_in_flight",
+                self.max_in_flight.to_string(),
+                format!("1..={MAX_IN_FLIGHT}"),
+            );
+        }
+        if self.outage_timeout > MAX_PUBLISH_WAIT {
+            return refuse(
+                "outage_timeout",
+                format!("{:?}", self.outage_timeout),
+                format!("0s..={MAX_PUBLISH_WAIT:?}"),
+            );
+        }
+        if !(MIN_ACK_TIMEOUT..=MAX_PUBLISH_WAIT).contains(&self.ack_timeout) {
+            return refuse(
+                "ack_timeout",
+                format!("{:?}", self.ack_timeout),
+                format!("{MIN_ACK_TIMEOUT:?}..={MAX_PUBLISH_WAIT:?}"),
+            );
+        }
+        Ok(())
     }
 }
 

@@ -304,6 +304,34 @@ pub enum SetupError {
         /// The stream.
         stream: String,
     },
+    /// A builder setting is out of its allowed range (see
+    /// [`PublisherBuilder::max_in_flight`](crate::PublisherBuilder::max_in_flight),
+    /// [`outage_timeout`](crate::PublisherBuilder::outage_timeout),
+    /// [`ack_timeout`](crate::PublisherBuilder::ack_timeout),
+    /// [`ConsumerBuilder::batch`](crate::ConsumerBuilder::batch) and
+    /// [`ack_wait`](crate::ConsumerBuilder::ack_wait)); refused before
+    /// anything was sent to the server.
+    ///
+    /// ```
+    /// let refused = es_nats::SetupError::InvalidSetting {
+    ///     setting: "max_in_flight",
+    ///     value: "18446744073709551615".into(),
+    ///     allowed: "1..=65536".into(),
+    /// };
+    /// assert_eq!(
+    ///     refused.to_string(),
+    ///     "max_in_flight(18446744073709551615) is out of range (allowed: 1..=65536); nothing was done"
+    /// );
+    /// ```
+    #[error("{setting}({value}) is out of range (allowed: {allowed}); nothing was done")]
+    InvalidSetting {
+        /// The builder's setter.
+        setting: &'static str,
+        /// The value it was given.
+        value: String,
+        /// The values it allows.
+        allowed: String,
+    },
     /// The NATS server or the connection failed.
     #[error("could not {what}: {source}")]
     Nats {

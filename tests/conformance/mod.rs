@@ -6,6 +6,7 @@
 pub mod documents;
 pub mod idempotency;
 pub mod projection;
+pub mod rebuild;
 pub mod repository;
 pub mod store;
 pub mod typed;
@@ -81,6 +82,10 @@ macro_rules! projection_conformance_tests {
             projection::the_skip_policy_skips_nothing_it_cannot_pin_down,
             projection::a_rebuild_resets_and_replays,
             projection::a_frozen_worker_loses_its_partition_when_its_lease_runs_out,
+            rebuild::a_rebuild_beside_partitioned_workers_handles_each_event_once,
+            rebuild::a_rebuild_beside_partitioned_workers_counts_each_event_once,
+            rebuild::a_rebuild_and_a_switch_to_a_new_version_leave_one_active_version,
+            rebuild::a_frozen_rebuild_loses_the_partitions_when_its_lease_runs_out,
             typed::a_typed_projection_gets_its_types_decoded_and_upcast,
             typed::a_rebuild_without_reset_refuses_and_changes_nothing,
             typed::run_follows_appends_of_this_process_live,

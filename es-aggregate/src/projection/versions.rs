@@ -240,6 +240,12 @@ where
     /// [`ProjectionError::Superseded`] for a version older than the active
     /// one.
     pub(super) async fn register(&self) -> Result<ProjectionVersion, ProjectionError> {
+        // Every way in (catch_up, run, rebuild, a switch) comes here
+        // first: settings out of range are refused before anything is
+        // sized by them.
+        if let Some(refused) = self.invalid_setting() {
+            return Err(refused);
+        }
         let me = self.projection.version();
         let name = self.projection.name();
         // Recorded already (every start but the first): no lock.
@@ -453,6 +459,72 @@ where
             }
         }
         Ok(Some(positions))
+    }
+
+    /// The reset of a [rebuild](Self::rebuild), in one transaction: takes
+    /// the version records' lock (so that a switch, a retirement or
+    /// another rebuild waits), checks that this version still runs, claims
+    /// every partition's checkpoint, waiting for the batches in flight to
+    /// end (so that none is in flight, and none starts, until it commits),
+    /// and only then clears the read model and moves every checkpoint back
+    /// to 0. `Ok(false)` when a checkpoint could not be claimed (being
+    /// created by another transaction): nothing was changed.
+    pub(super) async fn try_reset(&self) -> Result<bool, ProjectionError> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.store_error(e))?;
+        // It holds every partition, as a batch holds one: a rebuild frozen
+        // here loses them when its lease runs out, as a worker would.
+        self.store
+            .lease_transaction(&mut tx, self.lease)
+            .await
+            .map_err(|e| self.store_error(e))?;
+        self.lock_versions(&mut tx).await?;
+        let versions = self.list_versions(&mut tx).await?;
+        let Some(mut version) = self.known(&versions).map_err(|v| self.superseded(v))? else {
+            return Err(ProjectionError::Retired {
+                projection: self.projection.name().to_owned(),
+                version: self.projection.version(),
+            });
+        };
+        let keys: Vec<String> = self
+            .checkpoint_names()
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        // Every partition first: a batch that began before this claim
+        // commits before the reset below, or never (it holds its
+        // partition's claim until it ends, and this waits for it).
+        if self.claim_all(&mut tx, &keys).await?.is_none() {
+            self.rollback(tx).await?;
+            return Ok(false);
+        }
+        // A projection that cannot be reset refuses here; the transaction
+        // is rolled back and nothing changed.
+        if let Err(source) = self.projection.reset(&mut tx).await {
+            let projection = self.projection.name().to_owned();
+            return Err(if source.is::<super::NoReset>() {
+                ProjectionError::NoReset { projection }
+            } else {
+                ProjectionError::Reset { projection, source }
+            });
+        }
+        for key in &keys {
+            self.store
+                .update_checkpoint(&mut tx, key, 0)
+                .await
+                .map_err(|e| self.store_error(e))?;
+        }
+        version.replay_until = self
+            .store
+            .head_position(&mut tx)
+            .await
+            .map_err(|e| self.store_error(e))?;
+        version.partitions = self.partitions;
+        self.store
+            .update_projection_version(&mut tx, &version)
+            .await
+            .map_err(|e| self.store_error(e))?;
+        tx.commit().await.map_err(|e| self.store_error(e))?;
+        Ok(true)
     }
 
     /// Version 1 as it ran before versions were recorded: its checkpoint

@@ -152,7 +152,9 @@ where
     /// refuses a command the store would accept. (That first, cached
     /// attempt is not counted in [`Executed::attempts`].) Commands through
     /// [`Repository::execute_in`] neither use nor fill the cache.
-    /// `capacity` below 1 is taken as 1.
+    /// `capacity` below 1 is taken as 1. Nothing is allocated up front:
+    /// the cache grows with the aggregates commands run on, up to
+    /// `capacity` (any `usize` is accepted; `usize::MAX` is no bound).
     ///
     /// ```no_run
     /// # use es_aggregate::{Aggregate, Repository};
