@@ -87,7 +87,7 @@ pub use handler::{BatchFailure, HandlerError, Projection};
 pub(crate) use handler::{
     NoReset, NoRetire, event_span, no_reset, no_retire, transient_store_error,
 };
-pub(crate) use processor::Batch;
+pub(crate) use processor::{Batch, Cursor};
 pub use processor::{
     ErrorPolicy, MAX_BATCH_SIZE, MAX_LEASE, MAX_PARTITIONS, MIN_LEASE, MIN_POLL_INTERVAL,
     ProjectionProcessor,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use es_store::{PersistedEvent, ProjectionStore, ProjectionVersion, VersionState};
 
-use super::{Batch, Projection, ProjectionError, ProjectionProcessor};
+use super::{Batch, Cursor, Projection, ProjectionError, ProjectionProcessor};
 
 /// Which events of a batch are replayed: those at or before
 /// [`until`](Replay::until), the head of the feed when this version of the
@@ -566,18 +566,14 @@ where
     /// Batches on every partition until each is within a batch of the
     /// head.
     async fn close_to_head(&self) -> Result<(), ProjectionError> {
-        let mut policy_attempts = 1;
-        let mut ahead = None;
+        let mut cursor = Cursor::new();
         for (key, filter) in self.checkpoint_names() {
             loop {
-                match self
-                    .batch(&key, &filter, &mut policy_attempts, &mut ahead)
-                    .await?
-                {
+                match self.batch(&key, &filter, &mut cursor).await? {
                     Batch::Retry => {}
                     Batch::Handled { events, .. } if events as i64 >= self.batch_size => {}
                     Batch::Handled { .. } | Batch::Busy | Batch::Idle => {
-                        policy_attempts = 1;
+                        cursor.next_partition();
                         break;
                     }
                 }

@@ -2,6 +2,32 @@
 
 use super::*;
 
+/// Where a worker stands in the partition it is on, across the batches
+/// of one pass: owned by the loop that runs the batches (`run`,
+/// `catch_up`), handed to each batch.
+#[derive(Default)]
+pub(crate) struct Cursor {
+    /// The error policy's attempt at the batch that fails (1 when none
+    /// does); a partition's retry budget is its own.
+    pub(crate) policy_attempts: u32,
+    /// The next page, read while this batch is handled.
+    pub(crate) ahead: Option<ReadAhead>,
+}
+
+impl Cursor {
+    pub(crate) fn new() -> Self {
+        Self {
+            policy_attempts: 1,
+            ahead: None,
+        }
+    }
+
+    /// Moving to another partition: its retry budget starts afresh.
+    pub(crate) fn next_partition(&mut self) {
+        self.policy_attempts = 1;
+    }
+}
+
 /// A page being read ahead, while the batch before it is handled.
 pub(crate) struct ReadAhead {
     key: String,
@@ -37,13 +63,10 @@ where
         &self,
         key: &str,
         filter: &EventFilter,
-        policy_attempts: &mut u32,
-        ahead: &mut Option<ReadAhead>,
+        cursor: &mut Cursor,
     ) -> Result<Batch, ProjectionError> {
         let started = std::time::Instant::now();
-        let outcome = self
-            .claim_and_handle(key, filter, policy_attempts, ahead, started)
-            .await;
+        let outcome = self.claim_and_handle(key, filter, cursor, started).await;
         let metrics = self.metrics();
         match &outcome {
             Ok(Batch::Handled { events, .. }) if *events > 0 && metrics.lag_due() => {
@@ -72,13 +95,12 @@ where
         &self,
         key: &str,
         filter: &EventFilter,
-        policy_attempts: &mut u32,
-        ahead: &mut Option<ReadAhead>,
+        cursor: &mut Cursor,
         started: std::time::Instant,
     ) -> Result<Batch, ProjectionError> {
         // Wait for the read ahead before taking a connection: with a pool of
         // one, the read ahead may be waiting for it.
-        let read_ahead = match ahead.take() {
+        let read_ahead = match cursor.ahead.take() {
             Some(mut next) if next.key == key => match (&mut next.page).await {
                 Ok(Ok(page)) => Some((next.from, page)),
                 _ => None, // read it again below
@@ -111,7 +133,7 @@ where
         if self.prefetch && page.events.len() as i64 == self.batch_size {
             let (store, pool, filter) = (self.store.clone(), self.pool.clone(), filter.clone());
             let (from, limit) = (page.scanned_to, self.batch_size);
-            *ahead = Some(ReadAhead {
+            cursor.ahead = Some(ReadAhead {
                 key: key.to_owned(),
                 from,
                 page: tokio::spawn(async move {
@@ -166,7 +188,7 @@ where
                     page.events.last().map(|e| e.created_at),
                     started,
                 );
-                *policy_attempts = 1;
+                cursor.policy_attempts = 1;
                 Ok(Batch::Handled {
                     events: page.events.len() as u64,
                     skipped: 0,
@@ -208,7 +230,7 @@ where
                     checkpoint,
                     &page.events,
                     failure,
-                    policy_attempts,
+                    &mut cursor.policy_attempts,
                     &replay,
                 )
                 .instrument(span)

@@ -10,7 +10,7 @@ mod failure;
 mod run;
 
 use super::*;
-pub(crate) use batch::Batch;
+pub(crate) use batch::{Batch, Cursor};
 
 /// What a processor does when a handler fails. The failed batch is always
 /// rolled back first.
@@ -60,6 +60,12 @@ pub const MAX_LEASE: Duration = Duration::from_millis(i32::MAX as u64);
 /// transient store failure (a lock wait that timed out, a deadlock).
 const REBUILD_TRANSIENT_RETRIES: u32 = 10;
 
+/// How `run` retries a batch that failed in the store: waits from 50 ms up
+/// to 5 s, and gives up after 10 failures in a row that are not transient.
+fn batch_retry() -> RetryPolicy {
+    RetryPolicy::exponential(10, Duration::from_millis(50), Duration::from_secs(5))
+}
+
 /// Feeds one projection from the store.
 pub struct ProjectionProcessor<S: Backend, P> {
     pub(crate) store: S,
@@ -75,6 +81,11 @@ pub struct ProjectionProcessor<S: Backend, P> {
     pub(crate) give_up_after: Option<u32>,
     pub(crate) lease: Duration,
     pub(crate) auto_switch: bool,
+    /// How `run` retries a batch that failed in the store: the backoff
+    /// between tries, and how many failures in a row other than transient
+    /// ones it takes before giving up (transient ones: see
+    /// [`with_give_up_after`](Self::with_give_up_after)).
+    pub(crate) retry: RetryPolicy,
     /// Registered at the first batch, after the application installed its
     /// metrics recorder.
     pub(crate) metrics: std::sync::OnceLock<ProjectionMetrics>,
@@ -131,6 +142,7 @@ where
             lease: Duration::from_secs(30),
             auto_switch: true,
             metrics: std::sync::OnceLock::new(),
+            retry: batch_retry(),
         }
     }
 
@@ -362,23 +374,19 @@ where
         self.register().await?;
         let mut total = CatchUp::default();
         let mut pending = self.checkpoint_names();
-        let mut policy_attempts = 1;
-        let mut ahead = None;
+        let mut cursor = Cursor::new();
         while !pending.is_empty() {
             let mut still = Vec::new();
             for (key, filter) in pending {
                 loop {
-                    match self
-                        .batch(&key, &filter, &mut policy_attempts, &mut ahead)
-                        .await?
-                    {
+                    match self.batch(&key, &filter, &mut cursor).await? {
                         Batch::Busy => {
                             still.push((key, filter));
-                            policy_attempts = 1;
+                            cursor.next_partition();
                             break;
                         }
                         Batch::Idle => {
-                            policy_attempts = 1;
+                            cursor.next_partition();
                             break;
                         }
                         Batch::Retry => {}
