@@ -1,10 +1,9 @@
-//! What the CLI does differently on each backend: connecting, and the
-//! operator's reads (counts, checkpoint rows, applied migrations, claims,
-//! listeners) in plain SQL against the store's tables.
+//! What the CLI does differently on each backend: connecting, and what
+//! `tail --follow` waits on.
 //!
-//! The store's own API does everything else (reading streams and the feed,
-//! checkpoints, failures, migrations), so the CLI reads exactly as the
-//! framework does.
+//! The store's API does everything else (reading streams and the feed,
+//! checkpoints, failures, migrations, and the operator's reads through
+//! [`StoreAdmin`](es_store::admin::StoreAdmin)): the CLI holds no SQL.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,68 +20,9 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// its read ahead, a progress poll, and one to spare.
 const POOL_SIZE: u32 = 4;
 
-/// How long a PostgreSQL listener's registration counts (the store's
-/// `LISTENER_TTL_SECONDS`).
-#[cfg(feature = "postgres")]
-const LISTENER_TTL_SECONDS: u32 = 30;
-
-/// A migration recorded as applied in the store's migrations table.
-#[derive(Debug, Clone)]
-#[allow(unreachable_pub)] // named by the sealed trait
-pub struct Applied {
-    pub(crate) version: i64,
-    pub(crate) success: bool,
-    pub(crate) checksum: Vec<u8>,
-}
-
-/// A connection registered as listening to the store's notifications
-/// (PostgreSQL).
-#[derive(Debug, Clone)]
-#[allow(unreachable_pub)] // named by the sealed trait
-pub struct Listener {
-    pub(crate) pid: i32,
-    pub(crate) seen_secs_ago: f64,
-    pub(crate) application: Option<String>,
-    pub(crate) client: Option<String>,
-    pub(crate) alive: bool,
-}
-
-/// A store found in the database (by its migrations table), for the
-/// message that says where the stores are when the one asked for is not
-/// there.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(unreachable_pub)] // named by the sealed trait
-pub struct FoundStore {
-    /// Its schema (PostgreSQL) or database (MySQL); empty on SQLite.
-    pub(crate) schema: String,
-    /// Its migrations table: `_es_migrations`, or
-    /// `_es_migrations_<events table>`.
-    pub(crate) table: String,
-    /// Whether `schema` is the connection's current one (where the store
-    /// goes when no schema is named).
-    pub(crate) current: bool,
-}
-
-impl FoundStore {
-    /// Its events table, when it is not the default one.
-    pub(crate) fn events_table(&self) -> Option<&str> {
-        self.table
-            .strip_prefix("_es_migrations_")
-            .filter(|events| !events.is_empty())
-    }
-}
-
-/// Turns rows of (schema, table, current) into found stores.
-fn found(rows: Vec<(String, String, bool)>) -> Vec<FoundStore> {
-    rows.into_iter()
-        .filter(|(_, table, _)| table == "_es_migrations" || table.starts_with("_es_migrations_"))
-        .map(|(schema, table, current)| FoundStore {
-            schema,
-            table,
-            current,
-        })
-        .collect()
-}
+pub(crate) use es_store::admin::{
+    AppliedMigration as Applied, FoundStore, ListenerInfo as Listener,
+};
 
 /// Waits for new events in `tail --follow`: a notification where the
 /// backend sends them, else the polling interval.
@@ -124,7 +64,7 @@ pub(crate) mod sealed {
 
     /// The backend-specific half of [`CliStore`](super::CliStore).
     #[allow(unreachable_pub, private_interfaces)]
-    pub trait Ops: es_store::Store + Sized {
+    pub trait Ops: es_store::Store + es_store::admin::StoreAdmin + Sized {
         /// The backend's name, for messages.
         const NAME: &'static str;
 
@@ -150,55 +90,6 @@ pub(crate) mod sealed {
             &self,
             pool: &sqlx::Pool<Self::Database>,
         ) -> impl Future<Output = es_store::Result<()>> + Send;
-
-        /// Rows in `table` (quoted and qualified).
-        fn count(
-            pool: &sqlx::Pool<Self::Database>,
-            table: &str,
-        ) -> impl Future<Output = Result<i64, sqlx::Error>> + Send;
-
-        /// The migrations table's rows, by version.
-        fn applied(
-            pool: &sqlx::Pool<Self::Database>,
-            table: &str,
-        ) -> impl Future<Output = Result<Vec<Applied>, sqlx::Error>> + Send;
-
-        /// Every checkpoint row: (name, position), by name.
-        fn checkpoint_rows(
-            &self,
-            pool: &sqlx::Pool<Self::Database>,
-        ) -> impl Future<Output = Result<Vec<(String, i64)>, sqlx::Error>> + Send;
-
-        /// The projections with skipped events, and how many each.
-        fn failure_counts(
-            &self,
-            pool: &sqlx::Pool<Self::Database>,
-        ) -> impl Future<Output = Result<Vec<(String, i64)>, sqlx::Error>> + Send;
-
-        /// Deletes a projection's failure records (at `position`, or all).
-        fn delete_failures(
-            &self,
-            conn: &mut es_store::Connection<Self>,
-            name: &str,
-            position: Option<i64>,
-        ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
-
-        /// Every store in the database the pool is on, found by its
-        /// migrations table, by schema and table.
-        fn find_stores(
-            pool: &sqlx::Pool<Self::Database>,
-        ) -> impl Future<Output = Result<Vec<FoundStore>, sqlx::Error>> + Send;
-
-        /// The connections listening to the store's notifications, where
-        /// the backend has them (PostgreSQL; none elsewhere).
-        fn listeners(
-            &self,
-            pool: &sqlx::Pool<Self::Database>,
-            names: &Names,
-        ) -> impl Future<Output = Result<Option<Vec<Listener>>, sqlx::Error>> + Send {
-            let _ = (pool, names);
-            async { Ok(None) }
-        }
 
         /// What `tail --follow` waits on (polling, where the backend has no
         /// notifications).
@@ -231,110 +122,6 @@ pub(crate) mod sealed {
 pub trait CliStore: sealed::Ops {}
 
 impl<S: sealed::Ops> CliStore for S {}
-
-/// The SQL the backends share, with `$p` the placeholders.
-macro_rules! shared_ops {
-    ($p1:literal, $p2:literal, $name:literal) => {
-        fn count(
-            pool: &sqlx::Pool<Self::Database>,
-            table: &str,
-        ) -> impl Future<Output = Result<i64, sqlx::Error>> + Send {
-            let sql = format!("SELECT count(*) FROM {table}");
-            async move {
-                sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
-                    .fetch_one(pool)
-                    .await
-            }
-        }
-
-        fn applied(
-            pool: &sqlx::Pool<Self::Database>,
-            table: &str,
-        ) -> impl Future<Output = Result<Vec<Applied>, sqlx::Error>> + Send {
-            let sql = format!("SELECT version, success, checksum FROM {table} ORDER BY version");
-            async move {
-                let rows: Vec<(i64, bool, Vec<u8>)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .fetch_all(pool)
-                    .await?;
-                Ok(rows
-                    .into_iter()
-                    .map(|(version, success, checksum)| Applied {
-                        version,
-                        success,
-                        checksum,
-                    })
-                    .collect())
-            }
-        }
-
-        fn checkpoint_rows(
-            &self,
-            pool: &sqlx::Pool<Self::Database>,
-        ) -> impl Future<Output = Result<Vec<(String, i64)>, sqlx::Error>> + Send {
-            let sql = format!(
-                "SELECT {}, position FROM {} ORDER BY projection_name",
-                $name,
-                self.checkpoints_table()
-            );
-            async move {
-                sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .fetch_all(pool)
-                    .await
-            }
-        }
-
-        fn failure_counts(
-            &self,
-            pool: &sqlx::Pool<Self::Database>,
-        ) -> impl Future<Output = Result<Vec<(String, i64)>, sqlx::Error>> + Send {
-            let sql = format!(
-                "SELECT {}, count(*) FROM {} GROUP BY projection_name \
-                 ORDER BY projection_name",
-                $name,
-                self.failures_table()
-            );
-            async move {
-                sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .fetch_all(pool)
-                    .await
-            }
-        }
-
-        fn delete_failures(
-            &self,
-            conn: &mut es_store::Connection<Self>,
-            name: &str,
-            position: Option<i64>,
-        ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send {
-            let table = self.failures_table();
-            async move {
-                let done = match position {
-                    Some(position) => {
-                        sqlx::query(sqlx::AssertSqlSafe(format!(
-                            "DELETE FROM {table} WHERE projection_name = {} \
-                             AND global_position = {}",
-                            $p1, $p2
-                        )))
-                        .bind(name)
-                        .bind(position)
-                        .execute(&mut *conn)
-                        .await?
-                    }
-                    None => {
-                        sqlx::query(sqlx::AssertSqlSafe(format!(
-                            "DELETE FROM {table} WHERE projection_name = {}",
-                            $p1
-                        )))
-                        .bind(name)
-                        .execute(&mut *conn)
-                        .await?
-                    }
-                };
-                Ok(done.rows_affected())
-            }
-        }
-    };
-}
 
 /// Connects one connection to prove the server answers, then makes a lazy
 /// pool with the same options.
@@ -390,8 +177,9 @@ fn url_for_sqlx(url: &str, known: &[&str]) -> String {
 mod postgres {
     use super::*;
     use es_store::PostgresStore;
+    use es_store::listener::AppendListener;
     use sqlx::PgPool;
-    use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPoolOptions};
+    use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 
     impl sealed::Ops for PostgresStore {
         const NAME: &'static str = "PostgreSQL";
@@ -422,70 +210,12 @@ mod postgres {
             self.migrate(pool).await
         }
 
-        shared_ops!("$1", "$2", "projection_name");
-
-        async fn find_stores(pool: &PgPool) -> Result<Vec<FoundStore>, sqlx::Error> {
-            let rows = sqlx::query_as(
-                "SELECT n.nspname::text, c.relname::text, n.nspname = current_schema() \
-                 FROM pg_catalog.pg_class c \
-                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE c.relkind IN ('r', 'p') AND c.relname LIKE '\\_es\\_migrations%' \
-                 ORDER BY 1, 2",
-            )
-            .fetch_all(pool)
-            .await?;
-            Ok(found(rows))
-        }
-
-        async fn listeners(
-            &self,
-            pool: &PgPool,
-            names: &Names,
-        ) -> Result<Option<Vec<Listener>>, sqlx::Error> {
-            let table = listeners_table(names);
-            type Row = (i32, f64, Option<String>, Option<String>, bool);
-            let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT l.pid, extract(epoch FROM now() - l.seen)::float8, \
-                         nullif(a.application_name, ''), host(a.client_addr), a.pid IS NOT NULL \
-                     FROM {table} l \
-                     LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid \
-                     WHERE l.channel = $1 \
-                       AND l.seen > now() - interval '{LISTENER_TTL_SECONDS} seconds' \
-                     ORDER BY l.pid"
-            )))
-            .bind(self.notification_channel())
-            .fetch_all(pool)
-            .await?;
-            Ok(Some(
-                rows.into_iter()
-                    .map(|(pid, seen, application, client, alive)| Listener {
-                        pid,
-                        seen_secs_ago: seen,
-                        application,
-                        client,
-                        alive,
-                    })
-                    .collect(),
-            ))
-        }
-
-        async fn follower(&self, pool: &PgPool, names: &Names) -> Result<Follower, Error> {
-            let mut listener = PgListener::connect_with(pool)
+        async fn follower(&self, pool: &PgPool, _names: &Names) -> Result<Follower, Error> {
+            let listener = AppendListener::connect(self, pool)
                 .await
-                .map_err(crate::error::db_error)?;
-            listener
-                .listen(&self.notification_channel())
-                .await
-                .map_err(crate::error::db_error)?;
-            let mut listen = PgListen {
-                listener,
-                store: self.clone(),
-                table: listeners_table(names),
-                refreshed: None,
-            };
-            listen.refresh().await.map_err(crate::error::store_error)?;
+                .map_err(crate::error::store_error)?;
             Ok(Follower {
-                listen: Some(Box::new(listen)),
+                listen: Some(Box::new(listener)),
             })
         }
 
@@ -498,78 +228,17 @@ mod postgres {
         }
     }
 
-    /// The store's listeners table, quoted and qualified.
-    fn listeners_table(names: &Names) -> String {
-        let table = format!("\"{}_listeners\"", names.events());
-        match &names.schema {
-            Some(schema) => format!("\"{schema}\".{table}"),
-            None => table,
-        }
-    }
-
-    /// LISTEN on the store's channel, registered as the store's
-    /// `Notifier` is, so that appends notify while `tail --follow` runs.
-    struct PgListen {
-        listener: PgListener,
-        store: PostgresStore,
-        table: String,
-        refreshed: Option<std::time::Instant>,
-    }
-
-    /// How often the registration is refreshed (it lapses after 30 s).
-    const REFRESH: Duration = Duration::from_secs(10);
-
-    impl PgListen {
-        async fn refresh(&mut self) -> es_store::Result<()> {
-            let conn = sqlx::Acquire::acquire(&mut self.listener).await?;
-            self.store.register_listener(conn).await?;
-            self.refreshed = Some(std::time::Instant::now());
-            Ok(())
-        }
-    }
-
-    impl Listen for PgListen {
+    /// The store's listener: LISTEN on its channel, registered so that
+    /// appends notify while `tail --follow` runs.
+    impl Listen for AppendListener {
         fn wait(&mut self, timeout: Duration) -> BoxFuture<'_, ()> {
             Box::pin(async move {
-                let since = self.refreshed.map(|at| at.elapsed());
-                if since.is_none_or(|since| since >= REFRESH) {
-                    // A failure here is a lost connection: the next receive
-                    // reconnects, and the next wait registers again.
-                    if self.refresh().await.is_err() {
-                        self.refreshed = None;
-                    }
-                }
-                let until_refresh =
-                    REFRESH.saturating_sub(self.refreshed.map_or(REFRESH, |at| at.elapsed()));
-                let wait = timeout.min(until_refresh.max(Duration::from_millis(10)));
-                match tokio::time::timeout(wait, self.listener.try_recv()).await {
-                    Ok(Ok(Some(_))) => while self.listener.next_buffered().is_some() {},
-                    // The connection was lost (and is made again by the
-                    // next receive): events may have come meanwhile, so
-                    // return and read; register the new connection.
-                    Ok(Ok(None)) => self.refreshed = None,
-                    Ok(Err(_)) => {
-                        self.refreshed = None;
-                        tokio::time::sleep(wait).await;
-                    }
-                    Err(_) => {}
-                }
+                let _ = AppendListener::wait(self, timeout).await;
             })
         }
 
-        fn close(mut self: Box<Self>) -> BoxFuture<'static, ()> {
-            Box::pin(async move {
-                let table = self.table.clone();
-                let channel = self.store.notification_channel();
-                if let Ok(conn) = sqlx::Acquire::acquire(&mut self.listener).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DELETE FROM {table} WHERE channel = $1 AND pid = pg_backend_pid()"
-                    )))
-                    .bind(channel)
-                    .execute(conn)
-                    .await;
-                }
-            })
+        fn close(self: Box<Self>) -> BoxFuture<'static, ()> {
+            Box::pin(AppendListener::close(*self))
         }
     }
 }
@@ -634,19 +303,6 @@ mod sqlite {
             self.migrate(pool).await
         }
 
-        shared_ops!("?1", "?2", "projection_name");
-
-        async fn find_stores(pool: &SqlitePool) -> Result<Vec<FoundStore>, sqlx::Error> {
-            let rows = sqlx::query_as(
-                "SELECT '', name, 1 FROM sqlite_master \
-                 WHERE type = 'table' AND name LIKE '\\_es\\_migrations%' ESCAPE '\\' \
-                 ORDER BY 2",
-            )
-            .fetch_all(pool)
-            .await?;
-            Ok(found(rows))
-        }
-
         fn registered(registry: &Registry) -> &[Factory<Self>] {
             &registry.sqlite
         }
@@ -705,24 +361,6 @@ mod mysql {
         }
 
         // Names are binary strings on MySQL: read them as text.
-        shared_ops!("?", "?", "CONVERT(projection_name USING utf8mb4)");
-
-        async fn find_stores(pool: &MySqlPool) -> Result<Vec<FoundStore>, sqlx::Error> {
-            let rows: Vec<(String, String, i64)> = sqlx::query_as(
-                "SELECT CONVERT(table_schema USING utf8mb4), CONVERT(table_name USING utf8mb4), \
-                        CAST(table_schema <=> DATABASE() AS SIGNED) \
-                 FROM information_schema.tables \
-                 WHERE table_name LIKE '\\_es\\_migrations%' \
-                 ORDER BY 1, 2",
-            )
-            .fetch_all(pool)
-            .await?;
-            Ok(found(
-                rows.into_iter()
-                    .map(|(schema, table, current)| (schema, table, current != 0))
-                    .collect(),
-            ))
-        }
 
         fn registered(registry: &Registry) -> &[Factory<Self>] {
             &registry.mysql

@@ -44,6 +44,7 @@ compile_error!(
      `postgres`, `sqlite` or `mysql` (for example `es = { features = [\"postgres\"] }`)"
 );
 
+pub mod admin;
 mod command;
 mod core;
 pub mod documents;
@@ -52,6 +53,8 @@ mod error;
 mod event;
 mod filter;
 pub mod limits;
+#[cfg(feature = "postgres")]
+pub mod listener;
 #[cfg(feature = "mysql")]
 mod mysql;
 mod names;

@@ -25,18 +25,14 @@ struct FailureJson<'a> {
 /// with failures, or registered here.
 async fn known<S: CliStore>(ctx: &Ctx<S>) -> Result<Vec<String>, Error> {
     let mut names: Vec<String> = ctx
-        .store
-        .checkpoint_rows(&ctx.pool)
-        .await
-        .map_err(db_error)?
+        .checkpoint_rows()
+        .await?
         .into_iter()
         .map(|(key, _)| split_key(&key).0.to_owned())
         .collect();
     names.extend(
-        ctx.store
-            .failure_counts(&ctx.pool)
-            .await
-            .map_err(db_error)?
+        ctx.failure_counts()
+            .await?
             .into_iter()
             .map(|(name, _)| name),
     );
@@ -89,10 +85,8 @@ pub(crate) async fn list<S: CliStore>(
             vec![name.to_owned()]
         }
         None => ctx
-            .store
-            .failure_counts(&ctx.pool)
-            .await
-            .map_err(db_error)?
+            .failure_counts()
+            .await?
             .into_iter()
             .map(|(name, _)| name)
             .collect(),
@@ -163,7 +157,7 @@ pub(crate) async fn discard<S: CliStore>(
         .store
         .delete_failures(&mut conn, name, position)
         .await
-        .map_err(db_error)?;
+        .map_err(store_error)?;
     let mut out = std::io::stdout();
     match position {
         Some(position) if removed == 0 => Err(Error::NotFound(format!(
@@ -259,7 +253,7 @@ pub(crate) async fn retry<S: CliStore>(
                 ctx.store
                     .delete_failures(&mut tx, name, Some(at))
                     .await
-                    .map_err(db_error)?;
+                    .map_err(store_error)?;
                 tx.commit().await.map_err(db_error)?;
                 writeln!(out, "position {at}: handled, its failure record removed")?;
             }

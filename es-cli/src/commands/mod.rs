@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::args::{Args, Command, FailuresAction, ProjectionsAction};
-use crate::backend::{Applied, CliStore, FoundStore};
+use crate::backend::{Applied, CliStore, FoundStore, Listener};
 use crate::config::Location;
 use crate::embedded::{Registered, Registry};
-use crate::error::{db_error, store_error};
+use crate::error::store_error;
 use crate::{Error, format};
 
 /// What every command works with.
@@ -45,11 +45,13 @@ impl<S: CliStore> Ctx<S> {
     /// The migrations recorded as applied; `None` when the store has no
     /// migrations table (it was never migrated).
     pub(crate) async fn applied(&self) -> Result<Option<Vec<Applied>>, Error> {
-        let table = self.store.sql().migrator().table_name.clone();
-        match S::applied(&self.pool, &table).await {
+        let mut conn = self.conn().await?;
+        match self.store.applied_migrations(&mut conn).await {
             Ok(applied) => Ok(Some(applied)),
-            Err(error) if crate::error::is_missing_table(&error) => Ok(None),
-            Err(error) => Err(db_error(error)),
+            Err(es_store::Error::Database(error)) if crate::error::is_missing_table(&error) => {
+                Ok(None)
+            }
+            Err(error) => Err(store_error(error)),
         }
     }
 
@@ -110,18 +112,19 @@ impl<S: CliStore> Ctx<S> {
             "events" => "_es_migrations".to_owned(),
             events => format!("_es_migrations_{events}"),
         };
-        let found: Vec<FoundStore> = S::find_stores(&self.pool)
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|store| {
-                let here = match &names.schema {
-                    Some(schema) => *schema == store.schema,
-                    None => store.current,
-                };
-                !(here && store.table == ours)
-            })
-            .collect();
+        let found: Vec<FoundStore> = match self.conn().await {
+            Ok(mut conn) => self.store.find_stores(&mut conn).await.unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
+        .into_iter()
+        .filter(|store| {
+            let here = match &names.schema {
+                Some(schema) => *schema == store.schema,
+                None => store.current,
+            };
+            !(here && store.table == ours)
+        })
+        .collect();
         let mut listed: Vec<String> = found
             .iter()
             .take(LISTED)
@@ -152,6 +155,53 @@ impl<S: CliStore> Ctx<S> {
 
     pub(crate) async fn conn(&self) -> Result<sqlx::pool::PoolConnection<S::Database>, Error> {
         es_store::acquire(&self.pool).await.map_err(store_error)
+    }
+
+    /// Every checkpoint row: (name, position), by name.
+    pub(crate) async fn checkpoint_rows(&self) -> Result<Vec<(String, i64)>, Error> {
+        let mut conn = self.conn().await?;
+        let rows = self.store.checkpoint_rows(&mut conn).await;
+        Ok(rows
+            .map_err(store_error)?
+            .into_iter()
+            .map(|row| (row.name, row.position))
+            .collect())
+    }
+
+    /// The projections with skipped events, and how many each.
+    pub(crate) async fn failure_counts(&self) -> Result<Vec<(String, i64)>, Error> {
+        let mut conn = self.conn().await?;
+        let counts = self.store.failure_counts(&mut conn).await;
+        Ok(counts
+            .map_err(store_error)?
+            .into_iter()
+            .map(|count| (count.projection_name, count.count))
+            .collect())
+    }
+
+    /// How many events the store holds.
+    pub(crate) async fn count_events(&self) -> Result<i64, Error> {
+        let mut conn = self.conn().await?;
+        self.store
+            .count_events(&mut conn)
+            .await
+            .map_err(store_error)
+    }
+
+    /// How many aggregates the store holds.
+    pub(crate) async fn count_aggregates(&self) -> Result<i64, Error> {
+        let mut conn = self.conn().await?;
+        self.store
+            .count_aggregates(&mut conn)
+            .await
+            .map_err(store_error)
+    }
+
+    /// The connections listening to the store's notifications, where the
+    /// backend has them.
+    pub(crate) async fn listeners(&self) -> Result<Option<Vec<Listener>>, Error> {
+        let mut conn = self.conn().await?;
+        self.store.listeners(&mut conn).await.map_err(store_error)
     }
 }
 

@@ -99,11 +99,7 @@ fn keys_for(name: &str, count: usize) -> Vec<String> {
 async fn checkpoints<S: CliStore>(
     ctx: &Ctx<S>,
 ) -> Result<BTreeMap<String, (bool, Vec<(String, i64)>)>, Error> {
-    let rows = ctx
-        .store
-        .checkpoint_rows(&ctx.pool)
-        .await
-        .map_err(db_error)?;
+    let rows = ctx.checkpoint_rows().await?;
     let mut projections: BTreeMap<String, (bool, Vec<(String, i64)>)> = BTreeMap::new();
     for (key, position) in rows {
         let (name, _) = split_key(&key);
@@ -131,11 +127,7 @@ pub(crate) async fn gather<S: CliStore>(
     claims: bool,
 ) -> Result<(i64, Vec<ProjectionInfo>), Error> {
     let mut projections = checkpoints(ctx).await?;
-    let failures = ctx
-        .store
-        .failure_counts(&ctx.pool)
-        .await
-        .map_err(db_error)?;
+    let failures = ctx.failure_counts().await?;
     for (name, _) in &failures {
         projections.entry(name.clone()).or_default();
     }
@@ -705,11 +697,7 @@ async fn follow_rebuild<S: CliStore>(
     let mut progress = Progress::new(format!("rebuild {name}"), target as u64);
     let (mut last, mut moved_at) = (0u64, Instant::now());
     loop {
-        let rows = ctx
-            .store
-            .checkpoint_rows(&ctx.pool)
-            .await
-            .map_err(db_error)?;
+        let rows = ctx.checkpoint_rows().await?;
         let checkpoints: Vec<i64> = keys
             .iter()
             .map(|(key, _)| {

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::{Ctx, table};
 use crate::backend::CliStore;
-use crate::error::{db_error, store_error};
+use crate::error::store_error;
 use crate::{Error, format};
 
 #[derive(Serialize)]
@@ -83,12 +83,8 @@ pub(crate) async fn status<S: CliStore>(ctx: &Ctx<S>, json: bool) -> Result<(), 
             .map(|a| a.version)
             .collect(),
     };
-    let events = S::count(&ctx.pool, &ctx.store.sql().events_table())
-        .await
-        .map_err(db_error)?;
-    let aggregates = S::count(&ctx.pool, &ctx.store.sql().heads_table())
-        .await
-        .map_err(db_error)?;
+    let events = ctx.count_events().await?;
+    let aggregates = ctx.count_aggregates().await?;
     let head = {
         let mut conn = ctx.conn().await?;
         ctx.store
@@ -96,11 +92,7 @@ pub(crate) async fn status<S: CliStore>(ctx: &Ctx<S>, json: bool) -> Result<(), 
             .await
             .map_err(store_error)?
     };
-    let listeners = ctx
-        .store
-        .listeners(&ctx.pool, &ctx.location.names)
-        .await
-        .map_err(db_error)?;
+    let listeners = ctx.listeners().await?;
     let (_, projections) = super::projections::gather(ctx, false).await?;
     let status = Status {
         backend: S::NAME,

@@ -21,7 +21,7 @@
 
 mod append;
 mod codec;
-mod sql;
+pub(crate) mod sql;
 
 use sqlx::{Acquire, AssertSqlSafe, PgConnection};
 
@@ -142,6 +142,18 @@ impl SqlStore<Postgres> {
             .clone()
             .expect("rendered for PostgreSQL");
         sqlx::query(AssertSqlSafe(sql))
+            .bind(self.notification_channel())
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes the registration [`register_listener`](Self::register_listener)
+    /// made for the connection `conn` (appends stop notifying once no
+    /// registration is live).
+    pub async fn unregister_listener(&self, conn: &mut PgConnection) -> Result<()> {
+        let table = self.names().derived_qualified(crate::names::LISTENERS);
+        sqlx::query(AssertSqlSafe(sql::unregister_listener(&table)))
             .bind(self.notification_channel())
             .execute(&mut *conn)
             .await?;

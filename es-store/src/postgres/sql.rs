@@ -689,3 +689,8 @@ fn append(n: &Names, check: HeadCheck, batch: Batch) -> String {
          RETURNING global_position, aggregate_version"
     )
 }
+
+/// The statement of [`PostgresStore::unregister_listener`](crate::PostgresStore::unregister_listener).
+pub(crate) fn unregister_listener(listeners: &str) -> String {
+    format!("DELETE FROM {listeners} WHERE channel = $1 AND pid = pg_backend_pid()")
+}
