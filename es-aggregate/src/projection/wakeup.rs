@@ -66,43 +66,18 @@ impl Notifier {
         let own = sqlx::postgres::PgPoolOptions::new()
             .max_connections(1)
             .connect_lazy_with((*pool.connect_options()).clone());
-        let mut listener = sqlx::postgres::PgListener::connect_with(&own).await?;
-        let channel = store.notification_channel();
-        listener.listen(&channel).await?;
-        register(store, &mut listener).await?;
+        // The store's one listener: LISTEN, registration, reconnection.
+        let mut listener = es_store::listener::AppendListener::connect(store, &own).await?;
         let (tx, wakeups) = watch::channel(0u64);
-        let store = store.clone();
         let task = tokio::spawn(async move {
-            let mut refresh = tokio::time::interval(Duration::from_secs(10));
-            refresh.tick().await; // the first tick is now: registered already
             loop {
-                let received = tokio::select! {
-                    received = listener.try_recv() => received,
-                    _ = refresh.tick() => {
-                        if let Err(error) = register(&store, &mut listener).await {
-                            tracing::warn!(channel, %error, "could not refresh the listener registration");
-                        }
-                        continue;
-                    }
-                };
-                match received {
-                    Ok(Some(_)) => {}
-                    Ok(None) => {
-                        tracing::debug!(channel, "notification connection lost, reconnecting");
-                        // Reconnects, listens again, registers the new connection.
-                        if let Err(error) = register(&store, &mut listener).await {
-                            tracing::warn!(channel, %error, "could not register after reconnecting");
-                        }
-                    }
-                    Err(sqlx::Error::PoolClosed) => return,
-                    Err(error) => {
-                        tracing::warn!(channel, %error, "notification connection failed, retrying");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
+                // A short wait bounds the pause after a failed connection.
+                match listener.wait(Duration::from_millis(500)).await {
+                    es_store::listener::Wakeup::Timeout => {}
+                    // Notified, or reconnecting (appends may have come
+                    // meanwhile): wake once.
+                    _ => tx.send_modify(|n| *n = n.wrapping_add(1)),
                 }
-                // Drain what is buffered, then wake once.
-                while listener.next_buffered().is_some() {}
-                tx.send_modify(|n| *n = n.wrapping_add(1));
             }
         });
         Ok(Self { wakeups, task })
@@ -114,17 +89,6 @@ impl Notifier {
         rx.mark_unchanged();
         Wakeup(rx)
     }
-}
-
-#[cfg(feature = "postgres")]
-/// Registers the listener's connection (connecting and listening again
-/// first if it was lost).
-async fn register(
-    store: &es_store::PostgresStore,
-    listener: &mut sqlx::postgres::PgListener,
-) -> Result<(), es_store::Error> {
-    let conn = sqlx::Acquire::acquire(&mut *listener).await?;
-    store.register_listener(conn).await
 }
 
 #[cfg(feature = "postgres")]
