@@ -65,7 +65,9 @@ use std::time::{Duration, Instant};
 
 use backend::{Conn, NewEvent, Opened, Pool, Target, Variant};
 use domain::{Account, AccountCommand, AccountError, AccountEvent};
-use es::aggregate::projection::{BatchFailure, HandlerError, Projection, ProjectionProcessor};
+use es::aggregate::projection::{
+    BatchFailure, Context, HandlerError, Projection, ProjectionProcessor,
+};
 use es::store::{Event, EventStore, ExpectedVersion, PersistedEvent, Snapshot, SnapshotStore};
 use es::{Repository, RepositoryError, RetryPolicy};
 use plain::Plain;
@@ -979,18 +981,12 @@ impl<T: Target> Projection<T::Db> for Copy<T> {
         Ok(())
     }
 
-    async fn handle(&self, tx: &mut Conn<T>, event: &PersistedEvent) -> Result<(), HandlerError> {
-        self.handle_batch(tx, std::slice::from_ref(event))
-            .await
-            .map_err(|f| f.error)
-    }
-
-    async fn handle_batch(
+    async fn handle_page(
         &self,
-        tx: &mut Conn<T>,
+        ctx: &mut Context<'_, T::Db>,
         events: &[PersistedEvent],
     ) -> Result<(), BatchFailure> {
-        T::copy_rows(tx, &self.table, events)
+        T::copy_rows(ctx.tx(), &self.table, events)
             .await
             .map_err(BatchFailure::whole_batch)
     }

@@ -109,6 +109,14 @@ where
         conn: &'a mut Connection<S>,
         event: &'a PersistedEvent,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(self.projection().handle(conn, event))
+        Box::pin(async move {
+            let projection = self.projection();
+            let replay = es_aggregate::projection::Replay::none(projection.version());
+            let mut ctx = es_aggregate::projection::Context::new(conn, replay);
+            projection
+                .handle_page(&mut ctx, std::slice::from_ref(event))
+                .await
+                .map_err(|failure| failure.error)
+        })
     }
 }

@@ -1289,12 +1289,12 @@ impl<DB: sqlx::Database> Projection<DB> for Announcer {
         true
     }
 
-    async fn handle(
+    async fn handle_page(
         &self,
-        tx: &mut DB::Connection,
-        event: &PersistedEvent,
-    ) -> Result<(), HandlerError> {
-        Projection::<DB>::handle(&*self.0, tx, event).await
+        ctx: &mut es::aggregate::projection::Context<'_, DB>,
+        events: &[PersistedEvent],
+    ) -> Result<(), es::aggregate::projection::BatchFailure> {
+        Projection::<DB>::handle_page(&*self.0, ctx, events).await
     }
 
     async fn reset(&self, tx: &mut DB::Connection) -> Result<(), HandlerError> {

@@ -81,6 +81,7 @@ macro_rules! projection_conformance_tests {
             projection::a_whole_batch_failure_is_traced_to_its_event,
             projection::the_skip_policy_skips_nothing_it_cannot_pin_down,
             projection::a_rebuild_resets_and_replays,
+            projection::a_page_handler_gets_every_event_once_in_pages,
             projection::a_frozen_worker_loses_its_partition_when_its_lease_runs_out,
             rebuild::a_rebuild_beside_partitioned_workers_handles_each_event_once,
             rebuild::a_rebuild_beside_partitioned_workers_counts_each_event_once,

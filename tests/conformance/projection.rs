@@ -792,3 +792,130 @@ pub async fn a_frozen_worker_loses_its_partition_when_its_lease_runs_out<F: Fixt
         db.finish().await;
     }
 }
+
+/// A projection written against the one entry point, `handle_page`: a
+/// page at a time, told the replay, with nothing else implemented.
+struct Pages<F> {
+    pages: Mutex<Vec<usize>>,
+    fixture: PhantomData<fn() -> F>,
+}
+
+impl<F: Fixture> Projection<F::Db> for Pages<F> {
+    fn name(&self) -> &str {
+        "pages"
+    }
+
+    async fn handle_page(
+        &self,
+        ctx: &mut es::aggregate::projection::Context<'_, F::Db>,
+        events: &[PersistedEvent],
+    ) -> Result<(), BatchFailure> {
+        self.pages.lock().unwrap().push(events.len());
+        for (index, event) in events.iter().enumerate() {
+            let row = Handled {
+                event_id: event.event_id,
+                global_position: event.global_position,
+                aggregate_id: event.aggregate_id.clone(),
+                aggregate_version: event.aggregate_version,
+                worker: if ctx.is_replaying(event) {
+                    "replay"
+                } else {
+                    "live"
+                }
+                .to_owned(),
+            };
+            F::record(ctx.tx(), &row)
+                .await
+                .map_err(|error| BatchFailure::at(index, error))?;
+        }
+        Ok(())
+    }
+
+    async fn reset(
+        &self,
+        tx: &mut <F::Db as sqlx::Database>::Connection,
+    ) -> Result<(), HandlerError> {
+        F::clear_read_model(tx).await?;
+        Ok(())
+    }
+}
+
+/// A projection that implements no handler at all.
+struct NoHandlerAtAll;
+
+impl<DB: sqlx::Database> Projection<DB> for NoHandlerAtAll {
+    fn name(&self) -> &str {
+        "no_handler"
+    }
+}
+
+/// The one handler entry point: a projection that implements only
+/// `handle_page` gets every event once, in order, in pages of the batch
+/// size, told which are replays after a rebuild; the deprecated
+/// per-event `handle` reaches it too (as earlier callers use it); and a
+/// projection implementing no handler fails with a clear error instead of
+/// recursing.
+pub async fn a_page_handler_gets_every_event_once_in_pages<F: Fixture>() {
+    let db = F::create().await;
+    db.create_read_model().await;
+    let events = append_events(&db, "Billing", "Account", 3, 10).await;
+    let pages = Pages::<F> {
+        pages: Mutex::new(Vec::new()),
+        fixture: PhantomData,
+    };
+    let p =
+        ProjectionProcessor::new(db.store().clone(), db.pool().clone(), pages).with_batch_size(4);
+    assert_eq!(p.catch_up().await.unwrap().events, 10);
+    assert_eq!(*p.projection().pages.lock().unwrap(), vec![4, 4, 2]);
+    let handled = db.handled().await;
+    assert_eq!(positions(&handled), positions_of(&events));
+    // stored before the version started: replays
+    assert!(
+        handled.iter().all(|row| row.worker == "replay"),
+        "{handled:?}"
+    );
+    // what comes after is live
+    let later = append_events(&db, "Billing", "Account", 3, 3).await;
+    assert_eq!(p.catch_up().await.unwrap().events, 3);
+    let handled = db.handled().await;
+    assert_eq!(positions(&handled[10..]), positions_of(&later));
+    assert!(
+        handled[10..].iter().all(|row| row.worker == "live"),
+        "{handled:?}"
+    );
+    let events: Vec<PersistedEvent> = events.into_iter().chain(later).collect();
+    // a rebuild replays them all, and says so
+    p.rebuild().await.unwrap();
+    let handled = db.handled().await;
+    assert_eq!(positions(&handled), positions_of(&events));
+    assert!(
+        handled.iter().all(|row| row.worker == "replay"),
+        "{handled:?}"
+    );
+    // the deprecated per-event entry point reaches handle_page
+    F::clear_read_model(&mut *db.pool().acquire().await.unwrap())
+        .await
+        .unwrap();
+    let mut tx = db.pool().begin().await.unwrap();
+    #[allow(deprecated)]
+    Projection::<F::Db>::handle(p.projection(), &mut *tx, &events[0])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        positions(&db.handled().await),
+        vec![events[0].global_position]
+    );
+    // no handler at all: a typed failure, not a stack overflow
+    let none = ProjectionProcessor::new(db.store().clone(), db.pool().clone(), NoHandlerAtAll);
+    let err = none.catch_up().await.unwrap_err();
+    assert!(
+        matches!(&err, ProjectionError::Handler { .. }) && err.to_string().contains("neither"),
+        "{err}"
+    );
+    db.finish().await;
+}
+
+fn positions_of(events: &[PersistedEvent]) -> Vec<i64> {
+    events.iter().map(|e| e.global_position).collect()
+}

@@ -7,10 +7,16 @@ pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A read model fed by events.
 ///
+/// A projection handles the events of its [filter](Projection::filter) a
+/// page at a time ([`handle_page`](Projection::handle_page)), in the
+/// transaction that also moves its checkpoint past them, so that a page's
+/// writes and the checkpoint commit together. The [`Context`] holds the
+/// transaction and says which events are replays.
+///
 /// ```no_run
-/// use es_aggregate::projection::{HandlerError, Projection};
+/// use es_aggregate::projection::{BatchFailure, Context, HandlerError, Projection};
 /// use es_store::{EventFilter, PersistedEvent};
-/// use sqlx::PgConnection;
+/// use sqlx::Postgres;
 ///
 /// /// How many events each aggregate has, in table `event_counts`.
 /// struct EventCounts;
@@ -24,18 +30,22 @@ pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
 ///         EventFilter::all().bounded_context("Billing")
 ///     }
 ///
-///     async fn handle(&self, tx: &mut PgConnection, event: &PersistedEvent) -> Result<(), HandlerError> {
+///     // One statement for the whole page.
+///     async fn handle_page(&self, ctx: &mut Context<'_, Postgres>, events: &[PersistedEvent]) -> Result<(), BatchFailure> {
+///         let ids: Vec<&str> = events.iter().map(|e| e.aggregate_id.as_str()).collect();
 ///         sqlx::query(
-///             "INSERT INTO event_counts (aggregate_id, events) VALUES ($1, 1)
-///              ON CONFLICT (aggregate_id) DO UPDATE SET events = event_counts.events + 1",
+///             "INSERT INTO event_counts (aggregate_id, events)
+///              SELECT id, count(*) FROM unnest($1::text[]) AS id GROUP BY id
+///              ON CONFLICT (aggregate_id) DO UPDATE SET events = event_counts.events + excluded.events",
 ///         )
-///         .bind(&event.aggregate_id)
-///         .execute(&mut *tx)
-///         .await?;
+///         .bind(&ids)
+///         .execute(ctx.tx())
+///         .await
+///         .map_err(BatchFailure::whole_batch)?;
 ///         Ok(())
 ///     }
 ///
-///     async fn reset(&self, tx: &mut PgConnection) -> Result<(), HandlerError> {
+///     async fn reset(&self, tx: &mut sqlx::PgConnection) -> Result<(), HandlerError> {
 ///         sqlx::query("TRUNCATE event_counts").execute(&mut *tx).await?;
 ///         Ok(())
 ///     }
@@ -103,16 +113,71 @@ pub trait Projection<DB: sqlx::Database = <es_store::DefaultStore as Backend>::D
     /// Handles one event, inside the transaction that will also move the
     /// checkpoint past it. Decoding into a derived event enum is one call:
     /// `AccountEvent::from_persisted(event)?`.
+    #[deprecated(
+        since = "0.2.0",
+        note = "implement `handle_page`, which gets a page of events and a `Context`"
+    )]
     fn handle(
         &self,
         tx: &mut DB::Connection,
         event: &PersistedEvent,
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        async move {
+            let mut ctx = Context::adapter(tx, Replay::none(self.version()));
+            // Boxed: for a projection that implements neither handler, the
+            // defaults call each other, and the future must have a size
+            // (that case ends in `handle_page`'s error, not a recursion).
+            let page: std::pin::Pin<Box<dyn Future<Output = _> + Send + '_>> =
+                Box::pin(self.handle_page(&mut ctx, std::slice::from_ref(event)));
+            page.await.map_err(|failure| failure.error)
+        }
+    }
+
+    /// Handles a page of events, in order, in the transaction that also
+    /// moves the checkpoint past them (`ctx.tx()`): the one entry point the
+    /// processor calls, for every batch, and for each event alone when it
+    /// looks for the event a failed batch failed on. Write the page with
+    /// one statement where the read model allows; hold back side effects
+    /// for replayed events ([`Context::is_replaying`]). On failure, say
+    /// which event failed if you know it ([`BatchFailure::at`]).
+    ///
+    /// By default it calls the handlers of earlier releases
+    /// (`handle_batch_with`, and through it `handle` for each event; for
+    /// an event handled alone, `handle_with`), so projections written for
+    /// them keep working.
+    fn handle_page(
+        &self,
+        ctx: &mut Context<'_, DB>,
+        events: &[PersistedEvent],
+    ) -> impl Future<Output = Result<(), BatchFailure>> + Send {
+        async move {
+            if ctx.adapter {
+                // Called by the default `handle`: neither is implemented.
+                return Err(BatchFailure::whole_batch(NoHandler));
+            }
+            let replay = ctx.replay;
+            match events {
+                [event] if ctx.alone =>
+                {
+                    #[allow(deprecated)]
+                    self.handle_with(ctx.tx(), event, &replay)
+                        .await
+                        .map_err(|error| BatchFailure::at(0, error))
+                }
+                _ =>
+                {
+                    #[allow(deprecated)]
+                    self.handle_batch_with(ctx.tx(), events, &replay).await
+                }
+            }
+        }
+    }
 
     /// Handles a batch of events, in order, in one transaction. By default
     /// it calls [`handle`](Projection::handle) for each; override it to
     /// write a whole batch with one statement. On failure, say which event
     /// failed if you know it.
+    #[deprecated(since = "0.2.0", note = "implement `handle_page`")]
     fn handle_batch(
         &self,
         tx: &mut DB::Connection,
@@ -120,6 +185,7 @@ pub trait Projection<DB: sqlx::Database = <es_store::DefaultStore as Backend>::D
     ) -> impl Future<Output = Result<(), BatchFailure>> + Send {
         async move {
             for (index, event) in events.iter().enumerate() {
+                #[allow(deprecated)]
                 self.handle(tx, event)
                     .instrument(event_span(event))
                     .await
@@ -136,6 +202,10 @@ pub trait Projection<DB: sqlx::Database = <es_store::DefaultStore as Backend>::D
     /// processor calls it when it replays a failed batch one event at a
     /// time, to find the event at fault (in a transaction it rolls back).
     /// By default it ignores `replay` and calls `handle`.
+    #[deprecated(
+        since = "0.2.0",
+        note = "implement `handle_page` (a page of one event; `Context::replay`)"
+    )]
     fn handle_with(
         &self,
         tx: &mut DB::Connection,
@@ -143,6 +213,7 @@ pub trait Projection<DB: sqlx::Database = <es_store::DefaultStore as Backend>::D
         replay: &Replay,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send {
         let _ = replay;
+        #[allow(deprecated)]
         self.handle(tx, event)
     }
 
@@ -182,6 +253,10 @@ pub trait Projection<DB: sqlx::Database = <es_store::DefaultStore as Backend>::D
     ///     }
     /// }
     /// ```
+    #[deprecated(
+        since = "0.2.0",
+        note = "implement `handle_page` (`Context::tx`, `Context::replay`)"
+    )]
     fn handle_batch_with(
         &self,
         tx: &mut DB::Connection,
@@ -189,6 +264,7 @@ pub trait Projection<DB: sqlx::Database = <es_store::DefaultStore as Backend>::D
         replay: &Replay,
     ) -> impl Future<Output = Result<(), BatchFailure>> + Send {
         let _ = replay;
+        #[allow(deprecated)]
         self.handle_batch(tx, events)
     }
 
@@ -238,6 +314,93 @@ pub trait Projection<DB: sqlx::Database = <es_store::DefaultStore as Backend>::D
         async { Err(no_reset()) }
     }
 }
+
+/// What a handler gets with a page of events
+/// ([`Projection::handle_page`]): the batch's transaction, and which of
+/// the events are replays.
+///
+/// ```
+/// use es_aggregate::projection::{Context, Replay};
+///
+/// # async fn demo(mut conn: sqlx::SqliteConnection) {
+/// let mut ctx = Context::<sqlx::Sqlite>::new(&mut conn, Replay::new(2, 100));
+/// assert!(ctx.is_replaying_position(100) && !ctx.is_replaying_position(101));
+/// assert_eq!(ctx.replay().version(), 2);
+/// let _tx: &mut sqlx::SqliteConnection = ctx.tx();
+/// # }
+/// ```
+pub struct Context<'c, DB: sqlx::Database> {
+    tx: &'c mut DB::Connection,
+    replay: Replay,
+    /// Made by the default `handle` (an adapter for older callers).
+    adapter: bool,
+    /// Made to handle one event of a failed batch alone: the default
+    /// `handle_page` then calls the per-event handler of earlier releases.
+    alone: bool,
+}
+
+impl<'c, DB: sqlx::Database> Context<'c, DB> {
+    /// A context on `tx`, replaying what `replay` says.
+    pub fn new(tx: &'c mut DB::Connection, replay: Replay) -> Self {
+        Self {
+            tx,
+            replay,
+            adapter: false,
+            alone: false,
+        }
+    }
+
+    fn adapter(tx: &'c mut DB::Connection, replay: Replay) -> Self {
+        Self {
+            adapter: true,
+            ..Self::new(tx, replay)
+        }
+    }
+
+    /// For one event of a failed batch, handled alone to find the event
+    /// at fault.
+    pub(crate) fn alone(tx: &'c mut DB::Connection, replay: Replay) -> Self {
+        Self {
+            alone: true,
+            ..Self::new(tx, replay)
+        }
+    }
+
+    /// The batch's transaction: write the read model through it, so that
+    /// the writes commit with the checkpoint.
+    pub fn tx(&mut self) -> &mut DB::Connection {
+        self.tx
+    }
+
+    /// Which events are replays: those at or below the head when this
+    /// version started or was last rebuilt.
+    pub fn replay(&self) -> &Replay {
+        &self.replay
+    }
+
+    /// Whether `event` is handled as a replay.
+    pub fn is_replaying(&self, event: &PersistedEvent) -> bool {
+        self.replay.is_replaying(event)
+    }
+
+    /// Whether the event at `position` is handled as a replay.
+    pub fn is_replaying_position(&self, position: i64) -> bool {
+        self.replay.is_replaying_position(position)
+    }
+}
+
+impl<DB: sqlx::Database> std::fmt::Debug for Context<'_, DB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("replay", &self.replay)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A projection that implements neither `handle_page` nor `handle`.
+#[derive(Debug, thiserror::Error)]
+#[error("the projection implements neither `handle_page` nor `handle`")]
+struct NoHandler;
 
 /// The span of one event's handling: where it is in the feed, whose it
 /// is, and the ids that tie it to the command (and trace) that stored it.

@@ -83,7 +83,7 @@ use crate::RetryPolicy;
 use crate::telemetry::ProjectionMetrics;
 
 pub use error::{ProjectionError, Transient};
-pub use handler::{BatchFailure, HandlerError, Projection};
+pub use handler::{BatchFailure, Context, HandlerError, Projection};
 pub(crate) use handler::{
     NoReset, NoRetire, event_span, no_reset, no_retire, transient_store_error,
 };

@@ -7,7 +7,9 @@ use es_store::{AggregateRef, DecodeError, DomainEvent, EventFilter, PersistedEve
 use serde_json::value::RawValue;
 use tracing::Instrument;
 
-use super::{BatchFailure, HandlerError, Projection, Replay};
+#[cfg(doc)]
+use super::Replay;
+use super::{BatchFailure, Context, HandlerError, Projection};
 
 /// The events a [`TypedProjection`] handles: one derived event enum (every
 /// [`DomainEvent`] is an `EventSet`), or several joined into one enum with
@@ -399,30 +401,24 @@ impl<DB: sqlx::Database, P: TypedProjection<DB>> Projection<DB> for Typed<P> {
         TypedProjection::has_side_effects(&self.0)
     }
 
-    async fn handle_with(
+    async fn handle_page(
         &self,
-        tx: &mut DB::Connection,
-        event: &PersistedEvent,
-        replay: &Replay,
-    ) -> Result<(), HandlerError> {
-        match P::Events::decode(event) {
-            None => Ok(()),
-            Some(Err(error)) => Err(Box::new(error)),
-            Some(Ok(decoded)) => {
-                let envelope = Envelope::new(decoded, event).replayed(replay.is_replaying(event));
-                TypedProjection::handle(&self.0, tx, envelope).await
-            }
-        }
-    }
-
-    async fn handle_batch_with(
-        &self,
-        tx: &mut DB::Connection,
+        ctx: &mut Context<'_, DB>,
         events: &[PersistedEvent],
-        replay: &Replay,
     ) -> Result<(), BatchFailure> {
         for (index, event) in events.iter().enumerate() {
-            self.handle_with(tx, event, replay)
+            let handled = async {
+                match P::Events::decode(event) {
+                    None => Ok(()),
+                    Some(Err(error)) => Err(HandlerError::from(Box::new(error))),
+                    Some(Ok(decoded)) => {
+                        let envelope =
+                            Envelope::new(decoded, event).replayed(ctx.is_replaying(event));
+                        TypedProjection::handle(&self.0, ctx.tx(), envelope).await
+                    }
+                }
+            };
+            handled
                 .instrument(super::event_span(event))
                 .await
                 .map_err(|error| BatchFailure::at(index, error))?;

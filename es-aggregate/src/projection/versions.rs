@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use es_store::{PersistedEvent, ProjectionStore, ProjectionVersion, VersionState};
 
-use super::{Batch, Cursor, Projection, ProjectionError, ProjectionProcessor};
+use super::{Batch, Context, Cursor, Projection, ProjectionError, ProjectionProcessor};
 
 /// Which events of a batch are replayed: those at or before
 /// [`until`](Replay::until), the head of the feed when this version of the
@@ -647,7 +647,7 @@ where
                 if !events.is_empty()
                     && let Err(failure) = self
                         .projection
-                        .handle_batch_with(&mut tx, events, &replay)
+                        .handle_page(&mut Context::new(&mut *tx, replay), events)
                         .await
                 {
                     tracing::debug!(error = %failure.error, "handler failed during a switch");

@@ -173,7 +173,7 @@ where
         );
         let handled = self
             .projection
-            .handle_batch_with(&mut tx, &page.events, &replay)
+            .handle_page(&mut Context::new(&mut *tx, replay), &page.events)
             .instrument(span.clone())
             .await;
         match handled {

@@ -110,7 +110,7 @@ where
         if !before.is_empty()
             && let Err(failure) = self
                 .projection
-                .handle_batch_with(&mut tx, before, replay)
+                .handle_page(&mut Context::new(&mut *tx, *replay), before)
                 .await
         {
             // The handler is not deterministic: the next batch meets it again.
@@ -142,8 +142,10 @@ where
         let mut tx = self.pool.begin().await.map_err(|e| self.store_error(e))?;
         let mut found = (0, batch_error, false);
         for (index, event) in events.iter().enumerate() {
-            if let Err(error) = self.projection.handle_with(&mut tx, event, replay).await {
-                found = (index, error, true);
+            let mut ctx = Context::alone(&mut *tx, *replay);
+            let alone = std::slice::from_ref(event);
+            if let Err(failure) = self.projection.handle_page(&mut ctx, alone).await {
+                found = (index, failure.error, true);
                 break;
             }
         }
