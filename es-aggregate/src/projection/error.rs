@@ -205,6 +205,33 @@ impl ProjectionError {
             _ => false,
         }
     }
+
+    /// The projection that failed: every variant names it.
+    ///
+    /// ```
+    /// use es_aggregate::ProjectionError;
+    ///
+    /// let refused = ProjectionError::NoReset { projection: "balances".into() };
+    /// assert_eq!(refused.projection(), "balances");
+    /// ```
+    pub fn projection(&self) -> &str {
+        use ProjectionError as E;
+        match self {
+            E::Handler { projection, .. }
+            | E::NoReset { projection }
+            | E::Reset { projection, .. }
+            | E::Superseded { projection, .. }
+            | E::Retired { projection, .. }
+            | E::UnknownVersion { projection, .. }
+            | E::RetireActive { projection, .. }
+            | E::NoRetire { projection, .. }
+            | E::Retire { projection, .. }
+            | E::Promote { projection, .. }
+            | E::Store { projection, .. }
+            | E::InvalidSetting { projection, .. }
+            | E::Unavailable { projection, .. } => projection,
+        }
+    }
 }
 
 /// A handler's failure that is not the events' fault: what it writes to
