@@ -1,7 +1,7 @@
 //! Appending: input checks, locking an aggregate, and deciding what a
 //! refused append means (a conflict, or a retried batch whose stored
 //! result is returned). The statements themselves and their locking are the
-//! backend's `codec::append`.
+//! backend's [`Codec::append`](crate::core::Codec::append).
 
 /// Stamps out [`EventStore`](crate::EventStore) and the append helpers
 /// for one backend.
@@ -34,7 +34,7 @@ macro_rules! impl_append {
                     first_position = tracing::field::Empty,
                 );
                 let appended = tracing::Instrument::instrument(
-                    codec::append(self, conn, expected, events),
+                    <$dialect as $crate::core::Codec>::append(self, conn, expected, events),
                     span.clone(),
                 )
                 .await;
@@ -108,7 +108,7 @@ macro_rules! impl_append {
                     return Ok(Vec::new());
                 }
                 let rows = sqlx::query(sqlx::AssertSqlSafe(self.sql().stored_ids.clone()))
-                    .bind(codec::id_list(ids.iter().copied())?)
+                    .bind(<$dialect as $crate::core::Codec>::id_list(ids.iter().copied())?)
                     .fetch_all(&mut *conn)
                     .await?;
                 let mut found = rows
@@ -130,7 +130,7 @@ macro_rules! impl_append {
                 events: &[$crate::Event],
             ) -> $crate::Result<Vec<($crate::PersistedEvent, bool)>> {
                 let rows = sqlx::query(sqlx::AssertSqlSafe(self.sql().stored_ids.clone()))
-                    .bind(codec::id_list(events.iter().map(|e| e.event_id))?)
+                    .bind(<$dialect as $crate::core::Codec>::id_list(events.iter().map(|e| e.event_id))?)
                     .fetch_all(&mut *conn)
                     .await?;
                 let found = rows

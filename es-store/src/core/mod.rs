@@ -6,19 +6,14 @@
 //! is written once, and each expansion is checked against one backend's
 //! concrete types, so no sqlx bound ever has to be spelled generically.
 //!
-//! A backend supplies, in a module named `codec` beside the invocation:
-//!
-//! - value encodings for binding: `uuid`, `opt_uuid`, `time`, `json`,
-//!   `name_list` (a filter's names) and `id_list` (a batch's event ids);
-//! - value decodings from its rows: `get_uuid`, `get_opt_uuid`, `get_time`,
-//!   `get_json`, `json_text` (borrowed);
-//! - the primitives that really differ: `append` (the append statements
-//!   and their locking, after the input was validated), `safe_position`
-//!   (the gap-safe horizon of global reads) and `claim_checkpoint`.
-//!
+//! A backend supplies its [`Codec`] (value encodings for binding,
+//! decodings from its rows, and the primitives that really differ:
+//! `append`, `safe_position`, `claim_checkpoint`), implemented in its own
+//! `codec.rs`,
 //! and its SQL text, rendered into [`Statements`].
 
 mod append;
+mod codec;
 mod documents;
 mod projection;
 mod reads;
@@ -320,7 +315,7 @@ pub(crate) fn same_json(a: &RawValue, b: &RawValue) -> Result<bool> {
 
 /// Stamps out every capability trait for one backend: `$dialect` is the
 /// dialect marker, `$conn` and `$row` the sqlx connection and row types.
-/// Expects a `codec` module at the invocation site (see the module docs).
+/// `$dialect` must implement [`Codec`].
 macro_rules! impl_store {
     ($dialect:ty, $conn:ty, $row:ty) => {
         $crate::core::impl_append!($dialect, $conn, $row);
@@ -330,6 +325,7 @@ macro_rules! impl_store {
     };
 }
 pub(crate) use append::impl_append;
+pub(crate) use codec::Codec;
 pub(crate) use documents::impl_documents;
 pub(crate) use impl_store;
 pub(crate) use projection::impl_projection;

@@ -1,5 +1,5 @@
 //! What read models need besides the feed: checkpoints, snapshots, claims
-//! (the backend's `codec::claim_checkpoint`), skipped-event records, the
+//! (the backend's `Codec::claim_checkpoint`), skipped-event records, the
 //! head of the feed and commits without durability.
 
 /// Stamps out [`CheckpointStore`](crate::CheckpointStore),
@@ -33,7 +33,7 @@ macro_rules! impl_projection {
                 sqlx::query(sqlx::AssertSqlSafe(self.sql().update_checkpoint.clone()))
                     .bind(projection_name)
                     .bind(position)
-                    .bind(codec::time($crate::event::now()))
+                    .bind(<$dialect as $crate::core::Codec>::time($crate::event::now()))
                     .execute(&mut *conn)
                     .await?;
                 Ok(())
@@ -71,9 +71,9 @@ macro_rules! impl_projection {
                     aggregate_id,
                     row.try_get(0)?,
                     row.try_get(1)?,
-                    codec::get_json(&row, 2)?,
+                    <$dialect as $crate::core::Codec>::get_json(&row, 2)?,
                 );
-                snapshot.created_at = codec::get_time(&row, 3)?;
+                snapshot.created_at = <$dialect as $crate::core::Codec>::get_time(&row, 3)?;
                 Ok(Some(snapshot))
             }
 
@@ -83,15 +83,15 @@ macro_rules! impl_projection {
                 snapshot: &$crate::Snapshot,
             ) -> $crate::Result<()> {
                 $crate::validate::snapshot(snapshot, self.max_json_depth())?;
-                codec::check_snapshot(self, conn, snapshot).await?;
+                <$dialect as $crate::core::Codec>::check_snapshot(self, conn, snapshot).await?;
                 sqlx::query(sqlx::AssertSqlSafe(self.sql().save_snapshot.clone()))
                     .bind(&snapshot.bounded_context)
                     .bind(&snapshot.aggregate_type)
                     .bind(&snapshot.aggregate_id)
                     .bind(snapshot.version)
                     .bind(snapshot.schema_version)
-                    .bind(codec::json(&snapshot.state))
-                    .bind(codec::time(snapshot.created_at))
+                    .bind(<$dialect as $crate::core::Codec>::json(&snapshot.state))
+                    .bind(<$dialect as $crate::core::Codec>::time(snapshot.created_at))
                     .execute(&mut *conn)
                     .await?;
                 Ok(())
@@ -105,7 +105,8 @@ macro_rules! impl_projection {
                 projection_name: &str,
             ) -> $crate::Result<Option<i64>> {
                 $crate::validate::projection_name(projection_name)?;
-                codec::claim_checkpoint(self, conn, projection_name).await
+                <$dialect as $crate::core::Codec>::claim_checkpoint(self, conn, projection_name)
+                    .await
             }
 
             async fn record_failure(
@@ -126,10 +127,10 @@ macro_rules! impl_projection {
                 sqlx::query(sqlx::AssertSqlSafe(self.sql().record_failure.clone()))
                     .bind(projection_name)
                     .bind(event.global_position)
-                    .bind(codec::uuid(event.event_id))
+                    .bind(<$dialect as $crate::core::Codec>::uuid(event.event_id))
                     .bind(&event.event_type)
                     .bind(error.as_ref())
-                    .bind(codec::time($crate::event::now()))
+                    .bind(<$dialect as $crate::core::Codec>::time($crate::event::now()))
                     .execute(&mut *conn)
                     .await?;
                 Ok(())
@@ -150,10 +151,10 @@ macro_rules! impl_projection {
                     .map(|row| {
                         Ok($crate::ProjectionFailure {
                             global_position: row.try_get(0)?,
-                            event_id: codec::get_uuid(row, 1)?,
+                            event_id: <$dialect as $crate::core::Codec>::get_uuid(row, 1)?,
                             event_type: row.try_get(2)?,
                             error: row.try_get(3)?,
-                            failed_at: codec::get_time(row, 4)?,
+                            failed_at: <$dialect as $crate::core::Codec>::get_time(row, 4)?,
                         })
                     })
                     .collect()
@@ -286,7 +287,7 @@ macro_rules! impl_projection {
                             state,
                             replay_until: row.try_get(3)?,
                             partitions: number(row.try_get(4)?, "partition count")?,
-                            updated_at: codec::get_time(row, 5)?,
+                            updated_at: <$dialect as $crate::core::Codec>::get_time(row, 5)?,
                             side_effects: row.try_get(6)?,
                             worker_seen_at: row.try_get(7)?,
                         })
@@ -307,7 +308,7 @@ macro_rules! impl_projection {
                     .bind(version.state.as_str())
                     .bind(version.replay_until)
                     .bind(i64::from(version.partitions))
-                    .bind(codec::time(version.updated_at))
+                    .bind(<$dialect as $crate::core::Codec>::time(version.updated_at))
                     .bind(version.side_effects)
                     .execute(&mut *conn)
                     .await?;
@@ -339,7 +340,7 @@ macro_rules! impl_projection {
             ) -> $crate::Result<()> {
                 $crate::validate::projection_name(projection_name)?;
                 sqlx::query(sqlx::AssertSqlSafe(self.sql().record_worker.clone()))
-                    .bind(codec::time($crate::event::now()))
+                    .bind(<$dialect as $crate::core::Codec>::time($crate::event::now()))
                     .bind(projection_name)
                     .bind(i64::from(version))
                     .execute(&mut *conn)
@@ -358,7 +359,7 @@ macro_rules! impl_projection {
                     .bind(version.state.as_str())
                     .bind(version.replay_until)
                     .bind(i64::from(version.partitions))
-                    .bind(codec::time($crate::event::now()))
+                    .bind(<$dialect as $crate::core::Codec>::time($crate::event::now()))
                     .bind(&version.name)
                     .bind(i64::from(version.version))
                     .execute(&mut *conn)
@@ -397,7 +398,8 @@ macro_rules! impl_projection {
                     }
                 }
                 // Missing (a claim creates it), or a backend whose claims wait.
-                codec::claim_checkpoint(self, conn, projection_name).await
+                <$dialect as $crate::core::Codec>::claim_checkpoint(self, conn, projection_name)
+                    .await
             }
 
             async fn lock_projection_versions(
@@ -408,7 +410,7 @@ macro_rules! impl_projection {
                 $crate::validate::projection_name(projection_name)?;
                 sqlx::query(sqlx::AssertSqlSafe(self.sql().lock_versions.clone()))
                     .bind(projection_name)
-                    .bind(codec::time($crate::event::now()))
+                    .bind(<$dialect as $crate::core::Codec>::time($crate::event::now()))
                     .execute(&mut *conn)
                     .await?;
                 Ok(())

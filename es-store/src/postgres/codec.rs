@@ -9,87 +9,96 @@ use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, PgConnection, Row};
 use uuid::Uuid;
 
-use super::PostgresStore;
-use crate::{Error, Result};
+use super::{Postgres, PostgresStore};
+use crate::core::Codec;
+use crate::{AppendResult, Error, Event, ExpectedVersion, Result};
 
-pub(super) use super::append::append;
+impl Codec for Postgres {
+    type Uuid = Uuid;
+    type Time = DateTime<Utc>;
+    type Json<'a> = Json<&'a RawValue>;
+    type NameList<'a> = &'a [String];
+    type IdList = Vec<Uuid>;
 
-/// No statement size to check: the server has no packet limit that would
-/// cost the connection (see [`limits`](crate::limits)).
-pub(super) async fn check_snapshot(
-    _: &PostgresStore,
-    _: &mut PgConnection,
-    _: &crate::Snapshot,
-) -> Result<()> {
-    Ok(())
-}
-
-/// No statement size to check (see `check_snapshot`).
-pub(super) async fn check_document(
-    _: &PostgresStore,
-    _: &mut PgConnection,
-    _: &str,
-    _: &str,
-    _: &RawValue,
-) -> Result<()> {
-    Ok(())
-}
-
-pub(super) fn uuid(id: Uuid) -> Uuid {
-    id
-}
-
-pub(super) fn time(at: DateTime<Utc>) -> DateTime<Utc> {
-    at
-}
-
-pub(super) fn json(raw: &RawValue) -> Json<&RawValue> {
-    Json(raw)
-}
-
-pub(super) fn name_list(names: &[String]) -> Result<&[String]> {
-    Ok(names)
-}
-
-pub(super) fn id_list(ids: impl Iterator<Item = Uuid>) -> Result<Vec<Uuid>> {
-    Ok(ids.collect())
-}
-
-pub(super) fn get_uuid(row: &PgRow, index: usize) -> Result<Uuid> {
-    Ok(row.try_get(index)?)
-}
-
-pub(super) fn get_opt_uuid(row: &PgRow, index: usize) -> Result<Option<Uuid>> {
-    Ok(row.try_get(index)?)
-}
-
-pub(super) fn get_time(row: &PgRow, index: usize) -> Result<DateTime<Utc>> {
-    Ok(row.try_get(index)?)
-}
-
-pub(super) fn get_json(row: &PgRow, index: usize) -> Result<Box<RawValue>> {
-    let value: Json<&RawValue> = row.try_get(index)?;
-    Ok(value.0.to_owned())
-}
-
-/// The JSON text of a `jsonb` column, borrowed from the row: in
-/// PostgreSQL's binary format a `jsonb` value is a version byte (1), then
-/// the text.
-pub(super) fn json_text(row: &PgRow, index: usize) -> Result<&str> {
-    let bytes: &[u8] = row.try_get_unchecked(index)?;
-    match bytes.split_first() {
-        Some((1, text)) => {
-            std::str::from_utf8(text).map_err(|e| Error::Database(sqlx::Error::Decode(Box::new(e))))
-        }
-        _ => Err(Error::Database(sqlx::Error::Decode(
-            "unsupported jsonb format version".into(),
-        ))),
+    fn uuid(id: Uuid) -> Uuid {
+        id
     }
+
+    fn time(at: DateTime<Utc>) -> DateTime<Utc> {
+        at
+    }
+
+    fn json(raw: &RawValue) -> Json<&RawValue> {
+        Json(raw)
+    }
+
+    fn name_list(names: &[String]) -> Result<&[String]> {
+        Ok(names)
+    }
+
+    fn id_list(ids: impl Iterator<Item = Uuid>) -> Result<Vec<Uuid>> {
+        Ok(ids.collect())
+    }
+
+    fn get_uuid(row: &PgRow, index: usize) -> Result<Uuid> {
+        Ok(row.try_get(index)?)
+    }
+
+    fn get_opt_uuid(row: &PgRow, index: usize) -> Result<Option<Uuid>> {
+        Ok(row.try_get(index)?)
+    }
+
+    fn get_time(row: &PgRow, index: usize) -> Result<DateTime<Utc>> {
+        Ok(row.try_get(index)?)
+    }
+
+    fn get_json(row: &PgRow, index: usize) -> Result<Box<RawValue>> {
+        let value: Json<&RawValue> = row.try_get(index)?;
+        Ok(value.0.to_owned())
+    }
+
+    /// The JSON text of a `jsonb` column, borrowed from the row: in
+    /// PostgreSQL's binary format a `jsonb` value is a version byte (1),
+    /// then the text.
+    fn json_text(row: &PgRow, index: usize) -> Result<&str> {
+        let bytes: &[u8] = row.try_get_unchecked(index)?;
+        match bytes.split_first() {
+            Some((1, text)) => std::str::from_utf8(text)
+                .map_err(|e| Error::Database(sqlx::Error::Decode(Box::new(e)))),
+            _ => Err(Error::Database(sqlx::Error::Decode(
+                "unsupported jsonb format version".into(),
+            ))),
+        }
+    }
+
+    async fn append(
+        store: &PostgresStore,
+        conn: &mut PgConnection,
+        expected: ExpectedVersion,
+        events: Vec<Event>,
+    ) -> Result<AppendResult> {
+        super::append::append(store, conn, expected, events).await
+    }
+
+    async fn safe_position(store: &PostgresStore, conn: &mut PgConnection) -> Result<i64> {
+        safe_position(store, conn).await
+    }
+
+    async fn claim_checkpoint(
+        store: &PostgresStore,
+        conn: &mut PgConnection,
+        projection_name: &str,
+    ) -> Result<Option<i64>> {
+        claim_checkpoint(store, conn, projection_name).await
+    }
+
+    // No statement size to check: the server has no packet limit that
+    // would cost the connection (see `limits`).
 }
 
 /// The horizon of the advisory locks appenders hold: see the gap-safety
 /// notes.
-pub(super) async fn safe_position(store: &PostgresStore, conn: &mut PgConnection) -> Result<i64> {
+async fn safe_position(store: &PostgresStore, conn: &mut PgConnection) -> Result<i64> {
     let sql = store
         .sql()
         .horizon
@@ -112,7 +121,7 @@ pub(super) async fn safe_position(store: &PostgresStore, conn: &mut PgConnection
 
 /// Takes the checkpoint row with `FOR UPDATE SKIP LOCKED`; creates it when
 /// it is absent.
-pub(super) async fn claim_checkpoint(
+async fn claim_checkpoint(
     store: &PostgresStore,
     conn: &mut PgConnection,
     projection_name: &str,

@@ -158,7 +158,7 @@ impl SqlStore<Postgres> {
     /// # Ok(()) }
     /// ```
     pub async fn safe_position(&self, conn: &mut PgConnection) -> Result<i64> {
-        codec::safe_position(self, conn).await
+        <Postgres as crate::core::Codec>::safe_position(self, conn).await
     }
 }
 

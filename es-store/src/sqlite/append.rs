@@ -58,7 +58,9 @@ async fn append_locked(
             .bind(first.aggregate_type.as_str())
             .bind(first.aggregate_id.as_str())
             .bind(events.len() as i64)
-            .bind(super::codec::id_list(events.iter().map(|e| e.event_id))?);
+            .bind(crate::core::json_id_list(
+                events.iter().map(|e| e.event_id),
+            )?);
     if let ExpectedVersion::Exact(version) = expected {
         query = query.bind(version);
     }
