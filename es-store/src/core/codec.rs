@@ -15,7 +15,15 @@ use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::{AppendResult, Dialect, Event, ExpectedVersion, Result, Snapshot, SqlStore};
+use std::ops::RangeFrom;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::store::sealed;
+use crate::{
+    AggregateRef, AggregateStreamReader, AppendResult, Backend, Dialect, Error, Event, EventStore,
+    ExpectedVersion, Result, Snapshot, SqlStore, StoredEvent,
+};
 
 /// The connection type of a dialect.
 pub(crate) type Conn<D> = <<D as Dialect>::Database as sqlx::Database>::Connection;
@@ -101,5 +109,100 @@ pub(crate) trait Codec: Dialect {
         _body: &RawValue,
     ) -> impl Future<Output = Result<()>> + Send {
         async { Ok(()) }
+    }
+
+    /// Takes the aggregate's own lock before its head is read, where
+    /// appends take one first (MySQL). Provided: nothing to take, the
+    /// head's row lock is the aggregate's lock.
+    fn lock_aggregate_row(
+        _store: &SqlStore<Self>,
+        _conn: &mut Conn<Self>,
+        _aggregate: AggregateRef<'_>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Locks the head that `lock_head` `found`, where `lock_head` is a
+    /// plain read (MySQL); returns the locked version. Provided:
+    /// `lock_head` locked it already.
+    fn lock_found_head(
+        _store: &SqlStore<Self>,
+        _conn: &mut Conn<Self>,
+        _aggregate: AggregateRef<'_>,
+        found: Option<i64>,
+    ) -> impl Future<Output = Result<Option<i64>>> + Send {
+        async move { Ok(found) }
+    }
+
+    /// Locks the aggregate, then folds its events from `versions.start`
+    /// (validated). Provided: the lock, then the fold, two round trips;
+    /// PostgreSQL does both in one.
+    fn lock_and_fold<F, E>(
+        store: &SqlStore<Self>,
+        conn: &mut Conn<Self>,
+        aggregate: AggregateRef<'_>,
+        versions: RangeFrom<i64>,
+        visit: F,
+    ) -> impl Future<Output = std::result::Result<u64, E>> + Send
+    where
+        F: FnMut(StoredEvent<'_>) -> std::result::Result<(), E> + Send,
+        E: From<Error> + Send,
+        SqlStore<Self>:
+            EventStore + AggregateStreamReader + Backend<Database = <Self as Dialect>::Database>,
+    {
+        async move {
+            EventStore::lock_aggregate(store, conn, aggregate).await?;
+            store
+                .fold_aggregate_stream(conn, aggregate, versions, visit)
+                .await
+        }
+    }
+
+    /// Claims a checkpoint and sets the transaction's `lease` in one
+    /// statement, where the backend can (PostgreSQL): the position, or
+    /// `None` when nothing was claimed that way and the claim is to be
+    /// made the long way. Provided: `None`.
+    fn claim_leased(
+        _store: &SqlStore<Self>,
+        _conn: &mut Conn<Self>,
+        _projection_name: &str,
+        _lease: Duration,
+    ) -> impl Future<Output = Result<Option<i64>>> + Send {
+        async { Ok(None) }
+    }
+
+    /// Reads a checkpoint's position, waiting for a transaction that
+    /// holds it: `None` when it is missing. Provided: `None`, for a
+    /// backend whose claim waits already (SQLite, whose claim is the
+    /// write lock).
+    fn wait_checkpoint(
+        _store: &SqlStore<Self>,
+        _conn: &mut Conn<Self>,
+        _projection_name: &str,
+    ) -> impl Future<Output = Result<Option<i64>>> + Send {
+        async { Ok(None) }
+    }
+
+    /// Lets the transaction commit without waiting for durability, where
+    /// the backend can. Provided: nothing.
+    fn relax_durability(
+        _store: &SqlStore<Self>,
+        _conn: &mut Conn<Self>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
+    }
+
+    /// The claim that never waits for a holder, where claims skip held
+    /// rows: (name) -> position. Provided: none (SQLite, whose claim is
+    /// the write lock), so a holder cannot be probed for.
+    fn probe_claim_sql(_own: &<Self as sealed::Dialect>::Own) -> Option<&Arc<str>> {
+        None
+    }
+
+    /// (name) -> (pid, application, client address) of the session whose
+    /// transaction holds a checkpoint, where the server tells
+    /// (PostgreSQL). Provided: none.
+    fn claim_holder_sql(_own: &<Self as sealed::Dialect>::Own) -> Option<&Arc<str>> {
+        None
     }
 }

@@ -175,17 +175,14 @@ macro_rules! impl_projection {
                 lease: std::time::Duration,
             ) -> $crate::Result<Option<i64>> {
                 $crate::validate::projection_name(projection_name)?;
-                if let Some(sql) = &self.sql().claim_leased {
-                    let millis = lease.as_millis().clamp(1, i32::MAX as u128).to_string();
-                    let claimed: Option<(i64, String)> =
-                        sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
-                            .bind(projection_name)
-                            .bind(millis)
-                            .fetch_optional(&mut *conn)
-                            .await?;
-                    if let Some((position, _)) = claimed {
-                        return Ok(Some(position));
-                    }
+                let claimed = <$dialect as $crate::core::Codec>::claim_leased(
+                    self,
+                    conn,
+                    projection_name,
+                    lease,
+                );
+                if let Some(position) = claimed.await? {
+                    return Ok(Some(position));
                 }
                 $crate::ProjectionStore::lease_transaction(self, conn, lease).await?;
                 $crate::ProjectionStore::claim_checkpoint(self, conn, projection_name).await
@@ -197,7 +194,8 @@ macro_rules! impl_projection {
                 projection_name: &str,
             ) -> $crate::Result<$crate::CheckpointHolder> {
                 $crate::validate::projection_name(projection_name)?;
-                let Some(probe) = &self.sql().probe_claim else {
+                let Some(probe) = <$dialect as $crate::core::Codec>::probe_claim_sql(self.own())
+                else {
                     return Ok($crate::CheckpointHolder::Unknown);
                 };
                 let mut tx = sqlx::Connection::begin(&mut *conn).await?;
@@ -219,7 +217,7 @@ macro_rules! impl_projection {
                     // batch, whose row nobody else can see.
                     $crate::CheckpointHolder::Unknown
                 } else {
-                    let by = match &self.sql().claim_holder {
+                    let by = match <$dialect as $crate::core::Codec>::claim_holder_sql(self.own()) {
                         Some(sql) => {
                             let found: Option<(i32, Option<String>, Option<String>)> =
                                 sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
@@ -388,14 +386,11 @@ macro_rules! impl_projection {
                 projection_name: &str,
             ) -> $crate::Result<Option<i64>> {
                 $crate::validate::projection_name(projection_name)?;
-                if let Some(sql) = &self.sql().wait_checkpoint {
-                    let found: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
-                        .bind(projection_name)
-                        .fetch_optional(&mut *conn)
+                let found =
+                    <$dialect as $crate::core::Codec>::wait_checkpoint(self, conn, projection_name)
                         .await?;
-                    if found.is_some() {
-                        return Ok(found);
-                    }
+                if found.is_some() {
+                    return Ok(found);
                 }
                 // Missing (a claim creates it), or a backend whose claims wait.
                 <$dialect as $crate::core::Codec>::claim_checkpoint(self, conn, projection_name)
@@ -430,12 +425,7 @@ macro_rules! impl_projection {
             }
 
             async fn relax_commit_durability(&self, conn: &mut $conn) -> $crate::Result<()> {
-                if let Some(sql) = &self.sql().relax_durability {
-                    sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                        .execute(&mut *conn)
-                        .await?;
-                }
-                Ok(())
+                <$dialect as $crate::core::Codec>::relax_durability(self, conn).await
             }
         }
     };

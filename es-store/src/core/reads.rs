@@ -121,10 +121,8 @@ macro_rules! impl_reads {
             }
 
             /// One round trip where the backend has a statement for it
-            /// (PostgreSQL: a function locks the head row, then reads the
-            /// events in a statement of its own, whose snapshot is taken
-            /// after the lock was granted); otherwise the lock, then the
-            /// fold.
+            /// (PostgreSQL); otherwise the lock, then the fold (see
+            /// `Codec::lock_and_fold`).
             async fn lock_and_fold_aggregate_stream<F, E>(
                 &self,
                 conn: &mut $conn,
@@ -143,19 +141,11 @@ macro_rules! impl_reads {
                     aggregate_id,
                 } = aggregate;
                 $crate::validate::aggregate(bounded_context, aggregate_type, aggregate_id)?;
-                let (from, _) = $crate::validate::versions(&versions)?;
-                let Some(locked_tail) = &self.sql().locked_tail else {
-                    $crate::EventStore::lock_aggregate(self, conn, aggregate).await?;
-                    return self
-                        .fold_aggregate_stream(conn, aggregate, versions, visit)
-                        .await;
-                };
-                let query = sqlx::query(sqlx::AssertSqlSafe(locked_tail.clone()))
-                    .bind(bounded_context)
-                    .bind(aggregate_type)
-                    .bind(aggregate_id)
-                    .bind(from);
-                visit_rows(query.fetch(&mut *conn), visit).await
+                $crate::validate::versions(&versions)?;
+                <$dialect as $crate::core::Codec>::lock_and_fold(
+                    self, conn, aggregate, versions, visit,
+                )
+                .await
             }
         }
 

@@ -9,9 +9,11 @@ use sqlx::mysql::MySqlRow;
 use sqlx::{AssertSqlSafe, MySqlConnection, Row};
 use uuid::Uuid;
 
-use super::{MySql, MySqlStore};
+use std::sync::Arc;
+
+use super::{MySql, MySqlStore, Own};
 use crate::core::Codec;
-use crate::{AppendResult, Error, Event, ExpectedVersion, Result, Snapshot};
+use crate::{AggregateRef, AppendResult, Error, Event, ExpectedVersion, Result, Snapshot};
 
 /// `ER_DUP_ENTRY`: a unique key refused a row.
 pub(super) const DUPLICATE_KEY: u16 = 1062;
@@ -102,6 +104,59 @@ impl Codec for MySql {
         claim_checkpoint(store, conn, projection_name).await
     }
 
+    /// The aggregate's lock row, a row that always exists (see "Appending"
+    /// on [`MySqlStore`]).
+    async fn lock_aggregate_row(
+        store: &MySqlStore,
+        conn: &mut MySqlConnection,
+        aggregate: AggregateRef<'_>,
+    ) -> Result<()> {
+        sqlx::query(AssertSqlSafe(store.own().sql.lock.clone()))
+            .bind(aggregate.bounded_context)
+            .bind(aggregate.aggregate_type)
+            .bind(aggregate.aggregate_id)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    /// `lock_head` is a plain read here: a head it found is then locked.
+    async fn lock_found_head(
+        store: &MySqlStore,
+        conn: &mut MySqlConnection,
+        aggregate: AggregateRef<'_>,
+        found: Option<i64>,
+    ) -> Result<Option<i64>> {
+        if found.is_none() {
+            return Ok(None);
+        }
+        Ok(
+            sqlx::query_scalar(AssertSqlSafe(store.own().sql.lock_found_head.clone()))
+                .bind(aggregate.bounded_context)
+                .bind(aggregate.aggregate_type)
+                .bind(aggregate.aggregate_id)
+                .fetch_optional(&mut *conn)
+                .await?,
+        )
+    }
+
+    async fn wait_checkpoint(
+        store: &MySqlStore,
+        conn: &mut MySqlConnection,
+        projection_name: &str,
+    ) -> Result<Option<i64>> {
+        Ok(
+            sqlx::query_scalar(AssertSqlSafe(store.own().sql.wait_checkpoint.clone()))
+                .bind(projection_name)
+                .fetch_optional(&mut *conn)
+                .await?,
+        )
+    }
+
+    fn probe_claim_sql(own: &Own) -> Option<&Arc<str>> {
+        Some(&own.sql.probe_claim)
+    }
+
     /// Measured against the server's `max_allowed_packet`.
     async fn check_snapshot(
         store: &MySqlStore,
@@ -138,12 +193,8 @@ const UNKNOWN_SYSTEM_VARIABLE: u16 = 1193;
 /// server has (tried in turn the first time, then remembered per store).
 async fn safe_position(store: &MySqlStore, conn: &mut MySqlConnection) -> Result<i64> {
     use std::sync::atomic::Ordering;
-    let statements = store
-        .sql()
-        .head_and_isolation
-        .as_ref()
-        .expect("rendered for MySQL");
-    let known = &store.inner.server.isolation_variable;
+    let statements = &store.own().sql.head_and_isolation;
+    let known = &store.own().server.isolation_variable;
     let mut which = usize::from(known.load(Ordering::Relaxed) == 2);
     let (head, level): (i64, String) = loop {
         let read = sqlx::query_as(AssertSqlSafe(statements[which].clone()))

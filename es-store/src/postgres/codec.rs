@@ -9,9 +9,14 @@ use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, PgConnection, Row};
 use uuid::Uuid;
 
+use std::ops::RangeFrom;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::sql::Sql;
 use super::{Postgres, PostgresStore};
 use crate::core::Codec;
-use crate::{AppendResult, Error, Event, ExpectedVersion, Result};
+use crate::{AggregateRef, AppendResult, Error, Event, ExpectedVersion, Result, StoredEvent};
 
 impl Codec for Postgres {
     type Uuid = Uuid;
@@ -92,6 +97,74 @@ impl Codec for Postgres {
         claim_checkpoint(store, conn, projection_name).await
     }
 
+    /// One round trip: a function locks the head row, then reads the
+    /// events in a statement of its own, whose snapshot is taken after the
+    /// lock was granted.
+    async fn lock_and_fold<F, E>(
+        store: &PostgresStore,
+        conn: &mut PgConnection,
+        aggregate: AggregateRef<'_>,
+        versions: RangeFrom<i64>,
+        visit: F,
+    ) -> std::result::Result<u64, E>
+    where
+        F: FnMut(StoredEvent<'_>) -> std::result::Result<(), E> + Send,
+        E: From<Error> + Send,
+    {
+        let query = sqlx::query(AssertSqlSafe(store.own().locked_tail.clone()))
+            .bind(aggregate.bounded_context)
+            .bind(aggregate.aggregate_type)
+            .bind(aggregate.aggregate_id)
+            .bind(versions.start);
+        super::visit_rows(query.fetch(&mut *conn), visit).await
+    }
+
+    /// The lease is set by the claimed row's own output: when no row is
+    /// claimed it may not be, and the claim is made again the long way.
+    async fn claim_leased(
+        store: &PostgresStore,
+        conn: &mut PgConnection,
+        projection_name: &str,
+        lease: Duration,
+    ) -> Result<Option<i64>> {
+        let millis = lease.as_millis().clamp(1, i32::MAX as u128).to_string();
+        let claimed: Option<(i64, String)> =
+            sqlx::query_as(AssertSqlSafe(store.own().claim_leased.clone()))
+                .bind(projection_name)
+                .bind(millis)
+                .fetch_optional(&mut *conn)
+                .await?;
+        Ok(claimed.map(|(position, _)| position))
+    }
+
+    async fn wait_checkpoint(
+        store: &PostgresStore,
+        conn: &mut PgConnection,
+        projection_name: &str,
+    ) -> Result<Option<i64>> {
+        Ok(
+            sqlx::query_scalar(AssertSqlSafe(store.own().wait_checkpoint.clone()))
+                .bind(projection_name)
+                .fetch_optional(&mut *conn)
+                .await?,
+        )
+    }
+
+    async fn relax_durability(store: &PostgresStore, conn: &mut PgConnection) -> Result<()> {
+        sqlx::query(AssertSqlSafe(store.own().relax_durability.clone()))
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    fn probe_claim_sql(own: &Sql) -> Option<&Arc<str>> {
+        Some(&own.probe_claim)
+    }
+
+    fn claim_holder_sql(own: &Sql) -> Option<&Arc<str>> {
+        Some(&own.claim_holder)
+    }
+
     // No statement size to check: the server has no packet limit that
     // would cost the connection (see `limits`).
 }
@@ -99,12 +172,7 @@ impl Codec for Postgres {
 /// The horizon of the advisory locks appenders hold: see the gap-safety
 /// notes.
 async fn safe_position(store: &PostgresStore, conn: &mut PgConnection) -> Result<i64> {
-    let sql = store
-        .sql()
-        .horizon
-        .clone()
-        .expect("rendered for PostgreSQL");
-    let row = sqlx::query(AssertSqlSafe(sql))
+    let row = sqlx::query(AssertSqlSafe(store.own().horizon.clone()))
         .fetch_one(&mut *conn)
         .await?;
     let allocated: i64 = row.try_get(0)?;

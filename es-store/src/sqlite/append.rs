@@ -91,12 +91,7 @@ async fn insert(
     const ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
     const RETURNING: &str = " RETURNING aggregate_version, global_position";
     let first = &events[0];
-    let prefix = store
-        .sql()
-        .append
-        .insert
-        .as_deref()
-        .expect("rendered for SQLite");
+    let prefix = &store.own().insert;
     let hash = crate::stream_hash(
         &first.bounded_context,
         &first.aggregate_type,
