@@ -25,8 +25,15 @@ pub(crate) mod sealed {
     pub trait Dialect: Send + Sync + Sized + 'static {
         /// The backend's naming rules.
         const RULES: Rules;
-        /// Renders every statement the store runs, from validated names.
-        fn statements(names: &Names) -> Statements;
+        /// What only this backend renders and keeps: the statements only
+        /// it runs (and, for MySQL, what the store learns of its server).
+        /// The core never reads it; the backend's [`Codec`] does.
+        ///
+        /// [`Codec`]: crate::core::Codec
+        type Own: std::fmt::Debug + Send + Sync + 'static;
+        /// Renders every statement the store runs, from validated names:
+        /// those the core runs on every backend, and the backend's own.
+        fn statements(names: &Names) -> (Statements, Self::Own);
         /// The migrations, oldest first: (version, description, SQL).
         fn migrations(names: &Names) -> Vec<(i64, &'static str, String)>;
         /// The statement that begins a transaction that reads and then
@@ -79,34 +86,18 @@ pub trait Dialect: sealed::Dialect {
 /// # Ok::<(), es_store::Error>(())
 /// ```
 pub struct SqlStore<D: Dialect> {
-    pub(crate) inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner<D>>,
     dialect: PhantomData<fn() -> D>,
 }
 
 #[derive(Debug)]
-pub(crate) struct Inner {
+pub(crate) struct Inner<D: Dialect> {
     pub(crate) names: Names,
     pub(crate) sql: Statements,
+    /// The backend's own statements and state.
+    pub(crate) own: D::Own,
     /// This process's signal of appends committed to the events table.
     pub(crate) committed: tokio::sync::watch::Sender<u64>,
-    /// What the store learnt of its server (MySQL: `max_allowed_packet`,
-    /// and how to read the session's isolation level), read once.
-    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
-    pub(crate) server: ServerFacts,
-}
-
-/// What a store reads from its server once, lazily, and keeps: 0 is
-/// "not read yet".
-#[derive(Debug, Default)]
-pub(crate) struct ServerFacts {
-    /// MySQL: the session's `max_allowed_packet`, in bytes.
-    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
-    pub(crate) max_packet: std::sync::atomic::AtomicU64,
-    /// MySQL: which variable names the session's isolation level (1:
-    /// `transaction_isolation`, MySQL 8 and MariaDB 11.1+; 2:
-    /// `tx_isolation`, MariaDB before 11.1).
-    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
-    pub(crate) isolation_variable: std::sync::atomic::AtomicU8,
 }
 
 /// The in-process signal of committed appends of each events table, by
@@ -319,6 +310,11 @@ impl<D: Dialect> SqlStore<D> {
     pub(crate) fn names(&self) -> &Names {
         &self.inner.names
     }
+
+    /// The backend's own statements and state.
+    pub(crate) fn own(&self) -> &D::Own {
+        &self.inner.own
+    }
 }
 
 /// Sets the schema and table names of a [`SqlStore`].
@@ -477,14 +473,14 @@ impl<D: Dialect> StoreBuilder<D> {
             notify: self.notify,
         };
         names.check_distinct()?;
-        let sql = D::statements(&names);
+        let (sql, own) = D::statements(&names);
         let committed = committed_signal(rules.backend, &names.events());
         Ok(SqlStore {
             inner: Arc::new(Inner {
                 names,
                 sql,
+                own,
                 committed,
-                server: ServerFacts::default(),
             }),
             dialect: PhantomData,
         })

@@ -1,7 +1,7 @@
 //! Appending: input checks, locking an aggregate, and deciding what a
 //! refused append means (a conflict, or a retried batch whose stored
 //! result is returned). The statements themselves and their locking are the
-//! backend's `codec::append`.
+//! backend's [`Codec::append`](crate::core::Codec::append).
 
 /// Stamps out [`EventStore`](crate::EventStore) and the append helpers
 /// for one backend.
@@ -34,7 +34,7 @@ macro_rules! impl_append {
                     first_position = tracing::field::Empty,
                 );
                 let appended = tracing::Instrument::instrument(
-                    codec::append(self, conn, expected, events),
+                    <$dialect as $crate::core::Codec>::append(self, conn, expected, events),
                     span.clone(),
                 )
                 .await;
@@ -60,38 +60,25 @@ macro_rules! impl_append {
                 conn: &mut $conn,
                 aggregate: impl $crate::AsAggregateRef + Send,
             ) -> $crate::Result<i64> {
+                let aggregate = aggregate.as_aggregate_ref();
                 let $crate::AggregateRef {
                     bounded_context,
                     aggregate_type,
                     aggregate_id,
-                } = aggregate.as_aggregate_ref();
+                } = aggregate;
                 $crate::validate::aggregate(bounded_context, aggregate_type, aggregate_id)?;
-                // The aggregate's own lock, where appends take one first
-                // (MySQL); then the head, read (and locked, elsewhere).
-                if let Some(lock) = &self.sql().append.lock {
-                    sqlx::query(sqlx::AssertSqlSafe(lock.clone()))
-                        .bind(bounded_context)
-                        .bind(aggregate_type)
-                        .bind(aggregate_id)
-                        .execute(&mut *conn)
-                        .await?;
-                }
-                let mut version: Option<i64> =
+                // The aggregate's own lock, where appends take one first;
+                // then the head, read (and locked, on most backends).
+                <$dialect as $crate::core::Codec>::lock_aggregate_row(self, conn, aggregate).await?;
+                let found: Option<i64> =
                     sqlx::query_scalar(sqlx::AssertSqlSafe(self.sql().lock_head.clone()))
                         .bind(bounded_context)
                         .bind(aggregate_type)
                         .bind(aggregate_id)
                         .fetch_optional(&mut *conn)
                         .await?;
-                // A head found by a plain read is then locked (MySQL).
-                if let (Some(_), Some(relock)) = (version, &self.sql().lock_found_head) {
-                    version = sqlx::query_scalar(sqlx::AssertSqlSafe(relock.clone()))
-                        .bind(bounded_context)
-                        .bind(aggregate_type)
-                        .bind(aggregate_id)
-                        .fetch_optional(&mut *conn)
-                        .await?;
-                }
+                let version =
+                    <$dialect as $crate::core::Codec>::lock_found_head(self, conn, aggregate, found).await?;
                 Ok(version.unwrap_or(0))
             }
 
@@ -108,7 +95,7 @@ macro_rules! impl_append {
                     return Ok(Vec::new());
                 }
                 let rows = sqlx::query(sqlx::AssertSqlSafe(self.sql().stored_ids.clone()))
-                    .bind(codec::id_list(ids.iter().copied())?)
+                    .bind(<$dialect as $crate::core::Codec>::id_list(ids.iter().copied())?)
                     .fetch_all(&mut *conn)
                     .await?;
                 let mut found = rows
@@ -130,7 +117,7 @@ macro_rules! impl_append {
                 events: &[$crate::Event],
             ) -> $crate::Result<Vec<($crate::PersistedEvent, bool)>> {
                 let rows = sqlx::query(sqlx::AssertSqlSafe(self.sql().stored_ids.clone()))
-                    .bind(codec::id_list(events.iter().map(|e| e.event_id))?)
+                    .bind(<$dialect as $crate::core::Codec>::id_list(events.iter().map(|e| e.event_id))?)
                     .fetch_all(&mut *conn)
                     .await?;
                 let found = rows
@@ -167,30 +154,6 @@ macro_rules! impl_append {
                     expected,
                     actual: Some(actual.unwrap_or(0)),
                 })
-            }
-
-            /// A reused id was caught by the unique constraint: look at what
-            /// is stored to say what differs (or to return the stored
-            /// result, when the batch repeats it). When nothing can be read
-            /// (the refusal aborted the caller's transaction), the reason is
-            /// `Unverified`. (SQLite resolves reused ids under its write
-            /// lock instead.)
-            #[allow(dead_code)]
-            pub(crate) async fn resolve_reused_id(
-                &self,
-                conn: &mut $conn,
-                events: Vec<$crate::Event>,
-                event_id: uuid::Uuid,
-            ) -> $crate::Result<$crate::AppendResult> {
-                match self.stored_events(conn, &events).await {
-                    Ok(stored) if !stored.is_empty() => {
-                        $crate::replay::stored_result(&events, stored)
-                    }
-                    _ => Err($crate::Error::EventIdConflict {
-                        event_id,
-                        reason: $crate::EventIdConflictReason::Unverified,
-                    }),
-                }
             }
         }
     };

@@ -14,12 +14,13 @@ macro_rules! impl_documents {
             ) -> $crate::Result<()> {
                 $crate::validate::document_key(collection, id)?;
                 $crate::validate::document(body, self.max_json_depth())?;
-                codec::check_document(self, conn, collection, id, body).await?;
+                <$dialect as $crate::core::Codec>::check_document(self, conn, collection, id, body)
+                    .await?;
                 sqlx::query(sqlx::AssertSqlSafe(self.sql().documents.put.clone()))
                     .bind(collection)
                     .bind(id)
-                    .bind(codec::json(body))
-                    .bind(codec::time($crate::event::now()))
+                    .bind(<$dialect as $crate::core::Codec>::json(body))
+                    .bind(<$dialect as $crate::core::Codec>::time($crate::event::now()))
                     .execute(&mut *conn)
                     .await?;
                 Ok(())
@@ -37,7 +38,7 @@ macro_rules! impl_documents {
                     .bind(id)
                     .fetch_optional(&mut *conn)
                     .await?;
-                row.map(|row| codec::get_json(&row, 0))
+                row.map(|row| <$dialect as $crate::core::Codec>::get_json(&row, 0))
                     .transpose()
                     .map(|body| body.filter(|b| b.get() != "null"))
             }
@@ -54,7 +55,7 @@ macro_rules! impl_documents {
                     sqlx::query(sqlx::AssertSqlSafe(sql.ensure.clone()))
                         .bind(collection)
                         .bind(id)
-                        .bind(codec::time($crate::event::now()))
+                        .bind(<$dialect as $crate::core::Codec>::time($crate::event::now()))
                         .execute(&mut *conn)
                         .await?;
                     let row = sqlx::query(sqlx::AssertSqlSafe(sql.get_locked.clone()))
@@ -65,7 +66,7 @@ macro_rules! impl_documents {
                     // None: deleted by another transaction between the two
                     // statements; make it exist again.
                     if let Some(row) = row {
-                        let body = codec::get_json(&row, 0)?;
+                        let body = <$dialect as $crate::core::Codec>::get_json(&row, 0)?;
                         return Ok(Some(body).filter(|b| b.get() != "null"));
                     }
                 }
@@ -116,7 +117,12 @@ macro_rules! impl_documents {
                     .fetch_all(&mut *conn)
                     .await?;
                 rows.iter()
-                    .map(|row| Ok((row.try_get::<String, _>(0)?, codec::get_json(row, 1)?)))
+                    .map(|row| {
+                        Ok((
+                            row.try_get::<String, _>(0)?,
+                            <$dialect as $crate::core::Codec>::get_json(row, 1)?,
+                        ))
+                    })
                     .collect()
             }
 

@@ -6,19 +6,14 @@
 //! is written once, and each expansion is checked against one backend's
 //! concrete types, so no sqlx bound ever has to be spelled generically.
 //!
-//! A backend supplies, in a module named `codec` beside the invocation:
-//!
-//! - value encodings for binding: `uuid`, `opt_uuid`, `time`, `json`,
-//!   `name_list` (a filter's names) and `id_list` (a batch's event ids);
-//! - value decodings from its rows: `get_uuid`, `get_opt_uuid`, `get_time`,
-//!   `get_json`, `json_text` (borrowed);
-//! - the primitives that really differ: `append` (the append statements
-//!   and their locking, after the input was validated), `safe_position`
-//!   (the gap-safe horizon of global reads) and `claim_checkpoint`.
-//!
+//! A backend supplies its [`Codec`] (value encodings for binding,
+//! decodings from its rows, and the primitives that really differ:
+//! `append`, `safe_position`, `claim_checkpoint`), implemented in its own
+//! `codec.rs`,
 //! and its SQL text, rendered into [`Statements`].
 
 mod append;
+mod codec;
 mod documents;
 mod projection;
 mod reads;
@@ -48,14 +43,6 @@ pub(crate) struct Statements {
     /// (bounded context, aggregate type, aggregate id) -> version, locking
     /// the aggregate until the transaction ends.
     pub(crate) lock_head: Arc<str>,
-    /// Locks a head that `lock_head` found, where `lock_head` is a plain
-    /// read (MySQL): (bounded context, aggregate type, aggregate id) ->
-    /// version.
-    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
-    pub(crate) lock_found_head: Option<Arc<str>>,
-    /// Locks and reads the tail in one round trip, where the backend can:
-    /// (bounded context, aggregate type, aggregate id, from) -> fold columns.
-    pub(crate) locked_tail: Option<Arc<str>>,
     /// (bounded context, aggregate type, aggregate id, from, to) -> event
     /// columns, by version.
     pub(crate) read_stream: Arc<str>,
@@ -68,29 +55,13 @@ pub(crate) struct Statements {
     pub(crate) read_events: Arc<str>,
     /// () -> the highest stored position, 0 when empty.
     pub(crate) head_position: Arc<str>,
-    /// MySQL: () -> (the highest stored position, the session's isolation
-    /// level), the level read from `@@transaction_isolation` (MySQL 8,
-    /// MariaDB 11.1+) or from `@@tx_isolation` (MariaDB before 11.1).
-    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
-    pub(crate) head_and_isolation: Option<[Arc<str>; 2]>,
     /// (name) -> position.
     pub(crate) get_checkpoint: Arc<str>,
     /// (name, position, now).
     pub(crate) update_checkpoint: Arc<str>,
     /// (name) -> position, skipping a checkpoint another transaction holds.
     pub(crate) claim_checkpoint: Arc<str>,
-    /// (name, lease in milliseconds as text) -> (position, _): the claim
-    /// that also sets the transaction's lease, where the backend can do
-    /// both in one statement (PostgreSQL).
-    pub(crate) claim_leased: Option<Arc<str>>,
-    /// (name) -> position, never waiting for a holder: the claim, where it
-    /// skips held rows (not SQLite, whose claim is the write lock).
-    pub(crate) probe_claim: Option<Arc<str>>,
-    /// (name) -> (pid, application, client address) of the session whose
-    /// transaction holds the row (PostgreSQL).
-    pub(crate) claim_holder: Option<Arc<str>>,
     /// (name) -> whether it exists.
-    #[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
     pub(crate) checkpoint_exists: Arc<str>,
     /// (name, now): creates a missing checkpoint at 0.
     pub(crate) create_checkpoint: Arc<str>,
@@ -112,9 +83,6 @@ pub(crate) struct Statements {
     /// (name, now): writes the projection's lock row (version 0), which
     /// holds it until the transaction ends.
     pub(crate) lock_versions: Arc<str>,
-    /// (name) -> position, waiting for a transaction that holds the
-    /// checkpoint; `None` where a claim waits already (SQLite).
-    pub(crate) wait_checkpoint: Option<Arc<str>>,
     /// (name): removes a checkpoint.
     pub(crate) delete_checkpoint: Arc<str>,
     /// (bounded context, aggregate type, aggregate id, max version) ->
@@ -127,14 +95,6 @@ pub(crate) struct Statements {
     pub(crate) record_failure: Arc<str>,
     /// (name) -> (position, event id, event type, error, failed at).
     pub(crate) list_failures: Arc<str>,
-    /// Lets the transaction commit without waiting for durability, where
-    /// the backend can.
-    pub(crate) relax_durability: Option<Arc<str>>,
-    /// PostgreSQL: the gap-safe horizon and the listener registration.
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-    pub(crate) horizon: Option<Arc<str>>,
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-    pub(crate) register_listener: Option<Arc<str>>,
     /// The read-model documents' statements.
     pub(crate) documents: DocumentStatements,
 }
@@ -165,29 +125,13 @@ pub(crate) struct DocumentStatements {
 }
 
 /// The statements of an append, by kind of expected version: the whole
-/// append (PostgreSQL) or its head check (the others), plus what the
-/// backend runs after it.
+/// append (PostgreSQL) or its head check (the others). What a backend runs
+/// besides them is in its own `sql::Sql`.
 #[derive(Debug)]
 pub(crate) struct AppendStatements {
     pub(crate) no_stream: Arc<str>,
     pub(crate) any: Arc<str>,
     pub(crate) exact: Arc<str>,
-    /// Inserts the batch after the head check, where it is a statement of
-    /// its own.
-    #[cfg_attr(not(any(feature = "sqlite", feature = "mysql")), allow(dead_code))]
-    pub(crate) insert: Option<Arc<str>>,
-    /// Locks the aggregate before its head is checked, where that is a
-    /// statement of its own (MySQL).
-    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
-    pub(crate) lock: Option<Arc<str>>,
-    /// Draws the batch's positions, where that is a statement of its own
-    /// (MySQL).
-    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
-    pub(crate) positions: Option<Arc<str>>,
-    /// The append of a batch of one event, where it has a statement of its
-    /// own (PostgreSQL): for `NoStream`, `Any`, `Exact`.
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-    pub(crate) single_event: Option<[Arc<str>; 3]>,
 }
 
 impl AppendStatements {
@@ -196,20 +140,6 @@ impl AppendStatements {
             crate::ExpectedVersion::NoStream => &self.no_stream,
             crate::ExpectedVersion::Any => &self.any,
             crate::ExpectedVersion::Exact(_) => &self.exact,
-        }
-    }
-
-    /// The statement that appends a batch of `events` events under
-    /// `expected`.
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-    pub(crate) fn for_batch(&self, expected: crate::ExpectedVersion, events: usize) -> &Arc<str> {
-        match (&self.single_event, events) {
-            (Some([no_stream, any, exact]), 1) => match expected {
-                crate::ExpectedVersion::NoStream => no_stream,
-                crate::ExpectedVersion::Any => any,
-                crate::ExpectedVersion::Exact(_) => exact,
-            },
-            _ => self.for_expected(expected),
         }
     }
 }
@@ -320,7 +250,7 @@ pub(crate) fn same_json(a: &RawValue, b: &RawValue) -> Result<bool> {
 
 /// Stamps out every capability trait for one backend: `$dialect` is the
 /// dialect marker, `$conn` and `$row` the sqlx connection and row types.
-/// Expects a `codec` module at the invocation site (see the module docs).
+/// `$dialect` must implement [`Codec`].
 macro_rules! impl_store {
     ($dialect:ty, $conn:ty, $row:ty) => {
         $crate::core::impl_append!($dialect, $conn, $row);
@@ -330,6 +260,7 @@ macro_rules! impl_store {
     };
 }
 pub(crate) use append::impl_append;
+pub(crate) use codec::Codec;
 pub(crate) use documents::impl_documents;
 pub(crate) use impl_store;
 pub(crate) use projection::impl_projection;

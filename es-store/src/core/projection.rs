@@ -1,5 +1,5 @@
 //! What read models need besides the feed: checkpoints, snapshots, claims
-//! (the backend's `codec::claim_checkpoint`), skipped-event records, the
+//! (the backend's `Codec::claim_checkpoint`), skipped-event records, the
 //! head of the feed and commits without durability.
 
 /// Stamps out [`CheckpointStore`](crate::CheckpointStore),
@@ -33,7 +33,7 @@ macro_rules! impl_projection {
                 sqlx::query(sqlx::AssertSqlSafe(self.sql().update_checkpoint.clone()))
                     .bind(projection_name)
                     .bind(position)
-                    .bind(codec::time($crate::event::now()))
+                    .bind(<$dialect as $crate::core::Codec>::time($crate::event::now()))
                     .execute(&mut *conn)
                     .await?;
                 Ok(())
@@ -71,9 +71,9 @@ macro_rules! impl_projection {
                     aggregate_id,
                     row.try_get(0)?,
                     row.try_get(1)?,
-                    codec::get_json(&row, 2)?,
+                    <$dialect as $crate::core::Codec>::get_json(&row, 2)?,
                 );
-                snapshot.created_at = codec::get_time(&row, 3)?;
+                snapshot.created_at = <$dialect as $crate::core::Codec>::get_time(&row, 3)?;
                 Ok(Some(snapshot))
             }
 
@@ -83,15 +83,15 @@ macro_rules! impl_projection {
                 snapshot: &$crate::Snapshot,
             ) -> $crate::Result<()> {
                 $crate::validate::snapshot(snapshot, self.max_json_depth())?;
-                codec::check_snapshot(self, conn, snapshot).await?;
+                <$dialect as $crate::core::Codec>::check_snapshot(self, conn, snapshot).await?;
                 sqlx::query(sqlx::AssertSqlSafe(self.sql().save_snapshot.clone()))
                     .bind(&snapshot.bounded_context)
                     .bind(&snapshot.aggregate_type)
                     .bind(&snapshot.aggregate_id)
                     .bind(snapshot.version)
                     .bind(snapshot.schema_version)
-                    .bind(codec::json(&snapshot.state))
-                    .bind(codec::time(snapshot.created_at))
+                    .bind(<$dialect as $crate::core::Codec>::json(&snapshot.state))
+                    .bind(<$dialect as $crate::core::Codec>::time(snapshot.created_at))
                     .execute(&mut *conn)
                     .await?;
                 Ok(())
@@ -105,7 +105,8 @@ macro_rules! impl_projection {
                 projection_name: &str,
             ) -> $crate::Result<Option<i64>> {
                 $crate::validate::projection_name(projection_name)?;
-                codec::claim_checkpoint(self, conn, projection_name).await
+                <$dialect as $crate::core::Codec>::claim_checkpoint(self, conn, projection_name)
+                    .await
             }
 
             async fn record_failure(
@@ -126,10 +127,10 @@ macro_rules! impl_projection {
                 sqlx::query(sqlx::AssertSqlSafe(self.sql().record_failure.clone()))
                     .bind(projection_name)
                     .bind(event.global_position)
-                    .bind(codec::uuid(event.event_id))
+                    .bind(<$dialect as $crate::core::Codec>::uuid(event.event_id))
                     .bind(&event.event_type)
                     .bind(error.as_ref())
-                    .bind(codec::time($crate::event::now()))
+                    .bind(<$dialect as $crate::core::Codec>::time($crate::event::now()))
                     .execute(&mut *conn)
                     .await?;
                 Ok(())
@@ -150,10 +151,10 @@ macro_rules! impl_projection {
                     .map(|row| {
                         Ok($crate::ProjectionFailure {
                             global_position: row.try_get(0)?,
-                            event_id: codec::get_uuid(row, 1)?,
+                            event_id: <$dialect as $crate::core::Codec>::get_uuid(row, 1)?,
                             event_type: row.try_get(2)?,
                             error: row.try_get(3)?,
-                            failed_at: codec::get_time(row, 4)?,
+                            failed_at: <$dialect as $crate::core::Codec>::get_time(row, 4)?,
                         })
                     })
                     .collect()
@@ -174,17 +175,14 @@ macro_rules! impl_projection {
                 lease: std::time::Duration,
             ) -> $crate::Result<Option<i64>> {
                 $crate::validate::projection_name(projection_name)?;
-                if let Some(sql) = &self.sql().claim_leased {
-                    let millis = lease.as_millis().clamp(1, i32::MAX as u128).to_string();
-                    let claimed: Option<(i64, String)> =
-                        sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
-                            .bind(projection_name)
-                            .bind(millis)
-                            .fetch_optional(&mut *conn)
-                            .await?;
-                    if let Some((position, _)) = claimed {
-                        return Ok(Some(position));
-                    }
+                let claimed = <$dialect as $crate::core::Codec>::claim_leased(
+                    self,
+                    conn,
+                    projection_name,
+                    lease,
+                );
+                if let Some(position) = claimed.await? {
+                    return Ok(Some(position));
                 }
                 $crate::ProjectionStore::lease_transaction(self, conn, lease).await?;
                 $crate::ProjectionStore::claim_checkpoint(self, conn, projection_name).await
@@ -196,7 +194,8 @@ macro_rules! impl_projection {
                 projection_name: &str,
             ) -> $crate::Result<$crate::CheckpointHolder> {
                 $crate::validate::projection_name(projection_name)?;
-                let Some(probe) = &self.sql().probe_claim else {
+                let Some(probe) = <$dialect as $crate::core::Codec>::probe_claim_sql(self.own())
+                else {
                     return Ok($crate::CheckpointHolder::Unknown);
                 };
                 let mut tx = sqlx::Connection::begin(&mut *conn).await?;
@@ -218,7 +217,7 @@ macro_rules! impl_projection {
                     // batch, whose row nobody else can see.
                     $crate::CheckpointHolder::Unknown
                 } else {
-                    let by = match &self.sql().claim_holder {
+                    let by = match <$dialect as $crate::core::Codec>::claim_holder_sql(self.own()) {
                         Some(sql) => {
                             let found: Option<(i32, Option<String>, Option<String>)> =
                                 sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
@@ -286,7 +285,7 @@ macro_rules! impl_projection {
                             state,
                             replay_until: row.try_get(3)?,
                             partitions: number(row.try_get(4)?, "partition count")?,
-                            updated_at: codec::get_time(row, 5)?,
+                            updated_at: <$dialect as $crate::core::Codec>::get_time(row, 5)?,
                             side_effects: row.try_get(6)?,
                             worker_seen_at: row.try_get(7)?,
                         })
@@ -307,7 +306,7 @@ macro_rules! impl_projection {
                     .bind(version.state.as_str())
                     .bind(version.replay_until)
                     .bind(i64::from(version.partitions))
-                    .bind(codec::time(version.updated_at))
+                    .bind(<$dialect as $crate::core::Codec>::time(version.updated_at))
                     .bind(version.side_effects)
                     .execute(&mut *conn)
                     .await?;
@@ -339,7 +338,7 @@ macro_rules! impl_projection {
             ) -> $crate::Result<()> {
                 $crate::validate::projection_name(projection_name)?;
                 sqlx::query(sqlx::AssertSqlSafe(self.sql().record_worker.clone()))
-                    .bind(codec::time($crate::event::now()))
+                    .bind(<$dialect as $crate::core::Codec>::time($crate::event::now()))
                     .bind(projection_name)
                     .bind(i64::from(version))
                     .execute(&mut *conn)
@@ -358,7 +357,7 @@ macro_rules! impl_projection {
                     .bind(version.state.as_str())
                     .bind(version.replay_until)
                     .bind(i64::from(version.partitions))
-                    .bind(codec::time($crate::event::now()))
+                    .bind(<$dialect as $crate::core::Codec>::time($crate::event::now()))
                     .bind(&version.name)
                     .bind(i64::from(version.version))
                     .execute(&mut *conn)
@@ -387,17 +386,15 @@ macro_rules! impl_projection {
                 projection_name: &str,
             ) -> $crate::Result<Option<i64>> {
                 $crate::validate::projection_name(projection_name)?;
-                if let Some(sql) = &self.sql().wait_checkpoint {
-                    let found: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
-                        .bind(projection_name)
-                        .fetch_optional(&mut *conn)
+                let found =
+                    <$dialect as $crate::core::Codec>::wait_checkpoint(self, conn, projection_name)
                         .await?;
-                    if found.is_some() {
-                        return Ok(found);
-                    }
+                if found.is_some() {
+                    return Ok(found);
                 }
                 // Missing (a claim creates it), or a backend whose claims wait.
-                codec::claim_checkpoint(self, conn, projection_name).await
+                <$dialect as $crate::core::Codec>::claim_checkpoint(self, conn, projection_name)
+                    .await
             }
 
             async fn lock_projection_versions(
@@ -408,7 +405,7 @@ macro_rules! impl_projection {
                 $crate::validate::projection_name(projection_name)?;
                 sqlx::query(sqlx::AssertSqlSafe(self.sql().lock_versions.clone()))
                     .bind(projection_name)
-                    .bind(codec::time($crate::event::now()))
+                    .bind(<$dialect as $crate::core::Codec>::time($crate::event::now()))
                     .execute(&mut *conn)
                     .await?;
                 Ok(())
@@ -428,12 +425,7 @@ macro_rules! impl_projection {
             }
 
             async fn relax_commit_durability(&self, conn: &mut $conn) -> $crate::Result<()> {
-                if let Some(sql) = &self.sql().relax_durability {
-                    sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                        .execute(&mut *conn)
-                        .await?;
-                }
-                Ok(())
+                <$dialect as $crate::core::Codec>::relax_durability(self, conn).await
             }
         }
     };

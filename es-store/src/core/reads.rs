@@ -1,5 +1,5 @@
 //! Reading: one aggregate's stream (whole, or folded as rows arrive), and
-//! the gap-safe global feed, up to the backend's `codec::safe_position`.
+//! the gap-safe global feed, up to the backend's `Codec::safe_position`.
 
 /// Stamps out [`AggregateStreamReader`](crate::AggregateStreamReader),
 /// [`EventReader`](crate::EventReader) and the row decoder for one backend.
@@ -9,18 +9,18 @@ macro_rules! impl_reads {
         fn decode_row(row: &$row) -> $crate::Result<$crate::PersistedEvent> {
             use sqlx::Row as _;
             let event = $crate::Event {
-                event_id: codec::get_uuid(row, 2)?,
+                event_id: <$dialect as $crate::core::Codec>::get_uuid(row, 2)?,
                 bounded_context: row.try_get(3)?,
                 aggregate_type: row.try_get(4)?,
                 aggregate_id: row.try_get(5)?,
                 event_type: row.try_get(6)?,
                 event_version: row.try_get(7)?,
-                payload: codec::get_json(row, 8)?,
-                metadata: codec::get_json(row, 9)?,
-                correlation_id: codec::get_opt_uuid(row, 10)?,
-                causation_id: codec::get_opt_uuid(row, 11)?,
+                payload: <$dialect as $crate::core::Codec>::get_json(row, 8)?,
+                metadata: <$dialect as $crate::core::Codec>::get_json(row, 9)?,
+                correlation_id: <$dialect as $crate::core::Codec>::get_opt_uuid(row, 10)?,
+                causation_id: <$dialect as $crate::core::Codec>::get_opt_uuid(row, 11)?,
                 trace_id: row.try_get(12)?,
-                created_at: codec::get_time(row, 13)?,
+                created_at: <$dialect as $crate::core::Codec>::get_time(row, 13)?,
             };
             Ok($crate::PersistedEvent::new(
                 event,
@@ -51,7 +51,7 @@ macro_rules! impl_reads {
                     aggregate_version: row.try_get_unchecked(0).map_err(get)?,
                     event_type: row.try_get_unchecked(1).map_err(get)?,
                     event_version: row.try_get_unchecked(2).map_err(get)?,
-                    payload: codec::json_text(&row, 3)?,
+                    payload: <$dialect as $crate::core::Codec>::json_text(&row, 3)?,
                 })?;
                 visited += 1;
             }
@@ -121,10 +121,8 @@ macro_rules! impl_reads {
             }
 
             /// One round trip where the backend has a statement for it
-            /// (PostgreSQL: a function locks the head row, then reads the
-            /// events in a statement of its own, whose snapshot is taken
-            /// after the lock was granted); otherwise the lock, then the
-            /// fold.
+            /// (PostgreSQL); otherwise the lock, then the fold (see
+            /// `Codec::lock_and_fold`).
             async fn lock_and_fold_aggregate_stream<F, E>(
                 &self,
                 conn: &mut $conn,
@@ -143,19 +141,11 @@ macro_rules! impl_reads {
                     aggregate_id,
                 } = aggregate;
                 $crate::validate::aggregate(bounded_context, aggregate_type, aggregate_id)?;
-                let (from, _) = $crate::validate::versions(&versions)?;
-                let Some(locked_tail) = &self.sql().locked_tail else {
-                    $crate::EventStore::lock_aggregate(self, conn, aggregate).await?;
-                    return self
-                        .fold_aggregate_stream(conn, aggregate, versions, visit)
-                        .await;
-                };
-                let query = sqlx::query(sqlx::AssertSqlSafe(locked_tail.clone()))
-                    .bind(bounded_context)
-                    .bind(aggregate_type)
-                    .bind(aggregate_id)
-                    .bind(from);
-                visit_rows(query.fetch(&mut *conn), visit).await
+                $crate::validate::versions(&versions)?;
+                <$dialect as $crate::core::Codec>::lock_and_fold(
+                    self, conn, aggregate, versions, visit,
+                )
+                .await
             }
         }
 
@@ -187,7 +177,7 @@ macro_rules! impl_reads {
                 filter.validate()?;
                 // Nothing at or below `safe` can still commit: see the
                 // backend's gap-safety notes.
-                let safe = codec::safe_position(self, conn).await?;
+                let safe = <$dialect as $crate::core::Codec>::safe_position(self, conn).await?;
                 if safe <= from_position {
                     return Ok($crate::EventPage {
                         events: Vec::new(),
@@ -199,8 +189,12 @@ macro_rules! impl_reads {
                     .map_or((1, 0), |p| (i64::from(p.count()), i64::from(p.index())));
                 let rows = sqlx::query(sqlx::AssertSqlSafe(self.sql().read_events.clone()))
                     .bind(from_position)
-                    .bind(codec::name_list(filter.bounded_contexts())?)
-                    .bind(codec::name_list(filter.aggregate_types())?)
+                    .bind(<$dialect as $crate::core::Codec>::name_list(
+                        filter.bounded_contexts(),
+                    )?)
+                    .bind(<$dialect as $crate::core::Codec>::name_list(
+                        filter.aggregate_types(),
+                    )?)
                     .bind(count)
                     .bind(index)
                     .bind(safe)

@@ -127,14 +127,12 @@ async fn attempt(
     // without creating anything), and the row lock of that head is the
     // aggregate's lock: `lock_aggregate` takes it too.
     if !matches!(expected, ExpectedVersion::Exact(_)) {
-        sqlx::query(AssertSqlSafe(
-            statements.lock.clone().expect("rendered for MySQL"),
-        ))
-        .bind(aggregate.0)
-        .bind(aggregate.1)
-        .bind(aggregate.2)
-        .execute(&mut *conn)
-        .await?;
+        sqlx::query(AssertSqlSafe(store.own().sql.lock.clone()))
+            .bind(aggregate.0)
+            .bind(aggregate.1)
+            .bind(aggregate.2)
+            .execute(&mut *conn)
+            .await?;
     }
     // `Any` creates the head or moves it. Which one is decided with a plain
     // read: moving a missing row would lock the gap where it would be, and
@@ -242,12 +240,7 @@ async fn insert(
     base_position: i64,
 ) -> std::result::Result<u64, sqlx::Error> {
     let first = &events[0];
-    let prefix = store
-        .sql()
-        .append
-        .insert
-        .clone()
-        .expect("rendered for MySQL");
+    let prefix = &store.own().sql.insert;
     let hash = crate::stream_hash(
         &first.bounded_context,
         &first.aggregate_type,
@@ -256,7 +249,7 @@ async fn insert(
     let mut stored = 0;
     for range in inserts {
         const ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
-        let sql = crate::core::values_sql(&prefix, ROW, range.len(), "");
+        let sql = crate::core::values_sql(prefix, ROW, range.len(), "");
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for (i, event) in events[range.clone()].iter().enumerate() {
             let n = (range.start + i + 1) as i64;
@@ -289,13 +282,7 @@ async fn draw(
     conn: &mut MySqlConnection,
     count: i64,
 ) -> std::result::Result<i64, sqlx::Error> {
-    let sql = store
-        .sql()
-        .append
-        .positions
-        .clone()
-        .expect("rendered for MySQL");
-    let drawn = sqlx::query(AssertSqlSafe(sql))
+    let drawn = sqlx::query(AssertSqlSafe(store.own().sql.positions.clone()))
         .bind(count)
         .execute(&mut *conn)
         .await?;

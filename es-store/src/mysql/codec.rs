@@ -9,12 +9,11 @@ use sqlx::mysql::MySqlRow;
 use sqlx::{AssertSqlSafe, MySqlConnection, Row};
 use uuid::Uuid;
 
-use super::MySqlStore;
-use crate::{Error, Result};
+use std::sync::Arc;
 
-pub(super) use super::append::append;
-pub(super) use super::packet::{check_document, check_snapshot};
-pub(super) use crate::core::{json_id_list as id_list, json_name_list as name_list};
+use super::{MySql, MySqlStore, Own};
+use crate::core::Codec;
+use crate::{AggregateRef, AppendResult, Error, Event, ExpectedVersion, Result, Snapshot};
 
 /// `ER_DUP_ENTRY`: a unique key refused a row.
 pub(super) const DUPLICATE_KEY: u16 = 1062;
@@ -33,40 +32,150 @@ pub(super) fn error_number(error: &sqlx::Error) -> Option<u16> {
         .map(|e| e.number())
 }
 
-pub(super) fn uuid(id: Uuid) -> Uuid {
-    id
-}
+impl Codec for MySql {
+    type Uuid = Uuid;
+    /// Bound as `DATETIME(6)`: sqlx sends the UTC wall-clock time, and the
+    /// column keeps it as is, whatever the session's time zone.
+    type Time = DateTime<Utc>;
+    type Json<'a> = &'a str;
+    type NameList<'a> = Option<String>;
+    type IdList = String;
 
-/// Bound as `DATETIME(6)`: sqlx sends the UTC wall-clock time, and the
-/// column keeps it as is, whatever the session's time zone.
-pub(super) fn time(at: DateTime<Utc>) -> DateTime<Utc> {
-    at
-}
+    fn uuid(id: Uuid) -> Uuid {
+        id
+    }
 
-pub(super) fn json(raw: &RawValue) -> &str {
-    raw.get()
-}
+    fn time(at: DateTime<Utc>) -> DateTime<Utc> {
+        at
+    }
 
-pub(super) fn get_uuid(row: &MySqlRow, index: usize) -> Result<Uuid> {
-    Ok(row.try_get(index)?)
-}
+    fn json(raw: &RawValue) -> &str {
+        raw.get()
+    }
 
-pub(super) fn get_opt_uuid(row: &MySqlRow, index: usize) -> Result<Option<Uuid>> {
-    Ok(row.try_get(index)?)
-}
+    fn name_list(names: &[String]) -> Result<Option<String>> {
+        crate::core::json_name_list(names)
+    }
 
-pub(super) fn get_time(row: &MySqlRow, index: usize) -> Result<DateTime<Utc>> {
-    Ok(row.try_get(index)?)
-}
+    fn id_list(ids: impl Iterator<Item = Uuid>) -> Result<String> {
+        crate::core::json_id_list(ids)
+    }
 
-pub(super) fn get_json(row: &MySqlRow, index: usize) -> Result<Box<RawValue>> {
-    RawValue::from_string(json_text(row, index)?.to_owned()).map_err(Error::Serialization)
-}
+    fn get_uuid(row: &MySqlRow, index: usize) -> Result<Uuid> {
+        Ok(row.try_get(index)?)
+    }
 
-/// The JSON text of a column, borrowed from the row (the table's
-/// `json_valid` check vouches for it).
-pub(super) fn json_text(row: &MySqlRow, index: usize) -> Result<&str> {
-    Ok(row.try_get_unchecked(index)?)
+    fn get_opt_uuid(row: &MySqlRow, index: usize) -> Result<Option<Uuid>> {
+        Ok(row.try_get(index)?)
+    }
+
+    fn get_time(row: &MySqlRow, index: usize) -> Result<DateTime<Utc>> {
+        Ok(row.try_get(index)?)
+    }
+
+    fn get_json(row: &MySqlRow, index: usize) -> Result<Box<RawValue>> {
+        RawValue::from_string(Self::json_text(row, index)?.to_owned()).map_err(Error::Serialization)
+    }
+
+    /// The JSON text of a column, borrowed from the row (the table's
+    /// `json_valid` check vouches for it).
+    fn json_text(row: &MySqlRow, index: usize) -> Result<&str> {
+        Ok(row.try_get_unchecked(index)?)
+    }
+
+    async fn append(
+        store: &MySqlStore,
+        conn: &mut MySqlConnection,
+        expected: ExpectedVersion,
+        events: Vec<Event>,
+    ) -> Result<AppendResult> {
+        super::append::append(store, conn, expected, events).await
+    }
+
+    async fn safe_position(store: &MySqlStore, conn: &mut MySqlConnection) -> Result<i64> {
+        safe_position(store, conn).await
+    }
+
+    async fn claim_checkpoint(
+        store: &MySqlStore,
+        conn: &mut MySqlConnection,
+        projection_name: &str,
+    ) -> Result<Option<i64>> {
+        claim_checkpoint(store, conn, projection_name).await
+    }
+
+    /// The aggregate's lock row, a row that always exists (see "Appending"
+    /// on [`MySqlStore`]).
+    async fn lock_aggregate_row(
+        store: &MySqlStore,
+        conn: &mut MySqlConnection,
+        aggregate: AggregateRef<'_>,
+    ) -> Result<()> {
+        sqlx::query(AssertSqlSafe(store.own().sql.lock.clone()))
+            .bind(aggregate.bounded_context)
+            .bind(aggregate.aggregate_type)
+            .bind(aggregate.aggregate_id)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    /// `lock_head` is a plain read here: a head it found is then locked.
+    async fn lock_found_head(
+        store: &MySqlStore,
+        conn: &mut MySqlConnection,
+        aggregate: AggregateRef<'_>,
+        found: Option<i64>,
+    ) -> Result<Option<i64>> {
+        if found.is_none() {
+            return Ok(None);
+        }
+        Ok(
+            sqlx::query_scalar(AssertSqlSafe(store.own().sql.lock_found_head.clone()))
+                .bind(aggregate.bounded_context)
+                .bind(aggregate.aggregate_type)
+                .bind(aggregate.aggregate_id)
+                .fetch_optional(&mut *conn)
+                .await?,
+        )
+    }
+
+    async fn wait_checkpoint(
+        store: &MySqlStore,
+        conn: &mut MySqlConnection,
+        projection_name: &str,
+    ) -> Result<Option<i64>> {
+        Ok(
+            sqlx::query_scalar(AssertSqlSafe(store.own().sql.wait_checkpoint.clone()))
+                .bind(projection_name)
+                .fetch_optional(&mut *conn)
+                .await?,
+        )
+    }
+
+    fn probe_claim_sql(own: &Own) -> Option<&Arc<str>> {
+        Some(&own.sql.probe_claim)
+    }
+
+    /// Measured against the server's `max_allowed_packet`.
+    async fn check_snapshot(
+        store: &MySqlStore,
+        conn: &mut MySqlConnection,
+        snapshot: &Snapshot,
+    ) -> Result<()> {
+        super::packet::check_snapshot(store, conn, snapshot).await
+    }
+
+    /// Measured against the server's `max_allowed_packet`.
+    async fn check_document(
+        store: &MySqlStore,
+        conn: &mut MySqlConnection,
+        collection: &str,
+        id: &str,
+        body: &RawValue,
+    ) -> Result<()> {
+        super::packet::check_document(store, conn, collection, id, body).await
+    }
 }
 
 /// `ER_UNKNOWN_SYSTEM_VARIABLE`: MariaDB before 11.1 has no
@@ -82,14 +191,10 @@ const UNKNOWN_SYSTEM_VARIABLE: u16 = 1193;
 /// The level comes with the head, in the same statement: no round trip
 /// of its own. It is the session's level, read from the variable this
 /// server has (tried in turn the first time, then remembered per store).
-pub(super) async fn safe_position(store: &MySqlStore, conn: &mut MySqlConnection) -> Result<i64> {
+async fn safe_position(store: &MySqlStore, conn: &mut MySqlConnection) -> Result<i64> {
     use std::sync::atomic::Ordering;
-    let statements = store
-        .sql()
-        .head_and_isolation
-        .as_ref()
-        .expect("rendered for MySQL");
-    let known = &store.inner.server.isolation_variable;
+    let statements = &store.own().sql.head_and_isolation;
+    let known = &store.own().server.isolation_variable;
     let mut which = usize::from(known.load(Ordering::Relaxed) == 2);
     let (head, level): (i64, String) = loop {
         let read = sqlx::query_as(AssertSqlSafe(statements[which].clone()))
@@ -126,7 +231,7 @@ pub(super) async fn safe_position(store: &MySqlStore, conn: &mut MySqlConnection
 /// the insert does not wait (`innodb_lock_wait_timeout = 0`, MariaDB; MySQL
 /// waits at least a second): a checkpoint being created by someone else is
 /// held by them, and the claim is `None`.
-pub(super) async fn claim_checkpoint(
+async fn claim_checkpoint(
     store: &MySqlStore,
     conn: &mut MySqlConnection,
     projection_name: &str,

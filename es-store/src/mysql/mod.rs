@@ -51,8 +51,12 @@ impl sealed::Dialect for MySql {
     const BEGIN_WRITE: Option<&'static str> =
         Some("SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION");
 
-    fn statements(names: &crate::names::Names) -> crate::core::Statements {
-        sql::statements(names)
+    type Own = Own;
+
+    fn statements(names: &crate::names::Names) -> (crate::core::Statements, Own) {
+        let (common, sql) = sql::statements(names);
+        let server = ServerFacts::default();
+        (common, Own { sql, server })
     }
 
     fn migrations(names: &crate::names::Names) -> Vec<(i64, &'static str, String)> {
@@ -62,6 +66,29 @@ impl sealed::Dialect for MySql {
 
 impl Dialect for MySql {
     type Database = sqlx::MySql;
+}
+
+/// What a MySQL store keeps besides the statements every backend has.
+// `pub`, unnameable outside the crate: the sealed `Dialect::Own` names it.
+#[allow(unreachable_pub)]
+#[derive(Debug)]
+pub struct Own {
+    /// The statements only MySQL runs.
+    pub(crate) sql: sql::Sql,
+    /// What the store learnt of its server.
+    pub(crate) server: ServerFacts,
+}
+
+/// What a store reads from its server once, lazily, and keeps: 0 is
+/// "not read yet".
+#[derive(Debug, Default)]
+pub(crate) struct ServerFacts {
+    /// The session's `max_allowed_packet`, in bytes.
+    pub(crate) max_packet: std::sync::atomic::AtomicU64,
+    /// Which variable names the session's isolation level (1:
+    /// `transaction_isolation`, MySQL 8 and MariaDB 11.1+; 2:
+    /// `tx_isolation`, MariaDB before 11.1).
+    pub(crate) isolation_variable: std::sync::atomic::AtomicU8,
 }
 
 /// The MySQL / MariaDB event store (cargo feature `mysql`): MySQL 8.0.16 or

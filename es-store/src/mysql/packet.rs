@@ -121,7 +121,7 @@ pub(super) async fn limit(
     conn: &mut MySqlConnection,
     fresh: bool,
 ) -> Result<u64> {
-    let known = &store.inner.server.max_packet;
+    let known = &store.own().server.max_packet;
     let cached = known.load(Ordering::Relaxed);
     if cached != 0 && !fresh {
         return Ok(cached);
@@ -145,7 +145,7 @@ pub(super) fn largest(max: u64) -> u64 {
 /// Forgets the limit, so that the next statement reads it again: after a
 /// statement failed in a way a packet too large for the server would.
 pub(super) fn forget_limit(store: &MySqlStore) {
-    store.inner.server.max_packet.store(0, Ordering::Relaxed);
+    store.own().server.max_packet.store(0, Ordering::Relaxed);
 }
 
 /// Refuses a statement of `size` bytes that does not fit the server's

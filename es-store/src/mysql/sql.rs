@@ -9,6 +9,33 @@
 use crate::core::{AppendStatements, EVENT_COLUMNS, Statements};
 use crate::names::{EVENT_ID_KEY, LOCKS, Names, POSITION, STREAM_VERSION_KEY};
 
+use std::sync::Arc;
+
+/// The statements only MySQL runs, beside the [`Statements`] every backend
+/// has.
+#[derive(Debug)]
+pub(crate) struct Sql {
+    /// The start of the batch's insert, after the head check.
+    pub(crate) insert: Arc<str>,
+    /// (bounded context, aggregate type, aggregate id): locks the
+    /// aggregate's lock row before its head is checked.
+    pub(crate) lock: Arc<str>,
+    /// (count): draws the batch's positions.
+    pub(crate) positions: Arc<str>,
+    /// (bounded context, aggregate type, aggregate id) -> version: locks a
+    /// head that `lock_head`, a plain read here, found.
+    pub(crate) lock_found_head: Arc<str>,
+    /// () -> (the highest stored position, the session's isolation level),
+    /// the level read from `@@transaction_isolation` (MySQL 8, MariaDB
+    /// 11.1+) or from `@@tx_isolation` (MariaDB before 11.1).
+    pub(crate) head_and_isolation: [Arc<str>; 2],
+    /// (name) -> position, never waiting for a holder.
+    pub(crate) probe_claim: Arc<str>,
+    /// (name) -> position, waiting for a transaction that holds the
+    /// checkpoint.
+    pub(crate) wait_checkpoint: Arc<str>,
+}
+
 /// The migrations, oldest first: (version, description, SQL).
 pub(crate) fn migrations(names: &Names) -> Vec<(i64, &'static str, String)> {
     vec![
@@ -271,7 +298,7 @@ fn uuid_bytes(text: &str) -> String {
 }
 
 /// Every statement of a MySQL store.
-pub(crate) fn statements(n: &Names) -> Statements {
+pub(crate) fn statements(n: &Names) -> (Statements, Sql) {
     let events = n.events();
     let heads = n.heads();
     let checkpoints = n.checkpoints();
@@ -288,7 +315,7 @@ pub(crate) fn statements(n: &Names) -> Statements {
         "SELECT position FROM {checkpoints} WHERE projection_name = ? FOR UPDATE SKIP LOCKED"
     )
     .into();
-    Statements {
+    let common = Statements {
         append: AppendStatements {
             // The head statements (see `append.rs`). Creates a head:
             // (bounded context, aggregate type, aggregate id, number of
@@ -310,34 +337,6 @@ pub(crate) fn statements(n: &Names) -> Statements {
                 "UPDATE {heads} SET version = version + ? WHERE {aggregate} AND version = ?"
             )
             .into(),
-            // Followed by one row of the 15 values per event, in this
-            // order (see `append.rs`).
-            insert: Some(
-                format!(
-                    "INSERT INTO {events} (global_position, event_id, bounded_context, \
-                         aggregate_type, aggregate_id, aggregate_version, event_type, \
-                         event_version, payload, metadata, correlation_id, causation_id, \
-                         trace_id, created_at, stream_hash) VALUES "
-                )
-                .into(),
-            ),
-            // (bounded context, aggregate type, aggregate id): the
-            // aggregate's lock, taken first by appends that may create its
-            // head, and by `lock_aggregate`.
-            lock: Some(
-                format!(
-                    "SELECT slot FROM {locks} WHERE slot = {slot} FOR UPDATE",
-                    slot = slot("?", "?", "?")
-                )
-                .into(),
-            ),
-            // (number of events): the last position drawn comes back as
-            // the statement's insert id.
-            positions: Some(
-                format!("UPDATE {positions} SET last = LAST_INSERT_ID(last + ?) WHERE id = 1")
-                    .into(),
-            ),
-            single_event: None,
         },
         // (the batch's event ids as a JSON array of hyphenated ids).
         stored_ids: format!(
@@ -356,10 +355,6 @@ pub(crate) fn statements(n: &Names) -> Statements {
         // was taken earlier. A head found is then locked (`Exact` appends
         // move it without taking the aggregate's lock).
         lock_head: format!("SELECT version FROM {heads} WHERE {aggregate}").into(),
-        lock_found_head: Some(
-            format!("SELECT version FROM {heads} WHERE {aggregate} FOR UPDATE").into(),
-        ),
-        locked_tail: None,
         read_stream: format!(
             "SELECT {columns} FROM {events} \
              WHERE {aggregate} AND aggregate_version BETWEEN ? AND ? \
@@ -377,15 +372,6 @@ pub(crate) fn statements(n: &Names) -> Statements {
             "SELECT CAST(COALESCE(MAX(global_position), 0) AS SIGNED) FROM {events}"
         )
         .into(),
-        // The gap-safe read's horizon, with the level it runs at, in one
-        // round trip.
-        head_and_isolation: Some(["transaction_isolation", "tx_isolation"].map(|variable| {
-            format!(
-                "SELECT CAST(COALESCE(MAX(global_position), 0) AS SIGNED), \
-                     CAST(@@SESSION.{variable} AS CHAR) FROM {events}"
-            )
-            .into()
-        })),
         // The accepted bounded contexts and aggregate types come as JSON
         // arrays (NULL: all).
         read_events: format!(
@@ -412,9 +398,6 @@ pub(crate) fn statements(n: &Names) -> Statements {
         )
         .into(),
         claim_checkpoint: claim.clone(),
-        probe_claim: Some(claim),
-        claim_holder: None,
-        claim_leased: None,
         checkpoint_exists: format!(
             "SELECT EXISTS (SELECT 1 FROM {checkpoints} WHERE projection_name = ?)"
         )
@@ -499,14 +482,46 @@ pub(crate) fn statements(n: &Names) -> Statements {
              ON DUPLICATE KEY UPDATE updated_at = VALUES(updated_at)"
         )
         .into(),
-        wait_checkpoint: Some(
-            format!("SELECT position FROM {checkpoints} WHERE projection_name = ? FOR UPDATE")
-                .into(),
-        ),
         delete_checkpoint: format!("DELETE FROM {checkpoints} WHERE projection_name = ?").into(),
-        relax_durability: None,
-        horizon: None,
-        register_listener: None,
         documents: document_statements(n),
-    }
+    };
+    let own = Sql {
+        // Followed by one row of the 15 values per event, in this
+        // order (see `append.rs`).
+        insert: format!(
+            "INSERT INTO {events} (global_position, event_id, bounded_context, \
+                         aggregate_type, aggregate_id, aggregate_version, event_type, \
+                         event_version, payload, metadata, correlation_id, causation_id, \
+                         trace_id, created_at, stream_hash) VALUES "
+        )
+        .into(),
+        // (bounded context, aggregate type, aggregate id): the
+        // aggregate's lock, taken first by appends that may create its
+        // head, and by `lock_aggregate`.
+        lock: format!(
+            "SELECT slot FROM {locks} WHERE slot = {slot} FOR UPDATE",
+            slot = slot("?", "?", "?")
+        )
+        .into(),
+        // (number of events): the last position drawn comes back as
+        // the statement's insert id.
+        positions: format!("UPDATE {positions} SET last = LAST_INSERT_ID(last + ?) WHERE id = 1")
+            .into(),
+        lock_found_head: format!("SELECT version FROM {heads} WHERE {aggregate} FOR UPDATE").into(),
+        // The gap-safe read's horizon, with the level it runs at, in one
+        // round trip.
+        head_and_isolation: ["transaction_isolation", "tx_isolation"].map(|variable| {
+            format!(
+                "SELECT CAST(COALESCE(MAX(global_position), 0) AS SIGNED), \
+                     CAST(@@SESSION.{variable} AS CHAR) FROM {events}"
+            )
+            .into()
+        }),
+        probe_claim: claim,
+        wait_checkpoint: format!(
+            "SELECT position FROM {checkpoints} WHERE projection_name = ? FOR UPDATE"
+        )
+        .into(),
+    };
+    (common, own)
 }

@@ -66,7 +66,9 @@ pub(crate) async fn append(
 ) -> Result<AppendResult> {
     let rows = {
         let first = &events[0];
-        let sql = store.sql().append.for_batch(expected, events.len());
+        let sql = store
+            .own()
+            .append(&store.sql().append, expected, events.len());
         let query = sqlx::query(AssertSqlSafe(sql.clone()))
             .bind(first.bounded_context.as_str())
             .bind(first.aggregate_type.as_str())
@@ -113,7 +115,7 @@ pub(crate) async fn append(
         Err(error) => {
             return match append_error(store, error, &events[0], expected) {
                 Error::EventIdConflict { event_id, .. } => {
-                    store.resolve_reused_id(conn, events, event_id).await
+                    resolve_reused_id(store, conn, events, event_id).await
                 }
                 other => Err(other),
             };
@@ -127,6 +129,25 @@ pub(crate) async fn append(
         .map(|row| Ok((row.try_get::<i64, _>(1)?, row.try_get::<i64, _>(0)?)))
         .collect::<Result<Vec<_>>>()?;
     crate::core::stored(events, rows)
+}
+
+/// A reused id was caught by the unique constraint: look at what is
+/// stored to say what differs (or to return the stored result, when the
+/// batch repeats it). When nothing can be read (the refusal aborted the
+/// caller's transaction), the reason is `Unverified`.
+async fn resolve_reused_id(
+    store: &PostgresStore,
+    conn: &mut PgConnection,
+    events: Vec<Event>,
+    event_id: Uuid,
+) -> Result<AppendResult> {
+    match store.stored_events(conn, &events).await {
+        Ok(stored) if !stored.is_empty() => crate::replay::stored_result(&events, stored),
+        _ => Err(Error::EventIdConflict {
+            event_id,
+            reason: EventIdConflictReason::Unverified,
+        }),
+    }
 }
 
 /// Maps a failed append statement to the store's errors.

@@ -52,7 +52,9 @@ impl sealed::Dialect for Postgres {
         ))
     }
 
-    fn statements(names: &crate::names::Names) -> crate::core::Statements {
+    type Own = sql::Sql;
+
+    fn statements(names: &crate::names::Names) -> (crate::core::Statements, sql::Sql) {
         sql::statements(names)
     }
 
@@ -136,12 +138,7 @@ impl SqlStore<Postgres> {
     /// # Ok(()) }
     /// ```
     pub async fn register_listener(&self, conn: &mut PgConnection) -> Result<()> {
-        let sql = self
-            .sql()
-            .register_listener
-            .clone()
-            .expect("rendered for PostgreSQL");
-        sqlx::query(AssertSqlSafe(sql))
+        sqlx::query(AssertSqlSafe(self.own().register_listener.clone()))
             .bind(self.notification_channel())
             .execute(&mut *conn)
             .await?;
@@ -170,7 +167,7 @@ impl SqlStore<Postgres> {
     /// # Ok(()) }
     /// ```
     pub async fn safe_position(&self, conn: &mut PgConnection) -> Result<i64> {
-        codec::safe_position(self, conn).await
+        <Postgres as crate::core::Codec>::safe_position(self, conn).await
     }
 }
 

@@ -6,6 +6,62 @@ use crate::names::{
     EVENT_ID_KEY, IDS_STORED, LISTENERS, LOCKED_TAIL, Names, SEQUENCE, STREAM_VERSION_KEY,
 };
 
+use std::sync::Arc;
+
+use crate::ExpectedVersion;
+
+/// The statements only PostgreSQL runs, beside the [`Statements`] every
+/// backend has.
+// `pub`, unnameable outside the crate: the sealed `Dialect::Own` names it.
+#[allow(unreachable_pub)]
+#[derive(Debug)]
+pub struct Sql {
+    /// The append of a batch of one event (see [`Batch::One`]): for
+    /// `NoStream`, `Any`, `Exact`.
+    pub(crate) single_event: [Arc<str>; 3],
+    /// Locks the head and reads the tail in one round trip: (bounded
+    /// context, aggregate type, aggregate id, from) -> fold columns.
+    pub(crate) locked_tail: Arc<str>,
+    /// (name) -> position, never waiting for a holder.
+    pub(crate) probe_claim: Arc<str>,
+    /// (name) -> (pid, application, client address) of the session whose
+    /// transaction holds the row.
+    pub(crate) claim_holder: Arc<str>,
+    /// (name, lease in milliseconds as text) -> (position, _): the claim
+    /// that also sets the transaction's lease.
+    pub(crate) claim_leased: Arc<str>,
+    /// (name) -> position, waiting for a transaction that holds the
+    /// checkpoint.
+    pub(crate) wait_checkpoint: Arc<str>,
+    /// Lets the transaction commit without waiting for durability.
+    pub(crate) relax_durability: Arc<str>,
+    /// The gap-safe horizon (see the gap-safety notes).
+    pub(crate) horizon: Arc<str>,
+    /// (channel): records the connection as a listener.
+    pub(crate) register_listener: Arc<str>,
+}
+
+impl Sql {
+    /// The statement that appends a batch of `events` events under
+    /// `expected`.
+    pub(crate) fn append<'a>(
+        &'a self,
+        common: &'a AppendStatements,
+        expected: ExpectedVersion,
+        events: usize,
+    ) -> &'a Arc<str> {
+        if events != 1 {
+            return common.for_expected(expected);
+        }
+        let [no_stream, any, exact] = &self.single_event;
+        match expected {
+            ExpectedVersion::NoStream => no_stream,
+            ExpectedVersion::Any => any,
+            ExpectedVersion::Exact(_) => exact,
+        }
+    }
+}
+
 /// Positions are kept below 2^48 so that a position fits in an advisory lock
 /// key next to the store's 15-bit tag (see the gap-safety notes in `mod.rs`).
 pub(crate) const MAX_POSITION: i64 = (1 << 48) - 1;
@@ -364,7 +420,7 @@ enum Batch {
 }
 
 /// Every statement of a PostgreSQL store.
-pub(crate) fn statements(n: &Names) -> Statements {
+pub(crate) fn statements(n: &Names) -> (Statements, Sql) {
     let events = n.events();
     let heads = n.heads();
     let checkpoints = n.checkpoints();
@@ -378,31 +434,15 @@ pub(crate) fn statements(n: &Names) -> Statements {
         "SELECT position FROM {checkpoints} WHERE projection_name = $1 FOR UPDATE SKIP LOCKED"
     )
     .into();
-    Statements {
+    let common = Statements {
         append: AppendStatements {
             no_stream: append(n, HeadCheck::NoStream, Batch::Arrays).into(),
             any: append(n, HeadCheck::Any, Batch::Arrays).into(),
             exact: append(n, HeadCheck::Exact, Batch::Arrays).into(),
-            single_event: Some(
-                [HeadCheck::NoStream, HeadCheck::Any, HeadCheck::Exact]
-                    .map(|check| append(n, check, Batch::One).into()),
-            ),
-            insert: None,
-            lock: None,
-            positions: None,
         },
         stored_ids: format!("SELECT {EVENT_COLUMNS} FROM {events} WHERE event_id = ANY($1)").into(),
         head_version: format!("SELECT version FROM {heads} WHERE {aggregate}").into(),
         lock_head: format!("SELECT version FROM {heads} WHERE {aggregate} FOR UPDATE").into(),
-        lock_found_head: None,
-        locked_tail: Some(
-            format!(
-                "SELECT aggregate_version, event_type, event_version, payload \
-                 FROM {}($1, $2, $3, $4) ORDER BY aggregate_version",
-                n.derived_qualified(LOCKED_TAIL)
-            )
-            .into(),
-        ),
         read_stream: format!(
             "SELECT {EVENT_COLUMNS} FROM {events} \
              WHERE {aggregate} AND aggregate_version BETWEEN $4 AND $5 \
@@ -432,7 +472,6 @@ pub(crate) fn statements(n: &Names) -> Statements {
         )
         .into(),
         head_position: format!("SELECT coalesce(max(global_position), 0) FROM {events}").into(),
-        head_and_isolation: None,
         get_checkpoint: format!("SELECT position FROM {checkpoints} WHERE projection_name = $1")
             .into(),
         update_checkpoint: format!(
@@ -443,19 +482,6 @@ pub(crate) fn statements(n: &Names) -> Statements {
         )
         .into(),
         claim_checkpoint: claim.clone(),
-        // The lease is set by the row's own output: when no row is
-        // claimed it may not be, and the claim is made again the long way.
-        probe_claim: Some(claim),
-        claim_holder: Some(claim_holder(n).into()),
-        claim_leased: Some(
-            format!(
-                "SELECT position, \
-                    set_config('idle_in_transaction_session_timeout', $2, true) \
-                 FROM {checkpoints} WHERE projection_name = $1 \
-                 FOR UPDATE SKIP LOCKED"
-            )
-            .into(),
-        ),
         checkpoint_exists: format!(
             "SELECT EXISTS (SELECT 1 FROM {checkpoints} WHERE projection_name = $1)"
         )
@@ -534,16 +560,38 @@ pub(crate) fn statements(n: &Names) -> Statements {
              ON CONFLICT (projection_name, version) DO UPDATE SET updated_at = EXCLUDED.updated_at"
         )
         .into(),
-        wait_checkpoint: Some(
-            format!("SELECT position FROM {checkpoints} WHERE projection_name = $1 FOR UPDATE")
-                .into(),
-        ),
         delete_checkpoint: format!("DELETE FROM {checkpoints} WHERE projection_name = $1").into(),
-        relax_durability: Some("SET LOCAL synchronous_commit = off".into()),
-        horizon: Some(read_horizon(n).into()),
-        register_listener: Some(register_listener(n).into()),
         documents: document_statements(n),
-    }
+    };
+    let own = Sql {
+        single_event: [HeadCheck::NoStream, HeadCheck::Any, HeadCheck::Exact]
+            .map(|check| append(n, check, Batch::One).into()),
+        locked_tail: format!(
+            "SELECT aggregate_version, event_type, event_version, payload \
+                 FROM {}($1, $2, $3, $4) ORDER BY aggregate_version",
+            n.derived_qualified(LOCKED_TAIL)
+        )
+        .into(),
+        // The lease is set by the row's own output: when no row is
+        // claimed it may not be, and the claim is made again the long way.
+        probe_claim: claim,
+        claim_holder: claim_holder(n).into(),
+        claim_leased: format!(
+            "SELECT position, \
+                    set_config('idle_in_transaction_session_timeout', $2, true) \
+                 FROM {checkpoints} WHERE projection_name = $1 \
+                 FOR UPDATE SKIP LOCKED"
+        )
+        .into(),
+        wait_checkpoint: format!(
+            "SELECT position FROM {checkpoints} WHERE projection_name = $1 FOR UPDATE"
+        )
+        .into(),
+        relax_durability: "SET LOCAL synchronous_commit = off".into(),
+        horizon: read_horizon(n).into(),
+        register_listener: register_listener(n).into(),
+    };
+    (common, own)
 }
 
 /// The statement of [`PostgresStore::register_listener`](crate::PostgresStore::register_listener).

@@ -58,7 +58,9 @@ async fn append_locked(
             .bind(first.aggregate_type.as_str())
             .bind(first.aggregate_id.as_str())
             .bind(events.len() as i64)
-            .bind(super::codec::id_list(events.iter().map(|e| e.event_id))?);
+            .bind(crate::core::json_id_list(
+                events.iter().map(|e| e.event_id),
+            )?);
     if let ExpectedVersion::Exact(version) = expected {
         query = query.bind(version);
     }
@@ -89,12 +91,7 @@ async fn insert(
     const ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
     const RETURNING: &str = " RETURNING aggregate_version, global_position";
     let first = &events[0];
-    let prefix = store
-        .sql()
-        .append
-        .insert
-        .as_deref()
-        .expect("rendered for SQLite");
+    let prefix = &store.own().insert;
     let hash = crate::stream_hash(
         &first.bounded_context,
         &first.aggregate_type,

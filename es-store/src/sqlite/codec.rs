@@ -9,32 +9,9 @@ use sqlx::{AssertSqlSafe, Row, SqliteConnection};
 use uuid::Uuid;
 use uuid::fmt::Hyphenated;
 
-use super::SqliteStore;
-use crate::{Error, ProjectionStore, Result};
-
-pub(super) use super::append::append;
-
-/// No statement size to check: the server has no packet limit that would
-/// cost the connection (see [`limits`](crate::limits)).
-pub(super) async fn check_snapshot(
-    _: &SqliteStore,
-    _: &mut SqliteConnection,
-    _: &crate::Snapshot,
-) -> Result<()> {
-    Ok(())
-}
-
-/// No statement size to check (see `check_snapshot`).
-pub(super) async fn check_document(
-    _: &SqliteStore,
-    _: &mut SqliteConnection,
-    _: &str,
-    _: &str,
-    _: &RawValue,
-) -> Result<()> {
-    Ok(())
-}
-pub(super) use crate::core::{json_id_list as id_list, json_name_list as name_list};
+use super::{Sqlite, SqliteStore};
+use crate::core::Codec;
+use crate::{AppendResult, Error, Event, ExpectedVersion, ProjectionStore, Result};
 
 /// SQLite's primary result code for "the database is locked"; its extended
 /// codes (`SQLITE_BUSY_SNAPSHOT`, `SQLITE_BUSY_TIMEOUT`, ..) share the low
@@ -50,53 +27,93 @@ pub(super) fn is_busy(error: &sqlx::Error) -> bool {
         .is_some_and(|code| code & 0xff == SQLITE_BUSY)
 }
 
-pub(super) fn uuid(id: Uuid) -> Hyphenated {
-    id.hyphenated()
-}
-
 /// Timestamps are stored as RFC 3339 text in UTC with exactly six
 /// fractional digits (`2024-05-01T12:00:00.000000Z`): see `sql::NOW`.
 pub(super) fn time(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
-pub(super) fn json(raw: &RawValue) -> &str {
-    raw.get()
-}
+impl Codec for Sqlite {
+    type Uuid = Hyphenated;
+    type Time = String;
+    type Json<'a> = &'a str;
+    type NameList<'a> = Option<String>;
+    type IdList = String;
 
-pub(super) fn get_uuid(row: &SqliteRow, index: usize) -> Result<Uuid> {
-    Ok(row.try_get::<Hyphenated, _>(index)?.into_uuid())
-}
+    fn uuid(id: Uuid) -> Hyphenated {
+        id.hyphenated()
+    }
 
-pub(super) fn get_opt_uuid(row: &SqliteRow, index: usize) -> Result<Option<Uuid>> {
-    Ok(row
-        .try_get::<Option<Hyphenated>, _>(index)?
-        .map(Hyphenated::into_uuid))
-}
+    fn time(at: DateTime<Utc>) -> String {
+        time(at)
+    }
 
-pub(super) fn get_time(row: &SqliteRow, index: usize) -> Result<DateTime<Utc>> {
-    Ok(row.try_get(index)?)
-}
+    fn json(raw: &RawValue) -> &str {
+        raw.get()
+    }
 
-pub(super) fn get_json(row: &SqliteRow, index: usize) -> Result<Box<RawValue>> {
-    RawValue::from_string(json_text(row, index)?.to_owned()).map_err(Error::Serialization)
-}
+    fn name_list(names: &[String]) -> Result<Option<String>> {
+        crate::core::json_name_list(names)
+    }
 
-/// The JSON text of a column, borrowed from the row (the table's
-/// `json_valid` check vouches for it).
-pub(super) fn json_text(row: &SqliteRow, index: usize) -> Result<&str> {
-    Ok(row.try_get_unchecked(index)?)
-}
+    fn id_list(ids: impl Iterator<Item = Uuid>) -> Result<String> {
+        crate::core::json_id_list(ids)
+    }
 
-/// Writers are serialized, so positions commit in order and the head is
-/// safe: see "Gap-safe global reads" on [`SqliteStore`].
-pub(super) async fn safe_position(store: &SqliteStore, conn: &mut SqliteConnection) -> Result<i64> {
-    store.head_position(conn).await
+    fn get_uuid(row: &SqliteRow, index: usize) -> Result<Uuid> {
+        Ok(row.try_get::<Hyphenated, _>(index)?.into_uuid())
+    }
+
+    fn get_opt_uuid(row: &SqliteRow, index: usize) -> Result<Option<Uuid>> {
+        Ok(row
+            .try_get::<Option<Hyphenated>, _>(index)?
+            .map(Hyphenated::into_uuid))
+    }
+
+    fn get_time(row: &SqliteRow, index: usize) -> Result<DateTime<Utc>> {
+        Ok(row.try_get(index)?)
+    }
+
+    fn get_json(row: &SqliteRow, index: usize) -> Result<Box<RawValue>> {
+        RawValue::from_string(Self::json_text(row, index)?.to_owned()).map_err(Error::Serialization)
+    }
+
+    /// The JSON text of a column, borrowed from the row (the table's
+    /// `json_valid` check vouches for it).
+    fn json_text(row: &SqliteRow, index: usize) -> Result<&str> {
+        Ok(row.try_get_unchecked(index)?)
+    }
+
+    async fn append(
+        store: &SqliteStore,
+        conn: &mut SqliteConnection,
+        expected: ExpectedVersion,
+        events: Vec<Event>,
+    ) -> Result<AppendResult> {
+        super::append::append(store, conn, expected, events).await
+    }
+
+    /// Writers are serialized, so positions commit in order and the head
+    /// is safe: see "Gap-safe global reads" on [`SqliteStore`].
+    async fn safe_position(store: &SqliteStore, conn: &mut SqliteConnection) -> Result<i64> {
+        store.head_position(conn).await
+    }
+
+    async fn claim_checkpoint(
+        store: &SqliteStore,
+        conn: &mut SqliteConnection,
+        projection_name: &str,
+    ) -> Result<Option<i64>> {
+        claim_checkpoint(store, conn, projection_name).await
+    }
+
+    // No statement size to check: the server has no packet limit that
+    // would cost the connection (see `limits`).
 }
 
 /// Taking the write lock is the claim (see "Checkpoint claims" on
 /// [`SqliteStore`]); the statement also creates a missing checkpoint at 0.
-pub(super) async fn claim_checkpoint(
+async fn claim_checkpoint(
     store: &SqliteStore,
     conn: &mut SqliteConnection,
     projection_name: &str,

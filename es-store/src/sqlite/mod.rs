@@ -38,7 +38,9 @@ impl sealed::Dialect for Sqlite {
     // lock when it begins, and waits for it.
     const BEGIN_WRITE: Option<&'static str> = Some("BEGIN IMMEDIATE");
 
-    fn statements(names: &crate::names::Names) -> crate::core::Statements {
+    type Own = sql::Sql;
+
+    fn statements(names: &crate::names::Names) -> (crate::core::Statements, sql::Sql) {
         sql::statements(names)
     }
 

@@ -4,6 +4,18 @@
 use crate::core::{AppendStatements, EVENT_COLUMNS, Statements};
 use crate::names::{EVENT_ID_KEY, Names, STREAM_VERSION_KEY};
 
+use std::sync::Arc;
+
+/// The statements only SQLite runs, beside the [`Statements`] every
+/// backend has.
+// `pub`, unnameable outside the crate: the sealed `Dialect::Own` names it.
+#[allow(unreachable_pub)]
+#[derive(Debug)]
+pub struct Sql {
+    /// The start of the batch's insert, after the head check.
+    pub(crate) insert: Arc<str>,
+}
+
 /// The migrations, oldest first: (version, description, SQL).
 pub(crate) fn migrations(names: &Names) -> Vec<(i64, &'static str, String)> {
     vec![
@@ -189,7 +201,7 @@ CREATE TABLE {failures} (
 }
 
 /// Every statement of a SQLite store.
-pub(crate) fn statements(n: &Names) -> Statements {
+pub(crate) fn statements(n: &Names) -> (Statements, Sql) {
     {
         let events = n.events();
         let heads = n.heads();
@@ -212,44 +224,30 @@ pub(crate) fn statements(n: &Names) -> Statements {
                          WHERE event_id IN (SELECT value FROM json_each(?5)))"
         );
         let aggregate = "bounded_context = ?1 AND aggregate_type = ?2 AND aggregate_id = ?3";
-        Statements {
+        let common = Statements {
             append: AppendStatements {
-            no_stream: format!(
-                "INSERT INTO {heads} (bounded_context, aggregate_type, aggregate_id, version) \
+                no_stream: format!(
+                    "INSERT INTO {heads} (bounded_context, aggregate_type, aggregate_id, version) \
                  SELECT ?1, ?2, ?3, ?4 WHERE {not_stored} \
                  ON CONFLICT DO NOTHING \
                  RETURNING 0"
-            )
-            .into(),
-            any: format!(
-                "INSERT INTO {heads} (bounded_context, aggregate_type, aggregate_id, version) \
+                )
+                .into(),
+                any: format!(
+                    "INSERT INTO {heads} (bounded_context, aggregate_type, aggregate_id, version) \
                  SELECT ?1, ?2, ?3, ?4 WHERE {not_stored} \
                  ON CONFLICT (bounded_context, aggregate_type, aggregate_id) \
                  DO UPDATE SET version = version + excluded.version \
                  RETURNING version - ?4"
-            )
-            .into(),
-            exact: format!(
-                "UPDATE {heads} SET version = version + ?4 \
+                )
+                .into(),
+                exact: format!(
+                    "UPDATE {heads} SET version = version + ?4 \
                  WHERE bounded_context = ?1 AND aggregate_type = ?2 AND aggregate_id = ?3 \
                    AND version = ?6 AND {not_stored} \
                  RETURNING version - ?4"
-            )
-            .into(),
-            // The start of the insert: the append adds a row of 14
-            // parameters per event, in these columns' order, and `RETURNING
-            // aggregate_version, global_position`. Rows are inserted in
-            // batch order, so positions increase with versions.
-            insert: Some(format!(
-                "INSERT INTO {events} (event_id, bounded_context, aggregate_type, aggregate_id, \
-                     aggregate_version, event_type, event_version, payload, metadata, \
-                     correlation_id, causation_id, trace_id, created_at, stream_hash) \
-                 VALUES "
-            )
-            .into()),
-            lock: None,
-            positions: None,
-            single_event: None,
+                )
+                .into(),
             },
             // ?1 the batch's event ids as a JSON array; the first column is
             // the index in the batch.
@@ -264,8 +262,6 @@ pub(crate) fn statements(n: &Names) -> Statements {
                 "UPDATE {heads} SET version = version WHERE {aggregate} RETURNING version"
             )
             .into(),
-            lock_found_head: None,
-            locked_tail: None,
             head_version: format!("SELECT version FROM {heads} WHERE {aggregate}").into(),
             read_stream: format!(
                 "SELECT {EVENT_COLUMNS} FROM {events} \
@@ -280,7 +276,6 @@ pub(crate) fn statements(n: &Names) -> Statements {
             )
             .into(),
             head_position: format!("SELECT coalesce(max(global_position), 0) FROM {events}").into(),
-            head_and_isolation: None,
             // ?2 and ?3 are the accepted bounded contexts and aggregate
             // types as JSON arrays (NULL: all).
             read_events: format!(
@@ -308,10 +303,7 @@ pub(crate) fn statements(n: &Names) -> Statements {
                 "SELECT position FROM {checkpoints} WHERE projection_name = ?1"
             )
             .into(),
-            probe_claim: None,
-            claim_holder: None,
-            claim_leased: None,
-        checkpoint_exists: format!(
+            checkpoint_exists: format!(
                 "SELECT EXISTS (SELECT 1 FROM {checkpoints} WHERE projection_name = ?1)"
             )
             .into(),
@@ -393,14 +385,23 @@ pub(crate) fn statements(n: &Names) -> Statements {
                  DO UPDATE SET updated_at = excluded.updated_at"
             )
             .into(),
-            // A claim waits for the write lock already.
-            wait_checkpoint: None,
             delete_checkpoint: format!("DELETE FROM {checkpoints} WHERE projection_name = ?1")
                 .into(),
-            relax_durability: None,
-            horizon: None,
-            register_listener: None,
             documents: document_statements(n),
-        }
+        };
+        let own = Sql {
+            // The start of the insert: the append adds a row of 14
+            // parameters per event, in these columns' order, and `RETURNING
+            // aggregate_version, global_position`. Rows are inserted in
+            // batch order, so positions increase with versions.
+            insert: format!(
+                "INSERT INTO {events} (event_id, bounded_context, aggregate_type, aggregate_id, \
+                     aggregate_version, event_type, event_version, payload, metadata, \
+                     correlation_id, causation_id, trace_id, created_at, stream_hash) \
+                 VALUES "
+            )
+            .into(),
+        };
+        (common, own)
     }
 }
