@@ -74,7 +74,7 @@ pub use subject::Subjects;
 /// assert_eq!(es_nats::telemetry::PUBLISHED, "es_nats_published_total");
 /// ```
 pub mod telemetry {
-    pub use crate::publisher::{DUPLICATES, IN_FLIGHT, PUBLISH_RETRIES, PUBLISHED};
+    pub use crate::publisher::{ALREADY_STORED, DUPLICATES, IN_FLIGHT, PUBLISH_RETRIES, PUBLISHED};
 }
 
 /// The NATS client this crate is built on, to connect with.
