@@ -1,6 +1,7 @@
 //! The other side: a durable JetStream consumer that hands out decoded,
 //! upcast events with their envelope.
 
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::future::Future;
 use std::marker::PhantomData;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use es_aggregate::RetryPolicy;
 use es_aggregate::projection::{EventSet, HandlerError};
 use es_store::{DecodeError, PersistedEvent};
 use futures_util::StreamExt;
+use tokio::time::Instant;
 
 use crate::headers::{self, EnvelopeError};
 use crate::stream::nats_error;
@@ -315,13 +317,34 @@ pub enum Undecodable {
 /// ```
 pub struct Consumer<E> {
     name: String,
+    client: async_nats::Client,
     consumer: jetstream::consumer::Consumer<pull::Config>,
     on_failure: OnFailure,
     on_undecodable: OnUndecodable,
     double_ack: bool,
     batch: usize,
+    /// How often a message held (or being handled) is told to be in
+    /// progress: a third of the consumer's ack wait.
+    progress_every: Duration,
+    /// How long a message the server delivered can take to come back to a
+    /// pull after it was lost (its ack wait, or its longest backoff),
+    /// with a margin.
+    redelivery_bound: Duration,
     events: PhantomData<fn() -> E>,
 }
+
+/// How long one pull waits for messages before it ends (and the next is
+/// sent); what a graceful shutdown may wait for the one in flight.
+const PULL_WAIT: Duration = Duration::from_millis(500);
+
+/// How often the consumer asks the server, while it waits for messages
+/// delivered before, whether they are all in its hands.
+const RECHECK: Duration = Duration::from_millis(200);
+
+/// Stream sequences of messages handled lately: a copy delivered again
+/// after it was handled (its ack wait ran out just before the ack) is
+/// acknowledged without handling it again.
+const RECENT: usize = 4096;
 
 impl<E> std::fmt::Debug for Consumer<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -433,45 +456,220 @@ impl<E: EventSet> Consumer<E> {
 
     /// Handles messages until `shutdown` completes (checked between
     /// messages: the one being handled is finished and acknowledged
-    /// first). The connection's losses and the server's restarts are
-    /// ridden out (the client reconnects, and the pull resumes).
+    /// first; the messages pulled and not handled yet are handed back, to
+    /// be delivered again at once to the next run). The connection's
+    /// losses and the server's restarts are ridden out (the client
+    /// reconnects, and the pulls resume).
+    ///
+    /// **Order across restarts**: a message is handled only when every
+    /// message delivered before it has been acknowledged or is in this
+    /// consumer's hands. Messages a previous run (or a crashed process)
+    /// pulled and never acknowledged stay pending on the server until their
+    /// ack wait runs out; so do messages lost with a connection. When the
+    /// server has such messages (at the start, or when a delivery is
+    /// missing), the consumer holds what it receives (telling the server
+    /// it is in progress) until the missing ones are redelivered, then
+    /// handles all of them in stream order. After a crash that is at most
+    /// the consumer's ack wait ([`ConsumerBuilder::ack_wait`]); after a
+    /// graceful shutdown, nothing. One `run` per durable consumer at a
+    /// time: a second one consuming the same durable makes each wait for
+    /// the other's messages (up to the ack wait) and takes order away.
     pub async fn run(
         &self,
         handler: impl EventHandler<E>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ConsumerError> {
         tokio::pin!(shutdown);
+        let mut order = Order::default();
         loop {
-            let mut messages = tokio::select! {
-                biased;
-                () = &mut shutdown => return Ok(()),
-                messages = self.consumer.stream().max_messages_per_batch(self.batch).messages() => {
-                    match messages {
-                        Ok(messages) => messages,
-                        Err(error) => {
-                            tracing::warn!(consumer = self.name, %error, "could not pull, trying again");
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                            continue;
+            if !order.started {
+                // What the server delivered and has not had acknowledged:
+                // a previous run's messages.
+                let info = tokio::select! {
+                    biased;
+                    () = &mut shutdown => return self.stop(&mut order, None).await,
+                    info = self.consumer.get_info() => info,
+                };
+                match info {
+                    Ok(info) => order.start(&info, self),
+                    Err(error) => {
+                        tracing::warn!(consumer = self.name, %error, "could not read the consumer's state, trying again");
+                        tokio::select! {
+                            biased;
+                            () = &mut shutdown => return self.stop(&mut order, None).await,
+                            () = tokio::time::sleep(Duration::from_millis(500)) => {}
                         }
+                        continue;
                     }
+                }
+            }
+            let pulled = tokio::select! {
+                biased;
+                () = &mut shutdown => return self.stop(&mut order, None).await,
+                pulled = self.consumer.batch().max_messages(self.batch).expires(PULL_WAIT).messages() => pulled,
+            };
+            let mut messages = match pulled {
+                Ok(messages) => messages,
+                Err(error) => {
+                    tracing::warn!(consumer = self.name, %error, "could not pull, trying again");
+                    tokio::select! {
+                        biased;
+                        () = &mut shutdown => return self.stop(&mut order, None).await,
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                    continue;
                 }
             };
             loop {
+                let due = order.due();
                 let next = tokio::select! {
                     biased;
-                    () = &mut shutdown => return Ok(()),
+                    () = &mut shutdown => return self.stop(&mut order, Some(messages)).await,
+                    () = sleep_until(due), if due.is_some() => {
+                        self.tick(&handler, &mut order).await?;
+                        continue;
+                    }
                     next = messages.next() => next,
                 };
                 match next {
-                    Some(Ok(message)) => self.deliver(&handler, message).await?,
+                    Some(Ok(message)) => self.receive(&handler, &mut order, message).await?,
                     Some(Err(error)) => {
-                        // missed heartbeats, a reconnect: the stream goes on
+                        // a status from the server, a reconnect: the pull
+                        // ends, and the next one goes on
                         tracing::debug!(consumer = self.name, %error, "pull interrupted");
                     }
                     None => break,
                 }
             }
+            if order.waiting_since.is_some() {
+                self.try_release(&handler, &mut order).await?;
+            }
         }
+    }
+
+    /// Hands `message` to the handler, or holds it while something
+    /// delivered before it is missing.
+    async fn receive(
+        &self,
+        handler: &impl EventHandler<E>,
+        order: &mut Order,
+        message: jetstream::Message,
+    ) -> Result<(), ConsumerError> {
+        let (stream_sequence, delivery) = match message.info() {
+            Ok(info) => (info.stream_sequence, info.consumer_sequence),
+            Err(error) => {
+                return Err(self.nats("read a message's info", DisplayError(error.to_string())));
+            }
+        };
+        if order.recent_set.contains(&stream_sequence) {
+            // handled already: a copy delivered again as it was acknowledged
+            return self.ack(&message, AckKind::Ack).await;
+        }
+        // Every delivery takes the next consumer sequence: a jump means a
+        // delivery did not reach this run (lost with a connection, or
+        // taken by another run of the same durable consumer).
+        if order.last_delivery.is_some_and(|last| delivery != last + 1) {
+            tracing::debug!(consumer = self.name, delivery, last = ?order.last_delivery, "a delivery is missing: holding what comes until it is back");
+            order.waiting_since.get_or_insert_with(Instant::now);
+        }
+        order.last_delivery = Some(delivery);
+        if order.waiting_since.is_none() && order.held.is_empty() {
+            return self.deliver(handler, order, message).await;
+        }
+        order.held.insert(stream_sequence, message);
+        if order
+            .last_check
+            .is_none_or(|at| at.elapsed() >= Duration::from_millis(50))
+        {
+            self.try_release(handler, order).await?;
+        }
+        Ok(())
+    }
+
+    /// Keeps held messages from being delivered again, and asks whether
+    /// the missing ones are back.
+    async fn tick(
+        &self,
+        handler: &impl EventHandler<E>,
+        order: &mut Order,
+    ) -> Result<(), ConsumerError> {
+        let now = Instant::now();
+        if !order.held.is_empty() && order.next_progress.is_none_or(|at| at <= now) {
+            for message in order.held.values() {
+                self.ack(message, AckKind::Progress).await?;
+            }
+            order.next_progress = Some(now + self.progress_every);
+        }
+        if order.waiting_since.is_some() && order.last_check.is_none_or(|at| at + RECHECK <= now) {
+            self.try_release(handler, order).await?;
+        }
+        Ok(())
+    }
+
+    /// Handles the held messages in stream order once every message the
+    /// server has delivered and not had acknowledged is among them (or
+    /// once the missing ones had all the time their redelivery takes).
+    async fn try_release(
+        &self,
+        handler: &impl EventHandler<E>,
+        order: &mut Order,
+    ) -> Result<(), ConsumerError> {
+        let Some(since) = order.waiting_since else {
+            return Ok(());
+        };
+        order.last_check = Some(Instant::now());
+        let pending = match self.consumer.get_info().await {
+            Ok(info) => info.num_ack_pending,
+            Err(error) => {
+                tracing::debug!(consumer = self.name, %error, "could not read the consumer's state");
+                return Ok(());
+            }
+        };
+        let all_here = pending <= order.held.len();
+        if !all_here && since.elapsed() < self.redelivery_bound {
+            order.next_progress.get_or_insert_with(Instant::now);
+            return Ok(());
+        }
+        if !all_here {
+            tracing::warn!(
+                consumer = self.name,
+                missing = pending - order.held.len(),
+                waited = ?since.elapsed(),
+                "messages delivered before are still unacknowledged past their redelivery (another run consuming this durable consumer, or nak'ed with a delay): going on without them"
+            );
+        }
+        order.waiting_since = None;
+        order.next_progress = None;
+        while let Some((_, message)) = order.held.pop_first() {
+            self.deliver(handler, order, message).await?;
+        }
+        Ok(())
+    }
+
+    /// A graceful stop: what was pulled and not handled is nak'ed, to be
+    /// delivered again at once to the next run.
+    async fn stop(
+        &self,
+        order: &mut Order,
+        pull: Option<pull::Batch>,
+    ) -> Result<(), ConsumerError> {
+        for message in std::mem::take(&mut order.held).into_values() {
+            let _ = message.ack_with(AckKind::Nak(None)).await;
+        }
+        if let Some(mut pull) = pull {
+            // the rest of the pull in flight: what has come and what comes
+            // until it ends
+            let deadline = Instant::now() + PULL_WAIT + Duration::from_millis(200);
+            while let Ok(Some(next)) = tokio::time::timeout_at(deadline, pull.next()).await {
+                if let Ok(message) = next {
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                }
+            }
+        }
+        if let Err(error) = self.client.flush().await {
+            tracing::debug!(consumer = self.name, %error, "could not flush the naks");
+        }
+        Ok(())
     }
 
     /// Decodes one message, hands it to the handler under the failure
@@ -479,8 +677,24 @@ impl<E: EventSet> Consumer<E> {
     async fn deliver(
         &self,
         handler: &impl EventHandler<E>,
+        order: &mut Order,
         message: jetstream::Message,
     ) -> Result<(), ConsumerError> {
+        let stream_sequence = message.info().map(|i| i.stream_sequence).ok();
+        let handled = self.deliver_once(handler, &message).await;
+        if let (Ok(true), Some(sequence)) = (&handled, stream_sequence) {
+            order.recent(sequence);
+        }
+        handled.map(|_| ())
+    }
+
+    /// [`deliver`](Self::deliver); `Ok(true)` when the message was
+    /// acknowledged (or terminated) and is done with.
+    async fn deliver_once(
+        &self,
+        handler: &impl EventHandler<E>,
+        message: &jetstream::Message,
+    ) -> Result<bool, ConsumerError> {
         let (stream_sequence, delivered) = match message.info() {
             Ok(info) => (info.stream_sequence, info.delivered),
             Err(error) => {
@@ -500,16 +714,20 @@ impl<E: EventSet> Consumer<E> {
         loop {
             let (event, envelope) = match decode() {
                 Ok(Some(decoded)) => decoded,
-                Ok(None) => return self.ack(&message, AckKind::Ack).await, // not ours
+                // not ours
+                Ok(None) => return self.ack(message, AckKind::Ack).await.map(|()| true),
                 Err(source) => {
                     tracing::error!(consumer = self.name, stream_sequence, error = %source, "message cannot be decoded");
                     return match self.on_undecodable {
-                        OnUndecodable::Term => self.ack(&message, AckKind::Term).await,
-                        OnUndecodable::Nak(delay) => {
-                            self.ack(&message, AckKind::Nak(Some(delay))).await
+                        OnUndecodable::Term => {
+                            self.ack(message, AckKind::Term).await.map(|()| true)
                         }
+                        OnUndecodable::Nak(delay) => self
+                            .ack(message, AckKind::Nak(Some(delay)))
+                            .await
+                            .map(|()| false),
                         OnUndecodable::Stop => {
-                            self.ack(&message, AckKind::Nak(None)).await?;
+                            self.ack(message, AckKind::Nak(None)).await?;
                             Err(ConsumerError::Undecodable {
                                 consumer: self.name.clone(),
                                 stream_sequence,
@@ -528,15 +746,16 @@ impl<E: EventSet> Consumer<E> {
                 delivered,
                 subject: message.subject.to_string(),
             };
-            let error = match handler.handle(delivery).await {
+            let error = match self.in_progress(message, handler.handle(delivery)).await {
                 Ok(()) => {
                     return if self.double_ack {
                         message
                             .double_ack()
                             .await
+                            .map(|()| true)
                             .map_err(|e| self.nats("acknowledge", DisplayError(e.to_string())))
                     } else {
-                        self.ack(&message, AckKind::Ack).await
+                        self.ack(message, AckKind::Ack).await.map(|()| true)
                     };
                 }
                 Err(error) => error,
@@ -551,19 +770,45 @@ impl<E: EventSet> Consumer<E> {
             tracing::warn!(consumer = self.name, stream_sequence, %event_id, attempts, %error, "handler failed");
             match self.on_failure {
                 OnFailure::Retry(policy) if attempts < policy.max_attempts() => {
-                    self.ack(&message, AckKind::Progress).await?;
-                    tokio::time::sleep(policy.backoff(attempts)).await;
+                    self.ack(message, AckKind::Progress).await?;
+                    self.in_progress(message, tokio::time::sleep(policy.backoff(attempts)))
+                        .await;
                 }
                 OnFailure::Retry(_) | OnFailure::Stop => {
-                    self.ack(&message, AckKind::Nak(None)).await?;
+                    self.ack(message, AckKind::Nak(None)).await?;
                     return Err(give_up(error));
                 }
                 OnFailure::Nak(delay) => {
-                    return self.ack(&message, AckKind::Nak(Some(delay))).await;
+                    return self
+                        .ack(message, AckKind::Nak(Some(delay)))
+                        .await
+                        .map(|()| false);
                 }
                 OnFailure::Term => {
                     tracing::error!(consumer = self.name, stream_sequence, %event_id, %error, "message terminated after the handler failed");
-                    return self.ack(&message, AckKind::Term).await;
+                    return self.ack(message, AckKind::Term).await.map(|()| true);
+                }
+            }
+        }
+    }
+
+    /// Runs `work` on `message`, telling the server every third of the ack
+    /// wait that it is in progress (so that a slow handler's message is
+    /// not delivered again meanwhile).
+    async fn in_progress<T>(
+        &self,
+        message: &jetstream::Message,
+        work: impl Future<Output = T>,
+    ) -> T {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                biased;
+                done = &mut work => return done,
+                () = tokio::time::sleep(self.progress_every) => {
+                    if let Err(error) = message.ack_with(AckKind::Progress).await {
+                        tracing::debug!(consumer = self.name, %error, "could not say a message is in progress");
+                    }
                 }
             }
         }
@@ -574,6 +819,76 @@ impl<E: EventSet> Consumer<E> {
             .ack_with(kind)
             .await
             .map_err(|e| self.nats("acknowledge", DisplayError(e.to_string())))
+    }
+}
+
+/// What a run knows about the order of its deliveries.
+#[derive(Default)]
+struct Order {
+    /// Whether the consumer's state was read at the start.
+    started: bool,
+    /// The consumer sequence of the last delivery received.
+    last_delivery: Option<u64>,
+    /// Since when something delivered before may be missing (pending at
+    /// the start, or a delivery that did not arrive).
+    waiting_since: Option<Instant>,
+    /// What came meanwhile, by stream sequence.
+    held: BTreeMap<u64, jetstream::Message>,
+    /// When the held messages are next said to be in progress.
+    next_progress: Option<Instant>,
+    /// When the server was last asked.
+    last_check: Option<Instant>,
+    /// Stream sequences handled lately.
+    recent_set: HashSet<u64>,
+    recent_order: VecDeque<u64>,
+}
+
+impl Order {
+    fn start<E>(&mut self, info: &jetstream::consumer::Info, consumer: &Consumer<E>) {
+        self.started = true;
+        self.last_delivery = Some(info.delivered.consumer_sequence);
+        if info.num_ack_pending > 0 {
+            tracing::info!(
+                consumer = consumer.name,
+                pending = info.num_ack_pending,
+                "messages delivered before are unacknowledged: they are handled first, when they are delivered again"
+            );
+            self.waiting_since = Some(Instant::now());
+        }
+    }
+
+    /// When the run next has something to do besides receiving.
+    fn due(&self) -> Option<Instant> {
+        let check = self
+            .waiting_since
+            .map(|_| self.last_check.map_or_else(Instant::now, |at| at + RECHECK));
+        let progress = if self.held.is_empty() {
+            None
+        } else {
+            self.next_progress
+        };
+        match (check, progress) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn recent(&mut self, stream_sequence: u64) {
+        if self.recent_set.insert(stream_sequence) {
+            self.recent_order.push_back(stream_sequence);
+            if self.recent_order.len() > RECENT
+                && let Some(old) = self.recent_order.pop_front()
+            {
+                self.recent_set.remove(&old);
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -650,6 +965,7 @@ impl<E: EventSet> ConsumerBuilder<E> {
     /// Creates the durable consumer, or binds to it if it exists (a
     /// consumer keeps the configuration it was created with).
     pub async fn build(self) -> Result<Consumer<E>, ConsumerError> {
+        let client = self.client.clone();
         let jetstream = jetstream::new(self.client);
         let stream = jetstream
             .get_stream(&self.stream)
@@ -676,13 +992,31 @@ impl<E: EventSet> ConsumerBuilder<E> {
             .get_or_create_consumer(&self.name, config)
             .await
             .map_err(|e| nats_error(&jetstream, "create the consumer", e))?;
+        // The consumer's own settings (an existing one keeps those it was
+        // created with).
+        let config = &consumer.cached_info().config;
+        let ack_wait = if config.ack_wait.is_zero() {
+            Duration::from_secs(30)
+        } else {
+            config.ack_wait
+        };
+        let longest = config
+            .backoff
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or_default()
+            .max(ack_wait);
         Ok(Consumer {
             name: self.name,
+            client,
             consumer,
             on_failure: self.on_failure,
             on_undecodable: self.on_undecodable,
             double_ack: self.double_ack,
             batch: self.batch,
+            progress_every: (ack_wait / 3).max(Duration::from_millis(100)),
+            redelivery_bound: longest + Duration::from_secs(1),
             events: PhantomData,
         })
     }
