@@ -1051,3 +1051,38 @@ impl<DB: sqlx::Database> Projection<DB> for Publisher {
         self.publish_all(events).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use es_store::Event;
+
+    fn event(version: i64, position: i64) -> PersistedEvent {
+        let event = Event::new("B", "T", "a", "E", &serde_json::json!({})).unwrap();
+        PersistedEvent::new(event, version, position)
+    }
+
+    #[test]
+    fn the_last_message_on_a_subject_decides_what_is_sent() {
+        let third = event(3, 30);
+        let tip = Tip::of(&third, 7);
+        // nothing there: the subject must stay empty until it is stored
+        assert_eq!(
+            verdict(&Tip::EMPTY, &event(1, 10)),
+            Verdict::Publish { expected: 0 }
+        );
+        // the next version follows the last message
+        assert_eq!(
+            verdict(&tip, &event(4, 40)),
+            Verdict::Publish { expected: 7 }
+        );
+        // the same event, or an earlier version: there already
+        assert_eq!(verdict(&tip, &third), Verdict::Stored);
+        assert_eq!(verdict(&tip, &event(2, 20)), Verdict::Stored);
+        // what does not fit the store's history
+        for (version, position) in [(3, 30), (2, 35), (4, 25)] {
+            let found = verdict(&tip, &event(version, position));
+            assert!(matches!(found, Verdict::Diverged(_)), "{found:?}");
+        }
+    }
+}

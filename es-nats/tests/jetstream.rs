@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{NatsServer, connect, nats_url, unique};
 use es::DomainEvent;
-use es::aggregate::projection::ProjectionProcessor;
+use es::aggregate::projection::{BatchFailure, Projection, ProjectionProcessor, Transient};
 use es::nats::{Consumer, Delivery, Publisher, SetupError, StreamSettings, Subjects};
 use es::store::{Event, EventStore, ExpectedVersion, Metadata, PersistedEvent, PostgresStore};
 use support::TestDb;
@@ -713,10 +713,7 @@ async fn headers_are_the_envelope_and_the_payload_is_as_stored() {
 /// seen again, at least once delivery, is not a first sight): checks that
 /// these are versions 1, 2, 3, ... with none missing, and returns how
 /// many deliveries were copies.
-fn assert_first_sights_in_order(
-    deliveries: &[Handled],
-    expected: &HashMap<String, i64>,
-) -> usize {
+fn assert_first_sights_in_order(deliveries: &[Handled], expected: &HashMap<String, i64>) -> usize {
     let mut seen = HashSet::new();
     let mut last: HashMap<&str, i64> = HashMap::new();
     let mut copies = 0;
@@ -839,7 +836,7 @@ async fn nats_consumer_restarted_mid_stream_keeps_each_aggregates_order() {
     let url = server.url();
     let db = TestDb::new().await;
     let place = Place::new();
-    let total = append(&db, 60, 100, 10).await as usize;
+    let total = append(&db, 40, 100, 10).await as usize;
     publish_all(&url, &db, &place).await;
     let consumer = Arc::new(
         Consumer::<CounterEvent>::builder(connect(&url).await, &place.stream, "restarted")
@@ -917,5 +914,370 @@ async fn nats_consumer_stopped_and_restarted_goes_on_at_once_in_order() {
     let copies =
         assert_first_sights_in_order(&recorder.deliveries(), &versions_in_store(&db).await);
     assert_eq!(copies, 0, "a graceful stop leaves nothing to deliver twice");
+    db.drop().await;
+}
+
+/// Waits until the stream's duplicate window has passed for everything
+/// stored so far: a probe published now (on a subject of its own) is
+/// published again until the stream no longer drops it as a duplicate.
+/// The stream then holds the probe twice.
+async fn wait_past_the_duplicate_window(url: &str, place: &Place) {
+    let jetstream = async_nats::jetstream::new(connect(url).await);
+    let probe = || {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", "probe");
+        async_nats::jetstream::message::PublishMessage::build()
+            .payload("probe".into())
+            .headers(headers)
+    };
+    let subject = format!("{}.probe", place.prefix);
+    let first = jetstream
+        .send_publish(subject.clone(), probe())
+        .await
+        .unwrap();
+    assert!(!first.await.unwrap().duplicate);
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let ack = jetstream
+            .send_publish(subject.clone(), probe())
+            .await
+            .unwrap();
+        if !ack.await.unwrap().duplicate {
+            return;
+        }
+    }
+}
+
+/// A publisher (the real one inside) that stops after JetStream
+/// acknowledged a batch and before its checkpoint commits, as a process
+/// killed there would: the batch is published, the checkpoint stays. It
+/// does so at the first batch of every partition, then signals.
+struct StopsBeforeCommit {
+    publisher: Publisher,
+    partitions: u32,
+    with_events: usize,
+    stopped: Mutex<HashSet<u32>>,
+    all_stopped: tokio::sync::watch::Sender<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("stopped before the commit")]
+struct StoppedBeforeCommit;
+
+impl Projection<sqlx::Postgres> for StopsBeforeCommit {
+    fn name(&self) -> &str {
+        Projection::<sqlx::Postgres>::name(&self.publisher)
+    }
+
+    fn filter(&self) -> es::store::EventFilter {
+        Projection::<sqlx::Postgres>::filter(&self.publisher)
+    }
+
+    async fn handle(
+        &self,
+        _tx: &mut sqlx::PgConnection,
+        _event: &PersistedEvent,
+    ) -> Result<(), es::aggregate::projection::HandlerError> {
+        unreachable!("batches only")
+    }
+
+    async fn handle_batch(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        events: &[PersistedEvent],
+    ) -> Result<(), BatchFailure> {
+        Projection::<sqlx::Postgres>::handle_batch(&self.publisher, tx, events).await?;
+        let first = &events[0];
+        let hash = es::store::stream_hash(
+            &first.bounded_context,
+            &first.aggregate_type,
+            &first.aggregate_id,
+        );
+        let mut stopped = self.stopped.lock().unwrap();
+        stopped.insert((hash % i64::from(self.partitions)) as u32);
+        if stopped.len() == self.with_events {
+            self.all_stopped.send_replace(true);
+        }
+        // a transient failure: the processor goes on to the next partition
+        Err(BatchFailure::whole_batch(Transient::new(
+            StoppedBeforeCommit,
+        )))
+    }
+}
+
+/// The case: the stream's duplicate window is a second; a
+/// publisher with four partitions stops after JetStream acknowledged a
+/// batch of each and before their checkpoints commit, and is started
+/// again well past the window. The stream holds each event once (the
+/// restarted publisher finds the batches there and does not send them),
+/// the counters say so, and a consumer sees each aggregate in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_publisher_restarted_after_the_duplicate_window_stores_no_duplicate() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let db = TestDb::new().await;
+    let place = Place::new();
+    let total = append(&db, 40, 20, 5).await as u64;
+    let partitions = 4;
+    let settings = || place.settings().duplicate_window(Duration::from_secs(1));
+    let publisher = || async {
+        Publisher::builder(connect(&url).await)
+            .stream(settings())
+            .subjects(place.subjects())
+            .build()
+            .await
+            .unwrap()
+    };
+    let with_events: HashSet<u32> = versions_in_store(&db)
+        .await
+        .keys()
+        .map(|id| (es::store::stream_hash("Nats", "Counter", id) % i64::from(partitions)) as u32)
+        .collect();
+    let (all_stopped, mut stopped) = tokio::sync::watch::channel(false);
+    let first = ProjectionProcessor::new(
+        db.store.clone(),
+        db.pool.clone(),
+        StopsBeforeCommit {
+            publisher: publisher().await,
+            partitions,
+            with_events: with_events.len(),
+            stopped: Mutex::default(),
+            all_stopped,
+        },
+    )
+    .with_partitions(partitions)
+    .with_batch_size(50);
+    first
+        .run(async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        })
+        .await
+        .expect("run");
+    let jetstream = async_nats::jetstream::new(connect(&url).await);
+    let published_before = place.stored(&jetstream).await;
+    let first_stats = first.projection().publisher.stats();
+    assert_eq!(published_before, first_stats.published);
+    assert!(published_before > 0);
+    assert_eq!(
+        first.status().await.unwrap().checkpoint,
+        0,
+        "nothing committed"
+    );
+
+    wait_past_the_duplicate_window(&url, &place).await;
+    let restarted = ProjectionProcessor::new(db.store.clone(), db.pool.clone(), publisher().await)
+        .with_partitions(partitions)
+        .with_batch_size(50);
+    restarted.catch_up().await.expect("publish");
+    let stats = restarted.projection().stats();
+    println!("first run: {first_stats:?}\nrestarted: {stats:?}");
+    assert_eq!(
+        (stats.already_stored, stats.duplicates),
+        (published_before, 0),
+        "every re-send found in the stream, none left to the window: {stats:?}"
+    );
+    assert_eq!(stats.published, total - published_before);
+    assert_eq!(
+        place.stored(&jetstream).await,
+        total + 2,
+        "each event once (and the probe twice)"
+    );
+    consume_exactly_once(&url, &place, total as usize).await;
+    db.drop().await;
+}
+
+/// Two publishers of the same feed into one stream (two names: each
+/// publishes every event, as a renamed or a second publisher would)
+/// race, the second starting past the duplicate window of 100 ms: each
+/// event is stored once, and every re-send is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_racing_publishers_past_the_duplicate_window_store_each_event_once() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let db = TestDb::new().await;
+    let place = Place::new();
+    let total = append(&db, 100, 30, 3).await as u64;
+    let processor = |name: &'static str, partitions: u32| {
+        let (url, place, db) = (&url, &place, &db);
+        async move {
+            let publisher = Publisher::builder(connect(url).await)
+                .name(name)
+                .stream(
+                    place
+                        .settings()
+                        .duplicate_window(Duration::from_millis(100)),
+                )
+                .subjects(place.subjects())
+                .max_in_flight(16)
+                .build()
+                .await
+                .unwrap();
+            Arc::new(
+                ProjectionProcessor::new(db.store.clone(), db.pool.clone(), publisher)
+                    .with_partitions(partitions)
+                    .with_batch_size(100),
+            )
+        }
+    };
+    let a = processor("racer-a", 1).await;
+    let b = processor("racer-b", 3).await;
+    // a publishes a third of the feed; past the window, both go on
+    let jetstream = async_nats::jetstream::new(connect(&url).await);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let run = |p: Arc<ProjectionProcessor<PostgresStore, Publisher>>| {
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            p.run(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await
+        })
+    };
+    let first_leg = run(a.clone());
+    while place.stored(&jetstream).await < total / 3 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    wait_past_the_duplicate_window(&url, &place).await;
+    let second = run(b.clone());
+    wait_caught_up(&a).await;
+    wait_caught_up(&b).await;
+    stop.send(true).unwrap();
+    first_leg.await.unwrap().expect("a");
+    second.await.unwrap().expect("b");
+    let (sa, sb) = (a.projection().stats(), b.projection().stats());
+    println!("a: {sa:?}\nb: {sb:?}");
+    assert_eq!(sa.published + sb.published, total, "each event stored once");
+    for s in [sa, sb] {
+        assert_eq!(
+            s.published + s.already_stored + s.duplicates,
+            total,
+            "{s:?}"
+        );
+    }
+    assert!(
+        sb.already_stored >= total / 3,
+        "what a published before b started is found in the stream: {sb:?}"
+    );
+    assert_eq!(place.stored(&jetstream).await, total + 2);
+    consume_exactly_once(&url, &place, total as usize).await;
+    db.drop().await;
+}
+
+/// A stream that holds another history of an aggregate (another store's
+/// events under the same subjects) is refused with a typed error, not
+/// fed beside it.
+#[tokio::test]
+async fn nats_duplicate_check_refuses_a_stream_with_another_history() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let place = Place::new();
+    let (one, other) = (TestDb::new().await, TestDb::new().await);
+    for db in [&one, &other] {
+        let events = (1..=3)
+            .map(|n| {
+                CounterEvent::Added { amount: n }
+                    .to_event("shared", &Metadata::new())
+                    .unwrap()
+            })
+            .collect();
+        let mut conn = db.pool.acquire().await.unwrap();
+        db.store
+            .append(&mut conn, ExpectedVersion::NoStream, events)
+            .await
+            .unwrap();
+    }
+    publish_all(&url, &one, &place).await;
+    let processor = ProjectionProcessor::new(
+        other.store.clone(),
+        other.pool.clone(),
+        place.publisher(&url).await,
+    );
+    let error = processor.catch_up().await.unwrap_err();
+    let es::aggregate::ProjectionError::Handler { source, .. } = &error else {
+        panic!("{error:?}");
+    };
+    match source.downcast_ref::<es::nats::PublishError>() {
+        Some(es::nats::PublishError::Diverged {
+            version, reason, ..
+        }) => {
+            assert_eq!(*version, 3);
+            assert!(reason.contains("another event at this version"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let jetstream = async_nats::jetstream::new(connect(&url).await);
+    assert_eq!(place.stored(&jetstream).await, 3, "nothing published");
+    one.drop().await;
+    other.drop().await;
+}
+
+/// Not a check: what publishing and consuming cost, in events per second
+/// (`cargo test -p es-nats --all-features --test jetstream
+/// nats_throughput -- --ignored --nocapture`), on a private server: the
+/// publisher catching up 20,000 events (200 aggregates, in batches of
+/// 2,000), the same publisher started again past the duplicate window on
+/// a stream that holds them all, and a consumer handling them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a measurement"]
+async fn nats_throughput_of_publisher_and_consumer() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let db = TestDb::new().await;
+    let place = Place::new();
+    let total = append(&db, 200, 100, 10).await as f64;
+    let rate = |started: std::time::Instant| total / started.elapsed().as_secs_f64();
+    let started = std::time::Instant::now();
+    let settings = || place.settings().duplicate_window(Duration::from_secs(1));
+    let first = ProjectionProcessor::new(
+        db.store.clone(),
+        db.pool.clone(),
+        Publisher::builder(connect(&url).await)
+            .stream(settings())
+            .subjects(place.subjects())
+            .build()
+            .await
+            .unwrap(),
+    )
+    .with_batch_size(2000);
+    first.catch_up().await.unwrap();
+    println!(
+        "publish: {:.0} events/s {:?}",
+        rate(started),
+        first.projection().stats()
+    );
+    // the same again from the start, under another name, past the
+    // duplicate window: all there
+    wait_past_the_duplicate_window(&url, &place).await;
+    let again = ProjectionProcessor::new(
+        db.store.clone(),
+        db.pool.clone(),
+        Publisher::builder(connect(&url).await)
+            .name("again")
+            .stream(settings())
+            .subjects(place.subjects())
+            .build()
+            .await
+            .unwrap(),
+    )
+    .with_batch_size(2000);
+    let started = std::time::Instant::now();
+    again.catch_up().await.unwrap();
+    println!(
+        "publish again: {:.0} events/s {:?}",
+        rate(started),
+        again.projection().stats()
+    );
+    let consumer = Consumer::<CounterEvent>::builder(connect(&url).await, &place.stream, "rate")
+        .subjects(place.subjects())
+        .build()
+        .await
+        .unwrap();
+    let recorder = Recorder::new();
+    let started = std::time::Instant::now();
+    consumer
+        .run(recorder.handler(), recorder.until(total as usize))
+        .await
+        .unwrap();
+    println!("consume: {:.0} events/s", rate(started));
     db.drop().await;
 }
