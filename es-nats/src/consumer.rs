@@ -281,11 +281,25 @@ pub enum Undecodable {
 /// handled in version order); messages of aggregates `E` does not cover
 /// are acknowledged without calling it.
 ///
+/// **Order across restarts and crashes**: the consumer pulls messages
+/// ahead of the handler, and what a run pulled without acknowledging it
+/// (a crash, an aborted task, a lost connection) stays pending on the
+/// server until its ack wait runs out, then comes again, after newer
+/// messages were delivered. The consumer handles a message only when
+/// everything delivered before it is acknowledged or in its hands, and
+/// holds the rest meanwhile: see [`run`](Self::run). Each aggregate's
+/// events are first handled in version order, restarts or not; a
+/// restart after a crash waits at most the ack wait for what was left
+/// pending (after a graceful stop, not at all). This holds for one
+/// running [`run`](Self::run) per durable consumer, and not for the
+/// [`OnFailure::Nak`] and [`OnUndecodable::Nak`] policies, which hand a
+/// message back to come later by design.
+///
 /// Delivery is **at least once**: a handler whose acknowledgement is
 /// lost (a crash right after it, a connection dropped) sees the event
-/// again, with [`Delivery::delivered`] above 1. Deduplicate on
-/// [`Delivery::event_id`] where an effect must happen once; see
-/// [`ConsumerBuilder::double_ack`] to narrow the window.
+/// again, with [`Delivery::delivered`] above 1, before any later event.
+/// Deduplicate on [`Delivery::event_id`] where an effect must happen
+/// once; see [`ConsumerBuilder::double_ack`] to narrow the window.
 ///
 /// Failures: [`OnFailure`] (by default the handler is retried in place,
 /// then the consumer stops), [`OnUndecodable`] (by default the message is
@@ -574,7 +588,7 @@ impl<E: EventSet> Consumer<E> {
         }
         order.last_delivery = Some(delivery);
         if order.waiting_since.is_none() && order.held.is_empty() {
-            return self.deliver(handler, order, message).await;
+            return self.deliver(handler, order, stream_sequence, message).await;
         }
         order.held.insert(stream_sequence, message);
         if order
@@ -640,8 +654,9 @@ impl<E: EventSet> Consumer<E> {
         }
         order.waiting_since = None;
         order.next_progress = None;
-        while let Some((_, message)) = order.held.pop_first() {
-            self.deliver(handler, order, message).await?;
+        while let Some((stream_sequence, message)) = order.held.pop_first() {
+            self.deliver(handler, order, stream_sequence, message)
+                .await?;
         }
         Ok(())
     }
@@ -678,12 +693,12 @@ impl<E: EventSet> Consumer<E> {
         &self,
         handler: &impl EventHandler<E>,
         order: &mut Order,
+        stream_sequence: u64,
         message: jetstream::Message,
     ) -> Result<(), ConsumerError> {
-        let stream_sequence = message.info().map(|i| i.stream_sequence).ok();
         let handled = self.deliver_once(handler, &message).await;
-        if let (Ok(true), Some(sequence)) = (&handled, stream_sequence) {
-            order.recent(sequence);
+        if let Ok(true) = handled {
+            order.recent(stream_sequence);
         }
         handled.map(|_| ())
     }
@@ -913,20 +928,27 @@ impl<E: EventSet> ConsumerBuilder<E> {
     }
 
     /// How long JetStream waits for an acknowledgement before delivering
-    /// a message again (default 30 s). A handler retried in place keeps
-    /// its message in progress.
+    /// a message again (default 30 s): also the longest a restarted
+    /// consumer waits, after a crash, for the messages its predecessor
+    /// pulled and never acknowledged (it handles nothing later before
+    /// them). A handler that runs long, or is retried in place, keeps its
+    /// message in progress (told every third of the ack wait), so a short
+    /// ack wait is safe.
     pub fn ack_wait(mut self, wait: Duration) -> Self {
         self.ack_wait = wait;
         self
     }
 
-    /// Messages delivered and not yet acknowledged at most (default 1000).
+    /// Messages delivered and not yet acknowledged at most (default 1000):
+    /// also the most a consumer holds while it waits for messages
+    /// delivered before.
     pub fn max_ack_pending(mut self, max: i64) -> Self {
         self.max_ack_pending = max;
         self
     }
 
-    /// Messages pulled at a time (default 256).
+    /// Messages pulled at a time (default 256): what a crash leaves
+    /// pending at most, to be delivered again after the ack wait.
     pub fn batch(mut self, batch: usize) -> Self {
         self.batch = batch.max(1);
         self

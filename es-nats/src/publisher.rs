@@ -37,11 +37,67 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 512;
 /// publishes in flight (pipelined, not one round trip per event), and
 /// [`handle_batch`](Projection::handle_batch) returns only when JetStream
 /// has acknowledged every event of the batch: the checkpoint then commits
-/// after the stream has them, so nothing is lost. Each message carries
-/// `Nats-Msg-Id` = the event id, so what a publisher sends again after a
-/// crash (the batch it had not committed) is dropped by the stream's
-/// duplicate window; the payload is the stored JSON as it is and the
-/// envelope is in [`headers`].
+/// after the stream has them, so nothing is lost. The payload is the
+/// stored JSON as it is and the envelope is in [`headers`].
+///
+/// **Each event stored once, however late the re-send.** A publisher
+/// sends again what it had not committed: the batch a killed process
+/// had published, a batch that failed after its acknowledgements, a
+/// batch a frozen process wakes up with after its lease went to another.
+/// Within the stream's duplicate window `Nats-Msg-Id` (the event id)
+/// drops such a re-send; past it, the stream itself says what it holds.
+/// With subjects that are one per aggregate ([`Subjects::default`],
+/// [`Subjects::prefixed`], or [`Subjects::per_aggregate`]):
+///
+/// - Each publish carries `Nats-Expected-Last-Subject-Sequence`: the
+///   stream sequence of the last message on its subject as this
+///   publisher knows it (from its own last acknowledgement there, or 0 for
+///   an aggregate's first event). JetStream stores it only if that is
+///   still the subject's last message, and refuses it otherwise, as one
+///   step.
+/// - When it does not know the last message (an aggregate past version 1
+///   it has not met since it started), or the stream refused a publish,
+///   the publisher reads the subject's last message, whose headers carry
+///   its aggregate version, global position and event id. An event whose
+///   version is not above that one is in the stream already and is not
+///   sent ([`PublisherStats::already_stored`]); a later one is sent after
+///   it.
+/// - So per subject the stream holds an aggregate's events in version
+///   order, each once: a message lands only right after the one its
+///   sender found last, and is sent only when that one is an earlier
+///   version. No time window is involved.
+/// - **Partitions**: the check is per aggregate, and each aggregate lives
+///   in one partition. The stream's last message overall (another
+///   partition's, maybe far ahead) bounds nothing and is never used; each
+///   aggregate's own last message is.
+/// - **Racing publishers** (a frozen one waking after its lease went to
+///   another, or two publishers of the same feed under two names): on one
+///   aggregate, whichever stores a version first wins; the other's publish
+///   names a message that is no longer the last, is refused, and its
+///   sender finds the event stored. Each event once, in order, whatever
+///   the interleaving.
+///
+/// Its limits: the stream must keep each subject's last message (limits
+/// retention, the default; a message removed by `max_age`, a purge,
+/// interest or work-queue retention can be published again past the
+/// window), and an aggregate's subject is fed by publishers of the same
+/// events (a publisher with another filter on the same subjects would
+/// take another's later version for its own earlier one). A last message
+/// that does not fit the store's history (another aggregate's, another
+/// event at the same version, versions and positions out of step: a
+/// stream fed by another store) fails the event with
+/// [`PublishError::Diverged`]. Since the stream decides, rebuilding a
+/// publisher (or renaming it) publishes nothing the stream holds: to
+/// publish the feed again, publish it to a new stream.
+///
+/// What it costs: no round trip in the steady state (each
+/// acknowledgement gives the sequence the aggregate's next publish
+/// follows; the publisher remembers it for up to 65,536 subjects), one
+/// read of the last message per aggregate met past version 1 after a
+/// start and per refusal, and the server's check of each publish against
+/// its subject's last message. For a custom scheme not marked per
+/// aggregate, none of this: re-sends are dropped within the duplicate
+/// window only.
 ///
 /// **Order**: per aggregate, events are stored in the stream in version
 /// order. A partition holds whole aggregates and is published in global

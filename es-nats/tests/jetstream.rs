@@ -759,12 +759,20 @@ async fn versions_in_store(db: &TestDb) -> HashMap<String, i64> {
 /// One handled event: its aggregate, version, id and position.
 type Handled = (String, i64, uuid::Uuid, i64);
 
+/// What a recording handler returns.
+type Handling = std::pin::Pin<
+    Box<dyn Future<Output = Result<(), es::aggregate::projection::HandlerError>> + Send>,
+>;
+
 /// Records what a consumer handles, and says how many so far.
 #[derive(Clone)]
 struct Recorder {
     deliveries: Arc<Mutex<Vec<Handled>>>,
     distinct: Arc<Mutex<HashSet<uuid::Uuid>>>,
     count: Arc<tokio::sync::watch::Sender<usize>>,
+    /// The handler never returns from the event that makes this many
+    /// distinct ones (0: never).
+    hang_at: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Recorder {
@@ -773,17 +781,11 @@ impl Recorder {
             deliveries: Arc::default(),
             distinct: Arc::default(),
             count: Arc::new(tokio::sync::watch::channel(0).0),
+            hang_at: Arc::default(),
         }
     }
 
-    fn handler(
-        &self,
-    ) -> impl Fn(
-        Delivery<CounterEvent>,
-    ) -> std::future::Ready<Result<(), es::aggregate::projection::HandlerError>>
-    + Send
-    + Sync
-    + 'static {
+    fn handler(&self) -> impl Fn(Delivery<CounterEvent>) -> Handling + Send + Sync + 'static {
         let recorder = self.clone();
         move |delivery: Delivery<CounterEvent>| {
             recorder.deliveries.lock().unwrap().push((
@@ -798,8 +800,19 @@ impl Recorder {
                 d.len()
             };
             recorder.count.send_replace(distinct);
-            std::future::ready(Ok(()))
+            let hang = distinct == recorder.hang_at.load(std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move {
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                Ok(())
+            })
         }
+    }
+
+    /// Makes the handler hang at the `n`th distinct event.
+    fn hang_at(&self, n: usize) {
+        self.hang_at.store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Waits until `n` distinct events were handled.
@@ -850,12 +863,14 @@ async fn nats_consumer_restarted_mid_stream_keeps_each_aggregates_order() {
     let recorder = Recorder::new();
     let started = std::time::Instant::now();
     for stop_at in [total / 6, total / 2, 3 * total / 4] {
+        // killed in the middle of a handler (with what it pulled after
+        // that message): it is never acknowledged
+        recorder.hang_at(stop_at);
         let running = {
             let (consumer, handler) = (consumer.clone(), recorder.handler());
             tokio::spawn(async move { consumer.run(handler, std::future::pending()).await })
         };
         recorder.until(stop_at).await;
-        // killed wherever it is: mid-pull, mid-handler, before an ack
         running.abort();
         assert!(running.await.unwrap_err().is_cancelled());
         let info = consumer.info().await.unwrap();
@@ -864,6 +879,7 @@ async fn nats_consumer_restarted_mid_stream_keeps_each_aggregates_order() {
             "aborted with messages pulled and not acknowledged: {info:?}"
         );
     }
+    recorder.hang_at(0);
     let handler = recorder.handler();
     let all = recorder.until(total);
     consumer.run(handler, all).await.expect("consume the rest");
