@@ -745,6 +745,39 @@ fn assert_first_sights_in_order(deliveries: &[Handled], expected: &HashMap<Strin
     copies
 }
 
+/// A child process, killed when dropped (a failing test leaves none
+/// behind).
+struct ChildProcess(std::process::Child);
+
+impl ChildProcess {
+    fn spawn(test: &str, variable: &str, spec: String) -> ChildProcess {
+        ChildProcess(
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", test, "--nocapture", "--test-threads=1"])
+                .env(variable, spec)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("start the child process"),
+        )
+    }
+
+    fn kill(&mut self) {
+        self.0.kill().expect("kill -9");
+        self.0.wait().unwrap();
+    }
+
+    fn ended(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.try_wait().unwrap()
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The number of events of each aggregate in the store.
 async fn versions_in_store(db: &TestDb) -> HashMap<String, i64> {
     let rows: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(
@@ -1295,5 +1328,323 @@ async fn nats_throughput_of_publisher_and_consumer() {
         .await
         .unwrap();
     println!("consume: {:.0} events/s", rate(started));
+    db.drop().await;
+}
+
+/// Set in the consumer kill test's child process: the consumer it runs.
+const CONSUMER_CHILD: &str = "ES_NATS_TEST_CONSUMER_CHILD";
+
+/// In the consumer kill test's child process only (a no-op otherwise):
+/// consumes the stream with the durable consumer `killed`, appending each
+/// handled event to a file (`aggregate version event-id`), and hangs in
+/// the handler of its `hang_after`th event, to be killed there.
+#[tokio::test]
+async fn child_consumer_process() {
+    let Ok(spec) = std::env::var(CONSUMER_CHILD) else {
+        return;
+    };
+    let (url, stream, prefix, file, hang_after): (String, String, String, String, usize) =
+        serde_json::from_str(&spec).unwrap();
+    let consumer = Consumer::<CounterEvent>::builder(connect(&url).await, &stream, "killed")
+        .subjects(Subjects::prefixed(prefix))
+        .ack_wait(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap();
+    let out = Arc::new(Mutex::new(
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(file)
+            .unwrap(),
+    ));
+    let handled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    consumer
+        .run(
+            move |delivery: Delivery<CounterEvent>| {
+                use std::io::Write;
+                let line = format!(
+                    "{} {} {}\n",
+                    delivery.aggregate_id(),
+                    delivery.version(),
+                    delivery.event_id()
+                );
+                // written before the acknowledgement, as a handler's effect
+                out.lock().unwrap().write_all(line.as_bytes()).unwrap();
+                let n = handled.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                async move {
+                    if n == hang_after {
+                        std::future::pending::<()>().await;
+                    }
+                    Ok(())
+                }
+            },
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+}
+
+/// What the consumer child processes handled, from their file (whole
+/// lines: a child may be writing the last one).
+fn handled_by_children(file: &std::path::Path) -> Vec<Handled> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+    whole
+        .lines()
+        .map(|line| {
+            let mut parts = line.split(' ');
+            let aggregate = parts.next().unwrap().to_owned();
+            let version = parts.next().unwrap().parse().unwrap();
+            let id = parts.next().unwrap().parse().unwrap();
+            (aggregate, version, id, 0)
+        })
+        .collect()
+}
+
+/// The consumer killed (SIGKILL, in the middle of a handler, with
+/// messages pulled and not acknowledged) twice and started again each
+/// time, as a process: every aggregate's versions are first handled in
+/// order, and none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_consumer_killed_and_restarted_keeps_each_aggregates_order() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let db = TestDb::new().await;
+    let place = Place::new();
+    let total = append(&db, 30, 100, 10).await as usize;
+    publish_all(&url, &db, &place).await;
+    let dir = std::env::temp_dir().join(unique("es-nats-consumer-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("handled");
+    let child = |hang_after: usize| {
+        let spec = serde_json::to_string(&(
+            &url,
+            &place.stream,
+            &place.prefix,
+            file.to_str().unwrap(),
+            hang_after,
+        ))
+        .unwrap();
+        ChildProcess::spawn("child_consumer_process", CONSUMER_CHILD, spec)
+    };
+    for hang_after in [total / 5, total / 3, total] {
+        let before = handled_by_children(&file).len();
+        let mut running = child(hang_after);
+        // until it hangs in the handler of its `hang_after`th event (or,
+        // the last time, has handled every event)
+        loop {
+            let handled = handled_by_children(&file);
+            let distinct: HashSet<_> = handled.iter().map(|h| h.2).collect();
+            if handled.len() >= before + hang_after || distinct.len() == total {
+                break;
+            }
+            if let Some(status) = running.ended() {
+                panic!("the child consumer ended: {status}");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        running.kill();
+    }
+    let handled = handled_by_children(&file);
+    let copies = assert_first_sights_in_order(&handled, &versions_in_store(&db).await);
+    println!(
+        "{total} events, 2 kills: {} handled ({copies} copies)",
+        handled.len()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    db.drop().await;
+}
+
+/// Set in the partitioned publisher kill test's child process.
+const PARTITIONED_CHILD: &str = "ES_NATS_TEST_PARTITIONED_CHILD";
+
+/// A publisher that, at its `hang_at`th batch, hangs after JetStream
+/// acknowledged it and before its checkpoint commits (and says so by
+/// creating the file `hung`), to be killed there.
+struct HangsBeforeCommit {
+    publisher: Publisher,
+    hang_at: usize,
+    batches: std::sync::atomic::AtomicUsize,
+    hung: String,
+}
+
+impl Projection<sqlx::Postgres> for HangsBeforeCommit {
+    fn name(&self) -> &str {
+        Projection::<sqlx::Postgres>::name(&self.publisher)
+    }
+
+    async fn handle(
+        &self,
+        _tx: &mut sqlx::PgConnection,
+        _event: &PersistedEvent,
+    ) -> Result<(), es::aggregate::projection::HandlerError> {
+        unreachable!("batches only")
+    }
+
+    async fn handle_batch(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        events: &[PersistedEvent],
+    ) -> Result<(), BatchFailure> {
+        Projection::<sqlx::Postgres>::handle_batch(&self.publisher, tx, events).await?;
+        let batch = self
+            .batches
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        if batch == self.hang_at {
+            std::fs::write(&self.hung, "").unwrap();
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+}
+
+/// In the partitioned publisher kill test's child process only (a no-op
+/// otherwise): publishes the schema's feed with four partitions into a
+/// stream with a 1 s duplicate window, and hangs between the
+/// acknowledgements of its sixth batch and its commit, to be killed there.
+#[tokio::test]
+async fn child_partitioned_publisher_process() {
+    let Ok(spec) = std::env::var(PARTITIONED_CHILD) else {
+        return;
+    };
+    let [database, schema, stream, prefix, url, hung]: [String; 6] =
+        serde_json::from_str(&spec).unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&database)
+        .await
+        .unwrap();
+    let store = PostgresStore::builder().schema(&schema).build().unwrap();
+    let publisher = Publisher::builder(connect(&url).await)
+        .stream(StreamSettings::new(stream).duplicate_window(Duration::from_secs(1)))
+        .subjects(Subjects::prefixed(prefix))
+        .max_in_flight(8)
+        .build()
+        .await
+        .unwrap();
+    let publisher = HangsBeforeCommit {
+        publisher,
+        hang_at: 6,
+        batches: Default::default(),
+        hung,
+    };
+    ProjectionProcessor::new(store, pool, publisher)
+        .with_partitions(4)
+        .with_batch_size(200)
+        .run(std::future::pending())
+        .await
+        .unwrap();
+}
+
+/// How many events the checkpoints of a four-partition publisher have
+/// committed.
+async fn committed_by_partitions(db: &TestDb, name: &str) -> u64 {
+    let checkpoints: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(
+        db.sql("SELECT projection_name, position FROM {checkpoints} WHERE projection_name LIKE $1"),
+    ))
+    .bind(format!("{name}#%"))
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let at: HashMap<u32, i64> = checkpoints
+        .into_iter()
+        .map(|(key, position)| {
+            let index = key.rsplit('#').next().unwrap().split('/').next().unwrap();
+            (index.parse().unwrap(), position)
+        })
+        .collect();
+    let events: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(
+        db.sql("SELECT aggregate_id, global_position FROM {events}"),
+    ))
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    events
+        .iter()
+        .filter(|(id, position)| {
+            let partition = (es::store::stream_hash("Nats", "Counter", id) % 4) as u32;
+            at.get(&partition).is_some_and(|at| position <= at)
+        })
+        .count() as u64
+}
+
+/// A publisher with four partitions killed (SIGKILL) between the
+/// acknowledgements of a batch and its commit (it hangs there), and
+/// started again past the stream's duplicate window of a second: each
+/// event is stored once, and every re-send is counted as found in the
+/// stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_publisher_killed_and_restarted_after_the_duplicate_window_stores_no_duplicate() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let db = TestDb::new().await;
+    let place = Place::new();
+    let total = append(&db, 100, 40, 10).await as u64;
+    let settings = || place.settings().duplicate_window(Duration::from_secs(1));
+    let publisher = || async {
+        Publisher::builder(connect(&url).await)
+            .stream(settings())
+            .subjects(place.subjects())
+            .build()
+            .await
+            .unwrap()
+    };
+    // the stream first, so that progress can be watched
+    let restarted = publisher().await;
+    let hung = std::env::temp_dir().join(unique("es-nats-hung-"));
+    let spec = serde_json::to_string(&[
+        support::database_url(),
+        db.schema.clone(),
+        place.stream.clone(),
+        place.prefix.clone(),
+        url.clone(),
+        hung.to_str().unwrap().to_owned(),
+    ])
+    .unwrap();
+    let mut child = ChildProcess::spawn(
+        "child_partitioned_publisher_process",
+        PARTITIONED_CHILD,
+        spec,
+    );
+    let jetstream = async_nats::jetstream::new(connect(&url).await);
+    let name = format!("nats:{}", place.stream);
+    while !hung.exists() {
+        if let Some(status) = child.ended() {
+            panic!("the child publisher ended: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill();
+    std::fs::remove_file(&hung).unwrap();
+    // what the killed publisher left: in the stream, and committed
+    let (stored, committed) = (
+        place.stored(&jetstream).await,
+        committed_by_partitions(&db, &name).await,
+    );
+    assert!(
+        committed > 0 && stored > committed && stored < total,
+        "{stored} {committed}"
+    );
+    wait_past_the_duplicate_window(&url, &place).await;
+    let processor = ProjectionProcessor::new(db.store.clone(), db.pool.clone(), restarted)
+        .with_partitions(4)
+        .with_batch_size(200);
+    processor.catch_up().await.expect("publish the rest");
+    let stats = processor.projection().stats();
+    println!("{stored} stored, {committed} committed at the kill; restarted: {stats:?}");
+    assert_eq!(
+        (stats.already_stored, stats.duplicates),
+        (stored - committed, 0),
+        "every re-send found in the stream: {stats:?}"
+    );
+    assert_eq!(stats.published, total - stored);
+    assert_eq!(
+        place.stored(&jetstream).await,
+        total + 2,
+        "one copy of each"
+    );
+    consume_exactly_once(&url, &place, total as usize).await;
     db.drop().await;
 }
