@@ -535,12 +535,21 @@ impl<E: EventSet> Consumer<E> {
                 }
             };
             loop {
+                // held messages released: handled one at a time, in
+                // stream order, before anything received after them
+                let draining = order.waiting_since.is_none() && !order.held.is_empty();
                 let due = order.due();
                 let next = tokio::select! {
                     biased;
                     () = &mut shutdown => return self.stop(&mut order, Some(messages)).await,
                     () = sleep_until(due), if due.is_some() => {
-                        self.tick(&handler, &mut order).await?;
+                        self.tick(&mut order).await?;
+                        continue;
+                    }
+                    () = std::future::ready(()), if draining => {
+                        if let Some((stream_sequence, message)) = order.held.pop_first() {
+                            self.deliver(&handler, &mut order, stream_sequence, message).await?;
+                        }
                         continue;
                     }
                     next = messages.next() => next,
@@ -556,7 +565,7 @@ impl<E: EventSet> Consumer<E> {
                 }
             }
             if order.waiting_since.is_some() {
-                self.try_release(&handler, &mut order).await?;
+                self.try_release(&mut order).await;
             }
         }
     }
@@ -595,18 +604,14 @@ impl<E: EventSet> Consumer<E> {
             .last_check
             .is_none_or(|at| at.elapsed() >= Duration::from_millis(50))
         {
-            self.try_release(handler, order).await?;
+            self.try_release(order).await;
         }
         Ok(())
     }
 
     /// Keeps held messages from being delivered again, and asks whether
     /// the missing ones are back.
-    async fn tick(
-        &self,
-        handler: &impl EventHandler<E>,
-        order: &mut Order,
-    ) -> Result<(), ConsumerError> {
+    async fn tick(&self, order: &mut Order) -> Result<(), ConsumerError> {
         let now = Instant::now();
         if !order.held.is_empty() && order.next_progress.is_none_or(|at| at <= now) {
             for message in order.held.values() {
@@ -615,34 +620,31 @@ impl<E: EventSet> Consumer<E> {
             order.next_progress = Some(now + self.progress_every);
         }
         if order.waiting_since.is_some() && order.last_check.is_none_or(|at| at + RECHECK <= now) {
-            self.try_release(handler, order).await?;
+            self.try_release(order).await;
         }
         Ok(())
     }
 
-    /// Handles the held messages in stream order once every message the
-    /// server has delivered and not had acknowledged is among them (or
-    /// once the missing ones had all the time their redelivery takes).
-    async fn try_release(
-        &self,
-        handler: &impl EventHandler<E>,
-        order: &mut Order,
-    ) -> Result<(), ConsumerError> {
+    /// Releases the held messages (to be handled in stream order) once
+    /// every message the server has delivered and not had acknowledged is
+    /// among them (or once the missing ones had all the time their
+    /// redelivery takes).
+    async fn try_release(&self, order: &mut Order) {
         let Some(since) = order.waiting_since else {
-            return Ok(());
+            return;
         };
         order.last_check = Some(Instant::now());
         let pending = match self.consumer.get_info().await {
             Ok(info) => info.num_ack_pending,
             Err(error) => {
                 tracing::debug!(consumer = self.name, %error, "could not read the consumer's state");
-                return Ok(());
+                return;
             }
         };
         let all_here = pending <= order.held.len();
         if !all_here && since.elapsed() < self.redelivery_bound {
             order.next_progress.get_or_insert_with(Instant::now);
-            return Ok(());
+            return;
         }
         if !all_here {
             tracing::warn!(
@@ -653,12 +655,6 @@ impl<E: EventSet> Consumer<E> {
             );
         }
         order.waiting_since = None;
-        order.next_progress = None;
-        while let Some((stream_sequence, message)) = order.held.pop_first() {
-            self.deliver(handler, order, stream_sequence, message)
-                .await?;
-        }
-        Ok(())
     }
 
     /// A graceful stop: what was pulled and not handled is nak'ed, to be
