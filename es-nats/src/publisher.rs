@@ -793,11 +793,9 @@ impl Publisher {
                 };
                 let event = &events[i];
                 let subject = self.subjects.subject(event);
-                let mut headers = headers::encode(event);
-                headers.insert(
-                    async_nats::header::NATS_EXPECTED_STREAM,
-                    self.stream.as_str(),
-                );
+                // The sequence of the message it must follow on its
+                // subject, when subjects are per aggregate.
+                let mut follows = None;
                 if chained {
                     let tip = match tips.get(&subject) {
                         Some(tip) => Some(*tip),
@@ -815,12 +813,7 @@ impl Publisher {
                         }
                     };
                     match verdict {
-                        Verdict::Publish { expected } => {
-                            headers.insert(
-                                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-                                expected.to_string(),
-                            );
-                        }
+                        Verdict::Publish { expected } => follows = Some(expected),
                         Verdict::Stored => {
                             // Published before (by this publisher before a
                             // restart, or another): not sent again.
@@ -839,6 +832,17 @@ impl Publisher {
                             return Err(self.diverged(i, event, subject, found_sequence, reason));
                         }
                     }
+                }
+                let mut headers = headers::encode(event);
+                headers.insert(
+                    async_nats::header::NATS_EXPECTED_STREAM,
+                    self.stream.as_str(),
+                );
+                if let Some(expected) = follows {
+                    headers.insert(
+                        async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                        expected.to_string(),
+                    );
                 }
                 let message = PublishMessage::build()
                     .payload(Bytes::copy_from_slice(event.payload.get().as_bytes()))
