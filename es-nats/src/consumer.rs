@@ -289,7 +289,7 @@ pub enum Undecodable {
 /// everything delivered before it is acknowledged or in its hands, and
 /// holds the rest meanwhile: see [`run`](Self::run). Each aggregate's
 /// events are first handled in version order, restarts or not; a
-/// restart after a crash waits at most the ack wait for what was left
+/// restart after a crash waits about the ack wait for what was left
 /// pending (after a graceful stop, not at all). This holds for one
 /// running [`run`](Self::run) per durable consumer, and not for the
 /// [`OnFailure::Nak`] and [`OnUndecodable::Nak`] policies, which hand a
@@ -332,6 +332,7 @@ pub enum Undecodable {
 pub struct Consumer<E> {
     name: String,
     client: async_nats::Client,
+    jetstream: jetstream::Context,
     consumer: jetstream::consumer::Consumer<pull::Config>,
     on_failure: OnFailure,
     on_undecodable: OnUndecodable,
@@ -340,15 +341,20 @@ pub struct Consumer<E> {
     /// How often a message held (or being handled) is told to be in
     /// progress: a third of the consumer's ack wait.
     progress_every: Duration,
-    /// How long a message the server delivered can take to come back to a
-    /// pull after it was lost (its ack wait, or its longest backoff),
-    /// with a margin.
+    /// How long the consumer waits at most for messages delivered before
+    /// (and not acknowledged) to come back before it goes on without them:
+    /// three times their redelivery delay (the ack wait, or the longest
+    /// backoff) and 2 s. They come back after one (two, when a redelivery
+    /// lands on a crashed run's pull request still waiting on the server):
+    /// this only keeps a consumer going when they never will (another run
+    /// of the same durable consumer holds them, or they were nak'ed with a
+    /// longer delay).
     redelivery_bound: Duration,
     events: PhantomData<fn() -> E>,
 }
 
-/// How long one pull waits for messages before it ends (and the next is
-/// sent); what a graceful shutdown may wait for the one in flight.
+/// How long one pull request waits for messages before the server ends
+/// it; what a graceful shutdown may wait for those in flight.
 const PULL_WAIT: Duration = Duration::from_millis(500);
 
 /// How often the consumer asks the server, while it waits for messages
@@ -471,9 +477,13 @@ impl<E: EventSet> Consumer<E> {
     /// Handles messages until `shutdown` completes (checked between
     /// messages: the one being handled is finished and acknowledged
     /// first; the messages pulled and not handled yet are handed back, to
-    /// be delivered again at once to the next run). The connection's
-    /// losses and the server's restarts are ridden out (the client
-    /// reconnects, and the pulls resume).
+    /// be delivered again at once to the next run, which takes up to half
+    /// a second: the pull requests in flight are waited for). The
+    /// connection's losses and the server's restarts are ridden out (the
+    /// client reconnects, and the pulls resume). Pull requests for
+    /// [`batch`](ConsumerBuilder::batch) messages are kept ahead of the
+    /// handler, all answered on one inbox, so that deliveries arrive in
+    /// the order the server sends them.
     ///
     /// **Order across restarts**: a message is handled only when every
     /// message delivered before it has been acknowledged or is in this
@@ -483,11 +493,12 @@ impl<E: EventSet> Consumer<E> {
     /// server has such messages (at the start, or when a delivery is
     /// missing), the consumer holds what it receives (telling the server
     /// it is in progress) until the missing ones are redelivered, then
-    /// handles all of them in stream order. After a crash that is at most
+    /// handles all of them in stream order. After a crash that is about
     /// the consumer's ack wait ([`ConsumerBuilder::ack_wait`]); after a
     /// graceful shutdown, nothing. One `run` per durable consumer at a
     /// time: a second one consuming the same durable makes each wait for
-    /// the other's messages (up to the ack wait) and takes order away.
+    /// the other's messages (three ack waits, then it goes on without
+    /// them, logging a warning) and takes order away.
     pub async fn run(
         &self,
         handler: impl EventHandler<E>,
@@ -495,13 +506,26 @@ impl<E: EventSet> Consumer<E> {
     ) -> Result<(), ConsumerError> {
         tokio::pin!(shutdown);
         let mut order = Order::default();
+        let mut puller = loop {
+            match Puller::new(&self.client, self.batch).await {
+                Ok(puller) => break puller,
+                Err(error) => {
+                    tracing::warn!(consumer = self.name, %error, "could not subscribe, trying again");
+                    tokio::select! {
+                        biased;
+                        () = &mut shutdown => return Ok(()),
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+            }
+        };
         loop {
             if !order.started {
                 // What the server delivered and has not had acknowledged:
                 // a previous run's messages.
                 let info = tokio::select! {
                     biased;
-                    () = &mut shutdown => return self.stop(&mut order, None).await,
+                    () = &mut shutdown => return self.stop(&mut order, &mut puller).await,
                     info = self.consumer.get_info() => info,
                 };
                 match info {
@@ -510,62 +534,66 @@ impl<E: EventSet> Consumer<E> {
                         tracing::warn!(consumer = self.name, %error, "could not read the consumer's state, trying again");
                         tokio::select! {
                             biased;
-                            () = &mut shutdown => return self.stop(&mut order, None).await,
+                            () = &mut shutdown => return self.stop(&mut order, &mut puller).await,
                             () = tokio::time::sleep(Duration::from_millis(500)) => {}
                         }
                         continue;
                     }
                 }
             }
-            let pulled = tokio::select! {
+            if let Err(error) = puller.request_more(&self.consumer).await {
+                tracing::warn!(consumer = self.name, %error, "could not pull, trying again");
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => return self.stop(&mut order, &mut puller).await,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                continue;
+            }
+            // held messages released: handled one at a time, in stream
+            // order, before anything received after them
+            let draining = order.waiting_since.is_none() && !order.held.is_empty();
+            let due = order.due();
+            let next = tokio::select! {
                 biased;
-                () = &mut shutdown => return self.stop(&mut order, None).await,
-                pulled = self.consumer.batch().max_messages(self.batch).expires(PULL_WAIT).messages() => pulled,
-            };
-            let mut messages = match pulled {
-                Ok(messages) => messages,
-                Err(error) => {
-                    tracing::warn!(consumer = self.name, %error, "could not pull, trying again");
-                    tokio::select! {
-                        biased;
-                        () = &mut shutdown => return self.stop(&mut order, None).await,
-                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                () = &mut shutdown => return self.stop(&mut order, &mut puller).await,
+                () = sleep_until(due), if due.is_some() => {
+                    self.tick(&mut order).await?;
+                    continue;
+                }
+                () = std::future::ready(()), if draining => {
+                    if let Some((stream_sequence, message)) = order.held.pop_first() {
+                        self.deliver(&handler, &mut order, stream_sequence, message).await?;
                     }
                     continue;
                 }
+                // requests the server has forgotten (a restart) are
+                // given up, and new ones sent
+                () = tokio::time::sleep_until(puller.silent_until()) => continue,
+                next = puller.subscriber.next() => next,
             };
-            loop {
-                // held messages released: handled one at a time, in
-                // stream order, before anything received after them
-                let draining = order.waiting_since.is_none() && !order.held.is_empty();
-                let due = order.due();
-                let next = tokio::select! {
-                    biased;
-                    () = &mut shutdown => return self.stop(&mut order, Some(messages)).await,
-                    () = sleep_until(due), if due.is_some() => {
-                        self.tick(&mut order).await?;
-                        continue;
-                    }
-                    () = std::future::ready(()), if draining => {
-                        if let Some((stream_sequence, message)) = order.held.pop_first() {
-                            self.deliver(&handler, &mut order, stream_sequence, message).await?;
-                        }
-                        continue;
-                    }
-                    next = messages.next() => next,
-                };
-                match next {
-                    Some(Ok(message)) => self.receive(&handler, &mut order, message).await?,
-                    Some(Err(error)) => {
-                        // a status from the server, a reconnect: the pull
-                        // ends, and the next one goes on
-                        tracing::debug!(consumer = self.name, %error, "pull interrupted");
-                    }
-                    None => break,
+            let Some(message) = next else {
+                return Err(self.nats("pull", DisplayError("the connection was closed".to_owned())));
+            };
+            match puller.take(message) {
+                Pulled::Message(message) => {
+                    let message = jetstream::Message {
+                        message,
+                        context: self.jetstream.clone(),
+                    };
+                    self.receive(&handler, &mut order, message).await?;
                 }
-            }
-            if order.waiting_since.is_some() {
-                self.try_release(&mut order).await;
+                Pulled::Status => {}
+                Pulled::Unavailable => {
+                    tokio::select! {
+                        biased;
+                        () = &mut shutdown => return self.stop(&mut order, &mut puller).await,
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+                Pulled::Refused(why) => {
+                    return Err(self.nats("pull", DisplayError(why)));
+                }
             }
         }
     }
@@ -659,22 +687,25 @@ impl<E: EventSet> Consumer<E> {
 
     /// A graceful stop: what was pulled and not handled is nak'ed, to be
     /// delivered again at once to the next run.
-    async fn stop(
-        &self,
-        order: &mut Order,
-        pull: Option<pull::Batch>,
-    ) -> Result<(), ConsumerError> {
+    async fn stop(&self, order: &mut Order, puller: &mut Puller) -> Result<(), ConsumerError> {
         for message in std::mem::take(&mut order.held).into_values() {
             let _ = message.ack_with(AckKind::Nak(None)).await;
         }
-        if let Some(mut pull) = pull {
-            // the rest of the pull in flight: what has come and what comes
-            // until it ends
-            let deadline = Instant::now() + PULL_WAIT + Duration::from_millis(200);
-            while let Ok(Some(next)) = tokio::time::timeout_at(deadline, pull.next()).await {
-                if let Ok(message) = next {
-                    let _ = message.ack_with(AckKind::Nak(None)).await;
-                }
+        // the pull requests in flight: what has come and what comes until
+        // they end (no new ones are sent)
+        let deadline = Instant::now() + PULL_WAIT + Duration::from_millis(200);
+        while puller.outstanding > 0 {
+            let Ok(Some(message)) =
+                tokio::time::timeout_at(deadline, puller.subscriber.next()).await
+            else {
+                break;
+            };
+            if let Pulled::Message(message) = puller.take(message) {
+                let message = jetstream::Message {
+                    message,
+                    context: self.jetstream.clone(),
+                };
+                let _ = message.ack_with(AckKind::Nak(None)).await;
             }
         }
         if let Err(error) = self.client.flush().await {
@@ -833,6 +864,117 @@ impl<E: EventSet> Consumer<E> {
     }
 }
 
+/// The pull requests of a run, all answered on one inbox: the server
+/// spreads messages over the requests waiting (round robin), so only one
+/// inbox keeps them in the order it sends them. A new request goes out
+/// when less than half a batch is on its way, so that messages keep
+/// coming while the handler works.
+struct Puller {
+    subscriber: async_nats::Subscriber,
+    inbox: async_nats::Subject,
+    batch: usize,
+    /// Messages asked for that the server has neither sent nor given up.
+    outstanding: usize,
+    /// When the server was last heard from (or asked).
+    heard: Instant,
+}
+
+/// What came on a run's inbox.
+enum Pulled {
+    Message(async_nats::Message),
+    /// A request ended or a heartbeat: nothing to handle.
+    Status,
+    /// No JetStream answered (or another status): the requests are gone,
+    /// asked again after a pause.
+    Unavailable,
+    /// The server will not serve this consumer (deleted, push based, a
+    /// request refused for good).
+    Refused(String),
+}
+
+impl Puller {
+    async fn new(
+        client: &async_nats::Client,
+        batch: usize,
+    ) -> Result<Puller, async_nats::SubscribeError> {
+        let inbox = async_nats::Subject::from(client.new_inbox());
+        let subscriber = client.subscribe(inbox.clone()).await?;
+        Ok(Puller {
+            subscriber,
+            inbox,
+            batch,
+            outstanding: 0,
+            heard: Instant::now(),
+        })
+    }
+
+    /// Until when a silent server is waited for with requests out: each
+    /// ends (a message or a timeout status) within its wait.
+    fn silent_until(&self) -> Instant {
+        self.heard + PULL_WAIT + Duration::from_secs(1)
+    }
+
+    /// Asks for a batch when less than half of one is on its way.
+    async fn request_more(
+        &mut self,
+        consumer: &jetstream::consumer::Consumer<pull::Config>,
+    ) -> Result<(), pull::BatchRequestError> {
+        if self.outstanding > 0 && Instant::now() >= self.silent_until() {
+            // lost with a connection or a server restart
+            self.outstanding = 0;
+        }
+        if self.outstanding > self.batch / 2 {
+            return Ok(());
+        }
+        let request = pull::BatchConfig {
+            batch: self.batch,
+            expires: Some(PULL_WAIT),
+            ..Default::default()
+        };
+        consumer.request_batch(request, self.inbox.clone()).await?;
+        self.outstanding += self.batch;
+        self.heard = Instant::now();
+        Ok(())
+    }
+
+    /// Accounts for what came.
+    fn take(&mut self, message: async_nats::Message) -> Pulled {
+        self.heard = Instant::now();
+        match message.status {
+            None | Some(async_nats::StatusCode::OK) => {
+                self.outstanding = self.outstanding.saturating_sub(1);
+                Pulled::Message(message)
+            }
+            Some(async_nats::StatusCode::IDLE_HEARTBEAT) => Pulled::Status,
+            Some(async_nats::StatusCode::TIMEOUT | async_nats::StatusCode::REQUEST_TERMINATED) => {
+                let description = message.description.as_deref().unwrap_or_default();
+                if description == "Consumer Deleted"
+                    || description == "Consumer is push based"
+                    || description.starts_with("Exceeded MaxRequest")
+                {
+                    return Pulled::Refused(description.to_owned());
+                }
+                // a request ended: what it had not delivered is not coming
+                let left = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("Nats-Pending-Messages"))
+                    .and_then(|v| v.as_str().parse().ok())
+                    .unwrap_or(self.batch);
+                self.outstanding = self.outstanding.saturating_sub(left);
+                Pulled::Status
+            }
+            Some(status) => {
+                // no responders (JetStream away), or another status: the
+                // requests are gone; ask again after a while
+                tracing::debug!(%status, description = ?message.description, "pull status");
+                self.outstanding = 0;
+                Pulled::Unavailable
+            }
+        }
+    }
+}
+
 /// What a run knows about the order of its deliveries.
 #[derive(Default)]
 struct Order {
@@ -924,7 +1066,7 @@ impl<E: EventSet> ConsumerBuilder<E> {
     }
 
     /// How long JetStream waits for an acknowledgement before delivering
-    /// a message again (default 30 s): also the longest a restarted
+    /// a message again (default 30 s): also about how long a restarted
     /// consumer waits, after a crash, for the messages its predecessor
     /// pulled and never acknowledged (it handles nothing later before
     /// them). A handler that runs long, or is retried in place, keeps its
@@ -1028,13 +1170,14 @@ impl<E: EventSet> ConsumerBuilder<E> {
         Ok(Consumer {
             name: self.name,
             client,
+            jetstream,
             consumer,
             on_failure: self.on_failure,
             on_undecodable: self.on_undecodable,
             double_ack: self.double_ack,
             batch: self.batch,
             progress_every: (ack_wait / 3).max(Duration::from_millis(100)),
-            redelivery_bound: longest + Duration::from_secs(1),
+            redelivery_bound: longest * 3 + Duration::from_secs(2),
             events: PhantomData,
         })
     }

@@ -1323,11 +1323,23 @@ async fn nats_throughput_of_publisher_and_consumer() {
         .unwrap();
     let recorder = Recorder::new();
     let started = std::time::Instant::now();
+    let handled = {
+        let recorder = recorder.clone();
+        tokio::spawn(async move {
+            recorder.until(total as usize).await;
+            std::time::Instant::now()
+        })
+    };
     consumer
         .run(recorder.handler(), recorder.until(total as usize))
         .await
         .unwrap();
-    println!("consume: {:.0} events/s", rate(started));
+    let handled = handled.await.unwrap();
+    println!(
+        "consume: {:.0} events/s (then the graceful stop took {:?})",
+        total / handled.duration_since(started).as_secs_f64(),
+        handled.elapsed()
+    );
     db.drop().await;
 }
 
