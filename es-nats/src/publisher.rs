@@ -86,7 +86,9 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 512;
 /// that does not fit the store's history (another aggregate's, another
 /// event at the same version, versions and positions out of step: a
 /// stream fed by another store) fails the event with
-/// [`PublishError::Diverged`]. Since the stream decides, rebuilding a
+/// [`PublishError::Diverged`]. A publisher with restricted NATS
+/// permissions needs `$JS.API.STREAM.MSG.GET.<stream>` to read the last
+/// message on a subject. Since the stream decides, rebuilding a
 /// publisher (or renaming it) publishes nothing the stream holds: to
 /// publish the feed again, publish it to a new stream.
 ///
