@@ -1085,8 +1085,9 @@ impl<E: EventSet> ConsumerBuilder<E> {
         self
     }
 
-    /// Messages pulled at a time (default 256): what a crash leaves
-    /// pending at most, to be delivered again after the ack wait.
+    /// Messages asked for by one pull request (default 256; the next is
+    /// sent when less than half of one is on its way): about what a crash
+    /// leaves pending, to be delivered again after the ack wait.
     pub fn batch(mut self, batch: usize) -> Self {
         self.batch = batch.max(1);
         self
