@@ -237,6 +237,57 @@ pub fn decode(headers: &HeaderMap, payload: &[u8]) -> Result<PersistedEvent, Env
     ))
 }
 
+/// What the publisher reads back from a stored message to resume from the
+/// stream: the event's id, aggregate, version and position (the headers
+/// only: the payload is not parsed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Link {
+    pub(crate) event_id: Uuid,
+    pub(crate) bounded_context: String,
+    pub(crate) aggregate_type: String,
+    pub(crate) aggregate_id: String,
+    pub(crate) aggregate_version: i64,
+    pub(crate) global_position: i64,
+}
+
+impl Link {
+    /// Whether it is of `event`'s aggregate.
+    pub(crate) fn same_aggregate(&self, event: &PersistedEvent) -> bool {
+        self.aggregate_id == event.aggregate_id
+            && self.aggregate_type == event.aggregate_type
+            && self.bounded_context == event.bounded_context
+    }
+}
+
+/// Reads a stored message's [`Link`] from its headers.
+pub(crate) fn link(headers: &HeaderMap) -> Result<Link, EnvelopeError> {
+    let text = |header: &'static str| -> Result<String, EnvelopeError> {
+        let value = headers
+            .get(name(header))
+            .ok_or(EnvelopeError::Missing(header))?;
+        decode_value(value.as_str()).map_err(|_| EnvelopeError::Invalid {
+            header,
+            value: value.as_str().to_owned(),
+        })
+    };
+    fn parse<T: std::str::FromStr>(
+        header: &'static str,
+        value: String,
+    ) -> Result<T, EnvelopeError> {
+        value
+            .parse()
+            .map_err(|_| EnvelopeError::Invalid { header, value })
+    }
+    Ok(Link {
+        event_id: parse(EVENT_ID, text(EVENT_ID)?)?,
+        bounded_context: text(BOUNDED_CONTEXT)?,
+        aggregate_type: text(AGGREGATE_TYPE)?,
+        aggregate_id: text(AGGREGATE_ID)?,
+        aggregate_version: parse(AGGREGATE_VERSION, text(AGGREGATE_VERSION)?)?,
+        global_position: parse(GLOBAL_POSITION, text(GLOBAL_POSITION)?)?,
+    })
+}
+
 /// A text as a header value: `%`, CR, LF and whitespace at either end
 /// (which a header cannot carry: values are trimmed) percent-encoded,
 /// everything else as it is.
@@ -328,6 +379,20 @@ mod tests {
             assert_eq!(encoded.trim(), encoded, "{text:?}");
             assert_eq!(decode_value(&encoded).unwrap(), text);
         }
+    }
+
+    #[test]
+    fn links_are_read_from_the_headers() {
+        let event = Event::new("B", "T", "a.1", "Ty", &serde_json::json!({})).unwrap();
+        let stored = PersistedEvent::new(event, 7, 70);
+        let read = link(&encode(&stored)).unwrap();
+        assert!(read.same_aggregate(&stored));
+        assert_eq!(
+            (read.event_id, read.aggregate_version, read.global_position),
+            (stored.event_id, 7, 70)
+        );
+        let missing = link(&HeaderMap::new()).unwrap_err();
+        assert!(matches!(missing, EnvelopeError::Missing(EVENT_ID)));
     }
 
     #[test]

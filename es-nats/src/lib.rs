@@ -22,18 +22,27 @@
 //!
 //! - **Nothing lost**: the checkpoint moves only past events the stream
 //!   acknowledged, and a failed or interrupted batch is published again.
-//! - **No duplicates within the duplicate window**: what is published
-//!   again (a publisher killed mid-batch, a batch retried, two publishers
-//!   briefly on one partition after a lease expired) carries the same
-//!   `Nats-Msg-Id` and is dropped by the stream. Past the window
-//!   ([`StreamSettings::duplicate_window`], two minutes unless told) a
-//!   re-send is stored again; consumers that must never act twice
-//!   deduplicate on the event id.
-//! - **Order per aggregate**: a partition holds whole aggregates and is
-//!   published in global order, and an aggregate never has two publishes
-//!   in flight, so a re-sent event never lands after its successor.
-//!   Across aggregates the stream's order may differ from the feed's; the
-//!   global position is in the headers.
+//! - **Each event stored once, however late a re-send**: with subjects
+//!   that are one per aggregate (the default), each publish names the
+//!   last message it follows on its subject, and what the stream already
+//!   holds is found there and not sent again: a publisher killed mid-batch
+//!   and back after an hour, a batch retried, two publishers racing on one
+//!   aggregate (a lease that expired, a second publisher of the feed). See
+//!   [`Publisher`] for the argument and its limits (the stream must keep
+//!   each subject's last message). Within the duplicate window
+//!   ([`StreamSettings::duplicate_window`]) `Nats-Msg-Id` drops a re-send
+//!   too, and is all there is for a custom subject scheme not marked
+//!   [`per_aggregate`](Subjects::per_aggregate).
+//! - **Order per aggregate**: the stream holds each aggregate's events in
+//!   version order (a partition holds whole aggregates and is published
+//!   in global order, an aggregate never has two publishes in flight, and
+//!   a publish lands only after the message it names). Across aggregates
+//!   the stream's order may differ from the feed's; the global position
+//!   is in the headers.
+//! - **The consumer keeps that order across restarts**: it handles a
+//!   message only when everything delivered before it has been
+//!   acknowledged or is in its hands, so what a crashed run left pending
+//!   is handled first when it comes back (see [`Consumer::run`]).
 //! - **Outages**: the client reconnects by itself; publishes are sent
 //!   again within a batch, and a batch that cannot finish fails as a
 //!   transient failure, which [`run`](es_aggregate::ProjectionProcessor::run)
@@ -74,7 +83,7 @@ pub use subject::Subjects;
 /// assert_eq!(es_nats::telemetry::PUBLISHED, "es_nats_published_total");
 /// ```
 pub mod telemetry {
-    pub use crate::publisher::{DUPLICATES, IN_FLIGHT, PUBLISH_RETRIES, PUBLISHED};
+    pub use crate::publisher::{ALREADY_STORED, DUPLICATES, IN_FLIGHT, PUBLISH_RETRIES, PUBLISHED};
 }
 
 /// The NATS client this crate is built on, to connect with.

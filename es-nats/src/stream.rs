@@ -8,8 +8,10 @@ use async_nats::jetstream::{self, ErrorCode, context::GetStreamErrorKind, stream
 /// The stream the publisher needs. [`ensure`](StreamSettings::ensure)
 /// creates it when it is missing, and checks it when it is there: its
 /// subjects must cover the publisher's, its retention and storage must be
-/// the ones asked for and its duplicate window at least as long (a shorter
-/// one would let a restarted publisher's re-sends through). A stream that
+/// the ones asked for and its duplicate window at least as long (the
+/// window is what drops a re-send for a custom subject scheme not marked
+/// [`per_aggregate`](crate::Subjects::per_aggregate); with per-aggregate
+/// subjects a re-send is found in the stream past it too). A stream that
 /// differs is refused with [`SetupError::StreamMismatch`], unless
 /// [`update_existing`](Self::update_existing) says to change it.
 ///
@@ -36,8 +38,9 @@ pub struct StreamSettings {
 }
 
 /// The duplicate window streams are created with unless told: two
-/// minutes, JetStream's own default. A publisher that dies and is back
-/// within it re-sends nothing a consumer sees twice.
+/// minutes, JetStream's own default. Within it, a re-sent event is
+/// dropped by its message id; past it, a publisher with per-aggregate
+/// subjects finds it in the stream (see [`Publisher`](crate::Publisher)).
 pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 impl StreamSettings {
@@ -101,8 +104,12 @@ impl StreamSettings {
     /// How long JetStream remembers message ids to drop duplicates
     /// (default [two minutes](DEFAULT_DUPLICATE_WINDOW)). A publisher
     /// that stops mid-batch re-sends that batch when it (or another) comes
-    /// back: within the window the re-sends are dropped, past it consumers
-    /// see them again (with the same event id, to deduplicate on).
+    /// back: within the window the re-sends are dropped by their message
+    /// ids; past it, with per-aggregate subjects (the default), the
+    /// publisher finds them in the stream and does not send them (see
+    /// [`Publisher`](crate::Publisher)), and with a custom scheme not
+    /// marked per aggregate they are stored again (with the same event
+    /// id, to deduplicate on).
     pub fn duplicate_window(mut self, window: Duration) -> Self {
         self.duplicate_window = window;
         self

@@ -38,6 +38,7 @@ enum Kind {
     Custom {
         filter: String,
         make: Arc<dyn Fn(&PersistedEvent) -> String + Send + Sync>,
+        per_aggregate: bool,
     },
 }
 
@@ -51,7 +52,15 @@ impl fmt::Debug for Subjects {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             Kind::Prefixed(prefix) => f.debug_tuple("Subjects::prefixed").field(prefix).finish(),
-            Kind::Custom { filter, .. } => f.debug_tuple("Subjects::custom").field(filter).finish(),
+            Kind::Custom {
+                filter,
+                per_aggregate,
+                ..
+            } => f
+                .debug_struct("Subjects::custom")
+                .field("filter", filter)
+                .field("per_aggregate", per_aggregate)
+                .finish(),
         }
     }
 }
@@ -69,6 +78,11 @@ impl Subjects {
     /// is the subject filter (with wildcards) that covers them all, which
     /// the stream is created with. Use [`token`] on the parts that come
     /// from the event.
+    ///
+    /// The publisher cannot tell whether such subjects are one per
+    /// aggregate, so it does not resume from the stream's last message on
+    /// them: re-sends are dropped within the duplicate window only. Say
+    /// [`per_aggregate`](Self::per_aggregate) when they are.
     pub fn custom(
         filter: impl Into<String>,
         make: impl Fn(&PersistedEvent) -> String + Send + Sync + 'static,
@@ -77,7 +91,45 @@ impl Subjects {
             kind: Kind::Custom {
                 filter: filter.into(),
                 make: Arc::new(make),
+                per_aggregate: false,
             },
+        }
+    }
+
+    /// Says that a [`custom`](Self::custom) scheme gives each aggregate a
+    /// subject of its own: all of an aggregate's events on one subject,
+    /// and no other aggregate's there. The publisher then treats it as the
+    /// default scheme: it appends to each subject only after the message
+    /// it last found there, and never re-sends what the stream holds, even
+    /// past the duplicate window (see [`Publisher`](crate::Publisher)).
+    /// (A scheme that breaks the promise makes its publishes fail with
+    /// [`PublishError::Diverged`](crate::PublishError::Diverged) when the
+    /// last message on a subject is another aggregate's.) The default and
+    /// [`prefixed`](Self::prefixed) schemes are per aggregate already.
+    ///
+    /// ```
+    /// use es_nats::Subjects;
+    /// use es_nats::subject::token;
+    ///
+    /// let by_id = Subjects::custom("acc.>", |e: &es_store::PersistedEvent| format!("acc.{}", token(&e.aggregate_id)));
+    /// assert!(!by_id.is_per_aggregate());
+    /// assert!(by_id.per_aggregate().is_per_aggregate());
+    /// assert!(Subjects::default().is_per_aggregate());
+    /// ```
+    pub fn per_aggregate(mut self) -> Self {
+        if let Kind::Custom { per_aggregate, .. } = &mut self.kind {
+            *per_aggregate = true;
+        }
+        self
+    }
+
+    /// Whether each aggregate has a subject of its own (the default and
+    /// prefixed schemes, or a custom one marked
+    /// [`per_aggregate`](Self::per_aggregate)).
+    pub fn is_per_aggregate(&self) -> bool {
+        match &self.kind {
+            Kind::Prefixed(_) => true,
+            Kind::Custom { per_aggregate, .. } => *per_aggregate,
         }
     }
 
