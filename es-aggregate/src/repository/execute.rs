@@ -281,39 +281,49 @@ where
                 }
             }
             StoreAttempt::Store(error) | StoreAttempt::Unsure(error) => {
-                if let StoreError::EventIdConflict { .. } = error {
-                    match self
-                        .find_applied(conn, id, command, call.command_id, call.verify)
+                let stored = matches!(error, StoreError::EventIdConflict { .. });
+                let failed = call.failed::<A>(id, error);
+                if stored {
+                    let verify = call.verify;
+                    self.stored_or(conn, call, id, command, verify, failed)
                         .await
-                    {
-                        Ok(Some(executed)) => return Failure::Replayed(Box::new(executed)),
-                        Ok(None) => {}
-                        Err(RepositoryError::Store(lookup)) if lookup.is_transient() => {
-                            call.look_up = true;
-                            return Failure::transient(lookup);
-                        }
-                        Err(other) => return Failure::Final(other),
-                    }
+                } else {
+                    failed
                 }
-                call.failed::<A>(id, error)
             }
-            StoreAttempt::Other(RepositoryError::Rejected(refusal)) if call.verify => {
-                // Perhaps refused because a concurrent copy of the command
-                // committed between the look-up and the load.
-                match self
-                    .find_applied(conn, id, command, call.command_id, true)
+            // Perhaps refused because a concurrent copy of the command
+            // committed between the look-up and the load.
+            StoreAttempt::Other(refused @ RepositoryError::Rejected(_)) if call.verify => {
+                self.stored_or(conn, call, id, command, true, Failure::Final(refused))
                     .await
-                {
-                    Ok(Some(executed)) => Failure::Replayed(Box::new(executed)),
-                    Ok(None) => Failure::Final(RepositoryError::Rejected(refusal)),
-                    Err(RepositoryError::Store(lookup)) if lookup.is_transient() => {
-                        call.look_up = true;
-                        Failure::transient(lookup)
-                    }
-                    Err(other) => Failure::Final(other),
-                }
             }
             StoreAttempt::Other(error) => Failure::Final(error),
+        }
+    }
+
+    /// After a try that may have met the command's events stored (by a
+    /// concurrent copy of the command, or a lost attempt of this call):
+    /// their outcome if they are, else `otherwise`.
+    pub(super) async fn stored_or(
+        &self,
+        conn: &mut Connection<S>,
+        call: &mut Call,
+        id: &str,
+        command: &A::Command,
+        verify: bool,
+        otherwise: Failure<A>,
+    ) -> Failure<A> {
+        match self
+            .find_applied(conn, id, command, call.command_id, verify)
+            .await
+        {
+            Ok(Some(executed)) => Failure::Replayed(Box::new(executed)),
+            Ok(None) => otherwise,
+            Err(RepositoryError::Store(lookup)) if lookup.is_transient() => {
+                call.look_up = true;
+                Failure::transient(lookup)
+            }
+            Err(other) => Failure::Final(other),
         }
     }
 
