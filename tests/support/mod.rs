@@ -114,15 +114,46 @@ impl TestDb {
 
     /// Drops the schema. Tests call it at their end; a failed test leaves
     /// its schema for inspection, and it is purged an hour later.
+    ///
+    /// A session of the test's own that still holds a lock in the schema
+    /// (a batch cancelled at shutdown leaves its transaction idle until
+    /// the pool next uses the connection and sends its rollback) would
+    /// keep `DROP SCHEMA` waiting: such sessions are ended first, and the
+    /// drop waits for a lock a bounded time, then tries again.
     pub async fn drop(self) {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP SCHEMA \"{}\" CASCADE",
-            self.schema
-        )))
-        .execute(&self.pool)
-        .await
-        .expect("drop test schema");
-        self.pool.close().await;
+        let mut last = None;
+        for _ in 0..10 {
+            let _ = sqlx::query(
+                "SELECT pg_terminate_backend(l.pid) FROM pg_locks l \
+                 JOIN pg_class c ON c.oid = l.relation \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND l.pid <> pg_backend_pid()",
+            )
+            .bind(&self.schema)
+            .execute(&self.pool)
+            .await;
+            let dropped = async {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SET LOCAL lock_timeout = '5s'")
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP SCHEMA \"{}\" CASCADE",
+                    self.schema
+                )))
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await
+            };
+            match dropped.await {
+                Ok(()) => {
+                    self.pool.close().await;
+                    return;
+                }
+                Err(error) => last = Some(error),
+            }
+        }
+        panic!("drop test schema: {last:?}");
     }
 
     /// A count from raw SQL, with `{events}`, `{heads}`, `{checkpoints}`
